@@ -1,0 +1,60 @@
+# GPU Portal: `make run` serves the portal on http://127.0.0.1:3000, `make test` runs the suite.
+# Everything is installed from PyPI, npm and Debian by these rules; nothing else is fetched.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+BUN_VERSION := 1.4.5
+# CPUs without AVX2 need bun's baseline build.
+BUN_PACKAGE := @oven/bun-linux-x64$(shell grep -q avx2 /proc/cpuinfo 2>/dev/null || echo -baseline)
+BUN := .tools/node_modules/$(BUN_PACKAGE)/bin/bun
+NPM_REGISTRY := $(shell npm config get registry 2>/dev/null)
+
+export REFLEX_TELEMETRY_ENABLED := false
+export REFLEX_CHECK_LATEST_VERSION := 0
+export REFLEX_HTTP_CLIENT_BIND_ADDRESS := 0.0.0.0
+export REFLEX_DIR := $(CURDIR)/.reflex
+export REFLEX_BUN_PATH := $(CURDIR)/$(BUN)
+export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
+export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
+
+.PHONY: setup run test test-fast bench lint browser worker clean
+
+setup: $(VENV)/.installed $(BUN)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(BUN):
+	npm install --prefix .tools --no-save --no-audit --no-fund --ignore-scripts $(BUN_PACKAGE)@$(BUN_VERSION)
+	test -x $(BUN)
+
+# Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+run: setup
+	$(BIN)/portal run
+
+worker: setup
+	$(BIN)/portal worker
+
+test: setup browser
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not browser"
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) .web .reflex .bun-cache .tools

@@ -1,0 +1,79 @@
+"""The error envelope of API.md for every error: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from portal.services.errors import DomainError
+
+logger = logging.getLogger("portal.api")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _domain_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    return error_response(error.status_code, error.code, error.message, error.details)
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    status = error.status_code
+    message = error.detail if isinstance(error.detail, str) else HTTPStatus(status).phrase
+    return error_response(
+        status, _CODES.get(status, "error"), message, headers=getattr(error, "headers", None)
+    )
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    # Keep what tells the caller which field is wrong; drop the echoed input, which may hold a secret.
+    fields = [
+        {
+            "field": ".".join(str(part) for part in issue["loc"]),
+            "message": issue["msg"],
+            "type": issue["type"],
+        }
+        for issue in error.errors()
+    ]
+    first = fields[0] if fields else {"field": "body", "message": "invalid"}
+    return error_response(422, "invalid_input", f"{first['field']}: {first['message']}", fields)
+
+
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    api.add_exception_handler(DomainError, _domain_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,187 @@
+"""``portal``: run the portal, its task workers and its database migrations."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from portal.config import PROJECT_ROOT, Settings, SettingsError, load_settings
+
+app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data for a local portal.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+
+BUN_PACKAGE_DIR = PROJECT_ROOT / ".tools" / "node_modules" / "@oven"
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"portal: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise fail(str(error)) from None
+
+
+def reflex_environment(settings: Settings) -> dict[str, str]:
+    """Environment for Reflex that keeps it offline and its caches inside the project."""
+    env = dict(os.environ)
+    env.setdefault("REFLEX_TELEMETRY_ENABLED", "false")
+    env.setdefault("REFLEX_CHECK_LATEST_VERSION", "0")
+    env.setdefault("REFLEX_HTTP_CLIENT_BIND_ADDRESS", "0.0.0.0")
+    env.setdefault("REFLEX_DIR", str(PROJECT_ROOT / ".reflex"))
+    env.setdefault("BUN_INSTALL_CACHE_DIR", str(PROJECT_ROOT / ".bun-cache"))
+    if "REFLEX_BUN_PATH" not in env:
+        for bun in sorted(BUN_PACKAGE_DIR.glob("bun-linux-*/bin/bun")):
+            env["REFLEX_BUN_PATH"] = str(bun)
+            break
+    return env
+
+
+@app.command()
+def run(
+    port: Annotated[int | None, typer.Option(help="Port for pages and API (default PORTAL_PORT).")] = None,
+    demo: Annotated[bool, typer.Option(help="Create the demo accounts and print their logins.")] = True,
+) -> None:
+    """Apply migrations, seed the demo accounts and serve the portal (Reflex production mode)."""
+    settings = settings_or_exit()
+    if port is not None:
+        os.environ["PORTAL_PORT"] = str(port)
+        settings = settings_or_exit()
+    from portal import migrations
+
+    migrations.upgrade(settings.sqlalchemy_url)
+    if demo:
+        print_demo_logins(seed_demo_accounts(settings))
+    env = reflex_environment(settings)
+    reflex = Path(sys.executable).with_name("reflex")
+    typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
+    os.chdir(PROJECT_ROOT)
+    args = [
+        str(reflex),
+        "run",
+        "--env",
+        "prod",
+        "--backend-host",
+        settings.host,
+        "--backend-port",
+        str(settings.port),
+        "--frontend-port",
+        str(settings.port),
+    ]
+    # Reflex replaces this process: Ctrl-C reaches it directly and it stops what it started.
+    os.execve(args[0], args, env)
+
+
+@app.command()
+def worker(
+    processes: Annotated[
+        int | None, typer.Option(help="Worker processes (default PORTAL_WORKER_PROCESSES).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads per process (default PORTAL_WORKER_THREADS).")
+    ] = None,
+) -> None:
+    """Run Dramatiq task workers against RabbitMQ (PORTAL_BROKER_URL)."""
+    settings = settings_or_exit()
+    if settings.uses_embedded_broker:
+        raise fail(
+            "portal worker needs PORTAL_BROKER_URL=amqp://...; "
+            "without it the task worker runs inside `portal run`"
+        )
+    dramatiq = shutil.which("dramatiq", path=str(Path(sys.executable).parent)) or "dramatiq"
+    args = [
+        dramatiq,
+        "tasks",
+        "--processes",
+        str(processes or settings.worker_processes),
+        "--threads",
+        str(threads or settings.worker_threads),
+    ]
+    os.chdir(PROJECT_ROOT)
+    os.execv(args[0], args)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the schema (default: to the newest revision)."""
+    settings = settings_or_exit()
+    from portal import migrations
+
+    migrations.upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at revision {migrations.current_revision(settings.sqlalchemy_url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, or 'base' for empty.")],
+) -> None:
+    """Downgrade the schema to a revision."""
+    settings = settings_or_exit()
+    from portal import migrations
+
+    migrations.downgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at revision {migrations.current_revision(settings.sqlalchemy_url) or 'base'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and the newest one."""
+    settings = settings_or_exit()
+    from portal import migrations
+
+    typer.echo(f"current: {migrations.current_revision(settings.sqlalchemy_url) or 'base'}")
+    typer.echo(f"head:    {migrations.head_revision()}")
+
+
+def seed_demo_accounts(settings: Settings) -> list:
+    from portal.db import build_engine, session_scope
+    from portal.services.demo import seed_demo
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            return seed_demo(session, settings.data_dir)
+    finally:
+        engine.dispose()
+
+
+def print_demo_logins(logins: list) -> None:
+    typer.secho("Demo logins (kept in data/demo_logins.json):", bold=True)
+    for login in logins:
+        typer.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
+
+
+@demo_app.command("seed")
+def demo_seed() -> None:
+    """Create the demo admin, customer (with credits) and provider; print their logins."""
+    settings = settings_or_exit()
+    print_demo_logins(seed_demo_accounts(settings))
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print every setting with its environment variable and current value (secrets masked)."""
+    settings = settings_or_exit()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        shown = "********" if "secret" in name and value is not None else value
+        typer.echo(f"PORTAL_{name.upper():<28} {shown}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The portal's one settings object.
+
+Every setting is read from an environment variable with the ``PORTAL_`` prefix (or a ``.env`` file).
+Left unset, each external service falls back to its embedded, in-process equivalent, so a fresh clone
+runs with nothing else installed; production points them at real services by URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PORTAL_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+def _require_scheme(value: str | None, schemes: tuple[str, ...], hint: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith(schemes):
+        raise ValueError(f"must start with {' or '.join(schemes)} ({hint})")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "data", description="Where the embedded database and keys live."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql+psycopg://user@host/db; unset: SQLite in data_dir.",
+    )
+    redis_url: str | None = Field(default=None, description="redis://host:port/db; unset: in-process cache.")
+    broker_url: str | None = Field(
+        default=None,
+        description="amqp://user:pass@host:port/vhost; unset: in-process broker and worker threads.",
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="http://host:9090; unset: built-in sample store."
+    )
+    solana_rpc_url: str | None = Field(
+        default=None, description="Solana JSON-RPC URL; unset: in-process LiteSVM."
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Signs tokens; unset in development: generated once into data_dir."
+    )
+    host: str = Field(default="127.0.0.1", description="Address the portal listens on.")
+    port: Annotated[int, Field(ge=1, le=65535)] = 3000
+    public_url: str = Field(default="", description="How users reach the portal; default http://host:port.")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.JSON
+    cache_prefix: str = Field(
+        default="portal:", description="Prefix of every cache key (share one Redis safely)."
+    )
+    embedded_worker_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    worker_processes: Annotated[int, Field(ge=1, le=64)] = 2
+    worker_threads: Annotated[int, Field(ge=1, le=256)] = 8
+    readiness_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        return _require_scheme(
+            value, ("sqlite://", "postgresql+psycopg://"), "psycopg 3 driver for PostgreSQL"
+        )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        return _require_scheme(value, ("redis://", "rediss://", "unix://"), "a Redis URL")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        return _require_scheme(value, ("amqp://", "amqps://"), "a RabbitMQ URL")
+
+    @field_validator("prometheus_url", "solana_rpc_url")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        return _require_scheme(value, ("http://", "https://"), "an HTTP URL")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _production_needs_a_secret(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and self.secret_key is None:
+            raise ValueError("PORTAL_SECRET_KEY must be set when PORTAL_ENVIRONMENT=production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'portal.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    def signing_key(self) -> str:
+        """The secret key, generated once into ``data_dir`` for development installs."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        key_file = self.data_dir / "secret_key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_urlsafe(48))
+        return key_file.read_text().strip()
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first bad variable, e.g. ``PORTAL_PORT: Input should be ...``."""
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if not location:
+        return f"invalid settings: {message}"
+    return f"invalid setting {ENV_PREFIX}{location[0].upper()}: {message}"
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,58 @@
+"""Every table of the portal; importing this package registers them all on ``SQLModel.metadata``."""
+
+from sqlmodel import SQLModel
+
+from portal.models.billing import (
+    AccountKind,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    Payout,
+    PayoutState,
+    UsageRecord,
+)
+from portal.models.clusters import (
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterState,
+    Job,
+    JobStatus,
+    NodeRole,
+    NodeState,
+)
+from portal.models.devices import ConnectivityTier, Device, DeviceState, Gpu
+from portal.models.monitoring import AuditLog, FaultEvent, StateTransition
+from portal.models.users import ApiKey, Role, User, UserRole
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "AccountKind",
+    "ApiKey",
+    "AuditLog",
+    "Cluster",
+    "ClusterEvent",
+    "ClusterNode",
+    "ClusterState",
+    "ConnectivityTier",
+    "Device",
+    "DeviceState",
+    "FaultEvent",
+    "Gpu",
+    "Job",
+    "JobStatus",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerTransaction",
+    "NodeRole",
+    "NodeState",
+    "Payout",
+    "PayoutState",
+    "Role",
+    "StateTransition",
+    "UsageRecord",
+    "User",
+    "UserRole",
+    "metadata",
+]

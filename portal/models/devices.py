@@ -1,0 +1,75 @@
+"""Providers' machines and their GPUs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from portal.models.base import created_at_field, id_field, money_field, state_field, timestamp_field
+
+
+class DeviceState(StrEnum):
+    REGISTERED = "registered"
+    VERIFYING = "verifying"
+    READY = "ready"
+    HIRED = "hired"
+    OFFLINE = "offline"
+    BLOCKED = "blocked"
+    UNSUPPORTED = "unsupported"
+
+
+class ConnectivityTier(StrEnum):
+    ULTRA_HIGH = "ultra_high"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+    __table_args__ = (sa.Index("ix_devices_market", "state", "country", "connectivity_tier"),)
+
+    id: UUID = id_field()
+    owner_id: UUID = Field(foreign_key="users.id", index=True)
+    name: str = Field(sa_type=sa.String(80))
+    country: str = Field(sa_type=sa.String(2))
+    connectivity_tier: str = Field(default=ConnectivityTier.MEDIUM, sa_type=sa.String(16))
+    state: str = state_field(DeviceState.REGISTERED, index=False)
+    state_reason: str = Field(default="", sa_type=sa.String(500))
+    # A keyed hash of the device token, looked up on every worker request.
+    token_hash: str = Field(sa_type=sa.String(128), unique=True, index=True)
+    token_prefix: str = Field(sa_type=sa.String(16))
+    price_per_gpu_hour_micro: int | None = money_field(default=None, nullable=True)
+    simulated: bool = Field(default=False)
+    agent_version: str = Field(default="", sa_type=sa.String(40))
+    hostname: str = Field(default="", sa_type=sa.String(255))
+    os: str = Field(default="", sa_type=sa.String(120))
+    cpu_count: int = Field(default=0)
+    ram_mb: int = Field(default=0)
+    reliability: float = Field(default=1.0)
+    verified_tflops: float | None = Field(default=None)
+    verified_at: datetime | None = timestamp_field()
+    last_heartbeat_at: datetime | None = timestamp_field(index=True)
+    ray_state: str = Field(default="", sa_type=sa.String(24))
+    ray_node_id: str | None = Field(default=None, sa_type=sa.String(64))
+    created_at: datetime = created_at_field()
+
+
+class Gpu(SQLModel, table=True):
+    __tablename__ = "gpus"
+    __table_args__ = (sa.UniqueConstraint("device_id", "index", name="uq_gpus_device_index"),)
+
+    id: UUID = id_field()
+    device_id: UUID = Field(foreign_key="devices.id", index=True, ondelete="CASCADE")
+    index: int
+    uuid: str = Field(sa_type=sa.String(80))
+    model: str = Field(sa_type=sa.String(80), index=True)
+    memory_mb: int
+    driver: str = Field(default="", sa_type=sa.String(40))
+    cuda: str = Field(default="", sa_type=sa.String(20))
+    # Simulated GPUs are for development and tests; the flag travels to every API and page.
+    simulated: bool = Field(default=False)

@@ -1,0 +1,69 @@
+"""What happened: fault events, the audit log and every state transition."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from portal.models.base import created_at_field, json_field, timestamp_field
+
+
+class FaultEvent(SQLModel, table=True):
+    __tablename__ = "fault_events"
+    __table_args__ = (
+        sa.Index("ix_fault_events_device_at", "device_id", "at"),
+        sa.Index("ix_fault_events_cluster_at", "cluster_id", "at"),
+        sa.Index("ix_fault_events_kind_at", "kind", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = created_at_field()
+    device_id: uuid.UUID | None = Field(default=None, foreign_key="devices.id")
+    cluster_id: uuid.UUID | None = Field(default=None, foreign_key="clusters.id")
+    kind: str = Field(sa_type=sa.String(40))
+    severity: str = Field(default="warning", sa_type=sa.String(16))
+    message: str = Field(sa_type=sa.String(2000))
+    details: dict[str, Any] = json_field()
+    resolved_at: datetime | None = timestamp_field()
+
+
+class AuditLog(SQLModel, table=True):
+    """Who did what to which target, from where, when, and whether it worked."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        sa.Index("ix_audit_log_at", "at"),
+        sa.Index("ix_audit_log_actor_at", "actor_id", "at"),
+        sa.Index("ix_audit_log_action_at", "action", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = created_at_field()
+    actor_kind: str = Field(sa_type=sa.String(16))
+    actor_id: str | None = Field(default=None, sa_type=sa.String(64))
+    action: str = Field(sa_type=sa.String(64))
+    target_type: str | None = Field(default=None, sa_type=sa.String(32))
+    target_id: str | None = Field(default=None, sa_type=sa.String(64))
+    ip: str | None = Field(default=None, sa_type=sa.String(64))
+    outcome: str = Field(default="success", sa_type=sa.String(16))
+    request_id: str | None = Field(default=None, sa_type=sa.String(64))
+    details: dict[str, Any] = json_field()
+
+
+class StateTransition(SQLModel, table=True):
+    """Every state change of a device, cluster, node or payout, with its reason."""
+
+    __tablename__ = "state_transitions"
+    __table_args__ = (sa.Index("ix_state_transitions_entity", "entity_type", "entity_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity_type: str = Field(sa_type=sa.String(16))
+    entity_id: str = Field(sa_type=sa.String(64))
+    from_state: str | None = Field(default=None, sa_type=sa.String(24))
+    to_state: str = Field(sa_type=sa.String(24))
+    reason: str = Field(default="", sa_type=sa.String(500))
+    at: datetime = created_at_field()

@@ -1,0 +1,12 @@
+"""Pages, one module per area; ``register_pages`` adds them all to the app."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.pages import areas, landing
+
+
+def register_pages(app: rx.App) -> None:
+    landing.register(app)
+    areas.register(app)

@@ -1,0 +1,81 @@
+"""Entry pages of the customer, provider and admin areas."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.layout import page_frame
+
+
+def area_page(title: str, summary: str, features: list[tuple[str, str]], test_id: str) -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading(title, size="7", id=test_id),
+            rx.text(summary, size="3", color_scheme="gray", max_width="44rem"),
+            rx.callout(
+                "Sign in to use this area. Accounts and sign-in are being built; the demo logins printed "
+                "by `make run` will work here as soon as they land.",
+                icon="lock",
+                color_scheme="gray",
+            ),
+            rx.grid(
+                *(
+                    rx.card(
+                        rx.vstack(rx.heading(name, size="3"), rx.text(body, size="2", color_scheme="gray"))
+                    )
+                    for name, body in features
+                ),
+                columns=rx.breakpoints(initial="1", md="3"),
+                spacing="4",
+                width="100%",
+            ),
+            spacing="5",
+            width="100%",
+            padding_y="1.5rem",
+        )
+    )
+
+
+def customer() -> rx.Component:
+    return area_page(
+        "Rent GPUs",
+        "Deploy a Ray cluster on the network's GPUs, run jobs on it and pay only for what ran.",
+        [
+            ("Clusters", "Deploy, watch, extend and terminate Ray clusters."),
+            ("Jobs", "Submit entrypoints through the Ray Jobs API and stream their logs."),
+            ("Billing", "Credits, escrow, per-second usage lines and invoices."),
+        ],
+        "area-customer",
+    )
+
+
+def provider() -> rx.Component:
+    return area_page(
+        "Provide GPUs",
+        "Connect machines with the worker agent; they earn whenever a cluster runs on them.",
+        [
+            ("Devices", "Add a device, get its token and launch command, see its verification."),
+            ("Earnings", "Accrued, pending and paid amounts per device and per cluster."),
+            ("Payouts", "Solana payouts to your linked wallet, each with its transaction."),
+        ],
+        "area-provider",
+    )
+
+
+def admin() -> rx.Component:
+    return area_page(
+        "Admin",
+        "Operate the network: people, devices, clusters, faults, credits and payouts.",
+        [
+            ("Devices and faults", "Block and unblock devices, review fault events."),
+            ("Clusters", "See and terminate any cluster."),
+            ("Audit log", "Who did what, from where, and whether it worked."),
+        ],
+        "area-admin",
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(customer, route="/customer", title="Rent GPUs · GPU Portal")
+    app.add_page(provider, route="/provider", title="Provide GPUs · GPU Portal")
+    app.add_page(admin, route="/admin", title="Admin · GPU Portal")

@@ -1,0 +1,15 @@
+"""The Reflex app: pages, the API mounted into its backend, and the embedded task worker."""
+
+import reflex as rx
+
+from portal.api.app import create_api
+from portal.config import get_settings
+from portal.logs import configure_logging
+from portal.pages import register_pages
+from tasks.embedded import embedded_task_worker
+
+configure_logging(get_settings())
+
+app = rx.App(api_transformer=create_api())
+register_pages(app)
+app.register_lifespan_task(embedded_task_worker)

@@ -1,0 +1,1 @@
+"""The security layer: hashing, credentials, authorization, firewall and audit."""

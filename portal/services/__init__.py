@@ -1,0 +1,1 @@
+"""Domain logic, once: routes, pages and actors are thin adapters over these modules."""

@@ -1,0 +1,66 @@
+"""Accounts and their roles."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+
+from sqlmodel import Session, select
+
+from portal.models import Role, User, UserRole
+from portal.security.passwords import MIN_PASSWORD_LENGTH, hash_password
+from portal.services.errors import Conflict, InvalidInput
+
+# Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's job.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(email: str) -> str:
+    normalized = email.strip().lower()
+    if len(normalized) > 320 or not _EMAIL.match(normalized):
+        raise InvalidInput("That is not an email address.", details={"field": "email"})
+    return normalized
+
+
+def get_user_by_email(session: Session, email: str) -> User | None:
+    return session.exec(select(User).where(User.email == normalize_email(email))).first()
+
+
+def roles_of(session: Session, user_id: uuid.UUID) -> set[Role]:
+    rows = session.exec(select(UserRole.role).where(UserRole.user_id == user_id)).all()
+    return {Role(role) for role in rows}
+
+
+def grant_roles(session: Session, user: User, roles: Iterable[Role]) -> None:
+    missing = set(roles) - roles_of(session, user.id)
+    for role in sorted(missing):
+        session.add(UserRole(user_id=user.id, role=role))
+    session.flush()
+
+
+def create_user(
+    session: Session, *, email: str, password: str | None, roles: Iterable[Role], display_name: str = ""
+) -> User:
+    email = normalize_email(email)
+    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"The password needs at least {MIN_PASSWORD_LENGTH} characters.", details={"field": "password"}
+        )
+    if session.exec(select(User.id).where(User.email == email)).first() is not None:
+        raise Conflict("An account with that email already exists.", code="email_taken")
+    user = User(
+        email=email,
+        display_name=display_name or email.split("@")[0],
+        password_hash=None if password is None else hash_password(password),
+    )
+    session.add(user)
+    session.flush()
+    grant_roles(session, user, roles)
+    return user
+
+
+def set_password(session: Session, user: User, password: str) -> None:
+    user.password_hash = hash_password(password)
+    session.add(user)
+    session.flush()

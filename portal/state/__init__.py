@@ -1,0 +1,1 @@
+"""Reflex state, one class per page or feature; event handlers call services and set a few vars."""

@@ -1,0 +1,17 @@
+import reflex as rx
+
+from portal.config import get_settings
+
+config = rx.Config(
+    app_name="portal",
+    telemetry_enabled=False,
+    show_built_with_reflex=False,
+    plugins=[
+        rx.plugins.RadixThemesPlugin(
+            theme=rx.theme(appearance="inherit", accent_color="violet", gray_color="slate", radius="medium")
+        )
+    ],
+    disable_plugins=[rx.plugins.SitemapPlugin],
+    # With Redis, Reflex keeps per-tab state there and can run several backend workers.
+    redis_url=get_settings().redis_url,
+)

@@ -1,0 +1,17 @@
+"""Background work as Dramatiq actors; each actor is a few lines that call a service.
+
+Importing this package sets the global broker from the settings and registers every actor, which is
+what ``dramatiq tasks`` (run by ``portal worker``) and the embedded worker both rely on.
+"""
+
+import dramatiq
+
+from portal.config import get_settings
+from tasks.broker import build_broker
+
+broker = build_broker(get_settings())
+dramatiq.set_broker(broker)
+
+from tasks import ping  # noqa: E402  (actors need the broker set first)
+
+__all__ = ["broker", "ping"]

@@ -1,0 +1,11 @@
+"""The smallest actor: proves that a message goes through the broker to a worker and back."""
+
+import dramatiq
+
+from portal.cache import get_cache
+from portal.services.health import record_pong
+
+
+@dramatiq.actor(max_retries=3, time_limit=10_000)
+def ping(token: str) -> None:
+    record_pong(get_cache(), token)
