@@ -23,7 +23,9 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    if "poolclass" not in kwargs:
+        kwargs |= {"pool_size": 10, "max_overflow": 20}
+    return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -13,15 +14,21 @@ from portal.config import LogFormat, Settings
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
+_base_record_factory = logging.getLogRecordFactory()
+
+
+def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _base_record_factory(*args, **kwargs)
+    record.request_id = request_id_var.get()
+    return record
+
+
+# Every record, from any logger or library, carries the id of the request it was written for.
+logging.setLogRecordFactory(_record_with_request_id)
 
 
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.addFilter(RequestIdFilter())
     if settings.log_format is LogFormat.JSON:
         handler.setFormatter(
             JsonFormatter(

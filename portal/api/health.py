@@ -7,9 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from portal.api.deps import CacheDep, SettingsDep
+from portal.api.deps import CacheDep, EngineDep, SettingsDep
 from portal.api.errors import error_response
-from portal.db import get_engine
 from portal.metrics import REGISTRY
 from portal.services.health import check_readiness
 
@@ -22,8 +21,8 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="200 when database, cache and broker answer; 503 naming the one that does not")
-async def readyz(settings: SettingsDep, cache: CacheDep) -> JSONResponse:
-    checks = await run_in_threadpool(check_readiness, settings, get_engine(), cache)
+async def readyz(settings: SettingsDep, engine: EngineDep, cache: CacheDep) -> JSONResponse:
+    checks = await run_in_threadpool(check_readiness, settings, engine, cache)
     down = [name for name, result in checks.items() if result != "ok"]
     if down:
         return error_response(

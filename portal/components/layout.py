@@ -45,7 +45,7 @@ def navbar() -> rx.Component:
                 color_scheme="gray",
                 high_contrast=True,
             ),
-            rx.hstack(*(nav_link(*area) for area in AREAS), spacing="1", as_="nav", aria_label="Areas"),
+            rx.el.nav(rx.hstack(*(nav_link(*area) for area in AREAS), spacing="1"), aria_label="Areas"),
             rx.spacer(),
             rx.link(rx.text("API", size="2"), href="/api/docs", color_scheme="gray"),
             rx.color_mode.button(size="2", variant="ghost", aria_label="Switch light or dark theme"),
@@ -81,7 +81,7 @@ def footer() -> rx.Component:
 def page_frame(*children: rx.Component) -> rx.Component:
     return rx.box(
         navbar(),
-        rx.box(*children, as_="main", max_width="72rem", margin_x="auto", padding="1.25rem", width="100%"),
+        rx.el.main(*children, max_width="72rem", margin_x="auto", padding="1.25rem", width="100%"),
         footer(),
         min_height="100vh",
         background=rx.color("gray", 1),

@@ -1,0 +1,244 @@
+"""Shared fixtures: isolated settings, databases on SQLite and PostgreSQL, Redis, RabbitMQ, a running portal.
+
+The real services are the ones on 127.0.0.1 (see RECIPES.md). A test that needs one is skipped when it
+does not answer, except under ``CI=true``, where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+# Settings are read once per process: isolate them before any portal module is imported.
+for _name in [name for name in os.environ if name.startswith("PORTAL_")]:
+    del os.environ[_name]
+TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="portal-tests-"))
+os.environ["PORTAL_DATA_DIR"] = str(TEST_DATA_DIR)
+os.environ["PORTAL_LOG_FORMAT"] = "text"
+
+from sqlalchemy import Engine  # noqa: E402
+
+from portal import migrations  # noqa: E402
+from portal.config import PROJECT_ROOT, Settings  # noqa: E402
+from portal.db import build_engine  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+VENV_BIN = Path(sys.executable).parent
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+RABBITMQ_HOST = "127.0.0.1"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_service(name: str, probe: Callable[[], object]) -> None:
+    try:
+        probe()
+    except Exception as error:
+        message = f"{name} is not reachable on 127.0.0.1 ({type(error).__name__}: {error})"
+        if IN_CI:
+            pytest.fail(f"{message}; under CI=true every service must run")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound and released, so nothing else took it a moment ago)."""
+    return free_port()
+
+
+# --- databases -------------------------------------------------------------------------------------
+
+
+def _postgres_admin() -> object:
+    import psycopg
+
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> None:
+    require_service("PostgreSQL", lambda: _postgres_admin().close())
+
+
+@pytest.fixture
+def postgres_url(postgres_available: None) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"portal_test_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with _postgres_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'portal.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a database migrated to the newest schema, on SQLite and on PostgreSQL."""
+    migrations.upgrade(database_url)
+    engine = build_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+# --- Redis and RabbitMQ ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    require_service("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+    return REDIS_URL
+
+
+@pytest.fixture
+def cache_prefix() -> str:
+    return f"portal-test:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of its own for this test run, so parallel runs never share queues."""
+    import pika
+
+    def probe() -> None:
+        pika.BlockingConnection(
+            pika.ConnectionParameters(RABBITMQ_HOST, connection_attempts=1, socket_timeout=3)
+        ).close()
+
+    require_service("RabbitMQ", probe)
+    vhost = f"portal-test-{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    yield f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def settings_for(**values: object) -> Settings:
+    return Settings(data_dir=TEST_DATA_DIR, **values)  # type: ignore[arg-type]
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 20) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with contextlib.suppress(ProcessLookupError):  # anything left behind in the group
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@dataclass
+class RunningPortal:
+    url: str
+    database_url: str
+    data_dir: Path
+    process: subprocess.Popen
+    log: Path
+
+
+def start_portal(data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> RunningPortal:
+    """``portal run`` as a user starts it, on a free loopback port with its own SQLite database."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "portal.log"
+    process_env = {
+        **os.environ,
+        "PORTAL_DATA_DIR": str(data_dir),
+        "PORTAL_PORT": str(port),
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        [str(VENV_BIN / "portal"), "run", *extra_args],
+        cwd=PROJECT_ROOT,
+        env=process_env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"portal run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        stop_process_group(process)
+        raise RuntimeError(f"portal did not serve {url} within 240 s:\n{log.read_text()[-3000:]}")
+    return RunningPortal(url, f"sqlite:///{data_dir / 'portal.db'}", data_dir, process, log)
+
+
+@pytest.fixture(scope="session")
+def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
+    running = start_portal(tmp_path_factory.mktemp("portal"), "--no-demo")
+    yield running
+    stop_process_group(running.process)
+
+
+# --- browser ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    if not Path(CHROMIUM).exists():
+        message = f"Debian's Chromium is not installed at {CHROMIUM} (make browser installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    }

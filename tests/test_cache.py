@@ -1,0 +1,55 @@
+"""The cache behaves the same on Redis and in process."""
+
+import time
+
+import pytest
+
+from portal.cache import Cache, MemoryCache, RedisCache
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache(request, cache_prefix) -> Cache:
+    if request.param == "memory":
+        return MemoryCache(cache_prefix)
+    return RedisCache(request.getfixturevalue("redis_url"), cache_prefix)
+
+
+def test_values_are_stored_and_deleted(cache):
+    assert cache.get("greeting") is None
+    cache.set("greeting", "hello")
+    assert cache.get("greeting") == "hello"
+    cache.delete("greeting")
+    assert cache.get("greeting") is None
+
+
+def test_values_expire_after_their_ttl(cache):
+    cache.set("short", "lived", ttl_s=0.2)
+    assert cache.get("short") == "lived"
+    time.sleep(0.35)
+    assert cache.get("short") is None
+
+
+def test_counters_count_within_a_window_and_restart_after_it(cache):
+    assert [cache.incr("hits", ttl_s=0.3) for _ in range(3)] == [1, 2, 3]
+    time.sleep(0.45)
+    assert cache.incr("hits", ttl_s=0.3) == 1
+
+
+def test_prefixes_keep_two_portals_apart(cache_prefix):
+    first, second = MemoryCache(cache_prefix + "a:"), MemoryCache(cache_prefix + "b:")
+    first.set("key", "first")
+    assert second.get("key") is None
+
+
+def test_redis_prefixes_keep_two_portals_apart(redis_url, cache_prefix):
+    first, second = RedisCache(redis_url, cache_prefix + "a:"), RedisCache(redis_url, cache_prefix + "b:")
+    first.set("key", "first", ttl_s=5)
+    assert second.get("key") is None
+    assert first.get("key") == "first"
+
+
+def test_an_unreachable_redis_fails_its_ping(cache_prefix):
+    from tests.conftest import closed_port
+
+    with pytest.raises(Exception, match=r"[Cc]onnect"):
+        RedisCache(f"redis://127.0.0.1:{closed_port()}/0", cache_prefix, timeout_s=0.5).ping()

@@ -1,0 +1,73 @@
+"""The running portal, as a person sees it: `portal run` in production mode, driven in Chromium."""
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from portal.db import build_engine, session_scope
+from portal.models import DeviceState
+from tests.factories import make_device, make_provider
+
+pytestmark = pytest.mark.browser
+
+
+def test_the_landing_page_shows_live_network_counts_from_the_database(portal, page: Page):
+    page.goto(portal.url + "/")
+    expect(page.get_by_text("No GPUs are online yet")).to_be_visible()
+    expect(page.locator("#stat-gpus-available")).to_have_text("0")
+
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        owner = make_provider(session)
+        make_device(session, owner, state=DeviceState.READY, gpus=2, model="H100-80GB")
+        make_device(session, owner, state=DeviceState.HIRED, gpus=1, model="A100-40GB", simulated=False)
+        make_device(session, owner, state=DeviceState.OFFLINE, gpus=8)
+
+    # The open page picks the new devices up by itself, without a reload.
+    expect(page.locator("#stat-gpus-available")).to_have_text("2", timeout=15_000)
+    expect(page.locator("#stat-gpus-hired")).to_have_text("1")
+    expect(page.locator("#stat-devices-online")).to_have_text("2")
+    expect(page.locator("#stat-clusters-running")).to_have_text("0")
+    expect(page.locator("#simulated-badge")).to_have_text("includes 2 simulated GPUs")
+    table = page.locator("#gpus-by-model")
+    expect(table).to_contain_text("H100-80GB")
+    expect(table.get_by_text("simulated")).to_have_count(1)
+
+    page.reload()
+    expect(page.locator("#stat-gpus-available")).to_have_text("2")
+    engine.dispose()
+
+
+def test_navigation_reaches_the_four_areas(portal, page: Page):
+    page.goto(portal.url + "/")
+    for link, heading in [
+        ("Rent GPUs", "#area-customer"),
+        ("Provide GPUs", "#area-provider"),
+        ("Admin", "#area-admin"),
+    ]:
+        page.get_by_role("navigation", name="Areas").get_by_role("link", name=link).click()
+        expect(page.locator(heading)).to_be_visible()
+    page.get_by_role("navigation", name="Areas").get_by_role("link", name="Network").click()
+    expect(page.get_by_role("heading", name="The network right now")).to_be_visible()
+
+
+def test_the_theme_switches_between_light_and_dark(portal, page: Page):
+    page.goto(portal.url + "/")
+    html = page.locator("html")
+    expect(html).to_have_class(re.compile(r"\b(light|dark)\b"))
+    before = "dark" if "dark" in (html.get_attribute("class") or "") else "light"
+    page.get_by_role("button", name="Switch light or dark theme").click()
+    after = "light" if before == "dark" else "dark"
+    expect(html).to_have_class(re.compile(rf"\b{after}\b"))
+
+
+def test_the_api_is_served_beside_the_pages(portal):
+    assert httpx.get(portal.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(portal.url + "/api/v1/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    missing = httpx.get(portal.url + "/api/v1/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert "portal_http_requests_total" in httpx.get(portal.url + "/metrics").text
+    assert httpx.get(portal.url + "/api/openapi.json").json()["info"]["title"] == "GPU Portal API"

@@ -1,0 +1,33 @@
+"""`portal run` (what `make run` calls) prints the demo logins, serves the portal and stops on Ctrl-C."""
+
+import os
+import re
+import signal
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import start_portal, stop_process_group
+
+pytestmark = pytest.mark.browser
+
+
+def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tmp_path):
+    running = start_portal(tmp_path / "run")
+    try:
+        log = running.log.read_text()
+        logins = re.findall(r"^\s+(admin|customer|provider)\s+(\S+@\S+)\s+(\S+)$", log, flags=re.MULTILINE)
+        assert [role for role, _, _ in logins] == ["admin", "customer", "provider"]
+        assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
+        started = psutil.Process(running.process.pid)
+        family = [started, *started.children(recursive=True)]
+        # Ctrl-C in a terminal sends SIGINT to the whole foreground process group.
+        os.killpg(running.process.pid, signal.SIGINT)
+        running.process.wait(timeout=30)
+        _, alive = psutil.wait_procs(family, timeout=15)
+        assert alive == [], f"still running after Ctrl-C: {[process.cmdline() for process in alive]}"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(running.url + "/healthz", timeout=2)
+    finally:
+        stop_process_group(running.process, signal.SIGKILL)
