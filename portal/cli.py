@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from portal.config import PROJECT_ROOT, Settings, SettingsError, load_settings
+from portal.config import PROJECT_ROOT, Environment, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -51,7 +51,10 @@ def reflex_environment(settings: Settings) -> dict[str, str]:
 @app.command()
 def run(
     port: Annotated[int | None, typer.Option(help="Port for pages and API (default PORTAL_PORT).")] = None,
-    demo: Annotated[bool, typer.Option(help="Create the demo accounts and print their logins.")] = True,
+    demo: Annotated[
+        bool | None,
+        typer.Option(help="Create the demo accounts and print their logins (default: in development only)."),
+    ] = None,
 ) -> None:
     """Apply migrations, seed the demo accounts and serve the portal (Reflex production mode)."""
     settings = settings_or_exit()
@@ -61,7 +64,7 @@ def run(
     from portal import migrations
 
     migrations.upgrade(settings.sqlalchemy_url)
-    if demo:
+    if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
         print_demo_logins(seed_demo_accounts(settings))
     env = reflex_environment(settings)
     reflex = Path(sys.executable).with_name("reflex")

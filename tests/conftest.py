@@ -211,7 +211,7 @@ def start_portal(data_dir: Path, *extra_args: str, env: dict[str, str] | None = 
     return RunningPortal(url, f"sqlite:///{data_dir / 'portal.db'}", data_dir, process, log)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
     running = start_portal(tmp_path_factory.mktemp("portal"), "--no-demo")
     yield running

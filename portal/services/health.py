@@ -60,8 +60,10 @@ def record_pong(cache: Cache, token: str) -> None:
 
 def wait_for_pong(cache: Cache, token: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
+    pause = 0.001
     while time.monotonic() < deadline:
         if cache.get(f"ping:{token}") == "pong":
             return True
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)  # quick for a fast answer, gentle on the cache for a slow one
     return False

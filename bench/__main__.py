@@ -1,0 +1,238 @@
+"""`make bench`: the portal's hot paths against same-run baselines.
+
+- HTTP: /healthz and /readyz through the whole portal (Reflex + FastAPI on granian) against a bare Starlette
+  app on uvicorn, both on loopback, sequential requests over one keep-alive connection.
+- Landing page data: the network counts query over 10,000 devices and 40,000 GPUs on SQLite, against
+  ``SELECT 1`` on the same engine.
+- Task round trip: the ping actor through the in-process broker, and through RabbitMQ when it answers.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="portal-bench-"))
+
+import httpx
+from sqlalchemy import text
+
+from portal import migrations
+from portal.config import PROJECT_ROOT
+from portal.db import build_engine, session_scope
+from portal.models import Device, DeviceState, Gpu, User
+from portal.services.network_stats import network_counts
+
+RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def timings_ms(action: Callable[[], object], count: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        action()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def report(name: str, samples: list[float]) -> None:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered)
+    p95 = ordered[int(len(ordered) * 0.95) - 1]
+    print(f"  {name:<44} p50 {p50:8.3f} ms   p95 {p95:8.3f} ms   {1000 / p50:9.0f} /s")
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer in {timeout_s} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_http() -> None:
+    print("HTTP on loopback (500 sequential requests, one keep-alive connection)")
+    bin_dir = Path(sys.executable).parent
+    data_dir = Path(tempfile.mkdtemp(prefix="portal-bench-http-"))
+    portal_port, bare_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PORTAL_DATA_DIR": str(data_dir),
+        "PORTAL_PORT": str(portal_port),
+        "PORTAL_LOG_LEVEL": "WARNING",
+    }
+    servers = [
+        subprocess.Popen(
+            [str(bin_dir / "portal"), "run", "--no-demo"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            [
+                str(bin_dir / "uvicorn"),
+                "bench.bare_app:app",
+                "--port",
+                str(bare_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        ),
+    ]
+    try:
+        wait_until_serving(f"http://127.0.0.1:{portal_port}/healthz", servers[0])
+        wait_until_serving(f"http://127.0.0.1:{bare_port}/healthz", servers[1])
+        with httpx.Client() as client:
+            report(
+                "baseline: bare Starlette /healthz",
+                timings_ms(lambda: client.get(f"http://127.0.0.1:{bare_port}/healthz"), 500),
+            )
+            report(
+                "portal /healthz",
+                timings_ms(lambda: client.get(f"http://127.0.0.1:{portal_port}/healthz"), 500),
+            )
+            report(
+                "portal /readyz (SQLite, in-process cache)",
+                timings_ms(lambda: client.get(f"http://127.0.0.1:{portal_port}/readyz"), 500),
+            )
+        import psutil
+
+        root = psutil.Process(servers[0].pid)
+        rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+        print(f"  portal resident memory (all its processes):    {rss:8.0f} MiB")
+    finally:
+        import signal
+
+        for server in servers:
+            os.killpg(server.pid, signal.SIGINT)
+        for server in servers:
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def bench_network_counts(devices: int = 10_000, gpus_per_device: int = 4) -> None:
+    print(f"Landing page counts over {devices:,} devices and {devices * gpus_per_device:,} GPUs (SQLite)")
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='portal-bench-db-')}/bench.db"
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    states = list(DeviceState)
+    with session_scope(engine) as session:
+        owner = User(email="bench@example.com")
+        session.add(owner)
+        session.flush()
+        for number in range(devices):
+            device = Device(
+                owner_id=owner.id,
+                name=f"rig-{number}",
+                country="DE",
+                state=states[number % len(states)],
+                token_hash=uuid.uuid4().hex,
+                token_prefix="x",
+                simulated=bool(number % 2),
+            )
+            session.add(device)
+            session.add_all(
+                Gpu(
+                    device_id=device.id,
+                    index=index,
+                    uuid=f"GPU-{number}-{index}",
+                    memory_mb=81_920,
+                    model=("H100-80GB", "A100-80GB", "RTX-4090")[number % 3],
+                    simulated=device.simulated,
+                )
+                for index in range(gpus_per_device)
+            )
+
+    def counts() -> None:
+        with session_scope(engine) as session:
+            network_counts(session)
+
+    def select_one() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    report("baseline: SELECT 1", timings_ms(select_one, 200))
+    report("network_counts()", timings_ms(counts, 50, warmup=3))
+    engine.dispose()
+
+
+def bench_task_round_trip() -> None:
+    print("Task round trip: ping actor sent, run by a worker, pong seen in the cache (200 messages)")
+    import dramatiq
+
+    import tasks
+    from portal.cache import get_cache
+    from portal.services.health import wait_for_pong
+    from tasks.ping import ping
+
+    worker = dramatiq.Worker(tasks.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    cache = get_cache()
+
+    def round_trip() -> None:
+        token = uuid.uuid4().hex
+        ping.send(token)
+        wait_for_pong(cache, token, timeout_s=10)
+
+    try:
+        report("in-process broker (embedded)", timings_ms(round_trip, 200))
+    finally:
+        worker.stop()
+
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    try:
+        rabbit = RabbitmqBroker(url=RABBITMQ_URL, confirm_delivery=True)
+        rabbit.declare_actor(ping)
+    except Exception as error:  # a benchmark reports a missing service instead of failing
+        print(f"  RabbitMQ at {RABBITMQ_URL} not measured: {type(error).__name__}: {error}")
+        return
+    worker = dramatiq.Worker(rabbit, worker_threads=1, worker_timeout=50)
+    worker.start()
+
+    def rabbit_round_trip() -> None:
+        token = uuid.uuid4().hex
+        rabbit.enqueue(ping.message(token))
+        wait_for_pong(cache, token, timeout_s=10)
+
+    try:
+        report("RabbitMQ broker (publisher confirms)", timings_ms(rabbit_round_trip, 200))
+    finally:
+        worker.stop()
+        rabbit.close()
+
+
+if __name__ == "__main__":
+    bench_network_counts()
+    bench_task_round_trip()
+    bench_http()
