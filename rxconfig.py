@@ -12,6 +12,7 @@ config = rx.Config(
         )
     ],
     disable_plugins=[rx.plugins.SitemapPlugin],
+    cors_allowed_origins=get_settings().allowed_origins,
     # With Redis, Reflex keeps per-tab state there and can run several backend workers.
     redis_url=get_settings().redis_url,
 )

@@ -23,6 +23,10 @@ class Cache(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def take(self, key: str) -> str | None:
+        """Get and delete in one atomic step: a one-time value can be taken once only."""
+        ...
+
     def incr(self, key: str, ttl_s: float) -> int:
         """Add one to a counter that starts its ``ttl_s`` window on first use; returns the new count."""
         ...
@@ -59,6 +63,12 @@ class MemoryCache:
         with self._lock:
             self._values.pop(self._prefix + key, None)
 
+    def take(self, key: str) -> str | None:
+        with self._lock:
+            item = self._live(self._prefix + key)
+            self._values.pop(self._prefix + key, None)
+            return None if item is None else item[0]
+
     def incr(self, key: str, ttl_s: float) -> int:
         full_key = self._prefix + key
         with self._lock:
@@ -90,6 +100,9 @@ class RedisCache:
 
     def delete(self, key: str) -> None:
         self._redis.delete(self._prefix + key)
+
+    def take(self, key: str) -> str | None:
+        return self._redis.getdel(self._prefix + key)  # type: ignore[return-value]
 
     def incr(self, key: str, ttl_s: float) -> int:
         full_key = self._prefix + key

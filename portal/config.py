@@ -8,6 +8,7 @@ runs with nothing else installed; production points them at real services by URL
 from __future__ import annotations
 
 import functools
+import ipaddress
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -81,6 +82,32 @@ class Settings(BaseSettings):
     worker_processes: Annotated[int, Field(ge=1, le=64)] = 2
     worker_threads: Annotated[int, Field(ge=1, le=256)] = 8
     readiness_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    access_token_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 900
+    refresh_token_ttl_days: Annotated[int, Field(ge=1, le=365)] = 30
+    rate_limit_per_minute: Annotated[int, Field(ge=1)] = Field(
+        default=600,
+        description="Requests a minute allowed from one IP address, and again from one principal.",
+    )
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    login_lockout_s: Annotated[int, Field(ge=1, le=86_400)] = 900
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    admin_ip_allowlist: list[str] = Field(
+        default_factory=list, description="CIDRs allowed on admin routes, as a JSON list; empty: any address."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser; default: public_url.",
+    )
+    oauth_github_client_id: str | None = None
+    oauth_github_client_secret: SecretStr | None = None
+    oauth_google_client_id: str | None = None
+    oauth_google_client_secret: SecretStr | None = None
+    oidc_name: str = Field(default="oidc", pattern=r"^[a-z][a-z0-9_-]{1,30}$")
+    oidc_discovery_url: str | None = Field(
+        default=None, description="https://issuer/.well-known/openid-configuration"
+    )
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -99,7 +126,17 @@ class Settings(BaseSettings):
     def _broker_scheme(cls, value: str | None) -> str | None:
         return _require_scheme(value, ("amqp://", "amqps://"), "a RabbitMQ URL")
 
-    @field_validator("prometheus_url", "solana_rpc_url")
+    @field_validator("admin_ip_allowlist")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP network such as 10.0.0.0/8") from None
+        return value
+
+    @field_validator("prometheus_url", "solana_rpc_url", "oidc_discovery_url")
     @classmethod
     def _http_scheme(cls, value: str | None) -> str | None:
         return _require_scheme(value, ("http://", "https://"), "an HTTP URL")
@@ -125,6 +162,16 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        if self.cors_origins:
+            return self.cors_origins
+        origins = [self.base_url]
+        if not self.public_url and self.host == "127.0.0.1":
+            # The same loopback portal, as browsers may name it.
+            origins.append(f"http://localhost:{self.port}")
+        return origins
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -29,9 +29,13 @@ TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="portal-tests-"))
 os.environ["PORTAL_DATA_DIR"] = str(TEST_DATA_DIR)
 os.environ["PORTAL_LOG_FORMAT"] = "text"
 
+from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
 from portal import migrations  # noqa: E402
+from portal.api.app import create_api  # noqa: E402
+from portal.api.deps import AppParts  # noqa: E402
+from portal.cache import MemoryCache  # noqa: E402
 from portal.config import PROJECT_ROOT, Settings  # noqa: E402
 from portal.db import build_engine  # noqa: E402
 
@@ -106,6 +110,21 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = build_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def parts(sqlite_url: str) -> Iterator[AppParts]:
+    """The API's parts over a fresh migrated SQLite database and an in-process cache."""
+    migrations.upgrade(sqlite_url)
+    engine = build_engine(sqlite_url)
+    yield AppParts(settings_for(rate_limit_per_minute=100_000), engine, MemoryCache())
+    engine.dispose()
+
+
+@pytest.fixture
+def api_client(parts: AppParts) -> Iterator[TestClient]:
+    with TestClient(create_api(parts), raise_server_exceptions=False) as client:
+        yield client
 
 
 # --- Redis and RabbitMQ ----------------------------------------------------------------------------

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import timedelta
 
 from sqlmodel import Session
 
-from portal.models import Device, DeviceState, Gpu, Role
-from portal.services import users
+from portal.models import AuthSession, Device, DeviceState, Gpu, Role, User
+from portal.models.base import utcnow
+from portal.security.jwt import issue_access_token
+from portal.security.principal import RequestOrigin
+from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
+from portal.services import api_keys, users
 
 
 def make_provider(session: Session, email: str | None = None) -> uuid.UUID:
@@ -50,3 +55,40 @@ def make_device(
         )
     session.flush()
     return device
+
+
+def make_user(session: Session, *roles: Role, email: str | None = None, password: str | None = None) -> User:
+    """An account; without a password it is made instantly (no argon2 hashing)."""
+    email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+    return users.create_user(session, email=email, password=password, roles=roles or (Role.CUSTOMER,))
+
+
+def access_token_for(session: Session, user: User) -> str:
+    """A signed-in session's access token, as the login route would issue it."""
+    auth_session = AuthSession(user_id=user.id, expires_at=utcnow() + timedelta(days=1))
+    session.add(auth_session)
+    session.flush()
+    token, _ = issue_access_token(
+        user.id, auth_session.id, {str(role) for role in users.roles_of(session, user.id)}
+    )
+    return token
+
+
+def api_key_for(session: Session, user: User, scopes: list[str] | None = None) -> str:
+    _, key = api_keys.create_key(
+        session,
+        user_id=user.id,
+        name="test key",
+        scopes=scopes or list(api_keys.SCOPES),
+        origin=RequestOrigin(),
+    )
+    return key
+
+
+def device_token_for(session: Session, owner_id: uuid.UUID) -> str:
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    device = make_device(session, owner_id, state=DeviceState.REGISTERED, gpus=1)
+    device.token_hash = keyed_hash(token)
+    session.add(device)
+    session.flush()
+    return token

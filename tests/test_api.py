@@ -10,32 +10,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from portal.api.app import create_api
+from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
-from portal.cache import MemoryCache, RedisCache, get_cache
-from portal.config import get_settings
-from portal.db import build_engine, get_engine
+from portal.cache import MemoryCache, RedisCache
+from portal.db import build_engine
 from tests.conftest import closed_port, settings_for
 
 
 @pytest.fixture
-def api() -> FastAPI:
-    return create_api()
-
-
-@pytest.fixture
-def client(api) -> Iterator[TestClient]:
-    with TestClient(api, raise_server_exceptions=False) as client:
+def client() -> Iterator[TestClient]:
+    with TestClient(create_api(), raise_server_exceptions=False) as client:
         yield client
 
 
-def use_parts(api: FastAPI, *, settings=None, engine=None, cache=None) -> None:
-    if settings is not None:
-        api.dependency_overrides[get_settings] = lambda: settings
-    if engine is not None:
-        api.dependency_overrides[get_engine] = lambda: engine
-    if cache is not None:
-        api.dependency_overrides[get_cache] = lambda: cache
+def serve(*, settings, engine, cache) -> TestClient:
+    """A client of the API built over these parts."""
+    return TestClient(create_api(AppParts(settings, engine, cache)), raise_server_exceptions=False)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/api/v1/healthz"])
@@ -45,26 +36,25 @@ def test_healthz_answers_while_the_process_runs(client, path):
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_is_ready_when_every_embedded_part_answers(api, client, sqlite_url):
-    use_parts(api, settings=settings_for(), engine=build_engine(sqlite_url), cache=MemoryCache())
+def test_readyz_is_ready_when_every_embedded_part_answers(sqlite_url):
+    client = serve(settings=settings_for(), engine=build_engine(sqlite_url), cache=MemoryCache())
     response = client.get("/api/v1/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "cache": "ok", "broker": "ok"}}
 
 
 @pytest.mark.integration
-def test_readyz_is_ready_on_postgresql_redis_and_rabbitmq(api, client, postgres_url, redis_url, rabbitmq_url):
+def test_readyz_is_ready_on_postgresql_redis_and_rabbitmq(postgres_url, redis_url, rabbitmq_url):
     settings = settings_for(database_url=postgres_url, redis_url=redis_url, broker_url=rabbitmq_url)
-    use_parts(api, settings=settings, engine=build_engine(postgres_url), cache=RedisCache(redis_url))
+    client = serve(settings=settings, engine=build_engine(postgres_url), cache=RedisCache(redis_url))
     response = client.get("/readyz")
     assert response.status_code == 200, response.text
     assert set(response.json()["checks"].values()) == {"ok"}
 
 
-def test_readyz_names_the_database_when_it_is_down(api, client):
+def test_readyz_names_the_database_when_it_is_down():
     down = f"postgresql+psycopg://portal@127.0.0.1:{closed_port()}/portal"
-    use_parts(
-        api,
+    client = serve(
         settings=settings_for(),
         engine=build_engine(down, connect_args={"connect_timeout": 1}),
         cache=MemoryCache(),
@@ -78,19 +68,19 @@ def test_readyz_names_the_database_when_it_is_down(api, client):
     assert error["details"]["cache"] == "ok"
 
 
-def test_readyz_names_the_cache_when_redis_is_down(api, client, sqlite_url):
+def test_readyz_names_the_cache_when_redis_is_down(sqlite_url):
     redis_down = RedisCache(f"redis://127.0.0.1:{closed_port()}/0", timeout_s=0.5)
-    use_parts(api, settings=settings_for(), engine=build_engine(sqlite_url), cache=redis_down)
+    client = serve(settings=settings_for(), engine=build_engine(sqlite_url), cache=redis_down)
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"]["message"] == "cache is down"
 
 
-def test_readyz_names_the_broker_when_rabbitmq_is_down(api, client, sqlite_url):
+def test_readyz_names_the_broker_when_rabbitmq_is_down(sqlite_url):
     settings = settings_for(
         broker_url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/", readiness_timeout_s=1
     )
-    use_parts(api, settings=settings, engine=build_engine(sqlite_url), cache=MemoryCache())
+    client = serve(settings=settings, engine=build_engine(sqlite_url), cache=MemoryCache())
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"]["message"] == "broker is down"

@@ -22,6 +22,13 @@ def test_values_are_stored_and_deleted(cache):
     assert cache.get("greeting") is None
 
 
+def test_a_one_time_value_can_be_taken_once(cache):
+    cache.set("nonce", "abc", ttl_s=5)
+    assert cache.take("nonce") == "abc"
+    assert cache.take("nonce") is None
+    assert cache.get("nonce") is None
+
+
 def test_values_expire_after_their_ttl(cache):
     cache.set("short", "lived", ttl_s=0.2)
     assert cache.get("short") == "lived"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 05:27:27.154913
+Create Date: 2026-11-27 05:39:35.470221
 """
 
 from collections.abc import Sequence
@@ -56,7 +56,7 @@ def upgrade() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=True),
         sa.Column("display_name", sa.String(length=120), nullable=False),
         sa.Column("password_hash", sa.String(length=200), nullable=True),
         sa.Column("wallet_address", sa.String(length=64), nullable=True),
@@ -87,8 +87,32 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
     )
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_keys_key_hash"), ["key_hash"], unique=True)
         batch_op.create_index(batch_op.f("ix_api_keys_prefix"), ["prefix"], unique=True)
         batch_op.create_index(batch_op.f("ix_api_keys_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
+        "auth_sessions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("method", sa.String(length=16), nullable=False),
+        sa.Column("cookie_hash", sa.String(length=128), nullable=True),
+        sa.Column("ip", sa.String(length=64), nullable=True),
+        sa.Column("user_agent", sa.String(length=300), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_reason", sa.String(length=120), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_auth_sessions_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_auth_sessions")),
+        sa.UniqueConstraint("cookie_hash", name=op.f("uq_auth_sessions_cookie_hash")),
+    )
+    with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
+        batch_op.create_index("ix_auth_sessions_user_created", ["user_id", "created_at"], unique=False)
 
     op.create_table(
         "clusters",
@@ -167,6 +191,23 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("ledger_accounts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_ledger_accounts_owner_id"), ["owner_id"], unique=False)
+
+    op.create_table(
+        "oauth_identities",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("provider", sa.String(length=40), nullable=False),
+        sa.Column("subject", sa.String(length=255), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_oauth_identities_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oauth_identities")),
+        sa.UniqueConstraint("provider", "subject", name="uq_oauth_identities_provider_subject"),
+    )
+    with op.batch_alter_table("oauth_identities", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_oauth_identities_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "payouts",
@@ -329,6 +370,25 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_ledger_transactions_kind"), ["kind"], unique=False)
 
     op.create_table(
+        "refresh_tokens",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("session_id", sa.Uuid(), nullable=False),
+        sa.Column("token_hash", sa.String(length=128), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["auth_sessions.id"],
+            name=op.f("fk_refresh_tokens_session_id_auth_sessions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_refresh_tokens")),
+    )
+    with op.batch_alter_table("refresh_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_refresh_tokens_session_id"), ["session_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_refresh_tokens_token_hash"), ["token_hash"], unique=True)
+
+    op.create_table(
         "ledger_entries",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("transaction_id", sa.Integer(), nullable=False),
@@ -409,6 +469,11 @@ def downgrade() -> None:
         batch_op.drop_index("ix_ledger_entries_account_id")
 
     op.drop_table("ledger_entries")
+    with op.batch_alter_table("refresh_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_refresh_tokens_token_hash"))
+        batch_op.drop_index(batch_op.f("ix_refresh_tokens_session_id"))
+
+    op.drop_table("refresh_tokens")
     with op.batch_alter_table("ledger_transactions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ledger_transactions_kind"))
         batch_op.drop_index(batch_op.f("ix_ledger_transactions_cluster_id"))
@@ -444,6 +509,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_payouts_provider_created")
 
     op.drop_table("payouts")
+    with op.batch_alter_table("oauth_identities", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_oauth_identities_user_id"))
+
+    op.drop_table("oauth_identities")
     with op.batch_alter_table("ledger_accounts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ledger_accounts_owner_id"))
 
@@ -460,9 +529,14 @@ def downgrade() -> None:
         batch_op.drop_index("ix_clusters_owner_created")
 
     op.drop_table("clusters")
+    with op.batch_alter_table("auth_sessions", schema=None) as batch_op:
+        batch_op.drop_index("ix_auth_sessions_user_created")
+
+    op.drop_table("auth_sessions")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_user_id"))
         batch_op.drop_index(batch_op.f("ix_api_keys_prefix"))
+        batch_op.drop_index(batch_op.f("ix_api_keys_key_hash"))
 
     op.drop_table("api_keys")
     with op.batch_alter_table("users", schema=None) as batch_op:

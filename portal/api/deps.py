@@ -1,11 +1,16 @@
-"""Dependencies routes declare, as typed aliases so signatures read like sentences."""
+"""The parts a request works with, and the dependencies routes declare as typed aliases.
+
+The app factory fixes the parts (settings, database engine, cache) on ``app.state``; routes and
+middleware take them from there, so a test can build an app over its own database and cache.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -14,12 +19,42 @@ from portal.config import Settings, get_settings
 from portal.db import get_engine, session_scope
 
 
-def _session() -> Iterator[Session]:
-    with session_scope() as session:
+@dataclass(frozen=True)
+class AppParts:
+    settings: Settings
+    engine: Engine
+    cache: Cache
+
+    @classmethod
+    def from_settings(cls) -> AppParts:
+        return cls(settings=get_settings(), engine=get_engine(), cache=get_cache())
+
+
+def app_parts(request: Request) -> AppParts:
+    return request.app.state.parts
+
+
+PartsDep = Annotated[AppParts, Depends(app_parts)]
+
+
+def _settings(parts: PartsDep) -> Settings:
+    return parts.settings
+
+
+def _engine(parts: PartsDep) -> Engine:
+    return parts.engine
+
+
+def _cache(parts: PartsDep) -> Cache:
+    return parts.cache
+
+
+def _session(parts: PartsDep) -> Iterator[Session]:
+    with session_scope(parts.engine) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CacheDep = Annotated[Cache, Depends(_cache)]
+EngineDep = Annotated[Engine, Depends(_engine)]

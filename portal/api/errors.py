@@ -40,7 +40,10 @@ def error_response(
 
 async def _domain_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
-    return error_response(error.status_code, error.code, error.message, error.details)
+    headers = error.headers
+    if error.status_code == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return error_response(error.status_code, error.code, error.message, error.details, headers)
 
 
 async def _http_error(_: Request, error: Exception) -> JSONResponse:

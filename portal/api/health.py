@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,9 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from portal.api.deps import CacheDep, EngineDep, SettingsDep
 from portal.api.errors import error_response
 from portal.metrics import REGISTRY
+from portal.security.access import OPEN
 from portal.services.health import check_readiness
 
-router = APIRouter(tags=["health"])
+# No credentials are read: these must answer even when the database is down.
+router = APIRouter(tags=["health"], dependencies=[Depends(OPEN)])
 
 
 @router.get("/healthz", summary="200 while the process runs")

@@ -2,6 +2,7 @@
 
 from sqlmodel import SQLModel
 
+from portal.models.auth import AuthSession, OAuthIdentity, RefreshToken
 from portal.models.billing import (
     AccountKind,
     LedgerAccount,
@@ -31,6 +32,7 @@ __all__ = [
     "AccountKind",
     "ApiKey",
     "AuditLog",
+    "AuthSession",
     "Cluster",
     "ClusterEvent",
     "ClusterNode",
@@ -47,8 +49,10 @@ __all__ = [
     "LedgerTransaction",
     "NodeRole",
     "NodeState",
+    "OAuthIdentity",
     "Payout",
     "PayoutState",
+    "RefreshToken",
     "Role",
     "StateTransition",
     "UsageRecord",

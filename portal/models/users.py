@@ -22,7 +22,8 @@ class User(SQLModel, table=True):
     __tablename__ = "users"
 
     id: uuid.UUID = id_field()
-    email: str = Field(sa_type=sa.String(320), unique=True, index=True)
+    # Null for accounts made by signing in with a Solana wallet.
+    email: str | None = Field(default=None, sa_type=sa.String(320), unique=True, index=True)
     display_name: str = Field(default="", sa_type=sa.String(120))
     # argon2id hash; null for accounts that only sign in with OAuth or a wallet.
     password_hash: str | None = Field(default=None, sa_type=sa.String(200))
@@ -49,7 +50,7 @@ class ApiKey(SQLModel, table=True):
     user_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
     name: str = Field(sa_type=sa.String(80))
     prefix: str = Field(sa_type=sa.String(16), unique=True, index=True)
-    key_hash: str = Field(sa_type=sa.String(128))
+    key_hash: str = Field(sa_type=sa.String(128), unique=True, index=True)
     scopes: list[str] = json_field(list)
     created_at: datetime = created_at_field()
     last_used_at: datetime | None = timestamp_field()

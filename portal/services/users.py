@@ -6,7 +6,8 @@ import re
 import uuid
 from collections.abc import Iterable
 
-from sqlmodel import Session, select
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from portal.models import Role, User, UserRole
 from portal.security.passwords import MIN_PASSWORD_LENGTH, hash_password
@@ -64,3 +65,15 @@ def set_password(session: Session, user: User, password: str) -> None:
     user.password_hash = hash_password(password)
     session.add(user)
     session.flush()
+
+
+def search_users(
+    session: Session, *, email: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[User], int]:
+    """Accounts newest first, optionally those whose email contains ``email``; one page and the total."""
+    query = select(User)
+    if email:
+        query = query.where(col(User.email).contains(email.strip().lower()))
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    page = session.exec(query.order_by(col(User.created_at).desc()).offset(offset).limit(limit)).all()
+    return list(page), total

@@ -1,0 +1,105 @@
+"""Sign-up and sign-in: passwords, refresh rotation, wallets and the browser session cookie."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from portal.api.deps import CacheDep, SessionDep
+from portal.api.users import user_out
+from portal.schemas.auth import (
+    BrowserCodeIn,
+    LoginIn,
+    LogoutIn,
+    RefreshIn,
+    SignupIn,
+    TokensOut,
+    UserOut,
+    WalletChallengeIn,
+    WalletChallengeOut,
+    WalletVerifyIn,
+)
+from portal.security.access import PUBLIC, OriginDep
+from portal.security.cookies import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from portal.security.principal import Principal
+from portal.services import auth
+from portal.services.errors import Unauthorized
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+Caller = Annotated[Principal | None, Depends(PUBLIC)]
+
+
+def tokens_out(tokens: auth.TokenPair) -> TokensOut:
+    return TokensOut(
+        access_token=tokens.access_token, refresh_token=tokens.refresh_token, expires_in=tokens.expires_in
+    )
+
+
+@router.post("/signup", status_code=201, summary="Create an account with email and password")
+def signup(body: SignupIn, session: SessionDep, origin: OriginDep, _: Caller) -> dict[str, UserOut]:
+    user = auth.signup(session, email=body.email, password=body.password, roles=body.roles, origin=origin)  # type: ignore[arg-type]
+    return {"user": user_out(session, user)}
+
+
+@router.post("/login", summary="Sign in with email and password; returns an access and a refresh token")
+def login(body: LoginIn, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller) -> TokensOut:
+    return tokens_out(auth.login(session, cache, email=body.email, password=body.password, origin=origin))
+
+
+@router.post("/refresh", summary="Swap a refresh token for a new pair; reusing one revokes its session")
+def refresh(body: RefreshIn, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller) -> TokensOut:
+    return tokens_out(auth.refresh(session, cache, refresh_token=body.refresh_token, origin=origin))
+
+
+@router.post(
+    "/logout", status_code=204, summary="End the session of a refresh token (or of the access token sent)"
+)
+def logout(
+    session: SessionDep, cache: CacheDep, origin: OriginDep, caller: Caller, body: LogoutIn | None = None
+) -> None:
+    auth.logout(
+        session,
+        cache,
+        refresh_token=body.refresh_token if body else None,
+        session_id=caller.session_id if caller else None,
+        origin=origin,
+    )
+
+
+@router.post("/wallet/challenge", summary="A one-time message for a Solana wallet to sign")
+def wallet_challenge(body: WalletChallengeIn, cache: CacheDep, _: Caller) -> WalletChallengeOut:
+    nonce, message = auth.wallet_challenge(cache, address=body.address)
+    return WalletChallengeOut(nonce=nonce, message=message)
+
+
+@router.post("/wallet/verify", summary="Sign in with the wallet's signature of the challenge")
+def wallet_verify(
+    body: WalletVerifyIn, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller
+) -> TokensOut:
+    return tokens_out(
+        auth.wallet_login(
+            session, cache, address=body.address, nonce=body.nonce, signature=body.signature, origin=origin
+        )
+    )
+
+
+@router.post(
+    "/browser/session", status_code=204, summary="Swap a page's one-time sign-in code for the session cookie"
+)
+def browser_session(
+    body: BrowserCodeIn, request: Request, response: Response, cache: CacheDep, _: Caller
+) -> None:
+    secret = auth.redeem_browser_code(cache, body.code)
+    set_session_cookie(response, secret, secure=request.url.scheme == "https")
+
+
+@router.post("/browser/logout", status_code=204, summary="End this browser's session and clear its cookie")
+def browser_logout(
+    request: Request, response: Response, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller
+) -> None:
+    secret = request.cookies.get(SESSION_COOKIE)
+    if not secret:
+        raise Unauthorized("This browser is not signed in.", code="not_signed_in")
+    auth.end_browser_session(session, cache, secret, origin)
+    clear_session_cookie(response, secure=request.url.scheme == "https")

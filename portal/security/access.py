@@ -1,0 +1,172 @@
+"""Authorization in one place: every route declares one access rule, as a dependency.
+
+A rule authenticates the caller, checks roles, API-key scopes and credential kind, applies the
+per-principal rate limit and hands the route its ``Principal``. Objects are then looked up within the
+caller's ownership by the services, so another user's object is a 404, not a 403.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from portal.api.deps import CacheDep, SessionDep, SettingsDep
+from portal.models import Role
+from portal.security.authentication import authenticate_bearer
+from portal.security.firewall import check_rate
+from portal.security.principal import Principal, PrincipalKind, RequestOrigin
+from portal.services.errors import Forbidden, Unauthorized
+
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="JWT access token, API key (gpk_…) or device token (gpd_…)"
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+class AccessRule:
+    """Base of every rule; ``tests/test_authorization_matrix.py`` finds them on every route."""
+
+    summary = "rule"
+
+    def authenticate(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+        session: SessionDep,
+        cache: CacheDep,
+        settings: SettingsDep,
+    ) -> Principal | None:
+        if credentials is None:
+            if request.headers.get("authorization"):
+                raise Unauthorized("The Authorization header must be 'Bearer <token>'.", code="invalid_token")
+            return None
+        principal = authenticate_bearer(session, cache, credentials.credentials)
+        check_rate(cache, "principal", principal.id, settings.rate_limit_per_minute)
+        return principal
+
+
+class Open(AccessRule):
+    """No credentials are read at all: health, readiness and metrics, which must answer even when the
+    database is down."""
+
+    summary = "open"
+
+    def __call__(self) -> None:
+        return None
+
+
+class Public(AccessRule):
+    """Anyone; a valid credential, when sent, is still identified."""
+
+    summary = "public"
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: BearerDep,
+        session: SessionDep,
+        cache: CacheDep,
+        settings: SettingsDep,
+    ) -> Principal | None:
+        return self.authenticate(request, credentials, session, cache, settings)
+
+
+class SignedIn(AccessRule):
+    """A signed-in user (or, where allowed, their API key with the right scope) holding one of the roles."""
+
+    def __init__(
+        self, roles: Iterable[Role] = (), *, scope: str | None = None, api_keys: bool = True
+    ) -> None:
+        self.roles = frozenset(roles)
+        self.scope = scope
+        self.api_keys = api_keys
+        self.summary = "signed in" + (f" as {'/'.join(sorted(self.roles))}" if self.roles else "")
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: BearerDep,
+        session: SessionDep,
+        cache: CacheDep,
+        settings: SettingsDep,
+    ) -> Principal:
+        principal = self.authenticate(request, credentials, session, cache, settings)
+        if principal is None:
+            raise Unauthorized("Sign in first: send 'Authorization: Bearer <token>'.")
+        if principal.kind is PrincipalKind.DEVICE:
+            raise Forbidden("Device tokens are accepted on worker routes only.", code="wrong_credential")
+        if principal.kind is PrincipalKind.API_KEY:
+            if not self.api_keys:
+                raise Forbidden("API keys cannot be used here; sign in instead.", code="wrong_credential")
+            if self.scope and not principal.has_scope(self.scope):
+                raise Forbidden(f"The API key lacks the '{self.scope}' scope.", code="missing_scope")
+        if self.roles and not principal.roles & self.roles:
+            raise Forbidden(f"This needs the {' or '.join(sorted(self.roles))} role.", code="missing_role")
+        self.check_origin(request, settings)
+        return principal
+
+    def check_origin(self, request: Request, settings: SettingsDep) -> None:
+        return None
+
+
+class Admin(SignedIn):
+    """An admin, signed in (never an API key), from an allowed network when an allowlist is set."""
+
+    def __init__(self) -> None:
+        super().__init__([Role.ADMIN], api_keys=False)
+
+    def check_origin(self, request: Request, settings: SettingsDep) -> None:
+        if not settings.admin_ip_allowlist:
+            return
+        ip = request.client.host if request.client else ""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            address = None
+        if address is None or not any(
+            address in ipaddress.ip_network(network, strict=False) for network in settings.admin_ip_allowlist
+        ):
+            raise Forbidden("Admin routes are not reachable from this address.", code="ip_not_allowed")
+
+
+class DeviceToken(AccessRule):
+    """A worker agent's device token; nothing else is accepted on worker routes."""
+
+    summary = "device token"
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: BearerDep,
+        session: SessionDep,
+        cache: CacheDep,
+        settings: SettingsDep,
+    ) -> Principal:
+        principal = self.authenticate(request, credentials, session, cache, settings)
+        if principal is None:
+            raise Unauthorized("Worker routes need the device token: 'Authorization: Bearer gpd_…'.")
+        if principal.kind is not PrincipalKind.DEVICE:
+            raise Forbidden("Worker routes accept device tokens only.", code="wrong_credential")
+        return principal
+
+
+def request_origin(request: Request) -> RequestOrigin:
+    return RequestOrigin(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent", "")[:300],
+    )
+
+
+OriginDep = Annotated[RequestOrigin, Depends(request_origin)]
+
+# The rules routes use; one instance each, so the authorization matrix can name them.
+OPEN = Open()
+PUBLIC = Public()
+SIGNED_IN = SignedIn()
+SIGNED_IN_BROWSER_OR_TOKEN = SignedIn(api_keys=False)
+ADMIN = Admin()
+DEVICE = DeviceToken()

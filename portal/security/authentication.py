@@ -1,0 +1,74 @@
+"""Turning a bearer credential into a principal: JWT access token, customer API key or device token."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from portal.cache import Cache
+from portal.models import ApiKey, Device, Role, User
+from portal.models.base import utcnow
+from portal.security.jwt import InvalidToken, decode_access_token
+from portal.security.principal import Principal, PrincipalKind
+from portal.security.secrets import API_KEY_PREFIX, DEVICE_TOKEN_PREFIX, keyed_hash
+from portal.services.errors import Unauthorized
+from portal.services.users import roles_of
+
+# A key's last use is written at most this often, so a busy key does not write on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def revoked_session_key(session_id: object) -> str:
+    return f"revoked-session:{session_id}"
+
+
+def authenticate_bearer(session: Session, cache: Cache, token: str) -> Principal:
+    if token.startswith(f"{API_KEY_PREFIX}_"):
+        return _api_key(session, token)
+    if token.startswith(f"{DEVICE_TOKEN_PREFIX}_"):
+        return _device_token(session, token)
+    return _access_token(cache, token)
+
+
+def _access_token(cache: Cache, token: str) -> Principal:
+    try:
+        claims = decode_access_token(token)
+    except InvalidToken:
+        raise Unauthorized("The access token is invalid or has expired.", code="invalid_token") from None
+    if cache.get(revoked_session_key(claims.session_id)) is not None:
+        raise Unauthorized("This session has been signed out.", code="session_revoked")
+    roles = frozenset(Role(role) for role in claims.roles if role in Role._value2member_map_)
+    return Principal(PrincipalKind.USER, claims.user_id, roles=roles, session_id=claims.session_id)
+
+
+def _api_key(session: Session, token: str) -> Principal:
+    key = session.exec(select(ApiKey).where(ApiKey.key_hash == keyed_hash(token))).first()
+    now = utcnow()
+    if key is None or key.revoked_at is not None:
+        raise Unauthorized("The API key is invalid or has been revoked.", code="invalid_api_key")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized("The API key has expired.", code="invalid_api_key")
+    user = session.get(User, key.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("The API key's account is disabled.", code="invalid_api_key")
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        key.last_used_at = now
+        session.add(key)
+    return Principal(
+        PrincipalKind.API_KEY,
+        key.user_id,
+        roles=frozenset(roles_of(session, key.user_id)),
+        scopes=frozenset(key.scopes),
+        api_key_id=key.id,
+    )
+
+
+def _device_token(session: Session, token: str) -> Principal:
+    device = session.exec(select(Device).where(Device.token_hash == keyed_hash(token))).first()
+    if device is None:
+        raise Unauthorized(
+            "The device token is invalid or has been rotated; get a new one from the provider area.",
+            code="invalid_device_token",
+        )
+    return Principal(PrincipalKind.DEVICE, device.owner_id, device_id=device.id)

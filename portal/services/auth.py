@@ -1,0 +1,470 @@
+"""Signing up and in: passwords with throttling and lockout, rotating refresh tokens, Solana wallets,
+browser sessions with HttpOnly cookies, and the list of signed-in sessions a user can revoke."""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from portal.cache import Cache
+from portal.config import get_settings
+from portal.models import AuthSession, RefreshToken, Role, User
+from portal.models.base import utcnow
+from portal.security.authentication import revoked_session_key
+from portal.security.jwt import issue_access_token
+from portal.security.passwords import hash_password, verify_password
+from portal.security.principal import RequestOrigin
+from portal.security.secrets import BROWSER_COOKIE_PREFIX, REFRESH_TOKEN_PREFIX, keyed_hash, new_token
+from portal.services import audit, users
+from portal.services.errors import Conflict, InvalidInput, NotFound, RateLimited, Unauthorized
+
+SELF_SERVICE_ROLES = {Role.CUSTOMER, Role.PROVIDER}
+WALLET_NONCE_TTL_S = 300
+BROWSER_HANDOFF_TTL_S = 60
+BROWSER_SESSION_DAYS = 14
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: uuid.UUID
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    # Checked when the email is unknown, so a miss costs as long as a wrong password (no user enumeration).
+    return hash_password(secrets.token_urlsafe(16))
+
+
+# --- sign-up and password sign-in ------------------------------------------------------------------
+
+
+def signup(session: Session, *, email: str, password: str, roles: list[Role], origin: RequestOrigin) -> User:
+    wanted = set(roles) or {Role.CUSTOMER}
+    if not wanted <= SELF_SERVICE_ROLES:
+        raise InvalidInput(
+            "Sign-up can ask for the customer and provider roles only.", details={"field": "roles"}
+        )
+    user = users.create_user(session, email=email, password=password, roles=wanted)
+    audit.record(
+        session,
+        "user.signup",
+        actor_id=f"user:{user.id}",
+        origin=origin,
+        target_type="user",
+        target_id=user.id,
+        details={"roles": sorted(wanted)},
+    )
+    return user
+
+
+def _lock_key(email: str) -> str:
+    return f"login-lock:{email}"
+
+
+def check_password(
+    session: Session, cache: Cache, *, email: str, password: str, origin: RequestOrigin
+) -> User:
+    """The user whose password this is, or a clear refusal; repeated failures lock the account for a while."""
+    settings = get_settings()
+    email = users.normalize_email(email)
+    locked_until = cache.get(_lock_key(email))
+    if locked_until is not None:
+        retry_after = max(1, int(float(locked_until) - utcnow().timestamp()))
+        raise RateLimited(
+            f"Too many failed sign-ins; this account is locked for {retry_after} s.",
+            retry_after_s=retry_after,
+            code="locked_out",
+        )
+    ip_failures_key = f"login-failures-ip:{origin.ip}"
+    if int(cache.get(ip_failures_key) or 0) >= settings.login_max_failures * 4:
+        raise RateLimited(
+            "Too many failed sign-ins from this address; try again later.",
+            retry_after_s=settings.login_lockout_s,
+            code="locked_out",
+        )
+    user = users.get_user_by_email(session, email)
+    usable = user is not None and user.is_active and user.password_hash is not None
+    valid = verify_password(user.password_hash if usable else _decoy_hash(), password)  # type: ignore[union-attr, arg-type]
+    if usable and valid:
+        cache.delete(f"login-failures:{email}")
+        return user  # type: ignore[return-value]
+    failures = cache.incr(f"login-failures:{email}", ttl_s=settings.login_lockout_s)
+    cache.incr(ip_failures_key, ttl_s=settings.login_lockout_s)
+    locked = failures >= settings.login_max_failures
+    if locked:
+        unlock_at = utcnow().timestamp() + settings.login_lockout_s
+        cache.set(_lock_key(email), str(unlock_at), ttl_s=settings.login_lockout_s)
+    audit.record(
+        session,
+        "auth.login",
+        actor_id=f"user:{user.id}" if user else None,
+        origin=origin,
+        outcome="failure",
+        target_type="user",
+        target_id=user.id if user else None,
+        details={"email": email, "failures": failures, "locked": locked},
+    )
+    session.commit()  # the failure stays on record although the request fails
+    raise Unauthorized("Wrong email or password.", code="invalid_credentials")
+
+
+def _start_session(
+    session: Session,
+    user: User,
+    *,
+    kind: str,
+    method: str,
+    origin: RequestOrigin,
+    cookie_hash: str | None = None,
+) -> tuple[AuthSession, TokenPair]:
+    now = utcnow()
+    lifetime = (
+        timedelta(days=BROWSER_SESSION_DAYS)
+        if kind == "browser"
+        else timedelta(days=get_settings().refresh_token_ttl_days)
+    )
+    auth_session = AuthSession(
+        user_id=user.id,
+        kind=kind,
+        method=method,
+        cookie_hash=cookie_hash,
+        ip=origin.ip,
+        user_agent=origin.user_agent,
+        last_used_at=now,
+        expires_at=now + lifetime,
+    )
+    session.add(auth_session)
+    user.last_login_at = now
+    session.add(user)
+    session.flush()
+    return auth_session, _new_tokens(session, user, auth_session)
+
+
+def _new_tokens(session: Session, user: User, auth_session: AuthSession) -> TokenPair:
+    refresh_token = new_token(REFRESH_TOKEN_PREFIX)
+    session.add(RefreshToken(session_id=auth_session.id, token_hash=keyed_hash(refresh_token)))
+    session.flush()
+    access_token, expires_in = issue_access_token(
+        user.id, auth_session.id, set(users.roles_of(session, user.id))
+    )
+    return TokenPair(access_token, refresh_token, expires_in, auth_session.id)
+
+
+def login(session: Session, cache: Cache, *, email: str, password: str, origin: RequestOrigin) -> TokenPair:
+    user = check_password(session, cache, email=email, password=password, origin=origin)
+    auth_session, tokens = _start_session(session, user, kind="api", method="password", origin=origin)
+    audit.record(
+        session,
+        "auth.login",
+        actor_id=f"user:{user.id}",
+        origin=origin,
+        target_type="session",
+        target_id=auth_session.id,
+        details={"method": "password"},
+    )
+    return tokens
+
+
+# --- refresh-token rotation ------------------------------------------------------------------------
+
+
+def refresh(session: Session, cache: Cache, *, refresh_token: str, origin: RequestOrigin) -> TokenPair:
+    """A new pair for a refresh token, which stops working; presenting it again revokes the whole session."""
+    stored = session.exec(
+        select(RefreshToken).where(RefreshToken.token_hash == keyed_hash(refresh_token))
+    ).first()
+    if stored is None:
+        raise Unauthorized("The refresh token is invalid.", code="invalid_refresh_token")
+    auth_session = session.get(AuthSession, stored.session_id)
+    assert auth_session is not None  # a refresh token's session is deleted with it
+    now = utcnow()
+    # The conditional update makes the exchange atomic: of two racing uses, exactly one wins.
+    claimed = session.execute(
+        update(RefreshToken)
+        .where(col(RefreshToken.id) == stored.id, col(RefreshToken.used_at).is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if not claimed:
+        if auth_session.revoked_at is None:
+            _revoke(session, cache, auth_session, "refresh token reused")
+        audit.record(
+            session,
+            "auth.refresh_reuse",
+            actor_id=f"user:{auth_session.user_id}",
+            origin=origin,
+            outcome="failure",
+            target_type="session",
+            target_id=auth_session.id,
+        )
+        session.commit()
+        raise Unauthorized(
+            "This refresh token was already used; the session is revoked. Sign in again.",
+            code="refresh_token_reused",
+        )
+    if auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        raise Unauthorized("The session has ended; sign in again.", code="session_revoked")
+    user = session.get(User, auth_session.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("The account is disabled.", code="account_disabled")
+    auth_session.last_used_at = now
+    session.add(auth_session)
+    return _new_tokens(session, user, auth_session)
+
+
+def _revoke(session: Session, cache: Cache, auth_session: AuthSession, reason: str) -> None:
+    auth_session.revoked_at = utcnow()
+    auth_session.revoked_reason = reason
+    session.add(auth_session)
+    session.flush()
+    # Access tokens of the session are refused at once, until the longest of them would have expired.
+    cache.set(revoked_session_key(auth_session.id), "1", ttl_s=get_settings().access_token_ttl_s + 60)
+
+
+def logout(
+    session: Session,
+    cache: Cache,
+    *,
+    refresh_token: str | None,
+    session_id: uuid.UUID | None,
+    origin: RequestOrigin,
+) -> None:
+    auth_session = None
+    if refresh_token:
+        stored = session.exec(
+            select(RefreshToken).where(RefreshToken.token_hash == keyed_hash(refresh_token))
+        ).first()
+        auth_session = session.get(AuthSession, stored.session_id) if stored else None
+    elif session_id:
+        auth_session = session.get(AuthSession, session_id)
+    if auth_session is None:
+        raise Unauthorized(
+            "Send the refresh token, or the access token of the session to end.", code="missing_refresh_token"
+        )
+    if auth_session.revoked_at is None:
+        _revoke(session, cache, auth_session, "signed out")
+    audit.record(
+        session,
+        "auth.logout",
+        actor_id=f"user:{auth_session.user_id}",
+        origin=origin,
+        target_type="session",
+        target_id=auth_session.id,
+    )
+
+
+def active_sessions(session: Session, user_id: uuid.UUID) -> list[AuthSession]:
+    return list(
+        session.exec(
+            select(AuthSession)
+            .where(
+                AuthSession.user_id == user_id,
+                col(AuthSession.revoked_at).is_(None),
+                AuthSession.expires_at > utcnow(),
+            )
+            .order_by(col(AuthSession.last_used_at).desc())
+        ).all()
+    )
+
+
+def end_session(
+    session: Session, cache: Cache, *, user_id: uuid.UUID, session_id: uuid.UUID, origin: RequestOrigin
+) -> None:
+    auth_session = session.get(AuthSession, session_id)
+    if auth_session is None or auth_session.user_id != user_id:
+        raise NotFound("No such session.")
+    if auth_session.revoked_at is None:
+        _revoke(session, cache, auth_session, "revoked by its owner")
+    audit.record(
+        session,
+        "auth.session_revoke",
+        actor_id=f"user:{user_id}",
+        origin=origin,
+        target_type="session",
+        target_id=session_id,
+    )
+
+
+# --- Solana wallets --------------------------------------------------------------------------------
+
+
+def _pubkey(address: str) -> Pubkey:
+    try:
+        return Pubkey.from_string(address)
+    except ValueError:
+        raise InvalidInput(
+            "That is not a Solana address (base58 public key).", details={"field": "address"}
+        ) from None
+
+
+def wallet_challenge(cache: Cache, *, address: str) -> tuple[str, str]:
+    """A one-time nonce and the message the wallet must sign, valid for five minutes."""
+    _pubkey(address)
+    nonce = secrets.token_urlsafe(18)
+    message = (
+        "Sign in to GPU Portal.\n\n"
+        f"Wallet: {address}\nNonce: {nonce}\nIssued: {utcnow().isoformat(timespec='seconds')}\n\n"
+        "Signing proves you own this wallet; it costs nothing and moves no funds."
+    )
+    cache.set(
+        f"wallet-nonce:{nonce}",
+        json.dumps({"address": address, "message": message}),
+        ttl_s=WALLET_NONCE_TTL_S,
+    )
+    return nonce, message
+
+
+def _verify_wallet(cache: Cache, *, address: str, nonce: str, signature: str) -> None:
+    # Taken, not read: a nonce answers one attempt, right or wrong, so it can never be replayed.
+    stored = cache.take(f"wallet-nonce:{nonce}")
+    if stored is None:
+        raise Unauthorized(
+            "The nonce is unknown, used or expired; ask for a new challenge.", code="invalid_nonce"
+        )
+    challenge = json.loads(stored)
+    if challenge["address"] != address:
+        raise Unauthorized("The nonce was issued for another wallet.", code="invalid_nonce")
+    try:
+        parsed = Signature.from_string(signature)
+    except ValueError:
+        raise InvalidInput(
+            "The signature is not a base58 ed25519 signature.", details={"field": "signature"}
+        ) from None
+    if not parsed.verify(_pubkey(address), challenge["message"].encode()):
+        raise Unauthorized("The signature does not match this wallet and message.", code="invalid_signature")
+
+
+def wallet_login(
+    session: Session, cache: Cache, *, address: str, nonce: str, signature: str, origin: RequestOrigin
+) -> TokenPair:
+    _verify_wallet(cache, address=address, nonce=nonce, signature=signature)
+    user = session.exec(select(User).where(User.wallet_address == address)).first()
+    if user is None:
+        user = User(wallet_address=address, display_name=f"{address[:4]}…{address[-4:]}")
+        session.add(user)
+        session.flush()
+        users.grant_roles(session, user, [Role.CUSTOMER])
+        audit.record(
+            session,
+            "user.signup",
+            actor_id=f"user:{user.id}",
+            origin=origin,
+            target_type="user",
+            target_id=user.id,
+            details={"method": "wallet"},
+        )
+    if not user.is_active:
+        raise Unauthorized("The account is disabled.", code="account_disabled")
+    auth_session, tokens = _start_session(session, user, kind="api", method="wallet", origin=origin)
+    audit.record(
+        session,
+        "auth.login",
+        actor_id=f"user:{user.id}",
+        origin=origin,
+        target_type="session",
+        target_id=auth_session.id,
+        details={"method": "wallet"},
+    )
+    return tokens
+
+
+def link_wallet(
+    session: Session,
+    cache: Cache,
+    *,
+    user_id: uuid.UUID,
+    address: str,
+    nonce: str,
+    signature: str,
+    origin: RequestOrigin,
+) -> User:
+    _verify_wallet(cache, address=address, nonce=nonce, signature=signature)
+    holder = session.exec(select(User).where(User.wallet_address == address)).first()
+    if holder is not None and holder.id != user_id:
+        raise Conflict("That wallet is linked to another account.", code="wallet_taken")
+    user = session.get(User, user_id)
+    assert user is not None
+    user.wallet_address = address
+    session.add(user)
+    audit.record(
+        session,
+        "user.wallet_link",
+        actor_id=f"user:{user_id}",
+        origin=origin,
+        target_type="user",
+        target_id=user_id,
+        details={"address": address},
+    )
+    return user
+
+
+# --- browser sessions ------------------------------------------------------------------------------
+
+
+def start_browser_session(
+    session: Session, cache: Cache, *, user: User, method: str, origin: RequestOrigin
+) -> str:
+    """Start a browser session; returns a one-time code that ``/auth/browser/session`` swaps for its cookie.
+
+    Pages talk to the portal over a websocket, which cannot set cookies; the code lets one plain HTTP
+    request set the HttpOnly cookie instead. It lives a minute and works once.
+    """
+    cookie_secret = new_token(BROWSER_COOKIE_PREFIX)
+    auth_session, _ = _start_session(
+        session, user, kind="browser", method=method, origin=origin, cookie_hash=keyed_hash(cookie_secret)
+    )
+    audit.record(
+        session,
+        "auth.login",
+        actor_id=f"user:{user.id}",
+        origin=origin,
+        target_type="session",
+        target_id=auth_session.id,
+        details={"method": method, "browser": True},
+    )
+    code = secrets.token_urlsafe(24)
+    cache.set(f"browser-handoff:{code}", cookie_secret, ttl_s=BROWSER_HANDOFF_TTL_S)
+    return code
+
+
+def redeem_browser_code(cache: Cache, code: str) -> str:
+    cookie_secret = cache.take(f"browser-handoff:{code}")
+    if cookie_secret is None:
+        raise Unauthorized("The sign-in code is unknown, used or expired.", code="invalid_code")
+    return cookie_secret
+
+
+def browser_session(session: Session, cache: Cache, cookie_secret: str) -> AuthSession | None:
+    """The live browser session a cookie belongs to, or None when it ended or never existed."""
+    if not cookie_secret.startswith(f"{BROWSER_COOKIE_PREFIX}_"):
+        return None
+    auth_session = session.exec(
+        select(AuthSession).where(AuthSession.cookie_hash == keyed_hash(cookie_secret))
+    ).first()
+    now = utcnow()
+    if auth_session is None or auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        return None
+    user = session.get(User, auth_session.user_id)
+    if user is None or not user.is_active:
+        return None
+    if auth_session.last_used_at is None or now - auth_session.last_used_at > timedelta(minutes=1):
+        auth_session.last_used_at = now
+        session.add(auth_session)
+    return auth_session
+
+
+def end_browser_session(session: Session, cache: Cache, cookie_secret: str, origin: RequestOrigin) -> None:
+    auth_session = browser_session(session, cache, cookie_secret)
+    if auth_session is not None:
+        logout(session, cache, refresh_token=None, session_id=auth_session.id, origin=origin)

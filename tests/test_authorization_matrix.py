@@ -1,0 +1,141 @@
+"""Who may call what: every route of the API against every kind of caller.
+
+``RULES`` names each route's rule. A route added to the API without an entry here fails
+``test_every_route_has_a_rule``; a route whose declared rule does not behave as its entry says fails
+the matrix below.
+"""
+
+import re
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from portal.api.app import create_api
+from portal.db import session_scope
+from portal.models import Role
+from tests.factories import access_token_for, api_key_for, device_token_for, make_user
+
+# open: no credentials are read; public: anyone (a sent credential is still checked);
+# signed_in: any user or their API key; account_owner: a signed-in user, not an API key;
+# admin: a signed-in admin; device: a worker agent's device token only.
+RULES = {
+    ("GET", "/api/v1/healthz"): "open",
+    ("GET", "/api/v1/readyz"): "open",
+    ("GET", "/api/v1/metrics"): "open",
+    ("POST", "/api/v1/auth/signup"): "public",
+    ("POST", "/api/v1/auth/login"): "public",
+    ("POST", "/api/v1/auth/refresh"): "public",
+    ("POST", "/api/v1/auth/logout"): "public",
+    ("POST", "/api/v1/auth/wallet/challenge"): "public",
+    ("POST", "/api/v1/auth/wallet/verify"): "public",
+    ("POST", "/api/v1/auth/browser/session"): "public",
+    ("POST", "/api/v1/auth/browser/logout"): "public",
+    ("GET", "/api/v1/me"): "signed_in",
+    ("PUT", "/api/v1/me/wallet"): "account_owner",
+    ("GET", "/api/v1/me/sessions"): "account_owner",
+    ("DELETE", "/api/v1/me/sessions/{session_id}"): "account_owner",
+    ("POST", "/api/v1/api-keys"): "account_owner",
+    ("GET", "/api/v1/api-keys"): "account_owner",
+    ("DELETE", "/api/v1/api-keys/{key_id}"): "account_owner",
+    ("GET", "/api/v1/admin/users"): "admin",
+    ("GET", "/api/v1/admin/audit"): "admin",
+}
+# Served outside the OpenAPI document: the root health routes and the JSON 404 for unknown API paths.
+HIDDEN_ROUTES = {("GET", "/healthz"): "open", ("GET", "/readyz"): "open", ("GET", "/metrics"): "open"}
+
+CALLERS = ["anonymous", "customer", "other_customer", "provider", "admin", "customer_api_key", "device"]
+
+# What each rule lets through; everyone else is refused with 401 (no credential) or 403 (wrong one).
+ALLOWED = {
+    "open": set(CALLERS),
+    "public": set(CALLERS),
+    "signed_in": {"customer", "other_customer", "provider", "admin", "customer_api_key"},
+    "account_owner": {"customer", "other_customer", "provider", "admin"},
+    "admin": {"admin"},
+    "device": {"device"},
+}
+
+
+# The error codes with which an access rule refuses a caller.
+RULE_REFUSALS = {
+    "unauthorized",
+    "forbidden",
+    "wrong_credential",
+    "missing_role",
+    "missing_scope",
+    "ip_not_allowed",
+}
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    document = create_api().openapi()
+    return {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
+
+
+def test_every_route_has_a_rule():
+    unlisted = documented_routes() - set(RULES)
+    assert not unlisted, f"routes without an entry in the authorization matrix: {sorted(unlisted)}"
+    assert not set(RULES) - documented_routes(), "the matrix lists routes that no longer exist"
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """One database for the whole matrix, with one account per kind of caller."""
+    from portal import migrations
+    from portal.api.deps import AppParts
+    from portal.cache import MemoryCache
+    from portal.db import build_engine
+    from tests.conftest import settings_for
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('matrix') / 'portal.db'}"
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    with session_scope(engine) as session:
+        accounts = {
+            "customer": make_user(session, Role.CUSTOMER),
+            "other_customer": make_user(session, Role.CUSTOMER),
+            "provider": make_user(session, Role.PROVIDER),
+            "admin": make_user(session, Role.ADMIN),
+        }
+    parts = AppParts(settings_for(rate_limit_per_minute=1_000_000), engine, MemoryCache())
+    client = TestClient(create_api(parts), raise_server_exceptions=False)
+    yield client, engine, accounts
+    engine.dispose()
+
+
+def fresh_credential(engine, accounts, caller: str) -> str | None:
+    """A new credential per test, so a route that ends a session cannot disturb the next test."""
+    if caller == "anonymous":
+        return None
+    with session_scope(engine) as session:
+        if caller == "customer_api_key":
+            return api_key_for(session, accounts["customer"])
+        if caller == "device":
+            return device_token_for(session, accounts["provider"].id)
+        return access_token_for(session, accounts[caller])
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", lambda _: str(uuid.uuid4()), path)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(("method", "path"), sorted({**RULES, **HIDDEN_ROUTES}))
+def test_each_caller_gets_what_the_rule_says(matrix, method, path, caller):
+    client, engine, accounts = matrix
+    rule = {**RULES, **HIDDEN_ROUTES}[(method, path)]
+    credential = fresh_credential(engine, accounts, caller)
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    response = client.request(
+        method, concrete(path), headers=headers, json={} if method in {"POST", "PUT"} else None
+    )
+    assert response.status_code != 500, response.text
+    refused_by_rule = response.status_code in (401, 403) and response.json()["error"]["code"] in RULE_REFUSALS
+    if caller in ALLOWED[rule]:
+        # A public route may still answer 401 about a credential in its body (a bad refresh token, say).
+        assert not refused_by_rule, f"{caller} should pass {rule}: {response.text}"
+    else:
+        expected = 401 if caller == "anonymous" else 403
+        assert response.status_code == expected, f"{caller} on {rule}: {response.text}"
+        assert refused_by_rule, response.text
