@@ -16,7 +16,9 @@ app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=T
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data for a local portal.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+admin_app = typer.Typer(help="Portal administrators.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+app.add_typer(admin_app, name="admin")
 
 BUN_PACKAGE_DIR = PROJECT_ROOT / ".tools" / "node_modules" / "@oven"
 
@@ -170,6 +172,37 @@ def demo_seed() -> None:
     """Create the demo admin, customer (with credits) and provider; print their logins."""
     settings = settings_or_exit()
     print_demo_logins(seed_demo_accounts(settings))
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Argument(help="The admin's email; an existing account is made admin.")],
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Password for a new account (prompted, hidden, when not given).",
+            envvar="PORTAL_ADMIN_PASSWORD",
+        ),
+    ] = None,
+) -> None:
+    """Create an admin account, or give an existing account the admin role."""
+    settings = settings_or_exit()
+    from portal.db import build_engine, session_scope
+    from portal.services import users
+    from portal.services.errors import DomainError
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            existing = users.get_user_by_email(session, email)
+            if existing is None and password is None:
+                password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+            user = users.make_admin(session, email=email, password=password)
+    except DomainError as error:
+        raise fail(error.message) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"{user.email} is an admin ({'existing account' if existing else 'new account'})")
 
 
 @app.command("config")

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from portal.models import Role, User, UserRole
 from portal.security.passwords import MIN_PASSWORD_LENGTH, hash_password
+from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput
 
 # Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's job.
@@ -77,3 +78,24 @@ def search_users(
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     page = session.exec(query.order_by(col(User.created_at).desc()).offset(offset).limit(limit)).all()
     return list(page), total
+
+
+def make_admin(session: Session, *, email: str, password: str | None) -> User:
+    """Give an account the admin role, creating it (with this password) when there is none; audited."""
+    user = get_user_by_email(session, email)
+    created = user is None
+    if user is None:
+        if password is None:
+            raise InvalidInput("A new admin account needs a password.", details={"field": "password"})
+        user = create_user(session, email=email, password=password, roles=[Role.ADMIN])
+    else:
+        grant_roles(session, user, [Role.ADMIN])
+    audit.record(
+        session,
+        "user.admin_grant",
+        actor_id="system:cli",
+        target_type="user",
+        target_id=user.id,
+        details={"created": created},
+    )
+    return user

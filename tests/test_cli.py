@@ -1,0 +1,52 @@
+"""The `portal` command line: admins and demo accounts."""
+
+import os
+import subprocess
+
+from sqlmodel import select
+
+from portal import migrations
+from portal.db import build_engine, session_scope
+from portal.models import AuditLog, Role
+from portal.security.passwords import verify_password
+from portal.services import users
+from tests.conftest import VENV_BIN
+
+
+def portal(*args: str, data_dir, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "portal"), *args],
+        env={**os.environ, "PORTAL_DATA_DIR": str(data_dir), **env},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_portal_admin_create_makes_a_new_admin_or_promotes_an_account(tmp_path):
+    url = f"sqlite:///{tmp_path / 'portal.db'}"
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="ops@example.com", password=None, roles=[Role.CUSTOMER])
+
+    created = portal(
+        "admin", "create", "root@example.com", data_dir=tmp_path, PORTAL_ADMIN_PASSWORD="a-long-password"
+    )
+    promoted = portal("admin", "create", "OPS@example.com", data_dir=tmp_path)
+    refused = portal("admin", "create", "new@example.com", "--password", "short", data_dir=tmp_path)
+
+    assert created.returncode == 0, created.stderr
+    assert "root@example.com is an admin (new account)" in created.stdout
+    assert promoted.returncode == 0 and "(existing account)" in promoted.stdout
+    assert refused.returncode == 2 and "at least 10 characters" in refused.stderr
+    with session_scope(engine) as session:
+        root = users.get_user_by_email(session, "root@example.com")
+        assert verify_password(root.password_hash, "a-long-password")
+        assert users.roles_of(session, root.id) == {Role.ADMIN}
+        ops = users.get_user_by_email(session, "ops@example.com")
+        assert users.roles_of(session, ops.id) == {Role.ADMIN, Role.CUSTOMER}
+        grants = session.exec(select(AuditLog).where(AuditLog.action == "user.admin_grant")).all()
+        assert [g.actor_id for g in grants] == ["system:cli", "system:cli"]
+        assert users.get_user_by_email(session, "new@example.com") is None
+    engine.dispose()
