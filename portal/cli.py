@@ -67,7 +67,7 @@ def run(
 
     migrations.upgrade(settings.sqlalchemy_url)
     if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
-        print_demo_logins(seed_demo_accounts(settings))
+        print_demo_logins(seed_demo_accounts(settings), settings)
     env = reflex_environment(settings)
     reflex = Path(sys.executable).with_name("reflex")
     typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
@@ -161,8 +161,8 @@ def seed_demo_accounts(settings: Settings) -> list:
         engine.dispose()
 
 
-def print_demo_logins(logins: list) -> None:
-    typer.secho("Demo logins (kept in data/demo_logins.json):", bold=True)
+def print_demo_logins(logins: list, settings: Settings) -> None:
+    typer.secho(f"Demo logins (kept in {settings.data_dir / 'demo_logins.json'}):", bold=True)
     for login in logins:
         typer.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
 
@@ -171,7 +171,7 @@ def print_demo_logins(logins: list) -> None:
 def demo_seed() -> None:
     """Create the demo admin, customer (with credits) and provider; print their logins."""
     settings = settings_or_exit()
-    print_demo_logins(seed_demo_accounts(settings))
+    print_demo_logins(seed_demo_accounts(settings), settings)
 
 
 @admin_app.command("create")

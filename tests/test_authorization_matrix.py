@@ -31,6 +31,8 @@ RULES = {
     ("POST", "/api/v1/auth/wallet/verify"): "public",
     ("POST", "/api/v1/auth/browser/session"): "public",
     ("POST", "/api/v1/auth/browser/logout"): "public",
+    ("GET", "/api/v1/auth/oauth/{provider}/login"): "public",
+    ("GET", "/api/v1/auth/oauth/{provider}/callback"): "public",
     ("GET", "/api/v1/me"): "signed_in",
     ("PUT", "/api/v1/me/wallet"): "account_owner",
     ("GET", "/api/v1/me/sessions"): "account_owner",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import RedirectResponse
 
-from portal.api.deps import CacheDep, SessionDep
+from portal.api.deps import CacheDep, SessionDep, SettingsDep
 from portal.api.users import user_out
 from portal.schemas.auth import (
     BrowserCodeIn,
@@ -23,10 +24,13 @@ from portal.schemas.auth import (
 from portal.security.access import PUBLIC, OriginDep
 from portal.security.cookies import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 from portal.security.principal import Principal
-from portal.services import auth
-from portal.services.errors import Unauthorized
+from portal.services import audit, auth, oauth
+from portal.services.errors import DomainError, Unauthorized
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+# Binds an OAuth sign-in to the browser that started it; sent only to the OAuth routes.
+OAUTH_BINDING_COOKIE = "portal_oauth"
+OAUTH_COOKIE_PATH = "/api/v1/auth/oauth"
 Caller = Annotated[Principal | None, Depends(PUBLIC)]
 
 
@@ -103,3 +107,69 @@ def browser_logout(
         raise Unauthorized("This browser is not signed in.", code="not_signed_in")
     auth.end_browser_session(session, cache, secret, origin)
     clear_session_cookie(response, secure=request.url.scheme == "https")
+
+
+@router.get(
+    "/oauth/{provider}/login", status_code=302, summary="Start signing in with GitHub, Google or OIDC"
+)
+def oauth_login(
+    provider: str, request: Request, cache: CacheDep, settings: SettingsDep, _: Caller
+) -> Response:
+    chosen = oauth.get_provider(settings, provider)
+    url, binding = oauth.start(cache, settings, chosen)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        OAUTH_BINDING_COOKIE,
+        binding,
+        max_age=oauth.STATE_TTL_S,
+        path=OAUTH_COOKIE_PATH,
+        httponly=True,
+        secure=request.url.scheme == "https",
+        samesite="lax",
+    )
+    return response
+
+
+@router.get(
+    "/oauth/{provider}/callback", status_code=302, summary="Where the provider returns; signs the browser in"
+)
+def oauth_callback(
+    provider: str,
+    request: Request,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    origin: OriginDep,
+    _: Caller,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    state: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    secure = request.url.scheme == "https"
+    try:
+        if not code or not state:
+            raise Unauthorized("The provider did not grant the sign-in.", code="oauth_denied")
+        secret = oauth.finish(
+            session,
+            cache,
+            settings,
+            oauth.get_provider(settings, provider),
+            code=code,
+            state=state,
+            binding=request.cookies.get(OAUTH_BINDING_COOKIE),
+            origin=origin,
+        )
+    except DomainError as error:
+        audit.record(
+            session,
+            "auth.login",
+            origin=origin,
+            outcome="failure",
+            details={"method": f"oauth:{provider[:40]}", "code": error.code},
+        )
+        failed = RedirectResponse("/login?error=oauth", status_code=302)
+        failed.delete_cookie(OAUTH_BINDING_COOKIE, path=OAUTH_COOKIE_PATH)
+        return failed
+    response = RedirectResponse("/account", status_code=302)
+    set_session_cookie(response, secret, secure=secure)
+    response.delete_cookie(OAUTH_BINDING_COOKIE, path=OAUTH_COOKIE_PATH)
+    return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal import __version__
+from portal.state.session import SessionState
 
 AREAS = (
     ("Network", "/", "globe"),
@@ -30,6 +31,38 @@ def nav_link(label: str, href: str, icon: str) -> rx.Component:
     )
 
 
+def account_menu() -> rx.Component:
+    return rx.cond(
+        SessionState.signed_in,
+        rx.menu.root(
+            rx.menu.trigger(
+                rx.button(
+                    rx.icon("circle_user", size=16),
+                    SessionState.display_name,
+                    variant="soft",
+                    size="2",
+                    id="account-menu",
+                )
+            ),
+            rx.menu.content(
+                rx.menu.item("Account and API keys", on_click=rx.redirect("/account")),
+                rx.cond(
+                    SessionState.is_admin, rx.menu.item("Audit log", on_click=rx.redirect("/admin/audit"))
+                ),
+                rx.menu.separator(),
+                rx.menu.item("Sign out", color="red", on_click=SessionState.sign_out),
+            ),
+        ),
+        rx.hstack(
+            rx.button(
+                rx.link("Sign in", href="/login", underline="none"), as_child=True, variant="soft", size="2"
+            ),
+            rx.button(rx.link("Sign up", href="/signup", underline="none"), as_child=True, size="2"),
+            spacing="2",
+        ),
+    )
+
+
 def navbar() -> rx.Component:
     return rx.box(
         rx.hstack(
@@ -48,6 +81,7 @@ def navbar() -> rx.Component:
             rx.el.nav(rx.hstack(*(nav_link(*area) for area in AREAS), spacing="1"), aria_label="Areas"),
             rx.spacer(),
             rx.link(rx.text("API", size="2"), href="/api/docs", color_scheme="gray"),
+            account_menu(),
             rx.color_mode.button(size="2", variant="ghost", aria_label="Switch light or dark theme"),
             align="center",
             spacing="4",

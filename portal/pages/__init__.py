@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.pages import areas, landing
+from portal.pages import account, admin_audit, areas, auth, landing
 
 
 def register_pages(app: rx.App) -> None:
     landing.register(app)
     areas.register(app)
+    auth.register(app)
+    account.register(app)
+    admin_audit.register(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
+from portal.state.session import SessionState
 
 
 def area_page(title: str, summary: str, features: list[tuple[str, str]], test_id: str) -> rx.Component:
@@ -12,11 +13,29 @@ def area_page(title: str, summary: str, features: list[tuple[str, str]], test_id
         rx.vstack(
             rx.heading(title, size="7", id=test_id),
             rx.text(summary, size="3", color_scheme="gray", max_width="44rem"),
-            rx.callout(
-                "Sign in to use this area. Accounts and sign-in are being built; the demo logins printed "
-                "by `make run` will work here as soon as they land.",
-                icon="lock",
-                color_scheme="gray",
+            rx.cond(
+                SessionState.signed_in,
+                rx.callout(
+                    rx.text(
+                        "Signed in as ",
+                        rx.text.strong(SessionState.email),
+                        ". Your ",
+                        rx.link("account and API keys", href="/account"),
+                        " are ready; the tools below arrive next.",
+                    ),
+                    icon="circle_check",
+                    color_scheme="green",
+                ),
+                rx.callout(
+                    rx.text(
+                        rx.link("Sign in", href="/login"),
+                        " or ",
+                        rx.link("create an account", href="/signup"),
+                        " to use this area.",
+                    ),
+                    icon="lock",
+                    color_scheme="gray",
+                ),
             ),
             rx.grid(
                 *(
@@ -76,6 +95,10 @@ def admin() -> rx.Component:
 
 
 def register(app: rx.App) -> None:
-    app.add_page(customer, route="/customer", title="Rent GPUs · GPU Portal")
-    app.add_page(provider, route="/provider", title="Provide GPUs · GPU Portal")
-    app.add_page(admin, route="/admin", title="Admin · GPU Portal")
+    app.add_page(
+        customer, route="/customer", title="Rent GPUs · GPU Portal", on_load=SessionState.load_session
+    )
+    app.add_page(
+        provider, route="/provider", title="Provide GPUs · GPU Portal", on_load=SessionState.load_session
+    )
+    app.add_page(admin, route="/admin", title="Admin · GPU Portal", on_load=SessionState.load_session)

@@ -6,6 +6,7 @@ import reflex as rx
 
 from portal.components.layout import page_frame, stat_card
 from portal.state.network import REFRESH_MS, NetworkState
+from portal.state.session import SessionState
 
 
 def hero() -> rx.Component:
@@ -20,10 +21,18 @@ def hero() -> rx.Component:
             max_width="44rem",
         ),
         rx.hstack(
-            rx.link(rx.button(rx.icon("rocket", size=16), "Rent GPUs", size="3"), href="/customer"),
-            rx.link(
-                rx.button(rx.icon("server", size=16), "Earn with your GPUs", size="3", variant="outline"),
-                href="/provider",
+            rx.button(
+                rx.link(rx.icon("rocket", size=16), "Rent GPUs", href="/customer", underline="none"),
+                as_child=True,
+                size="3",
+            ),
+            rx.button(
+                rx.link(
+                    rx.icon("server", size=16), "Earn with your GPUs", href="/provider", underline="none"
+                ),
+                as_child=True,
+                size="3",
+                variant="outline",
             ),
             spacing="3",
         ),
@@ -161,5 +170,5 @@ def register(app: rx.App) -> None:
         route="/",
         title="GPU Portal · rent GPUs as Ray clusters",
         description="An open GPU marketplace: rent GPUs as Ray clusters in seconds, or earn with yours.",
-        on_load=NetworkState.refresh,
+        on_load=[SessionState.load_session, NetworkState.refresh],
     )

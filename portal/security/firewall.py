@@ -86,9 +86,11 @@ class FirewallMiddleware:
         await response(scope, receive, send)
 
 
-# Pages need inline scripts and styles from the React build and a websocket back to the portal.
+# Pages need inline scripts and styles from the React build and a websocket back to the portal; Reflex
+# evaluates the scripts its backend sends (notices, sign-in hand-off), hence 'unsafe-eval'. Everything
+# still loads from the portal itself only, and API responses keep the strict policy below.
 PAGE_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' ws: wss:; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
 )

@@ -412,14 +412,8 @@ def link_wallet(
 # --- browser sessions ------------------------------------------------------------------------------
 
 
-def start_browser_session(
-    session: Session, cache: Cache, *, user: User, method: str, origin: RequestOrigin
-) -> str:
-    """Start a browser session; returns a one-time code that ``/auth/browser/session`` swaps for its cookie.
-
-    Pages talk to the portal over a websocket, which cannot set cookies; the code lets one plain HTTP
-    request set the HttpOnly cookie instead. It lives a minute and works once.
-    """
+def start_browser_session_cookie(session: Session, *, user: User, method: str, origin: RequestOrigin) -> str:
+    """Start a browser session; returns the secret of its HttpOnly cookie."""
     cookie_secret = new_token(BROWSER_COOKIE_PREFIX)
     auth_session, _ = _start_session(
         session, user, kind="browser", method=method, origin=origin, cookie_hash=keyed_hash(cookie_secret)
@@ -433,6 +427,19 @@ def start_browser_session(
         target_id=auth_session.id,
         details={"method": method, "browser": True},
     )
+    return cookie_secret
+
+
+def start_browser_session(
+    session: Session, cache: Cache, *, user: User, method: str, origin: RequestOrigin
+) -> str:
+    """Start a browser session from a page; returns a one-time code that ``/auth/browser/session`` swaps for
+    its cookie.
+
+    Pages talk to the portal over a websocket, which cannot set cookies; the code lets one plain HTTP
+    request set the HttpOnly cookie instead. It lives a minute and works once.
+    """
+    cookie_secret = start_browser_session_cookie(session, user=user, method=method, origin=origin)
     code = secrets.token_urlsafe(24)
     cache.set(f"browser-handoff:{code}", cookie_secret, ttl_s=BROWSER_HANDOFF_TTL_S)
     return code

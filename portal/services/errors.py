@@ -64,3 +64,10 @@ class RateLimited(DomainError):
             details={"retry_after_s": retry_after_s},
             headers={"Retry-After": str(retry_after_s)},
         )
+
+
+class Unavailable(DomainError):
+    """Something the portal depends on (a sign-in provider, a chain endpoint) does not answer."""
+
+    status_code = 503
+    code = "unavailable"

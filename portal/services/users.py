@@ -42,18 +42,24 @@ def grant_roles(session: Session, user: User, roles: Iterable[Role]) -> None:
 
 
 def create_user(
-    session: Session, *, email: str, password: str | None, roles: Iterable[Role], display_name: str = ""
+    session: Session,
+    *,
+    email: str | None,
+    password: str | None,
+    roles: Iterable[Role],
+    display_name: str = "",
 ) -> User:
-    email = normalize_email(email)
+    """A new account; ``email`` may be None for accounts that sign in through a wallet or a provider."""
+    email = normalize_email(email) if email is not None else None
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidInput(
             f"The password needs at least {MIN_PASSWORD_LENGTH} characters.", details={"field": "password"}
         )
-    if session.exec(select(User.id).where(User.email == email)).first() is not None:
+    if email is not None and session.exec(select(User.id).where(User.email == email)).first() is not None:
         raise Conflict("An account with that email already exists.", code="email_taken")
     user = User(
         email=email,
-        display_name=display_name or email.split("@")[0],
+        display_name=display_name or (email.split("@")[0] if email else "new user"),
         password_hash=None if password is None else hash_password(password),
     )
     session.add(user)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portal.db import session_scope
 from portal.services.network_stats import NetworkCounts, network_counts
+from portal.state.session import for_anyone
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class NetworkState(rx.State):
     by_model: list[dict[str, str | int | bool]] = []
 
     @rx.event
+    @for_anyone
     async def refresh(self) -> None:
         try:
             counts = await asyncio.to_thread(_read_counts)
@@ -54,5 +56,6 @@ class NetworkState(rx.State):
         ]
 
     @rx.event
+    @for_anyone
     async def tick(self, _now: str) -> None:
         await self.refresh()

@@ -1,0 +1,241 @@
+"""The account page: who you are, where you are signed in, and your API keys."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.layout import page_frame
+from portal.state.account import AccountState
+
+
+def profile() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.heading("Profile", size="4"),
+            rx.data_list.root(
+                rx.data_list.item(
+                    rx.data_list.label("Email"), rx.data_list.value(AccountState.email, id="account-email")
+                ),
+                rx.data_list.item(
+                    rx.data_list.label("Roles"),
+                    rx.data_list.value(
+                        rx.hstack(rx.foreach(AccountState.roles, lambda r: rx.badge(r)), id="account-roles")
+                    ),
+                ),
+                rx.data_list.item(
+                    rx.data_list.label("Payout wallet"),
+                    rx.data_list.value(
+                        rx.cond(
+                            AccountState.wallet != "",
+                            rx.code(AccountState.wallet),
+                            rx.text("none linked", color_scheme="gray"),
+                        )
+                    ),
+                ),
+            ),
+            spacing="3",
+        ),
+        width="100%",
+    )
+
+
+def session_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(
+            rx.hstack(
+                rx.text(row["kind"]), rx.cond(row["current"], rx.badge("this browser", color_scheme="green"))
+            )
+        ),
+        rx.table.cell(row["method"]),
+        rx.table.cell(row["ip"]),
+        rx.table.cell(rx.text(row["agent"], size="1")),
+        rx.table.cell(row["last_used"]),
+        rx.table.cell(
+            rx.cond(
+                row["current"],
+                rx.button(
+                    "Sign out", size="1", variant="soft", on_click=AccountState.sign_out, id="sign-out"
+                ),
+                rx.button(
+                    "Revoke",
+                    size="1",
+                    variant="soft",
+                    color_scheme="red",
+                    on_click=AccountState.end_session(row["id"]),
+                ),
+            )
+        ),
+    )
+
+
+def sessions() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.heading("Signed-in browsers and clients", size="4"),
+            rx.table.root(
+                rx.table.header(
+                    rx.table.row(
+                        *(
+                            rx.table.column_header_cell(h)
+                            for h in ("Kind", "Method", "Address", "Client", "Last used", "")
+                        )
+                    )
+                ),
+                rx.table.body(rx.foreach(AccountState.sessions, session_row)),
+                width="100%",
+                size="1",
+            ),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
+def new_key_callout() -> rx.Component:
+    return rx.cond(
+        AccountState.new_key != "",
+        rx.callout(
+            rx.vstack(
+                rx.text("Copy your new key now: it is shown this once.", weight="bold"),
+                rx.hstack(
+                    rx.code(AccountState.new_key, id="new-api-key", size="3"),
+                    rx.button(
+                        rx.icon("copy", size=14),
+                        "Copy",
+                        size="1",
+                        variant="soft",
+                        on_click=rx.set_clipboard(AccountState.new_key),
+                    ),
+                    rx.button("Done", size="1", variant="ghost", on_click=AccountState.dismiss_new_key),
+                    align="center",
+                    wrap="wrap",
+                ),
+            ),
+            icon="key",
+            color_scheme="green",
+            width="100%",
+        ),
+    )
+
+
+def key_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(row["name"]),
+        rx.table.cell(rx.code(row["prefix"])),
+        rx.table.cell(rx.text(row["scopes"], size="1")),
+        rx.table.cell(row["created"]),
+        rx.table.cell(row["last_used"]),
+        rx.table.cell(
+            rx.alert_dialog.root(
+                rx.alert_dialog.trigger(rx.button("Revoke", size="1", color_scheme="red", variant="soft")),
+                rx.alert_dialog.content(
+                    rx.alert_dialog.title("Revoke this key?"),
+                    rx.alert_dialog.description(
+                        "Programs using it stop working at once. This cannot be undone."
+                    ),
+                    rx.hstack(
+                        rx.alert_dialog.cancel(rx.button("Keep it", variant="soft", color_scheme="gray")),
+                        rx.alert_dialog.action(
+                            rx.button(
+                                "Revoke", color_scheme="red", on_click=AccountState.revoke_key(row["id"])
+                            )
+                        ),
+                        justify="end",
+                        spacing="3",
+                    ),
+                ),
+            )
+        ),
+    )
+
+
+def api_keys() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.heading("API keys", size="4", id="api-keys"),
+            rx.text(
+                "For scripts and the portal CLI. Keys never sign in to pages and cannot manage keys.",
+                size="2",
+                color_scheme="gray",
+            ),
+            new_key_callout(),
+            rx.cond(
+                AccountState.key_error != "",
+                rx.callout(AccountState.key_error, icon="triangle_alert", color_scheme="red"),
+            ),
+            rx.form(
+                rx.vstack(
+                    rx.input(
+                        name="name",
+                        placeholder="Key name, e.g. ci-pipeline",
+                        required=True,
+                        max_length=80,
+                        id="key-name",
+                    ),
+                    rx.flex(
+                        rx.foreach(
+                            AccountState.scope_choices,
+                            lambda choice: rx.text(
+                                rx.flex(
+                                    rx.checkbox(name=choice[0]),
+                                    rx.tooltip(rx.code(choice[0]), content=choice[1]),
+                                    spacing="2",
+                                ),
+                                as_="label",
+                            ),
+                        ),
+                        wrap="wrap",
+                        spacing="4",
+                    ),
+                    rx.button(rx.icon("plus", size=14), "Create key", type="submit", id="create-key"),
+                    spacing="3",
+                    align="start",
+                ),
+                on_submit=AccountState.create_key,
+                reset_on_submit=True,
+            ),
+            rx.cond(
+                AccountState.keys.length() > 0,
+                rx.table.root(
+                    rx.table.header(
+                        rx.table.row(
+                            *(
+                                rx.table.column_header_cell(h)
+                                for h in ("Name", "Prefix", "Scopes", "Created", "Last used", "")
+                            )
+                        )
+                    ),
+                    rx.table.body(rx.foreach(AccountState.keys, key_row)),
+                    width="100%",
+                    size="1",
+                    id="api-key-table",
+                ),
+                rx.text("No active keys.", size="2", color_scheme="gray", id="no-api-keys"),
+            ),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
+def account() -> rx.Component:
+    return page_frame(
+        rx.cond(
+            AccountState.loaded,
+            rx.vstack(
+                rx.heading("Your account", size="7"),
+                profile(),
+                api_keys(),
+                sessions(),
+                spacing="5",
+                width="100%",
+            ),
+            rx.center(rx.spinner(size="3"), padding="4rem"),
+        )
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(account, route="/account", title="Account · GPU Portal", on_load=AccountState.load)

@@ -1,0 +1,134 @@
+"""The account page: profile, signed-in browsers and clients, and API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import reflex as rx
+
+from portal.cache import get_cache
+from portal.db import session_scope
+from portal.models import User
+from portal.security.principal import Principal, RequestOrigin
+from portal.services import api_keys, auth
+from portal.services.errors import DomainError
+from portal.state.session import SessionState, for_users, principal
+
+
+def _when(value: object) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "never"  # type: ignore[attr-defined]
+
+
+def _load(caller: Principal) -> dict[str, Any]:
+    with session_scope() as session:
+        user = session.get(User, caller.user_id)
+        assert user is not None
+        return {
+            "wallet": user.wallet_address or "",
+            "sessions": [
+                {
+                    "id": str(s.id),
+                    "kind": s.kind,
+                    "method": s.method,
+                    "ip": s.ip or "unknown",
+                    "agent": s.user_agent[:80] or "unknown",
+                    "last_used": _when(s.last_used_at),
+                    "current": s.id == caller.session_id,
+                }
+                for s in auth.active_sessions(session, caller.user_id)
+            ],
+            "keys": [
+                {
+                    "id": str(k.id),
+                    "name": k.name,
+                    "prefix": f"{k.prefix}…",
+                    "scopes": ", ".join(k.scopes),
+                    "created": _when(k.created_at),
+                    "last_used": _when(k.last_used_at),
+                }
+                for k in api_keys.list_keys(session, caller.user_id)
+            ],
+        }
+
+
+def _end_session(caller: Principal, session_id: str, origin: RequestOrigin) -> None:
+    with session_scope() as session:
+        auth.end_session(
+            session, get_cache(), user_id=caller.user_id, session_id=uuid.UUID(session_id), origin=origin
+        )
+
+
+def _create_key(caller: Principal, name: str, scopes: list[str], origin: RequestOrigin) -> str:
+    with session_scope() as session:
+        _, key = api_keys.create_key(session, user_id=caller.user_id, name=name, scopes=scopes, origin=origin)
+        return key
+
+
+def _revoke_key(caller: Principal, key_id: str, origin: RequestOrigin) -> None:
+    with session_scope() as session:
+        api_keys.revoke_key(session, user_id=caller.user_id, key_id=uuid.UUID(key_id), origin=origin)
+
+
+class AccountState(SessionState):
+    loaded: bool = False
+    wallet: str = ""
+    sessions: list[dict[str, Any]] = []
+    keys: list[dict[str, Any]] = []
+    new_key: str = ""
+    key_error: str = ""
+
+    @rx.var
+    def scope_choices(self) -> list[list[str]]:
+        return [[scope, description] for scope, description in api_keys.SCOPES.items()]
+
+    async def _refresh(self) -> None:
+        data = await asyncio.to_thread(_load, principal())
+        self.wallet, self.sessions, self.keys = data["wallet"], data["sessions"], data["keys"]
+        self.loaded = True
+
+    @rx.event
+    @for_users()
+    async def load(self) -> None:
+        self.new_key, self.key_error = "", ""
+        await self._refresh()
+
+    @rx.event
+    @for_users()
+    async def end_session(self, session_id: str) -> Any:
+        try:
+            await asyncio.to_thread(_end_session, principal(), session_id, self._origin())
+        except (DomainError, ValueError):
+            return rx.toast.error("That session is already gone.")
+        await self._refresh()
+        return rx.toast.success("Signed that browser out.")
+
+    @rx.event
+    @for_users()
+    async def create_key(self, form: dict[str, Any]) -> None:
+        scopes = [scope for scope in api_keys.SCOPES if form.get(scope)]
+        try:
+            self.new_key = await asyncio.to_thread(
+                _create_key, principal(), str(form.get("name", "")), scopes, self._origin()
+            )
+            self.key_error = ""
+        except DomainError as error:
+            self.key_error, self.new_key = error.message, ""
+            return
+        await self._refresh()
+
+    @rx.event
+    @for_users()
+    async def dismiss_new_key(self) -> None:
+        self.new_key = ""
+
+    @rx.event
+    @for_users()
+    async def revoke_key(self, key_id: str) -> Any:
+        try:
+            await asyncio.to_thread(_revoke_key, principal(), key_id, self._origin())
+        except (DomainError, ValueError):
+            return rx.toast.error("That key is already revoked.")
+        await self._refresh()
+        return rx.toast.success("Key revoked.")

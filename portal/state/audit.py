@@ -1,0 +1,98 @@
+"""The admin's audit log viewer: filters and pages over the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import reflex as rx
+
+from portal.db import session_scope
+from portal.models import Role
+from portal.services import audit
+from portal.state.session import SessionState, for_users
+
+PAGE_SIZE = 25
+
+
+def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list[dict[str, Any]], int]:
+    with session_scope() as session:
+        entries, total = audit.search(
+            session,
+            action=action or None,
+            actor_id=actor_id or None,
+            outcome=outcome or None,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
+        rows = [
+            {
+                "at": e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                "action": e.action,
+                "outcome": e.outcome,
+                "actor": e.actor_id or e.actor_kind,
+                "target": f"{e.target_type}:{e.target_id}" if e.target_type else "",
+                "ip": e.ip or "",
+                "details": ", ".join(f"{k}={v}" for k, v in e.details.items()),
+            }
+            for e in entries
+        ]
+        return rows, total
+
+
+class AuditState(SessionState):
+    rows: list[dict[str, Any]] = []
+    total: int = 0
+    offset: int = 0
+    action: str = ""
+    actor: str = ""
+    outcome: str = ""
+    loaded: bool = False
+
+    @rx.var
+    def page_label(self) -> str:
+        if not self.total:
+            return "no entries"
+        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
+
+    @rx.var
+    def has_previous(self) -> bool:
+        return self.offset > 0
+
+    @rx.var
+    def has_next(self) -> bool:
+        return self.offset + PAGE_SIZE < self.total
+
+    async def _fetch(self) -> None:
+        self.rows, self.total = await asyncio.to_thread(
+            _search, self.action, self.actor, self.outcome, self.offset
+        )
+        self.loaded = True
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def load(self) -> None:
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def apply_filters(self, form: dict[str, Any]) -> None:
+        self.action = str(form.get("action", "")).strip()[:64]
+        self.actor = str(form.get("actor", "")).strip()[:64]
+        outcome = str(form.get("outcome", ""))
+        self.outcome = outcome if outcome in {"success", "failure"} else ""
+        self.offset = 0
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def next_page(self) -> None:
+        if self.has_next:
+            self.offset += PAGE_SIZE
+            await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def previous_page(self) -> None:
+        self.offset = max(0, self.offset - PAGE_SIZE)
+        await self._fetch()

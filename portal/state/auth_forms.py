@@ -1,0 +1,88 @@
+"""Sign-up and sign-in forms."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import reflex as rx
+
+from portal.cache import get_cache
+from portal.config import get_settings
+from portal.db import session_scope
+from portal.models import Role
+from portal.security.principal import RequestOrigin
+from portal.services import auth, oauth
+from portal.services.errors import DomainError
+from portal.state.session import SessionState, for_anyone, sign_in_script
+
+
+def _sign_up(email: str, password: str, roles: list[Role], origin: RequestOrigin) -> str:
+    with session_scope() as session:
+        user = auth.signup(session, email=email, password=password, roles=roles, origin=origin)
+        return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
+
+
+def _sign_in(email: str, password: str, origin: RequestOrigin) -> str:
+    with session_scope() as session:
+        user = auth.check_password(session, get_cache(), email=email, password=password, origin=origin)
+        return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
+
+
+class AuthFormState(SessionState):
+    error: str = ""
+    busy: bool = False
+
+    @rx.var
+    def oauth_providers(self) -> list[dict[str, str]]:
+        return [{"name": p.name, "label": p.label} for p in oauth.configured_providers(get_settings())]
+
+    @rx.event
+    @for_anyone
+    async def open_form(self) -> Any:
+        """On load: a signed-in visitor goes straight on; otherwise show any error the URL carries."""
+        self.busy = False
+        self.error = {
+            "session": "Signing in did not complete; please try again.",
+            "oauth": "Signing in with that provider did not complete; please try again.",
+        }.get(self.router.page.params.get("error", ""), "")
+        if await self._resolve_principal() is not None:
+            return rx.redirect("/account")
+        return None
+
+    @rx.event
+    @for_anyone
+    async def sign_up(self, form: dict[str, Any]) -> AsyncIterator[Any]:
+        password = str(form.get("password", ""))
+        if password != str(form.get("confirm", "")):
+            self.error = "The two passwords differ."
+            return
+        roles = [role for role in (Role.CUSTOMER, Role.PROVIDER) if form.get(role.value)]
+        if not roles:
+            self.error = "Choose at least one: rent GPUs, provide GPUs, or both."
+            return
+        self.busy, self.error = True, ""
+        yield
+        try:
+            code = await asyncio.to_thread(
+                _sign_up, str(form.get("email", "")), password, roles, self._origin()
+            )
+        except DomainError as error:
+            self.busy, self.error = False, error.message
+            return
+        yield sign_in_script(code, "/account")
+
+    @rx.event
+    @for_anyone
+    async def sign_in(self, form: dict[str, Any]) -> AsyncIterator[Any]:
+        self.busy, self.error = True, ""
+        yield
+        try:
+            code = await asyncio.to_thread(
+                _sign_in, str(form.get("email", "")), str(form.get("password", "")), self._origin()
+            )
+        except DomainError as error:
+            self.busy, self.error = False, error.message
+            return
+        yield sign_in_script(code, self.router.page.params.get("next"))

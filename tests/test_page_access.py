@@ -1,0 +1,80 @@
+"""Every page event handler declares who may call it, and guarded handlers refuse everyone else."""
+
+import asyncio
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import reflex as rx
+
+import portal.portal  # noqa: F401  (registers every page and state)
+from portal.models import Role
+from portal.state.session import ACCESS_ATTRIBUTE, for_users
+
+
+def portal_states() -> list[type[rx.State]]:
+    found, pending = [], [rx.State]
+    while pending:
+        state = pending.pop()
+        pending.extend(state.get_substates())
+        if state.__module__.startswith("portal."):
+            found.append(state)
+    return found
+
+
+def test_every_page_event_handler_declares_its_access():
+    undeclared = [
+        f"{state.__name__}.{name}"
+        for state in portal_states()
+        for name, handler in state.event_handlers.items()
+        if handler.fn.__module__.startswith("portal.") and not hasattr(handler.fn, ACCESS_ATTRIBUTE)
+    ]
+    assert portal_states(), "no page states found"
+    assert undeclared == [], "add @for_anyone or @for_users(...) to these handlers"
+
+
+def test_admin_handlers_are_declared_for_admins():
+    from portal.state.audit import AuditState
+
+    for name in ("load", "apply_filters", "next_page", "previous_page"):
+        assert getattr(AuditState.event_handlers[name].fn, ACCESS_ATTRIBUTE) == (
+            "signed_in",
+            frozenset({Role.ADMIN}),
+        )
+
+
+def run(coroutine):
+    """Run a coroutine to its end, even where the browser tests left an event loop running."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+class _Probe:
+    """Stands in for a state instance: what the guard reads, and a handler body that must not run."""
+
+    def __init__(self, principal):
+        self.ran = False
+        self._principal = principal
+        self.router = type("Router", (), {"page": type("Page", (), {"path": "/account"})()})()
+
+    async def _resolve_principal(self):
+        return self._principal
+
+
+def test_a_guarded_handler_sends_the_signed_out_to_sign_in_and_refuses_the_wrong_role():
+    from portal.security.principal import Principal, PrincipalKind
+
+    async def body(self):
+        self.ran = True
+
+    guarded = for_users(Role.ADMIN)(body)
+    signed_out = _Probe(None)
+    redirect = run(guarded(signed_out))
+    assert not signed_out.ran and "/login?next=/account" in str(redirect)
+
+    customer = _Probe(Principal(PrincipalKind.USER, uuid.uuid4(), roles=frozenset({Role.CUSTOMER})))
+    run(guarded(customer))
+    assert not customer.ran
+
+    admin = _Probe(Principal(PrincipalKind.USER, uuid.uuid4(), roles=frozenset({Role.ADMIN})))
+    run(guarded(admin))
+    assert admin.ran
