@@ -105,3 +105,32 @@ def test_only_admins_see_the_audit_log(portal, page: Page):
     page.get_by_placeholder("action or prefix, e.g. auth.").fill("user.signup")
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#audit-table")).not_to_contain_text("auth.login")
+
+
+def test_a_browser_wallet_signs_in_by_signing_the_challenge(portal, page: Page):
+    from solders.keypair import Keypair
+
+    wallet = Keypair()
+    address = str(wallet.pubkey())
+    # A wallet extension, played by the test: it signs with a real ed25519 key held in Python.
+    page.expose_function("testWalletSign", lambda message: list(bytes(wallet.sign_message(bytes(message)))))
+    page.add_init_script(f"""
+        window.solana = {{
+          publicKey: {{ toString: () => "{address}" }},
+          connect: async () => ({{ publicKey: {{ toString: () => "{address}" }} }}),
+          signMessage: async (bytes) => ({{
+            signature: new Uint8Array(await window.testWalletSign(Array.from(bytes))),
+          }}),
+        }};
+    """)
+    page.goto(portal.url + "/login")
+    page.locator("#wallet-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/account/?$"))
+    expect(page.locator("#account-menu")).to_contain_text(address[:4])
+    expect(page.locator("#account-roles")).to_contain_text("customer")
+
+
+def test_without_a_wallet_the_page_says_what_to_install(portal, page: Page):
+    page.goto(portal.url + "/login")
+    page.locator("#wallet-sign-in").click()
+    expect(page.locator("#auth-error")).to_contain_text("No Solana wallet was found")

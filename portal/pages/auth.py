@@ -96,6 +96,16 @@ def login() -> rx.Component:
             width="100%",
         ),
         oauth_buttons(),
+        rx.button(
+            rx.icon("wallet", size=16),
+            "Sign in with a Solana wallet",
+            variant="outline",
+            size="3",
+            width="100%",
+            on_click=AuthFormState.start_wallet,
+            disabled=AuthFormState.busy,
+            id="wallet-sign-in",
+        ),
     )
 
 

@@ -345,9 +345,10 @@ def _verify_wallet(cache: Cache, *, address: str, nonce: str, signature: str) ->
         raise Unauthorized("The signature does not match this wallet and message.", code="invalid_signature")
 
 
-def wallet_login(
+def wallet_user(
     session: Session, cache: Cache, *, address: str, nonce: str, signature: str, origin: RequestOrigin
-) -> TokenPair:
+) -> User:
+    """The account of a wallet that proved itself by signing its challenge; made on first sign-in."""
     _verify_wallet(cache, address=address, nonce=nonce, signature=signature)
     user = session.exec(select(User).where(User.wallet_address == address)).first()
     if user is None:
@@ -366,6 +367,13 @@ def wallet_login(
         )
     if not user.is_active:
         raise Unauthorized("The account is disabled.", code="account_disabled")
+    return user
+
+
+def wallet_login(
+    session: Session, cache: Cache, *, address: str, nonce: str, signature: str, origin: RequestOrigin
+) -> TokenPair:
+    user = wallet_user(session, cache, address=address, nonce=nonce, signature=signature, origin=origin)
     auth_session, tokens = _start_session(session, user, kind="api", method="wallet", origin=origin)
     audit.record(
         session,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import reflex as rx
+from solders.signature import Signature
 
 from portal.cache import get_cache
 from portal.config import get_settings
@@ -30,9 +32,46 @@ def _sign_in(email: str, password: str, origin: RequestOrigin) -> str:
         return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
 
 
+def _wallet_challenge(address: str) -> tuple[str, str]:
+    return auth.wallet_challenge(get_cache(), address=address)
+
+
+def _wallet_sign_in(address: str, nonce: str, signature: str, origin: RequestOrigin) -> str:
+    with session_scope() as session:
+        user = auth.wallet_user(
+            session, get_cache(), address=address, nonce=nonce, signature=signature, origin=origin
+        )
+        return auth.start_browser_session(session, get_cache(), user=user, method="wallet", origin=origin)
+
+
+# Phantom, Solflare and Backpack all expose this interface (the Solana wallet standard's legacy injection).
+_WALLET = "(window.phantom && window.phantom.solana) || window.solflare || window.backpack || window.solana"
+CONNECT_WALLET_JS = f"""(async () => {{
+  const wallet = {_WALLET};
+  if (!wallet) return {{error: "no-wallet"}};
+  try {{
+    const connected = await wallet.connect();
+    return {{address: ((connected && connected.publicKey) || wallet.publicKey).toString()}};
+  }} catch (e) {{ return {{error: "refused"}}; }}
+}})()"""
+
+
+def sign_message_js(message: str) -> str:
+    return f"""(async () => {{
+  const wallet = {_WALLET};
+  try {{
+    const signed = await wallet.signMessage(new TextEncoder().encode({json.dumps(message)}), "utf8");
+    return {{signature: Array.from(signed.signature || signed)}};
+  }} catch (e) {{ return {{error: "refused"}}; }}
+}})()"""
+
+
 class AuthFormState(SessionState):
     error: str = ""
     busy: bool = False
+    # Backend-only: the wallet sign-in under way in this tab.
+    _wallet_address: str = ""
+    _wallet_nonce: str = ""
 
     @rx.var
     def oauth_providers(self) -> list[dict[str, str]]:
@@ -84,5 +123,50 @@ class AuthFormState(SessionState):
             )
         except DomainError as error:
             self.busy, self.error = False, error.message
+            return
+        yield sign_in_script(code, self.router.page.params.get("next"))
+
+    @rx.event
+    @for_anyone
+    async def start_wallet(self) -> Any:
+        self.error, self.busy = "", True
+        return rx.call_script(CONNECT_WALLET_JS, callback=AuthFormState.wallet_connected)
+
+    @rx.event
+    @for_anyone
+    async def wallet_connected(self, result: dict[str, Any]) -> Any:
+        if not isinstance(result, dict) or "address" not in result:
+            self.busy = False
+            self.error = (
+                "No Solana wallet was found in this browser; install Phantom, Solflare or Backpack."
+                if isinstance(result, dict) and result.get("error") == "no-wallet"
+                else "The wallet did not connect."
+            )
+            return None
+        try:
+            nonce, message = await asyncio.to_thread(_wallet_challenge, str(result["address"]))
+        except DomainError as error:
+            self.busy, self.error = False, error.message
+            return None
+        self._wallet_address, self._wallet_nonce = str(result["address"]), nonce
+        return rx.call_script(sign_message_js(message), callback=AuthFormState.wallet_signed)
+
+    @rx.event
+    @for_anyone
+    async def wallet_signed(self, result: dict[str, Any]) -> AsyncIterator[Any]:
+        address, nonce = self._wallet_address, self._wallet_nonce
+        self._wallet_address = self._wallet_nonce = ""
+        raw = result.get("signature") if isinstance(result, dict) else None
+        if not address or not isinstance(raw, list) or len(raw) != 64:
+            self.busy, self.error = False, "The wallet did not sign the message."
+            return
+        try:
+            signature = str(Signature(bytes(int(b) & 0xFF for b in raw)))
+            code = await asyncio.to_thread(_wallet_sign_in, address, nonce, signature, self._origin())
+        except (DomainError, ValueError) as error:
+            self.busy = False
+            self.error = (
+                error.message if isinstance(error, DomainError) else "The wallet's signature is malformed."
+            )
             return
         yield sign_in_script(code, self.router.page.params.get("next"))
