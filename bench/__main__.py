@@ -232,7 +232,57 @@ def bench_task_round_trip() -> None:
         rabbit.close()
 
 
+def bench_auth() -> None:
+    print("Credential checks (in process; the request rows go through the whole API stack)")
+    from fastapi.testclient import TestClient
+
+    from portal.api.app import create_api
+    from portal.api.deps import AppParts
+    from portal.cache import MemoryCache
+    from portal.config import get_settings
+    from portal.models import Role
+    from portal.security.jwt import decode_access_token
+    from portal.security.passwords import hash_password, verify_password
+    from portal.security.secrets import keyed_hash
+    from portal.services import users
+    from tests.factories import access_token_for, api_key_for
+
+    stored = hash_password("correct horse battery staple")
+    report(
+        "baseline: keyed hash of a token (HMAC-SHA256)",
+        timings_ms(lambda: keyed_hash("gpk_" + "x" * 43), 2000),
+    )
+    report(
+        "password check (argon2id verify)",
+        timings_ms(lambda: verify_password(stored, "correct horse battery staple"), 20, warmup=2),
+    )
+
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='portal-bench-auth-')}/auth.db"
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    with session_scope(engine) as session:
+        user = users.create_user(session, email="bench@example.com", password=None, roles=[Role.CUSTOMER])
+        token, key = access_token_for(session, user), api_key_for(session, user)
+    report("access token decode and check (JWT HS256)", timings_ms(lambda: decode_access_token(token), 2000))
+    settings = get_settings().model_copy(update={"rate_limit_per_minute": 10_000_000})
+    client = TestClient(create_api(AppParts(settings, engine, MemoryCache())))
+    report(
+        "baseline: GET /api/v1/healthz, no credentials",
+        timings_ms(lambda: client.get("/api/v1/healthz"), 300),
+    )
+    report(
+        "GET /api/v1/me with a JWT access token",
+        timings_ms(lambda: client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}), 300),
+    )
+    report(
+        "GET /api/v1/me with an API key",
+        timings_ms(lambda: client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"}), 300),
+    )
+    engine.dispose()
+
+
 if __name__ == "__main__":
+    bench_auth()
     bench_network_counts()
     bench_task_round_trip()
     bench_http()

@@ -83,3 +83,18 @@ def test_security_headers_are_on_every_response(api_client):
 def test_hsts_is_sent_over_tls(parts):
     client = TestClient(create_api(parts), base_url="https://portal.example", raise_server_exceptions=False)
     assert client.get("/api/v1/healthz").headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_behind_a_tls_proxy_cookies_are_secure_and_hsts_is_sent(parts):
+    from portal.services import auth
+
+    client = client_with(parts, public_url="https://portal.example.com")
+    assert client.get("/api/v1/healthz").headers["strict-transport-security"].startswith("max-age=")
+    with session_scope(parts.engine) as session:
+        code = auth.start_browser_session(
+            session, parts.cache, user=make_user(session), method="password", origin=auth.RequestOrigin()
+        )
+    response = client.post("/api/v1/auth/browser/session", json={"code": code})
+    assert response.status_code == 204
+    cookie = response.headers["set-cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie

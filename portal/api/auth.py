@@ -22,7 +22,7 @@ from portal.schemas.auth import (
     WalletVerifyIn,
 )
 from portal.security.access import PUBLIC, OriginDep
-from portal.security.cookies import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from portal.security.cookies import SESSION_COOKIE, clear_session_cookie, served_over_tls, set_session_cookie
 from portal.security.principal import Principal
 from portal.services import audit, auth, oauth
 from portal.services.errors import DomainError, Unauthorized
@@ -92,21 +92,32 @@ def wallet_verify(
     "/browser/session", status_code=204, summary="Swap a page's one-time sign-in code for the session cookie"
 )
 def browser_session(
-    body: BrowserCodeIn, request: Request, response: Response, cache: CacheDep, _: Caller
+    body: BrowserCodeIn,
+    request: Request,
+    response: Response,
+    cache: CacheDep,
+    settings: SettingsDep,
+    _: Caller,
 ) -> None:
     secret = auth.redeem_browser_code(cache, body.code)
-    set_session_cookie(response, secret, secure=request.url.scheme == "https")
+    set_session_cookie(response, secret, secure=served_over_tls(request, settings))
 
 
 @router.post("/browser/logout", status_code=204, summary="End this browser's session and clear its cookie")
 def browser_logout(
-    request: Request, response: Response, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    origin: OriginDep,
+    _: Caller,
 ) -> None:
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
         raise Unauthorized("This browser is not signed in.", code="not_signed_in")
     auth.end_browser_session(session, cache, secret, origin)
-    clear_session_cookie(response, secure=request.url.scheme == "https")
+    clear_session_cookie(response, secure=served_over_tls(request, settings))
 
 
 @router.get(
@@ -124,7 +135,7 @@ def oauth_login(
         max_age=oauth.STATE_TTL_S,
         path=OAUTH_COOKIE_PATH,
         httponly=True,
-        secure=request.url.scheme == "https",
+        secure=served_over_tls(request, settings),
         samesite="lax",
     )
     return response
@@ -144,7 +155,7 @@ def oauth_callback(
     code: Annotated[str | None, Query(max_length=2048)] = None,
     state: Annotated[str | None, Query(max_length=256)] = None,
 ) -> Response:
-    secure = request.url.scheme == "https"
+    secure = served_over_tls(request, settings)
     try:
         if not code or not state:
             raise Unauthorized("The provider did not grant the sign-in.", code="oauth_denied")

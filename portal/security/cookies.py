@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.responses import Response
+
+from portal.config import Settings
 
 SESSION_COOKIE = "portal_session"
 SESSION_COOKIE_MAX_AGE_S = 14 * 24 * 3600
@@ -22,3 +25,9 @@ def set_session_cookie(response: Response, secret: str, *, secure: bool) -> None
 
 def clear_session_cookie(response: Response, *, secure: bool) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, secure=secure, samesite="lax")
+
+
+def served_over_tls(request: Request, settings: Settings) -> bool:
+    """True when the browser reached the portal over HTTPS, directly or through a TLS-terminating proxy
+    (then PORTAL_PUBLIC_URL says https)."""
+    return request.url.scheme == "https" or settings.base_url.startswith("https://")

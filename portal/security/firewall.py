@@ -121,7 +121,9 @@ class SecurityHeadersMiddleware:
             (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
             (b"content-security-policy", csp.encode()),
         ]
-        if scope.get("scheme") == "https":
+        if scope.get("scheme") == "https" or scope["app"].state.parts.settings.base_url.startswith(
+            "https://"
+        ):
             headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
 
         async def send_with_headers(message: Message) -> None:

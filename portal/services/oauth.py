@@ -16,13 +16,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import authlib.deprecate
 import httpx
 from authlib.common.security import generate_token
-
-with warnings.catch_warnings():
-    # Authlib announces a future move of its httpx integration; it works as documented today.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-    from authlib.integrations.httpx_client import OAuth2Client
 from sqlmodel import Session, select
 
 from portal.cache import Cache
@@ -31,6 +27,13 @@ from portal.models import OAuthIdentity, Role, User
 from portal.security.principal import RequestOrigin
 from portal.services import audit, auth, users
 from portal.services.errors import NotFound, Unauthorized, Unavailable
+
+# authlib.deprecate installs an "always" filter when first imported; ours is added after it, so it wins.
+assert authlib.deprecate
+with warnings.catch_warnings():
+    # Authlib announces a future move of its httpx integration; it works as documented today.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    from authlib.integrations.httpx_client import OAuth2Client
 
 STATE_TTL_S = 600
 HTTP_TIMEOUT_S = 10
