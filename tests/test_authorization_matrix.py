@@ -18,7 +18,8 @@ from tests.factories import access_token_for, api_key_for, device_token_for, mak
 
 # open: no credentials are read; public: anyone (a sent credential is still checked);
 # signed_in: any user or their API key; account_owner: a signed-in user, not an API key;
-# admin: a signed-in admin; device: a worker agent's device token only.
+# provider: a provider or their key (with the scope); admin: a signed-in admin;
+# device: a worker agent's device token only.
 RULES = {
     ("GET", "/api/v1/healthz"): "open",
     ("GET", "/api/v1/readyz"): "open",
@@ -40,6 +41,17 @@ RULES = {
     ("POST", "/api/v1/api-keys"): "account_owner",
     ("GET", "/api/v1/api-keys"): "account_owner",
     ("DELETE", "/api/v1/api-keys/{key_id}"): "account_owner",
+    ("POST", "/api/v1/devices"): "provider",
+    ("GET", "/api/v1/devices"): "provider",
+    ("GET", "/api/v1/devices/{device_id}"): "provider",
+    ("DELETE", "/api/v1/devices/{device_id}"): "provider",
+    ("POST", "/api/v1/devices/{device_id}/rotate-token"): "provider",
+    ("POST", "/api/v1/worker/register"): "device",
+    ("POST", "/api/v1/worker/heartbeat"): "device",
+    ("GET", "/api/v1/worker/commands"): "device",
+    ("POST", "/api/v1/worker/commands/{command_id}/result"): "device",
+    ("GET", "/api/v1/worker/challenge"): "device",
+    ("POST", "/api/v1/worker/challenge/{challenge_id}"): "device",
     ("GET", "/api/v1/admin/users"): "admin",
     ("GET", "/api/v1/admin/audit"): "admin",
 }
@@ -54,6 +66,7 @@ ALLOWED = {
     "public": set(CALLERS),
     "signed_in": {"customer", "other_customer", "provider", "admin", "customer_api_key"},
     "account_owner": {"customer", "other_customer", "provider", "admin"},
+    "provider": {"provider"},
     "admin": {"admin"},
     "device": {"device"},
 }

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 05:39:35.470221
+Create Date: 2026-11-27 06:09:52.564534
 """
 
 from collections.abc import Sequence
@@ -168,6 +168,8 @@ def upgrade() -> None:
         sa.Column("last_heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("ray_state", sa.String(length=24), nullable=False),
         sa.Column("ray_node_id", sa.String(length=64), nullable=True),
+        sa.Column("metrics_url", sa.String(length=255), nullable=True),
+        sa.Column("verification_failures", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name=op.f("fk_devices_owner_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_devices")),
@@ -281,6 +283,31 @@ def upgrade() -> None:
     with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_cluster_nodes_cluster_id"), ["cluster_id"], unique=False)
         batch_op.create_index("ix_cluster_nodes_device_state", ["device_id", "state"], unique=False)
+
+    op.create_table(
+        "device_commands",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("device_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("state", sa.String(length=24), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("result_detail", sa.String(length=2000), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name=op.f("fk_device_commands_device_id_devices"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_device_commands")),
+    )
+    with op.batch_alter_table("device_commands", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_device_commands_device_state", ["device_id", "state", "created_at"], unique=False
+        )
 
     op.create_table(
         "fault_events",
@@ -494,6 +521,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_fault_events_cluster_at")
 
     op.drop_table("fault_events")
+    with op.batch_alter_table("device_commands", schema=None) as batch_op:
+        batch_op.drop_index("ix_device_commands_device_state")
+
+    op.drop_table("device_commands")
     with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
         batch_op.drop_index("ix_cluster_nodes_device_state")
         batch_op.drop_index(batch_op.f("ix_cluster_nodes_cluster_id"))

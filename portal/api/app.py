@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from portal import __version__
-from portal.api import admin, auth, health, users
+from portal.api import admin, auth, devices, health, users, worker
 from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
@@ -37,6 +37,8 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
     v1.include_router(health.router)
     v1.include_router(auth.router)
     v1.include_router(users.router)
+    v1.include_router(devices.router)
+    v1.include_router(worker.router)
     v1.include_router(admin.router)
     api.include_router(v1)
     # Reflex is mounted after these routes and answers every other path with its web app; unknown API

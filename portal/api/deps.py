@@ -7,7 +7,7 @@ middleware take them from there, so a test can build an app over its own databas
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,6 +17,7 @@ from sqlmodel import Session
 from portal.cache import Cache, get_cache
 from portal.config import Settings, get_settings
 from portal.db import get_engine, session_scope
+from portal.wakeups import MemoryWakeups, Wakeups, get_wakeups
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,11 @@ class AppParts:
     settings: Settings
     engine: Engine
     cache: Cache
+    wakeups: Wakeups = field(default_factory=MemoryWakeups)
 
     @classmethod
     def from_settings(cls) -> AppParts:
-        return cls(settings=get_settings(), engine=get_engine(), cache=get_cache())
+        return cls(settings=get_settings(), engine=get_engine(), cache=get_cache(), wakeups=get_wakeups())
 
 
 def app_parts(request: Request) -> AppParts:
@@ -49,6 +51,10 @@ def _cache(parts: PartsDep) -> Cache:
     return parts.cache
 
 
+def _wakeups(parts: PartsDep) -> Wakeups:
+    return parts.wakeups
+
+
 def _session(parts: PartsDep) -> Iterator[Session]:
     with session_scope(parts.engine) as session:
         yield session
@@ -58,3 +64,4 @@ SessionDep = Annotated[Session, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CacheDep = Annotated[Cache, Depends(_cache)]
 EngineDep = Annotated[Engine, Depends(_engine)]
+WakeupsDep = Annotated[Wakeups, Depends(_wakeups)]

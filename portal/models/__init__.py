@@ -22,7 +22,7 @@ from portal.models.clusters import (
     NodeRole,
     NodeState,
 )
-from portal.models.devices import ConnectivityTier, Device, DeviceState, Gpu
+from portal.models.devices import CommandState, ConnectivityTier, Device, DeviceCommand, DeviceState, Gpu
 from portal.models.monitoring import AuditLog, FaultEvent, StateTransition
 from portal.models.users import ApiKey, Role, User, UserRole
 
@@ -37,8 +37,10 @@ __all__ = [
     "ClusterEvent",
     "ClusterNode",
     "ClusterState",
+    "CommandState",
     "ConnectivityTier",
     "Device",
+    "DeviceCommand",
     "DeviceState",
     "FaultEvent",
     "Gpu",

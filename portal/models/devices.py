@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from portal.models.base import created_at_field, id_field, money_field, state_field, timestamp_field
+from portal.models.base import (
+    created_at_field,
+    id_field,
+    json_field,
+    money_field,
+    state_field,
+    timestamp_field,
+)
 
 
 class DeviceState(StrEnum):
@@ -56,6 +64,9 @@ class Device(SQLModel, table=True):
     last_heartbeat_at: datetime | None = timestamp_field(index=True)
     ray_state: str = Field(default="", sa_type=sa.String(24))
     ray_node_id: str | None = Field(default=None, sa_type=sa.String(64))
+    # Where the agent serves its own /metrics, for Prometheus service discovery.
+    metrics_url: str | None = Field(default=None, sa_type=sa.String(255))
+    verification_failures: int = Field(default=0)
     created_at: datetime = created_at_field()
 
 
@@ -73,3 +84,30 @@ class Gpu(SQLModel, table=True):
     cuda: str = Field(default="", sa_type=sa.String(20))
     # Simulated GPUs are for development and tests; the flag travels to every API and page.
     simulated: bool = Field(default=False)
+
+
+class CommandState(StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class DeviceCommand(SQLModel, table=True):
+    """An order for a worker agent (start or stop a Ray node, verify); delivered by long-poll or heartbeat."""
+
+    __tablename__ = "device_commands"
+    __table_args__ = (sa.Index("ix_device_commands_device_state", "device_id", "state", "created_at"),)
+
+    id: UUID = id_field()
+    device_id: UUID = Field(foreign_key="devices.id", ondelete="CASCADE")
+    kind: str = Field(sa_type=sa.String(32))
+    payload: dict[str, Any] = json_field()
+    state: str = state_field(CommandState.QUEUED, index=False)
+    created_at: datetime = created_at_field()
+    delivered_at: datetime | None = timestamp_field()
+    completed_at: datetime | None = timestamp_field()
+    # Deliveries so far: a command an agent took but never answered is offered again, up to a limit.
+    attempts: int = Field(default=0)
+    result_detail: str = Field(default="", sa_type=sa.String(2000))

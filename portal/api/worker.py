@@ -1,0 +1,121 @@
+"""The worker agent's routes (device token only): register, heartbeat, commands, proof of compute."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
+
+from portal.api.deps import CacheDep, SessionDep, WakeupsDep
+from portal.models import Device
+from portal.schemas.devices import (
+    ChallengeAnswerIn,
+    ChallengeOut,
+    ChallengeReplyOut,
+    CommandOut,
+    CommandResultIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    RegisterIn,
+    RegisterOut,
+)
+from portal.security.access import DEVICE
+from portal.security.principal import Principal
+from portal.services import commands, devices, verification, worker
+from portal.services.errors import InvalidInput
+
+router = APIRouter(prefix="/worker", tags=["worker agent"])
+Agent = Annotated[Principal, Depends(DEVICE)]
+
+
+def _device(session: Session, caller: Principal) -> Device:
+    device = session.get(Device, caller.device_id)
+    assert device is not None  # the device token was just resolved to it
+    return device
+
+
+@router.post("/register", summary="Report the machine and its GPUs; starts verification when needed")
+def register(body: RegisterIn, session: SessionDep, caller: Agent) -> RegisterOut:
+    device = _device(session, caller)
+    report = worker.MachineReport(
+        **body.model_dump(exclude={"gpus"}), gpus=[g.model_dump() for g in body.gpus]
+    )
+    verify = worker.register(session, device, report)
+    return RegisterOut(
+        device_id=device.id, state=device.state, next_heartbeat_s=worker.next_heartbeat_s(), verify=verify
+    )
+
+
+@router.post("/heartbeat", summary="I am alive: GPU samples and Ray node status; returns queued commands")
+def heartbeat(body: HeartbeatIn, session: SessionDep, cache: CacheDep, caller: Agent) -> HeartbeatOut:
+    device = _device(session, caller)
+    queued = worker.heartbeat(
+        session, cache, device, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
+    )
+    return HeartbeatOut(
+        state=device.state,
+        commands=[CommandOut(**commands.as_message(c)) for c in queued],
+        next_heartbeat_s=worker.next_heartbeat_s(),
+    )
+
+
+def _take_and_commit(session: Session, device_id: uuid.UUID) -> list[dict[str, Any]]:
+    taken = [commands.as_message(command) for command in commands.take(session, device_id)]
+    # Committing returns the connection to the pool: a long-poll must not hold one while it waits.
+    session.commit()
+    return taken
+
+
+@router.get(
+    "/commands", summary="Long-poll: answers at once when a command is queued, else [] after `wait` s"
+)
+async def poll_commands(
+    session: SessionDep,
+    wakeups: WakeupsDep,
+    caller: Agent,
+    wait: Annotated[int, Query(ge=0, le=30, description="Seconds to wait for a command")] = 0,
+) -> list[CommandOut]:
+    assert caller.device_id is not None
+    async with wakeups.listen(str(caller.device_id)) as listener:
+        taken = await run_in_threadpool(_take_and_commit, session, caller.device_id)
+        if not taken and wait:
+            await listener.wait(wait)
+            taken = await run_in_threadpool(_take_and_commit, session, caller.device_id)
+    return [CommandOut(**message) for message in taken]
+
+
+@router.post("/commands/{command_id}/result", status_code=204, summary="The outcome of a command")
+def command_result(command_id: uuid.UUID, body: CommandResultIn, session: SessionDep, caller: Agent) -> None:
+    assert caller.device_id is not None
+    commands.complete(session, caller.device_id, command_id, ok=body.ok, detail=body.detail)
+
+
+@router.get("/challenge", summary="A fresh proof-of-compute challenge")
+def get_challenge(session: SessionDep, cache: CacheDep, caller: Agent) -> ChallengeOut:
+    return ChallengeOut(**verification.issue(cache, _device(session, caller)))
+
+
+@router.post("/challenge/{challenge_id}", summary="Commit to the product, then reveal the rows asked for")
+def answer_challenge(
+    challenge_id: Annotated[str, Path(max_length=64)],
+    body: ChallengeAnswerIn,
+    session: SessionDep,
+    cache: CacheDep,
+    caller: Agent,
+) -> ChallengeReplyOut:
+    device = _device(session, caller)
+    if body.row_hashes is not None:
+        rows = verification.commit(
+            cache, device, challenge_id, row_hashes=body.row_hashes, elapsed_ms=body.elapsed_ms or 0.0
+        )
+        return ChallengeReplyOut(phase="reveal", rows=rows)
+    if body.rows is not None:
+        models = [gpu.model for gpu in devices.gpus_of(session, device.id)]
+        result = verification.reveal(session, cache, device, challenge_id, rows=body.rows, gpu_models=models)
+        return ChallengeReplyOut(
+            phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops
+        )
+    raise InvalidInput("Send row_hashes (to commit) or rows (to reveal).")

@@ -1,0 +1,73 @@
+"""Orders for worker agents: queued in the database (they survive restarts), delivered by long-poll or
+heartbeat, answered with a result. Queuing one wakes the device's long-poll at once."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from portal.models import CommandState, Device, DeviceCommand
+from portal.models.base import utcnow
+from portal.services.errors import Conflict, NotFound
+from portal.wakeups import Wakeups
+
+KINDS = {"start_ray_head", "start_ray_worker", "stop_ray", "verify"}
+MAX_BATCH = 20
+
+
+def enqueue(session: Session, device: Device, kind: str, payload: dict[str, Any]) -> DeviceCommand:
+    """Queue a command; the wake-up is sent after the caller commits (see ``wake``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown command {kind}")
+    command = DeviceCommand(device_id=device.id, kind=kind, payload=payload)
+    session.add(command)
+    session.flush()
+    return command
+
+
+def wake(wakeups: Wakeups, device_id: uuid.UUID) -> None:
+    """Tell a long-polling agent to look again; call it once the command is committed."""
+    wakeups.notify(str(device_id))
+
+
+def take(session: Session, device_id: uuid.UUID) -> list[DeviceCommand]:
+    """The device's queued commands, oldest first, marked delivered."""
+    queued = session.exec(
+        select(DeviceCommand)
+        .where(DeviceCommand.device_id == device_id, DeviceCommand.state == CommandState.QUEUED)
+        .order_by(col(DeviceCommand.created_at))
+        .limit(MAX_BATCH)
+    ).all()
+    now = utcnow()
+    for command in queued:
+        command.state, command.delivered_at, command.attempts = (
+            CommandState.DELIVERED,
+            now,
+            command.attempts + 1,
+        )
+        session.add(command)
+    session.flush()
+    return list(queued)
+
+
+def complete(
+    session: Session, device_id: uuid.UUID, command_id: uuid.UUID, *, ok: bool, detail: str
+) -> DeviceCommand:
+    command = session.get(DeviceCommand, command_id)
+    if command is None or command.device_id != device_id:
+        raise NotFound("No such command for this device.")
+    if command.state in (CommandState.SUCCEEDED, CommandState.FAILED):
+        same = (command.state == CommandState.SUCCEEDED) == ok
+        if same:
+            return command  # a retried result: harmless
+        raise Conflict("This command already has a different result.", code="command_completed")
+    command.state = CommandState.SUCCEEDED if ok else CommandState.FAILED
+    command.completed_at, command.result_detail = utcnow(), detail[:2000]
+    session.add(command)
+    return command
+
+
+def as_message(command: DeviceCommand) -> dict[str, Any]:
+    return {"id": str(command.id), "kind": command.kind, "payload": command.payload}

@@ -1,0 +1,49 @@
+"""One state machine per entity: the allowed moves, and a record of every move with its reason."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sqlmodel import Session
+
+from portal.models import DeviceState, StateTransition
+from portal.services.errors import Conflict
+
+D = DeviceState
+DEVICE_MOVES: dict[str, set[str]] = {
+    D.REGISTERED: {D.VERIFYING, D.OFFLINE, D.BLOCKED, D.UNSUPPORTED},
+    D.VERIFYING: {D.READY, D.VERIFYING, D.OFFLINE, D.BLOCKED, D.UNSUPPORTED},
+    D.READY: {D.HIRED, D.VERIFYING, D.OFFLINE, D.BLOCKED},
+    D.HIRED: {D.READY, D.OFFLINE, D.BLOCKED},
+    D.OFFLINE: {D.VERIFYING, D.READY, D.BLOCKED},
+    D.BLOCKED: {D.REGISTERED},
+    D.UNSUPPORTED: {D.VERIFYING, D.BLOCKED},
+}
+MACHINES = {"device": DEVICE_MOVES}
+
+
+class HasState(Protocol):
+    id: object
+    state: str
+    state_reason: str
+
+
+def move(session: Session, entity_type: str, entity: HasState, to_state: str, reason: str) -> bool:
+    """Move ``entity`` to ``to_state`` and record it; False when it is there already (a harmless retry)."""
+    if entity.state == to_state and to_state not in MACHINES[entity_type].get(to_state, set()):
+        return False
+    if to_state not in MACHINES[entity_type].get(entity.state, set()):
+        raise Conflict(f"A {entity_type} cannot go from {entity.state} to {to_state}.", code="invalid_state")
+    session.add(
+        StateTransition(
+            entity_type=entity_type,
+            entity_id=str(entity.id),
+            from_state=entity.state,
+            to_state=to_state,
+            reason=reason[:500],
+        )
+    )
+    entity.state = to_state
+    entity.state_reason = reason[:500]
+    session.add(entity)
+    return True
