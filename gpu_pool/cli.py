@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import signal
+import sys
 from typing import Annotated
 
 import httpx
 import typer
 
 from gpu_pool import __version__
-from gpu_pool.nvml import driver_status
+from gpu_pool.hardware import NvmlGpus, SimulatedGpus, driver_status, machine_facts, parse_simulation
+from gpu_pool.ray_node import PORT_NAMES, free_ports
 
 app = typer.Typer(help="GPU Portal worker agent.", no_args_is_help=True, add_completion=False)
 
@@ -20,29 +25,143 @@ def version() -> None:
 
 
 @app.command()
+def worker(
+    portal: Annotated[str, typer.Option(help="The portal's URL, e.g. https://portal.example.com")],
+    token: Annotated[
+        str, typer.Option(help="The device token (or set GPU_POOL_TOKEN).", envvar="GPU_POOL_TOKEN")
+    ],
+    simulate: Annotated[
+        str | None,
+        typer.Option(help="Development only: pretend GPUs, e.g. 2xH100-80GB (labelled simulated)."),
+    ] = None,
+    cpu_only: Annotated[
+        bool, typer.Option(help="Run without GPUs: the device is listed but not hireable.")
+    ] = False,
+    node_ip: Annotated[str, typer.Option(help="Address Ray nodes of this machine listen on.")] = "127.0.0.1",
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve DCGM-named GPU metrics on this port (0: off).")
+    ] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Connect this machine to the portal: register, prove the GPUs, heartbeat, run Ray nodes on command."""
+    from gpu_pool.agent import Agent
+    from gpu_pool.client import PortalClient
+    from gpu_pool.metrics import DcgmCollector, serve
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if simulate:
+        try:
+            count, model = parse_simulation(simulate)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--simulate") from None
+        gpus: NvmlGpus | SimulatedGpus | None = SimulatedGpus(count, model)
+        typer.secho(
+            f"SIMULATED GPUs: {count} x {model} (development only; labelled simulated everywhere)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    elif cpu_only:
+        gpus = None
+    else:
+        status = driver_status()
+        if not status.available:
+            typer.secho(
+                f"gpu-pool: {status.detail}. Run with --cpu-only to offer this machine without GPUs, "
+                "or --simulate 2xH100-80GB for development.",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(code=2)
+        gpus = NvmlGpus()
+    metrics_url = None
+    if metrics_port:
+        collector = DcgmCollector(
+            gpus.describe if gpus else list,
+            gpus.sample if gpus else list,
+            machine_facts()["hostname"],
+            bool(simulate),
+        )
+        metrics_url = serve(collector, metrics_port, node_ip)
+    agent = Agent(PortalClient(portal, token), gpus, node_ip=node_ip, metrics_url=metrics_url)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent.stop())
+    agent.run()
+    if agent.fatal:
+        typer.secho(
+            f"gpu-pool: {agent.fatal}. Get a new token in the provider area and restart the agent.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=3)
+
+
+@app.command()
 def doctor(
     portal: Annotated[
         str | None, typer.Option(help="Portal URL to check, e.g. https://portal.example.com")
     ] = None,
 ) -> None:
-    """Check the NVIDIA driver and the portal's reachability, and say what to fix."""
-    problems = 0
+    """Check the NVIDIA driver, CUDA, Ray, local ports and the portal's reachability; say what to fix."""
+    checks: list[tuple[bool, str, str]] = []
     driver = driver_status()
-    typer.echo(f"{'ok ' if driver.available else 'FIX'} NVIDIA driver: {driver.detail}")
-    if not driver.available:
-        problems += 1
-        typer.echo("    install the NVIDIA driver, or use --simulate for development")
+    checks.append(
+        (
+            driver.available,
+            f"NVIDIA driver: {driver.detail}",
+            "install the NVIDIA driver, or run the agent with --simulate for development",
+        )
+    )
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        checks.append(
+            (
+                cuda,
+                f"CUDA through torch {torch.__version__}: {'available' if cuda else 'not available'}",
+                "install a CUDA build of torch for faster proof of compute",
+            )
+        )
+    except ImportError:
+        checks.append((True, "CUDA: torch not installed; proof of compute will run on numpy", ""))
+    ray_path = shutil.which("ray") or shutil.which(
+        "ray", path=str(__import__("pathlib").Path(sys.executable).parent)
+    )
+    checks.append((ray_path is not None, f"Ray: {ray_path or 'not found'}", 'pip install "ray[default]"'))
+    try:
+        free_ports(len(PORT_NAMES))
+        checks.append((True, "Local ports: free ports are available for a Ray node", ""))
+    except OSError as error:
+        checks.append(
+            (False, f"Local ports: cannot open one ({error})", "free some ports or raise the limit")
+        )
     if portal:
         url = portal.rstrip("/") + "/healthz"
         try:
             response = httpx.get(url, timeout=5)
-            reachable = response.status_code == 200
-            detail = f"{url} answered {response.status_code}"
+            checks.append(
+                (
+                    response.status_code == 200,
+                    f"portal: {url} answered {response.status_code}",
+                    "check the URL and that the portal is running",
+                )
+            )
         except httpx.HTTPError as error:
-            reachable, detail = False, f"{url} unreachable ({type(error).__name__})"
-        typer.echo(f"{'ok ' if reachable else 'FIX'} portal: {detail}")
-        problems += 0 if reachable else 1
-    raise typer.Exit(code=1 if problems else 0)
+            checks.append(
+                (
+                    False,
+                    f"portal: {url} unreachable ({type(error).__name__})",
+                    "check the URL, DNS and firewalls between this machine and the portal",
+                )
+            )
+    for ok, what, fix in checks:
+        typer.echo(f"{'ok ' if ok else 'FIX'} {what}")
+        if not ok and fix:
+            typer.echo(f"    {fix}")
+    raise typer.Exit(code=0 if all(ok for ok, _, _ in checks) else 1)
 
 
 def main() -> None:

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed to call the API from a browser; default: public_url.",
     )
+    heartbeat_interval_s: Annotated[int, Field(ge=1, le=300)] = Field(
+        default=5, description="How often agents heartbeat; a device is offline after 3 missed."
+    )
+    verification_deadline_s: Annotated[int | None, Field(ge=1, le=3600)] = Field(
+        default=None,
+        description="Time allowed for a proof-of-compute round; default 60 s simulated, 120 s GPU.",
+    )
     oauth_github_client_id: str | None = None
     oauth_github_client_secret: SecretStr | None = None
     oauth_google_client_id: str | None = None

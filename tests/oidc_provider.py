@@ -6,17 +6,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
+
+from tests.servers import ServerThread
 
 CLIENT_ID = "portal-test-client"
 CLIENT_SECRET = "portal-test-secret"  # a test fixture's credential for a provider that exists only in tests
@@ -106,25 +104,13 @@ class OidcProvider:
         )
 
 
-class ProviderServer:
+class ProviderServer(ServerThread):
     def __init__(self, provider: OidcProvider) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        provider.url = f"http://127.0.0.1:{port}"
+        super().__init__(None)
+        provider.url = self.url
         self.provider = provider
-        self.server = uvicorn.Server(
-            uvicorn.Config(provider.app(), host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = provider.app()
 
-    def __enter__(self) -> OidcProvider:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    def __enter__(self) -> OidcProvider:  # type: ignore[override]
+        self.start()
         return self.provider
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from portal.api.deps import CacheDep, SessionDep, WakeupsDep
+from portal.api.deps import CacheDep, SessionDep, SettingsDep, WakeupsDep
 from portal.models import Device
 from portal.schemas.devices import (
     ChallengeAnswerIn,
@@ -38,19 +38,21 @@ def _device(session: Session, caller: Principal) -> Device:
 
 
 @router.post("/register", summary="Report the machine and its GPUs; starts verification when needed")
-def register(body: RegisterIn, session: SessionDep, caller: Agent) -> RegisterOut:
+def register(body: RegisterIn, session: SessionDep, settings: SettingsDep, caller: Agent) -> RegisterOut:
     device = _device(session, caller)
     report = worker.MachineReport(
         **body.model_dump(exclude={"gpus"}), gpus=[g.model_dump() for g in body.gpus]
     )
     verify = worker.register(session, device, report)
     return RegisterOut(
-        device_id=device.id, state=device.state, next_heartbeat_s=worker.next_heartbeat_s(), verify=verify
+        device_id=device.id, state=device.state, next_heartbeat_s=settings.heartbeat_interval_s, verify=verify
     )
 
 
 @router.post("/heartbeat", summary="I am alive: GPU samples and Ray node status; returns queued commands")
-def heartbeat(body: HeartbeatIn, session: SessionDep, cache: CacheDep, caller: Agent) -> HeartbeatOut:
+def heartbeat(
+    body: HeartbeatIn, session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent
+) -> HeartbeatOut:
     device = _device(session, caller)
     queued = worker.heartbeat(
         session, cache, device, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
@@ -58,7 +60,7 @@ def heartbeat(body: HeartbeatIn, session: SessionDep, cache: CacheDep, caller: A
     return HeartbeatOut(
         state=device.state,
         commands=[CommandOut(**commands.as_message(c)) for c in queued],
-        next_heartbeat_s=worker.next_heartbeat_s(),
+        next_heartbeat_s=settings.heartbeat_interval_s,
     )
 
 
@@ -94,8 +96,10 @@ def command_result(command_id: uuid.UUID, body: CommandResultIn, session: Sessio
 
 
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")
-def get_challenge(session: SessionDep, cache: CacheDep, caller: Agent) -> ChallengeOut:
-    return ChallengeOut(**verification.issue(cache, _device(session, caller)))
+def get_challenge(session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent) -> ChallengeOut:
+    return ChallengeOut(
+        **verification.issue(cache, _device(session, caller), settings.verification_deadline_s)
+    )
 
 
 @router.post("/challenge/{challenge_id}", summary="Commit to the product, then reveal the rows asked for")

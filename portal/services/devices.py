@@ -19,7 +19,6 @@ from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput, NotFound
 
-HEARTBEAT_INTERVAL_S = 5
 # A device is online while its last heartbeat is younger than this many intervals.
 MISSED_HEARTBEATS_OFFLINE = 3
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -170,12 +169,11 @@ def remove_device(
     session.delete(device)
 
 
-def is_online(device: Device) -> bool:
+def is_online(device: Device, settings: Settings) -> bool:
     if device.last_heartbeat_at is None:
         return False
-    return utcnow() - device.last_heartbeat_at < timedelta(
-        seconds=HEARTBEAT_INTERVAL_S * MISSED_HEARTBEATS_OFFLINE
-    )
+    allowed = timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    return utcnow() - device.last_heartbeat_at < allowed
 
 
 def eligibility(session: Session, device: Device, settings: Settings) -> list[Check]:
@@ -183,12 +181,13 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
     owner = session.get(User, device.owner_id)
     gpus = gpus_of(session, device.id)
     production = settings.environment is Environment.PRODUCTION
+    online = is_online(device, settings)
     return [
         Check(
             "connected",
-            is_online(device),
+            online,
             "The agent is connected."
-            if is_online(device)
+            if online
             else "The agent is not connected: start it with the launch command."
             if device.last_heartbeat_at is None
             else "The agent stopped sending heartbeats: check that it runs and reaches the portal.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 
@@ -31,17 +30,6 @@ CATALOG = {
 }
 # Price of a model the catalogue does not know, per GPU-hour.
 UNKNOWN_MODEL_PRICE_MICRO = 300_000
-
-_SIMULATION = re.compile(r"^(?P<count>[1-9][0-9]?)x(?P<model>[A-Za-z0-9-]+)$")
-
-
-def parse_simulation(spec: str) -> tuple[int, GpuModel]:
-    """``2xH100-80GB`` -> (2, the H100 entry); raises ValueError naming the known models."""
-    match = _SIMULATION.match(spec.strip())
-    model = CATALOG.get(match["model"]) if match else None
-    if match is None or model is None:
-        raise ValueError(f"simulate as COUNTxMODEL, e.g. 2xH100-80GB; models: {', '.join(CATALOG)}")
-    return int(match["count"]), model
 
 
 def normalize_model_name(nvml_name: str, memory_mb: int) -> str:

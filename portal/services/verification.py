@@ -71,7 +71,7 @@ def _load(cache: Cache, device: Device, challenge_id: str) -> dict:
     return state
 
 
-def issue(cache: Cache, device: Device) -> dict:
+def issue(cache: Cache, device: Device, deadline_s: int | None = None) -> dict:
     """A fresh challenge for the device; its state lives in the cache until answered or expired."""
     if device.state == DeviceState.HIRED:
         raise Conflict("A hired device is not re-verified while it runs a cluster.", code="device_hired")
@@ -81,7 +81,7 @@ def issue(cache: Cache, device: Device) -> dict:
         "seed": secrets.randbits(63),
         "n": n,
         "dtype": "float32",
-        "deadline_s": 60 if device.simulated else 120,
+        "deadline_s": deadline_s or (60 if device.simulated else 120),
     }
     state = {**challenge, "device_id": str(device.id), "phase": "commit", "issued_at": time.time()}
     cache.set(_key(challenge["id"]), json.dumps(state), ttl_s=CHALLENGE_TTL_S)

@@ -12,7 +12,7 @@ from portal.cache import Cache
 from portal.models import Device, DeviceCommand, DeviceState, Gpu
 from portal.models.base import utcnow
 from portal.services import commands, state_machines
-from portal.services.devices import HEARTBEAT_INTERVAL_S, gpus_of
+from portal.services.devices import gpus_of
 from portal.services.errors import InvalidInput
 from portal.services.gpu_catalog import normalize_model_name
 
@@ -93,7 +93,3 @@ def heartbeat(
             ttl_s=SAMPLE_TTL_S,
         )
     return commands.take(session, device.id)
-
-
-def next_heartbeat_s() -> int:
-    return HEARTBEAT_INTERVAL_S

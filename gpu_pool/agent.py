@@ -1,0 +1,221 @@
+"""The worker agent: registers the machine, proves its compute, heartbeats, and runs the portal's commands.
+
+Two loops share the work: heartbeats (liveness, GPU samples, Ray status) and a long-poll for commands, so
+a deploy reaches the agent in well under a second. Losing the portal is survived: both loops retry with
+exponential backoff and jitter while the Ray node keeps running. A refused token ends the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from gpu_pool import __version__, compute, ray_node
+from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
+from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, SimulatedGpus, machine_facts
+
+logger = logging.getLogger("gpu_pool.agent")
+LONG_POLL_S = 25
+
+
+class Agent:
+    def __init__(
+        self,
+        client: PortalClient,
+        gpus: NvmlGpus | SimulatedGpus | None,
+        *,
+        node_ip: str = "127.0.0.1",
+        workdir: Path | None = None,
+        metrics_url: str | None = None,
+        device_label: str = "",
+    ) -> None:
+        self.client = client
+        self.gpus = gpus
+        self.node_ip = node_ip
+        self.workdir = workdir
+        self.metrics_url = metrics_url
+        self.device_label = device_label
+        self.device_id: str | None = None
+        self.state = "unknown"
+        self.heartbeat_s = 5
+        self.node: ray_node.RayNode | None = None
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self._handled: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- what the machine is -----------------------------------------------------------------------
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.gpus and self.gpus.simulated)
+
+    def describe(self) -> list[GpuInfo]:
+        return self.gpus.describe() if self.gpus else []
+
+    def sample(self) -> list[GpuSample]:
+        return self.gpus.sample() if self.gpus else []
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "agent_version": __version__,
+            **machine_facts(),
+            "gpus": [gpu.as_dict() for gpu in self.describe()],
+            "simulated": self.simulated,
+            "metrics_url": self.metrics_url,
+        }
+
+    # --- the portal, with retries ------------------------------------------------------------------
+
+    def _retrying(self, action: Callable[[], Any]) -> Any:
+        """Retry while the portal is unreachable (backoff with jitter, up to 30 s apart); stop on a stop."""
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(PortalUnavailable),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
+                sleep=self.stopping.wait,  # a stop ends the wait at once
+                before_sleep=lambda state: logger.warning(
+                    "portal unreachable (%s); retrying", state.outcome.exception() if state.outcome else "?"
+                ),
+            ):
+                with attempt:
+                    if self.stopping.is_set():
+                        return None
+                    return action()
+        except Rejected as error:
+            logger.error("the portal rejected a request: %s", error)
+        return None
+
+    def register(self) -> bool:
+        reply = self._retrying(lambda: self.client.register(self.report()))
+        if reply is None:
+            return False
+        self.device_id, self.state = reply["device_id"], reply["state"]
+        self.heartbeat_s = reply["next_heartbeat_s"]
+        logger.info("registered as device %s (%s)", self.device_id, self.state)
+        return bool(reply["verify"])
+
+    def verify(self) -> dict[str, Any]:
+        """One proof-of-compute round: compute, commit, reveal; returns the portal's verdict."""
+        challenge = self.client.challenge()
+        product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=not self.simulated)
+        reply = self.client.answer_challenge(
+            challenge["id"], {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms}
+        )
+        verdict = self.client.answer_challenge(challenge["id"], {"rows": product.reveal(reply["rows"])})
+        logger.info(
+            "proof of compute: %s (%s, %s)", verdict["reason"], product.backend, verdict.get("tflops")
+        )
+        return verdict
+
+    # --- commands ----------------------------------------------------------------------------------
+
+    def ray_status(self) -> dict[str, Any]:
+        with self._lock:
+            return self.node.status() if self.node else {"state": "none"}
+
+    def _node_spec(self, role: str, payload: dict[str, Any]) -> ray_node.NodeSpec:
+        gpus = self.describe()
+        resources = {f"device_{self.device_id}": 1.0}
+        if gpus:
+            resources[f"gpu_model_{gpus[0].model}"] = float(len(gpus))
+        return ray_node.NodeSpec(
+            role=role,
+            num_gpus=len(gpus),
+            resources=resources,
+            node_ip=self.node_ip,
+            head_address=payload.get("head_address"),
+            dashboard=bool(payload.get("dashboard", False)),
+            num_cpus=payload.get("num_cpus"),
+        )
+
+    def handle(self, command: dict[str, Any]) -> tuple[bool, str]:
+        kind, payload = command["kind"], command.get("payload") or {}
+        try:
+            if kind in ("start_ray_head", "start_ray_worker"):
+                with self._lock:
+                    if self.node and self.node.alive():
+                        return True, json.dumps(self.node.status())  # already running: a redelivery
+                    role = "head" if kind == "start_ray_head" else "worker"
+                    self.node = ray_node.start(self._node_spec(role, payload), self.workdir)
+                    return True, json.dumps(self.node.status())
+            if kind == "stop_ray":
+                self.stop_ray()
+                return True, "stopped"
+            if kind == "verify":
+                verdict = self.verify()
+                return bool(verdict.get("passed")), verdict.get("reason", "")
+            return False, f"unknown command {kind}"
+        except ray_node.RayNodeError as error:
+            return False, str(error)
+
+    def stop_ray(self) -> None:
+        with self._lock:
+            node, self.node = self.node, None
+        if node:
+            node.stop()
+
+    def run_command(self, command: dict[str, Any]) -> None:
+        with self._lock:
+            if command["id"] in self._handled:
+                return  # delivered twice (heartbeat and long-poll): run once
+            self._handled.add(command["id"])
+        ok, detail = self.handle(command)
+        logger.info("command %s %s: %s", command["kind"], "done" if ok else "failed", detail[:200])
+        self._retrying(lambda: self.client.command_result(command["id"], ok, detail))
+
+    # --- loops -------------------------------------------------------------------------------------
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except TokenRefused as error:
+                self.fatal = f"the portal refused this device's token: {error}"
+                self.stopping.set()
+
+        return run
+
+    def heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            reply = self._retrying(
+                lambda: self.client.heartbeat([s.as_dict() for s in self.sample()], self.ray_status())
+            )
+            if reply:
+                self.state, self.heartbeat_s = reply["state"], reply["next_heartbeat_s"]
+                for command in reply["commands"]:
+                    threading.Thread(
+                        target=self._guard(lambda c=command: self.run_command(c)), daemon=True
+                    ).start()
+            self.stopping.wait(self.heartbeat_s)
+
+    def command_loop(self) -> None:
+        while not self.stopping.is_set():
+            for command in self._retrying(lambda: self.client.poll_commands(LONG_POLL_S)) or []:
+                self.run_command(command)
+
+    def run(self) -> None:
+        """Register, verify when asked, then heartbeat and take commands until stopped."""
+        try:
+            if self.register() and not self.stopping.is_set():
+                self._retrying(self.verify)
+            threads = [
+                threading.Thread(target=self._guard(loop), daemon=True, name=loop.__name__)
+                for loop in (self.heartbeat_loop, self.command_loop)
+            ]
+            for thread in threads:
+                thread.start()
+            self.stopping.wait()
+        except TokenRefused as error:
+            self.fatal = f"the portal refused this device's token: {error}"
+        finally:
+            self.stop_ray()
+
+    def stop(self) -> None:
+        self.stopping.set()

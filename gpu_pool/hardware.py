@@ -1,0 +1,197 @@
+"""The machine's GPUs: read through NVML (nvidia-ml-py), or simulated for development.
+
+Simulated GPUs say so in every message the agent sends; the portal shows them as simulated everywhere and
+never lets them be hired in a production deployment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+# Memory of the models the agent can simulate; the portal's catalogue knows the same names.
+SIMULATED_MODELS = {
+    "H200-141GB": 143_771,
+    "H100-80GB": 81_559,
+    "A100-80GB": 81_920,
+    "A100-40GB": 40_960,
+    "L40S-48GB": 46_068,
+    "A10-24GB": 23_028,
+    "RTX-4090-24GB": 24_564,
+    "RTX-3090-24GB": 24_576,
+    "T4-16GB": 15_360,
+}
+
+
+@dataclass(frozen=True)
+class DriverStatus:
+    available: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    uuid: str
+    model: str
+    memory_mb: int
+    driver: str
+    cuda: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    util_pct: float
+    mem_used_mb: float
+    temp_c: float
+    power_w: float
+    xid_errors: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def driver_status() -> DriverStatus:
+    """Whether an NVIDIA driver answers, with its version or the reason it does not."""
+    try:
+        import pynvml
+    except ImportError:
+        return DriverStatus(False, "nvidia-ml-py is not installed (pip install nvidia-ml-py)")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as error:
+        return DriverStatus(False, f"no NVIDIA driver answers ({error})")
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+        count = pynvml.nvmlDeviceGetCount()
+        return DriverStatus(True, f"driver {version}, {count} GPU(s)")
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class NvmlGpus:
+    """Real GPUs. NVML stays initialised for the agent's life; every reading is a cheap library call."""
+
+    simulated = False
+
+    def __init__(self) -> None:
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+    def _text(self, value: bytes | str) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    def describe(self) -> list[GpuInfo]:
+        nvml = self._nvml
+        driver = self._text(nvml.nvmlSystemGetDriverVersion())
+        cuda_version = nvml.nvmlSystemGetCudaDriverVersion_v2()
+        cuda = f"{cuda_version // 1000}.{cuda_version % 1000 // 10}"
+        return [
+            GpuInfo(
+                index=i,
+                uuid=self._text(nvml.nvmlDeviceGetUUID(handle)),
+                model=self._text(nvml.nvmlDeviceGetName(handle)),
+                memory_mb=nvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
+                driver=driver,
+                cuda=cuda,
+            )
+            for i, handle in enumerate(self._handles)
+        ]
+
+    def sample(self) -> list[GpuSample]:
+        nvml = self._nvml
+        samples = []
+        for i, handle in enumerate(self._handles):
+            try:
+                power = nvml.nvmlDeviceGetPowerUsage(handle) / 1000
+            except nvml.NVMLError:
+                power = 0.0  # some boards do not report power
+            samples.append(
+                GpuSample(
+                    index=i,
+                    util_pct=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                    mem_used_mb=nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20,
+                    temp_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+                    power_w=power,
+                )
+            )
+        return samples
+
+    def close(self) -> None:
+        self._nvml.nvmlShutdown()
+
+
+class SimulatedGpus:
+    """GPUs that exist only in this process, for development and tests; labelled simulated everywhere."""
+
+    simulated = True
+
+    def __init__(self, count: int, model: str, seed: int | None = None) -> None:
+        if model not in SIMULATED_MODELS:
+            raise ValueError(f"unknown model {model}; choose one of {', '.join(SIMULATED_MODELS)}")
+        self._rng = random.Random(seed)
+        self._machine = uuid.uuid4().hex[:8]
+        self._gpus = [
+            GpuInfo(
+                i,
+                f"GPU-SIMULATED-{self._machine}-{i}",
+                model,
+                SIMULATED_MODELS[model],
+                "simulated",
+                "simulated",
+            )
+            for i in range(count)
+        ]
+
+    def describe(self) -> list[GpuInfo]:
+        return list(self._gpus)
+
+    def sample(self) -> list[GpuSample]:
+        phase = time.time() / 60
+        samples = []
+        for gpu in self._gpus:
+            load = max(0.0, min(100.0, 50 + 40 * math.sin(phase + gpu.index) + self._rng.uniform(-5, 5)))
+            samples.append(
+                GpuSample(
+                    index=gpu.index,
+                    util_pct=round(load, 1),
+                    mem_used_mb=round(gpu.memory_mb * load / 150, 1),
+                    temp_c=round(35 + load * 0.45, 1),
+                    power_w=round(70 + load * 6, 1),
+                )
+            )
+        return samples
+
+    def close(self) -> None:
+        return None
+
+
+def parse_simulation(spec: str) -> tuple[int, str]:
+    """``2xH100-80GB`` -> (2, "H100-80GB")."""
+    count, _, model = spec.partition("x")
+    if not count.isdigit() or not 1 <= int(count) <= 16 or model not in SIMULATED_MODELS:
+        raise ValueError(f"simulate as COUNTxMODEL, e.g. 2xH100-80GB; models: {', '.join(SIMULATED_MODELS)}")
+    return int(count), model
+
+
+def machine_facts() -> dict:
+    import psutil
+
+    return {
+        "hostname": platform.node()[:255],
+        "os": f"{platform.system()} {platform.release()}"[:120],
+        "cpu_count": os.cpu_count() or 0,
+        "ram_mb": psutil.virtual_memory().total // 2**20,
+    }

@@ -1,0 +1,203 @@
+"""One Ray node per agent: a head or a worker joining a head, with its own ports and temp dir so that
+several agents can share one host, stopped through its own process group (never `ray stop`, which
+would kill every Ray process on the machine)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 5
+OBJECT_STORE_BYTES = 80 * 2**20
+WORKER_PORTS = 60
+PORT_NAMES = (
+    "gcs",
+    "client",
+    "dashboard",
+    "dashboard_agent_listen",
+    "dashboard_agent_grpc",
+    "metrics_export",
+    "runtime_env_agent",
+    "node_manager",
+    "object_manager",
+)
+
+
+class RayNodeError(Exception):
+    pass
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct free ports, held open together while chosen so none is handed out twice."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class NodeSpec:
+    role: str  # "head" or "worker"
+    num_gpus: int
+    resources: dict[str, float]
+    node_ip: str = "127.0.0.1"
+    head_address: str | None = None  # workers: "ip:port" of the head's GCS
+    dashboard: bool = False
+    num_cpus: int | None = None
+
+
+@dataclass
+class RayNode:
+    spec: NodeSpec
+    temp_dir: Path
+    ports: dict[str, int]
+    process: subprocess.Popen
+    log_path: Path
+    node_id: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def address(self) -> str:
+        return f"{self.spec.node_ip}:{self.ports['gcs']}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"http://{self.spec.node_ip}:{self.ports['dashboard']}" if self.spec.dashboard else None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def status(self) -> dict:
+        return {
+            "state": "running" if self.alive() else "failed",
+            "node_id": self.node_id,
+            "address": self.address if self.spec.role == "head" else None,
+            "dashboard_url": self.dashboard_url,
+        }
+
+    def stop(self) -> None:
+        """SIGTERM to the node's processes, SIGKILL to any still there after the grace period.
+
+        The node's processes are those of its process group and any other that names its temp dir (Ray
+        starts some of them in sessions of their own)."""
+        family = self._processes()
+        for process in family:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(family, timeout=STOP_TIMEOUT_S)
+        for process in [*alive, *self._processes()]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+    def _processes(self) -> list[psutil.Process]:
+        marker = str(self.temp_dir)
+        found = {}
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if (
+                    process.info["pid"] == self.process.pid
+                    or os.getpgid(process.info["pid"]) == self.process.pid
+                    or (process.info["cmdline"] and marker in " ".join(process.info["cmdline"]))
+                ):
+                    found[process.info["pid"]] = process
+        return list(found.values())
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else "ray"
+
+
+def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
+    """Start the node and wait until it runs; raises RayNodeError with the node's last log lines if not."""
+    # Ray's socket paths must stay short (Unix sockets allow ~107 bytes), so the temp dir lives in /tmp.
+    temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), spec.node_ip), strict=True))
+    worker_ports = free_ports(1)[0]
+    while any(worker_ports <= port <= worker_ports + WORKER_PORTS for port in ports.values()):
+        worker_ports = free_ports(1)[0]
+    args = [
+        _ray_executable(),
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        f"--node-ip-address={spec.node_ip}",
+        f"--temp-dir={temp_dir}",
+        f"--num-gpus={spec.num_gpus}",
+        f"--resources={json.dumps(spec.resources)}",
+        f"--object-store-memory={OBJECT_STORE_BYTES}",
+        f"--node-manager-port={ports['node_manager']}",
+        f"--object-manager-port={ports['object_manager']}",
+        f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+        f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+        f"--metrics-export-port={ports['metrics_export']}",
+        f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+        # A narrow worker range of its own: Ray's default 10002-19999 collides across nodes on one host.
+        f"--min-worker-port={worker_ports}",
+        f"--max-worker-port={worker_ports + WORKER_PORTS}",
+    ]
+    if spec.num_cpus is not None:
+        args.append(f"--num-cpus={spec.num_cpus}")
+    if spec.role == "head":
+        args += [
+            "--head",
+            f"--port={ports['gcs']}",
+            f"--ray-client-server-port={ports['client']}",
+            f"--include-dashboard={'true' if spec.dashboard else 'false'}",
+            f"--dashboard-host={spec.node_ip}",
+            f"--dashboard-port={ports['dashboard']}",
+        ]
+    else:
+        if not spec.head_address:
+            raise RayNodeError("a worker node needs the head's address")
+        args.append(f"--address={spec.head_address}")
+    log_path = temp_dir / "agent-ray.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    node = RayNode(spec, temp_dir, ports, process, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RayNodeError(f"ray start exited with {process.returncode}: {_tail(log_path)}")
+        if "Ray runtime started" in log_path.read_text(errors="replace"):
+            node.node_id = _node_id(temp_dir)
+            return node
+        time.sleep(0.2)
+    node.stop()
+    raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {_tail(log_path)}")
+
+
+def _node_id(temp_dir: Path) -> str | None:
+    # Ray names some per-node files after the node id, e.g. session_latest/metrics_export_port_<id>.
+    for path in (temp_dir / "session_latest").glob("metrics_export_port_*"):
+        return path.name.rsplit("_", 1)[-1]
+    return None
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

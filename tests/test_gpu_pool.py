@@ -1,0 +1,329 @@
+"""The worker agent against a real portal API over HTTP: registration, proof of compute, heartbeats,
+commands, token refusal, a portal restart, and Ray nodes of two agents joining one cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlmodel import select
+
+from gpu_pool import compute
+from gpu_pool.agent import Agent
+from gpu_pool.client import PortalClient
+from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
+from portal.api.app import create_api
+from portal.api.deps import AppParts
+from portal.db import session_scope
+from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu, Role
+from portal.security.principal import RequestOrigin
+from portal.services import commands, devices, verification
+from portal.services.gpu_catalog import CATALOG
+from tests.conftest import VENV_BIN
+from tests.factories import make_user
+from tests.servers import ServerThread
+
+
+def wait_until(condition, timeout_s: float = 30, every_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"not true within {timeout_s} s: {condition.__doc__ or condition}")
+
+
+@pytest.fixture
+def portal_api(parts) -> Iterator[tuple[ServerThread, AppParts]]:
+    fast = AppParts(
+        parts.settings.model_copy(update={"heartbeat_interval_s": 1}),
+        parts.engine,
+        parts.cache,
+        parts.wakeups,
+    )
+    server = ServerThread(create_api(fast))
+    with server:
+        yield server, fast
+
+
+def add_device(parts: AppParts, name: str = "rig") -> tuple[str, str]:
+    with session_scope(parts.engine) as session:
+        owner = make_user(session, Role.PROVIDER)
+        device, token = devices.add_device(
+            session,
+            owner_id=owner.id,
+            name=name,
+            country="DE",
+            connectivity_tier="high",
+            price_per_gpu_hour_micro=None,
+            origin=RequestOrigin(),
+        )
+        return str(device.id), token
+
+
+def device_row(parts: AppParts, device_id: str) -> Device:
+    with session_scope(parts.engine) as session:
+        return session.get(Device, uuid.UUID(device_id))
+
+
+class RunningAgent:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.thread = threading.Thread(target=agent.run, daemon=True)
+
+    def __enter__(self) -> Agent:
+        self.thread.start()
+        return self.agent
+
+    def __exit__(self, *_: object) -> None:
+        self.agent.stop()
+        self.thread.join(timeout=30)
+
+
+def simulated_agent(url: str, token: str, count: int = 2) -> Agent:
+    return Agent(PortalClient(url, token), SimulatedGpus(count, "H100-80GB", seed=1))
+
+
+# --- contract between the two sides ----------------------------------------------------------------
+
+
+def test_both_sides_derive_the_same_challenge_matrices_and_know_the_same_models():
+    for which in (0, 1):
+        assert (
+            compute.matrix_rows(99, which, [0, 7, 31], 32)
+            == verification.matrix_rows(99, which, [0, 7, 31], 32)
+        ).all()
+    assert set(SIMULATED_MODELS) <= set(CATALOG)
+    assert all(SIMULATED_MODELS[name] == CATALOG[name].memory_mb for name in SIMULATED_MODELS)
+
+
+# --- registration, proof of compute, heartbeats ----------------------------------------------------
+
+
+def test_a_simulated_agent_registers_proves_its_compute_and_heartbeats(portal_api):
+    server, parts = portal_api
+    device_id, token = add_device(parts)
+    with RunningAgent(simulated_agent(server.url, token)):
+        wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
+        first_beat = device_row(parts, device_id).last_heartbeat_at
+        wait_until(lambda: device_row(parts, device_id).last_heartbeat_at > first_beat, timeout_s=10)
+    device = device_row(parts, device_id)
+    assert device.simulated and device.verified_at is not None and device.verified_tflops > 0
+    with session_scope(parts.engine) as session:
+        gpus = session.exec(select(Gpu).where(Gpu.device_id == device.id)).all()
+        checks = {c.key: c for c in devices.eligibility(session, device, parts.settings)}
+    assert [(g.model, g.simulated) for g in gpus] == [("H100-80GB", True)] * 2
+    assert checks["verified"].ok and checks["connected"].ok and checks["gpus"].ok
+    assert checks["real_gpus"].message == "Simulated GPUs (development mode)."
+    samples = json.loads(parts.cache.get(f"gpu-samples:{device_id}"))
+    assert [s["index"] for s in samples["gpus"]] == [0, 1]
+
+
+class WrongAgent(Agent):
+    """Commits to the product of other matrices: what a machine faking its GPU would send."""
+
+    def verify(self):
+        challenge = self.client.challenge()
+        product = compute.multiply(challenge["seed"] + 1, challenge["n"], use_gpu=False)
+        reply = self.client.answer_challenge(
+            challenge["id"], {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms}
+        )
+        return self.client.answer_challenge(challenge["id"], {"rows": product.reveal(reply["rows"])})
+
+
+class SlowAgent(Agent):
+    """Computes the right product, but later than the deadline."""
+
+    def verify(self):
+        challenge = self.client.challenge()
+        product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=False)
+        time.sleep(challenge["deadline_s"] + 0.5)
+        reply = self.client.answer_challenge(
+            challenge["id"], {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms}
+        )
+        return self.client.answer_challenge(challenge["id"], {"rows": product.reveal(reply["rows"])})
+
+
+@pytest.mark.parametrize(("agent_class", "reason"), [(WrongAgent, "Freivalds"), (SlowAgent, "late")])
+def test_a_wrong_or_late_answer_fails_verification_with_a_fault(parts, agent_class, reason):
+    strict = AppParts(
+        parts.settings.model_copy(update={"verification_deadline_s": 1}), parts.engine, parts.cache
+    )
+    device_id, token = add_device(parts)
+    with ServerThread(create_api(strict)) as url:
+        agent = agent_class(PortalClient(url, token), SimulatedGpus(1, "A10-24GB"))
+        agent.register()
+        verdict = agent.verify()
+    assert verdict["passed"] is False and reason in verdict["reason"]
+    device = device_row(parts, device_id)
+    assert device.state == DeviceState.VERIFYING and device.verified_at is None
+    with session_scope(parts.engine) as session:
+        fault = session.exec(select(FaultEvent).where(FaultEvent.device_id == device.id)).one()
+    assert fault.kind == "verification_failed" and reason in fault.message
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def test_a_queued_command_reaches_a_long_polling_agent_in_well_under_a_second(portal_api):
+    server, parts = portal_api
+    device_id, token = add_device(parts)
+    client = PortalClient(server.url, token)
+    client.register({"agent_version": "t", "gpus": [], "simulated": True})
+    received: list = []
+    poller = threading.Thread(target=lambda: received.extend(client.poll_commands(20)))
+    poller.start()
+    time.sleep(0.5)  # the agent is now waiting
+    started = time.perf_counter()
+    with session_scope(parts.engine) as session:
+        command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), "stop_ray", {})
+    commands.wake(parts.wakeups, command.device_id)
+    poller.join(timeout=10)
+    latency = time.perf_counter() - started
+    assert [c["kind"] for c in received] == ["stop_ray"]
+    assert latency < 1.0, f"took {latency:.2f} s"
+    client.command_result(received[0]["id"], True, "stopped")
+    client.command_result(received[0]["id"], True, "stopped")  # a retried result is harmless
+    with session_scope(parts.engine) as session:
+        assert session.get(DeviceCommand, command.id).state == CommandState.SUCCEEDED
+
+
+def test_a_rotated_token_stops_the_agent_with_a_clear_reason(portal_api):
+    server, parts = portal_api
+    device_id, token = add_device(parts)
+    agent = simulated_agent(server.url, token)
+    with RunningAgent(agent):
+        wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
+        with session_scope(parts.engine) as session:
+            owner = device_row(parts, device_id).owner_id
+            devices.rotate_token(
+                session, owner_id=owner, device_id=device_row(parts, device_id).id, origin=RequestOrigin()
+            )
+        wait_until(lambda: agent.stopping.is_set(), timeout_s=10)
+    assert "device token is invalid or has been rotated" in agent.fatal
+
+
+def test_the_agent_survives_a_portal_restart(parts):
+    fast = AppParts(parts.settings.model_copy(update={"heartbeat_interval_s": 1}), parts.engine, parts.cache)
+    server = ServerThread(create_api(fast))
+    server.start()
+    device_id, token = add_device(parts)
+    agent = simulated_agent(server.url, token)
+    with RunningAgent(agent):
+        wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
+        server.stop()
+        time.sleep(3)  # heartbeats fail while the portal is down
+        down_since = device_row(parts, device_id).last_heartbeat_at
+        server.start()
+        wait_until(lambda: device_row(parts, device_id).last_heartbeat_at > down_since, timeout_s=40)
+        assert not agent.stopping.is_set()
+    server.stop()
+
+
+def test_the_cli_without_a_driver_says_what_to_do_in_one_line():
+    result = subprocess.run(
+        [str(VENV_BIN / "gpu-pool"), "worker", "--portal", "http://127.0.0.1:1", "--token", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--cpu-only" in lines[0] and "--simulate 2xH100-80GB" in lines[0]
+
+
+def test_the_cli_agent_connects_and_stops_on_ctrl_c(portal_api):
+    server, parts = portal_api
+    device_id, token = add_device(parts)
+    process = subprocess.Popen(
+        [
+            str(VENV_BIN / "gpu-pool"),
+            "worker",
+            "--portal",
+            server.url,
+            "--simulate",
+            "1xRTX-4090-24GB",
+            "--metrics-port",
+            "0",
+        ],
+        env={**os.environ, "GPU_POOL_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "SIMULATED GPUs: 1 x RTX-4090-24GB" in output
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+
+
+def command_and_wait(
+    parts: AppParts, device_id: str, kind: str, payload: dict, timeout_s: float = 120
+) -> DeviceCommand:
+    with session_scope(parts.engine) as session:
+        command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), kind, payload)
+    commands.wake(parts.wakeups, command.device_id)
+
+    def finished() -> bool:
+        with session_scope(parts.engine) as session:
+            return session.get(DeviceCommand, command.id).state in (
+                CommandState.SUCCEEDED,
+                CommandState.FAILED,
+            )
+
+    wait_until(finished, timeout_s=timeout_s, every_s=0.3)
+    with session_scope(parts.engine) as session:
+        return session.get(DeviceCommand, command.id)
+
+
+def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api):
+    server, parts = portal_api
+    (head_id, head_token), (worker_id, worker_token) = add_device(parts, "head"), add_device(parts, "worker")
+    head_agent, worker_agent = (
+        simulated_agent(server.url, head_token, 2),
+        simulated_agent(server.url, worker_token, 1),
+    )
+    with RunningAgent(head_agent), RunningAgent(worker_agent):
+        wait_until(lambda: all(device_row(parts, d).state == DeviceState.READY for d in (head_id, worker_id)))
+        head = command_and_wait(parts, head_id, "start_ray_head", {"num_cpus": 1})
+        assert head.state == CommandState.SUCCEEDED, head.result_detail
+        address = json.loads(head.result_detail)["address"]
+        joined = command_and_wait(
+            parts, worker_id, "start_ray_worker", {"head_address": address, "num_cpus": 1}
+        )
+        assert joined.state == CommandState.SUCCEEDED, joined.result_detail
+
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import json, ray; ray.init(address={address!r}, logging_level='ERROR');"
+                "print(json.dumps(ray.cluster_resources())); ray.shutdown()",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        resources = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert resources["GPU"] == 3
+        assert resources[f"device_{head_id}"] == 1 and resources[f"device_{worker_id}"] == 1
+        wait_until(lambda: device_row(parts, worker_id).ray_node_id is not None, timeout_s=10)
+
+        for device_id in (worker_id, head_id):
+            assert command_and_wait(parts, device_id, "stop_ray", {}).state == CommandState.SUCCEEDED
+        wait_until(lambda: device_row(parts, head_id).ray_state == "none", timeout_s=10)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "gp-.*raylet|raylet.*gp-"], capture_output=True, text=True
+    ).stdout
+    assert leftovers.strip() == ""
