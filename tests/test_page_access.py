@@ -54,7 +54,7 @@ class _Probe:
     def __init__(self, principal):
         self.ran = False
         self._principal = principal
-        self.router = type("Router", (), {"page": type("Page", (), {"path": "/account"})()})()
+        self.router = type("Router", (), {"url": type("Url", (), {"path": "/account"})()})()
 
     async def _resolve_principal(self):
         return self._principal

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.pages import account, admin_audit, areas, auth, landing
+from portal.pages import account, admin_audit, areas, auth, devices, landing
 
 
 def register_pages(app: rx.App) -> None:
@@ -13,3 +13,4 @@ def register_pages(app: rx.App) -> None:
     auth.register(app)
     account.register(app)
     admin_audit.register(app)
+    devices.register(app)

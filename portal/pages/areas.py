@@ -8,11 +8,18 @@ from portal.components.layout import page_frame
 from portal.state.session import SessionState
 
 
-def area_page(title: str, summary: str, features: list[tuple[str, str]], test_id: str) -> rx.Component:
+def area_page(
+    title: str,
+    summary: str,
+    features: list[tuple[str, str]],
+    test_id: str,
+    action: rx.Component | None = None,
+) -> rx.Component:
     return page_frame(
         rx.vstack(
             rx.heading(title, size="7", id=test_id),
             rx.text(summary, size="3", color_scheme="gray", max_width="44rem"),
+            rx.cond(SessionState.signed_in, action or rx.fragment()),
             rx.cond(
                 SessionState.signed_in,
                 rx.callout(
@@ -78,6 +85,11 @@ def provider() -> rx.Component:
             ("Payouts", "Solana payouts to your linked wallet, each with its transaction."),
         ],
         "area-provider",
+        rx.button(
+            rx.link(rx.icon("server", size=16), "Your devices", href="/devices", underline="none"),
+            as_child=True,
+            size="3",
+        ),
     )
 
 

@@ -198,7 +198,7 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
         Check(
             "verified",
             device.verified_at is not None,
-            f"Proof of compute passed ({device.verified_tflops or 0:.2f} TFLOPS measured)."
+            f"Proof of compute passed ({device.verified_tflops or 0:.3f} TFLOPS measured)."
             if device.verified_at
             else "Proof of compute has not passed yet.",
         ),

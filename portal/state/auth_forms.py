@@ -85,7 +85,7 @@ class AuthFormState(SessionState):
         self.error = {
             "session": "Signing in did not complete; please try again.",
             "oauth": "Signing in with that provider did not complete; please try again.",
-        }.get(self.router.page.params.get("error", ""), "")
+        }.get(self.router.url.query_parameters.get("error", ""), "")
         if await self._resolve_principal() is not None:
             return rx.redirect("/account")
         return None
@@ -124,7 +124,7 @@ class AuthFormState(SessionState):
         except DomainError as error:
             self.busy, self.error = False, error.message
             return
-        yield sign_in_script(code, self.router.page.params.get("next"))
+        yield sign_in_script(code, self.router.url.query_parameters.get("next"))
 
     @rx.event
     @for_anyone
@@ -169,4 +169,4 @@ class AuthFormState(SessionState):
                 error.message if isinstance(error, DomainError) else "The wallet's signature is malformed."
             )
             return
-        yield sign_in_script(code, self.router.page.params.get("next"))
+        yield sign_in_script(code, self.router.url.query_parameters.get("next"))

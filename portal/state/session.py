@@ -51,7 +51,7 @@ def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
         async def guarded(self: SessionState, *args: Any, **kwargs: Any) -> Any:
             principal = await self._resolve_principal()
             if principal is None:
-                return rx.redirect(f"/login?next={self.router.page.path}")
+                return rx.redirect(f"/login?next={self.router.url.path}")
             if roles and not principal.roles & set(roles):
                 return rx.toast.error(f"This needs the {' or '.join(sorted(roles))} role.")
             token = current_principal.set(principal)
@@ -135,7 +135,7 @@ class SessionState(rx.State):
     async def require_session(self) -> Any:
         """On-load check of pages that only signed-in users see."""
         if await self._resolve_principal() is None:
-            return rx.redirect(f"/login?next={self.router.page.path}")
+            return rx.redirect(f"/login?next={self.router.url.path}")
         return None
 
     @rx.event

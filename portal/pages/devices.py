@@ -1,0 +1,279 @@
+"""The provider's devices: list, add (token and launch command shown once), and each device's page."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.layout import page_frame
+from portal.state.devices import DevicesState
+
+REFRESH_MS = 3000
+
+
+def state_badge(row: rx.Var) -> rx.Component:
+    return rx.hstack(
+        rx.badge(row["state"], color_scheme=row["color"], id="device-state"),
+        rx.cond(row["simulated"], rx.badge("simulated", color_scheme="amber", variant="soft")),
+        spacing="1",
+    )
+
+
+def device_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(rx.link(row["name"], href="/device/" + row["id"].to(str))),
+        rx.table.cell(state_badge(row)),
+        rx.table.cell(row["gpus"]),
+        rx.table.cell(row["country"]),
+        rx.table.cell(row["heartbeat"]),
+        rx.table.cell(rx.text(row["reason"], size="1", color_scheme="gray")),
+    )
+
+
+def new_device_callout() -> rx.Component:
+    return rx.cond(
+        DevicesState.new_token != "",
+        rx.callout(
+            rx.vstack(
+                rx.text(
+                    "Device added. Its token is shown this once: start the agent with it now.", weight="bold"
+                ),
+                rx.text("With pip:", size="2"),
+                rx.code(DevicesState.new_commands["pip"], id="launch-pip", size="2"),
+                rx.text("With Docker:", size="2"),
+                rx.code(DevicesState.new_commands["docker"], size="2"),
+                rx.text("Development, with simulated GPUs:", size="2"),
+                rx.code(DevicesState.new_commands["simulate"], id="launch-simulate", size="2"),
+                rx.hstack(
+                    rx.button(
+                        rx.icon("copy", size=14),
+                        "Copy the pip command",
+                        size="1",
+                        variant="soft",
+                        on_click=rx.set_clipboard(DevicesState.new_commands["pip"]),
+                    ),
+                    rx.button("Done", size="1", variant="ghost", on_click=DevicesState.dismiss_token),
+                ),
+                spacing="2",
+                width="100%",
+            ),
+            icon="key",
+            color_scheme="green",
+            width="100%",
+        ),
+    )
+
+
+def add_device_form() -> rx.Component:
+    return rx.card(
+        rx.form(
+            rx.vstack(
+                rx.heading("Add a device", size="4"),
+                rx.hstack(
+                    rx.input(
+                        name="name",
+                        placeholder="Name, e.g. rack-1-gpu-a",
+                        required=True,
+                        max_length=80,
+                        id="device-name",
+                        width="16rem",
+                    ),
+                    rx.input(
+                        name="country",
+                        placeholder="Country (DE)",
+                        required=True,
+                        min_length=2,
+                        max_length=2,
+                        id="device-country",
+                        width="9rem",
+                    ),
+                    rx.select(DevicesState.tiers, name="tier", default_value="medium", id="device-tier"),
+                    rx.input(
+                        name="price",
+                        placeholder="USD per GPU-hour (optional)",
+                        id="device-price",
+                        width="14rem",
+                    ),
+                    rx.button(rx.icon("plus", size=14), "Add device", type="submit", id="add-device"),
+                    wrap="wrap",
+                    spacing="2",
+                ),
+                rx.cond(
+                    DevicesState.error != "",
+                    rx.callout(
+                        DevicesState.error, icon="triangle_alert", color_scheme="red", id="device-error"
+                    ),
+                ),
+                spacing="3",
+            ),
+            on_submit=DevicesState.add,
+            reset_on_submit=True,
+        ),
+        width="100%",
+    )
+
+
+def devices_page() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading("Your devices", size="7"),
+            rx.text(
+                "Machines you connect with the worker agent. A device earns once it is ready and hired.",
+                color_scheme="gray",
+            ),
+            new_device_callout(),
+            add_device_form(),
+            rx.cond(
+                DevicesState.rows.length() > 0,
+                rx.table.root(
+                    rx.table.header(
+                        rx.table.row(
+                            *(
+                                rx.table.column_header_cell(h)
+                                for h in ("Device", "State", "GPUs", "Country", "Heartbeat", "")
+                            )
+                        )
+                    ),
+                    rx.table.body(rx.foreach(DevicesState.rows, device_row)),
+                    width="100%",
+                    id="device-table",
+                ),
+                rx.cond(
+                    DevicesState.loaded,
+                    rx.text("No devices yet: add one above.", color_scheme="gray"),
+                    rx.cond(
+                        DevicesState.forbidden,
+                        rx.callout(
+                            "Your account does not have the provider role.", icon="info", id="not-provider"
+                        ),
+                        rx.spinner(),
+                    ),
+                ),
+            ),
+            # Refreshes only once the list loaded, so a refused visitor gets one notice, not one per tick.
+            rx.cond(
+                DevicesState.loaded,
+                rx.moment(interval=REFRESH_MS, on_change=DevicesState.tick, display="none"),
+            ),
+            spacing="4",
+            width="100%",
+        )
+    )
+
+
+def check_row(check: rx.Var) -> rx.Component:
+    return rx.hstack(
+        rx.cond(
+            check["ok"],
+            rx.icon("circle_check", color=rx.color("green", 9), size=18),
+            rx.icon("circle_x", color=rx.color("red", 9), size=18),
+        ),
+        rx.text(check["message"], size="2"),
+        align="center",
+        spacing="2",
+    )
+
+
+def gpu_row(gpu: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(gpu["index"]),
+        rx.table.cell(
+            rx.hstack(
+                rx.text(gpu["model"]), rx.cond(gpu["simulated"], rx.badge("simulated", color_scheme="amber"))
+            )
+        ),
+        rx.table.cell(gpu["memory"]),
+        rx.table.cell(rx.code(gpu["uuid"], size="1")),
+        rx.table.cell(gpu["driver"]),
+    )
+
+
+def device_detail() -> rx.Component:
+    detail = DevicesState.detail
+    return page_frame(
+        rx.cond(
+            DevicesState.detail_error != "",
+            rx.callout(DevicesState.detail_error, icon="triangle_alert", color_scheme="red"),
+            rx.cond(
+                detail.contains("id"),
+                rx.vstack(
+                    rx.link("← All devices", href="/devices", size="2"),
+                    rx.hstack(rx.heading(detail["name"], size="7"), state_badge(detail), align="center"),
+                    rx.text(detail["reason"], color_scheme="gray", id="device-reason"),
+                    rx.card(
+                        rx.vstack(
+                            rx.heading(
+                                rx.cond(detail["hireable"], "Hireable", "Not hireable yet"),
+                                size="4",
+                                id="device-hireable",
+                            ),
+                            rx.foreach(detail["checks"].to(list[dict]), check_row),
+                            spacing="2",
+                        ),
+                        width="100%",
+                        id="eligibility",
+                    ),
+                    rx.data_list.root(
+                        rx.data_list.item(rx.data_list.label("Agent"), rx.data_list.value(detail["agent"])),
+                        rx.data_list.item(
+                            rx.data_list.label("Last heartbeat"), rx.data_list.value(detail["heartbeat"])
+                        ),
+                        rx.data_list.item(
+                            rx.data_list.label("Proof of compute"),
+                            rx.data_list.value(detail["verified"], id="device-verified"),
+                        ),
+                        rx.data_list.item(
+                            rx.data_list.label("Token"),
+                            rx.data_list.value(rx.code(detail["token_prefix"].to(str) + "…")),
+                        ),
+                    ),
+                    rx.table.root(
+                        rx.table.header(
+                            rx.table.row(
+                                *(
+                                    rx.table.column_header_cell(h)
+                                    for h in ("GPU", "Model", "Memory", "UUID", "Driver")
+                                )
+                            )
+                        ),
+                        rx.table.body(rx.foreach(detail["gpu_rows"].to(list[dict]), gpu_row)),
+                        width="100%",
+                    ),
+                    rx.alert_dialog.root(
+                        rx.alert_dialog.trigger(
+                            rx.button("Remove device", color_scheme="red", variant="soft")
+                        ),
+                        rx.alert_dialog.content(
+                            rx.alert_dialog.title("Remove this device?"),
+                            rx.alert_dialog.description(
+                                "Its token stops working and it leaves the marketplace."
+                            ),
+                            rx.hstack(
+                                rx.alert_dialog.cancel(
+                                    rx.button("Keep it", variant="soft", color_scheme="gray")
+                                ),
+                                rx.alert_dialog.action(
+                                    rx.button("Remove", color_scheme="red", on_click=DevicesState.remove)
+                                ),
+                                justify="end",
+                                spacing="3",
+                            ),
+                        ),
+                    ),
+                    rx.moment(interval=REFRESH_MS, on_change=DevicesState.tick_detail, display="none"),
+                    spacing="4",
+                    width="100%",
+                ),
+                rx.center(rx.spinner(size="3"), padding="4rem"),
+            ),
+        )
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(devices_page, route="/devices", title="Your devices · GPU Portal", on_load=DevicesState.load)
+    app.add_page(
+        device_detail,
+        route="/device/[device_id]",
+        title="Device · GPU Portal",
+        on_load=DevicesState.load_detail,
+    )

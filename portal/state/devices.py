@@ -1,0 +1,191 @@
+"""The provider's devices: the list, adding one (token shown once), and one device's page."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any
+
+import reflex as rx
+
+from portal.config import get_settings
+from portal.db import session_scope
+from portal.models import ConnectivityTier, Device, Role
+from portal.models.base import utcnow
+from portal.security.principal import Principal, RequestOrigin
+from portal.services import devices
+from portal.services.errors import DomainError, InvalidInput
+from portal.state.session import SessionState, for_users, principal
+
+STATE_COLORS = {
+    "ready": "green",
+    "hired": "blue",
+    "verifying": "amber",
+    "registered": "gray",
+    "offline": "red",
+    "blocked": "red",
+    "unsupported": "gray",
+}
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((utcnow() - moment).total_seconds())
+    return (
+        f"{seconds} s ago"
+        if seconds < 120
+        else f"{seconds // 60} min ago"
+        if seconds < 7200
+        else f"{seconds // 3600} h ago"
+    )
+
+
+def _row(session: Any, device: Device) -> dict[str, Any]:
+    gpus = devices.gpus_of(session, device.id)
+    models = sorted({gpu.model for gpu in gpus})
+    return {
+        "id": str(device.id),
+        "name": device.name,
+        "state": device.state,
+        "color": STATE_COLORS.get(device.state, "gray"),
+        "reason": device.state_reason,
+        "gpus": f"{len(gpus)} x {', '.join(models)}" if gpus else "none reported",
+        "simulated": device.simulated,
+        "country": device.country,
+        "heartbeat": _ago(device.last_heartbeat_at),
+    }
+
+
+def _list(caller: Principal) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        return [_row(session, device) for device in devices.list_devices(session, caller.user_id)]
+
+
+def _add(caller: Principal, form: dict[str, Any], origin: RequestOrigin) -> tuple[str, dict[str, str]]:
+    price = str(form.get("price", "")).strip()
+    try:
+        price_micro = round(float(price) * 1_000_000) if price else None
+    except ValueError:
+        raise InvalidInput("The price is a number of dollars per GPU-hour, e.g. 1.80.") from None
+    with session_scope() as session:
+        _, token = devices.add_device(
+            session,
+            owner_id=caller.user_id,
+            name=str(form.get("name", "")),
+            country=str(form.get("country", "")),
+            connectivity_tier=str(form.get("tier", ConnectivityTier.MEDIUM)),
+            price_per_gpu_hour_micro=price_micro,
+            origin=origin,
+        )
+    return token, devices.launch_commands(get_settings(), token)
+
+
+def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
+    with session_scope() as session:
+        device = devices.get_device(session, caller.user_id, uuid.UUID(device_id))
+        checks = devices.eligibility(session, device, get_settings())
+        return {
+            **_row(session, device),
+            "verified": f"{device.verified_tflops:.3f} TFLOPS measured"
+            if device.verified_tflops
+            else "not yet",
+            "agent": f"{device.agent_version} on {device.hostname}"
+            if device.agent_version
+            else "not connected yet",
+            "token_prefix": device.token_prefix,
+            "checks": [{"ok": c.ok, "message": c.message} for c in checks],
+            "hireable": devices.is_hireable(checks),
+            "gpu_rows": [
+                {
+                    "index": g.index,
+                    "model": g.model,
+                    "memory": f"{g.memory_mb / 1024:.0f} GiB",
+                    "uuid": g.uuid,
+                    "driver": g.driver,
+                    "simulated": g.simulated,
+                }
+                for g in devices.gpus_of(session, device.id)
+            ],
+        }
+
+
+def _remove(caller: Principal, device_id: str, origin: RequestOrigin) -> None:
+    with session_scope() as session:
+        devices.remove_device(session, owner_id=caller.user_id, device_id=uuid.UUID(device_id), origin=origin)
+
+
+class DevicesState(SessionState):
+    rows: list[dict[str, Any]] = []
+    loaded: bool = False
+    forbidden: bool = False
+    error: str = ""
+    new_token: str = ""
+    new_commands: dict[str, str] = {}
+    detail: dict[str, Any] = {}
+    detail_error: str = ""
+
+    @rx.var
+    def tiers(self) -> list[str]:
+        return [tier.value for tier in ConnectivityTier]
+
+    @rx.event
+    @for_users()
+    async def load(self) -> None:
+        # Any signed-in user may open the page; only providers get the list (and the live refresh).
+        self.forbidden = Role.PROVIDER not in principal().roles
+        if not self.forbidden:
+            self.rows = await asyncio.to_thread(_list, principal())
+            self.loaded = True
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def tick(self, _now: str) -> None:
+        self.rows = await asyncio.to_thread(_list, principal())
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def add(self, form: dict[str, Any]) -> None:
+        try:
+            self.new_token, self.new_commands = await asyncio.to_thread(
+                _add, principal(), form, self._origin()
+            )
+            self.error = ""
+        except DomainError as error:
+            self.error, self.new_token = error.message, ""
+            return
+        self.rows = await asyncio.to_thread(_list, principal())
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def dismiss_token(self) -> None:
+        self.new_token, self.new_commands = "", {}
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def load_detail(self) -> None:
+        await self._refresh_detail()
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def tick_detail(self, _now: str) -> None:
+        await self._refresh_detail()
+
+    async def _refresh_detail(self) -> None:
+        try:
+            self.detail = await asyncio.to_thread(
+                _detail, principal(), self.router.url.path.rstrip("/").rsplit("/", 1)[-1]
+            )
+            self.detail_error = ""
+        except (DomainError, ValueError):
+            self.detail, self.detail_error = {}, "No such device."
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def remove(self) -> Any:
+        try:
+            await asyncio.to_thread(_remove, principal(), self.detail.get("id", ""), self._origin())
+        except (DomainError, ValueError) as error:
+            return rx.toast.error(error.message if isinstance(error, DomainError) else "No such device.")
+        return rx.redirect("/devices")
