@@ -134,3 +134,22 @@ def test_without_a_wallet_the_page_says_what_to_install(portal, page: Page):
     page.goto(portal.url + "/login")
     page.locator("#wallet-sign-in").click()
     expect(page.locator("#auth-error")).to_contain_text("No Solana wallet was found")
+
+
+def test_a_provider_links_a_payout_wallet_from_the_account_page(portal, page: Page):
+    from solders.keypair import Keypair
+
+    wallet = Keypair()
+    address = str(wallet.pubkey())
+    page.expose_function("testWalletSign", lambda message: list(bytes(wallet.sign_message(bytes(message)))))
+    page.add_init_script(f"""
+        window.solana = {{
+          connect: async () => ({{ publicKey: {{ toString: () => "{address}" }} }}),
+          signMessage: async (bytes) => ({{
+            signature: new Uint8Array(await window.testWalletSign(Array.from(bytes))),
+          }}),
+        }};
+    """)
+    sign_up(page, portal, "payee@example.com")
+    page.locator("#link-wallet").click()
+    expect(page.locator("#account-wallet")).to_have_text(address)

@@ -71,3 +71,25 @@ def test_the_api_is_served_beside_the_pages(portal):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert "portal_http_requests_total" in httpx.get(portal.url + "/metrics").text
     assert httpx.get(portal.url + "/api/openapi.json").json()["info"]["title"] == "GPU Portal API"
+
+
+def test_cors_admits_only_the_portals_own_origin(portal):
+    own = httpx.options(
+        portal.url + "/api/v1/auth/login",
+        headers={"Origin": portal.url, "Access-Control-Request-Method": "POST"},
+    )
+    assert own.headers.get("access-control-allow-origin") == portal.url
+    foreign = httpx.options(
+        portal.url + "/api/v1/auth/login",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in foreign.headers
+    simple = httpx.get(portal.url + "/api/v1/healthz", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in simple.headers
+
+
+def test_pages_carry_the_security_headers(portal):
+    headers = httpx.get(portal.url + "/").headers
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"

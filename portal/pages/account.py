@@ -12,6 +12,12 @@ def profile() -> rx.Component:
     return rx.card(
         rx.vstack(
             rx.heading("Profile", size="4"),
+            rx.cond(
+                AccountState.wallet_error != "",
+                rx.callout(
+                    AccountState.wallet_error, icon="triangle_alert", color_scheme="red", id="wallet-error"
+                ),
+            ),
             rx.data_list.root(
                 rx.data_list.item(
                     rx.data_list.label("Email"), rx.data_list.value(AccountState.email, id="account-email")
@@ -25,10 +31,21 @@ def profile() -> rx.Component:
                 rx.data_list.item(
                     rx.data_list.label("Payout wallet"),
                     rx.data_list.value(
-                        rx.cond(
-                            AccountState.wallet != "",
-                            rx.code(AccountState.wallet),
-                            rx.text("none linked", color_scheme="gray"),
+                        rx.hstack(
+                            rx.cond(
+                                AccountState.wallet != "",
+                                rx.code(AccountState.wallet, id="account-wallet"),
+                                rx.text("none linked", color_scheme="gray"),
+                            ),
+                            rx.button(
+                                rx.icon("wallet", size=14),
+                                "Link a wallet",
+                                size="1",
+                                variant="soft",
+                                on_click=AccountState.start_link_wallet,
+                                id="link-wallet",
+                            ),
+                            align="center",
                         )
                     ),
                 ),

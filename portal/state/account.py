@@ -15,6 +15,7 @@ from portal.security.principal import Principal, RequestOrigin
 from portal.services import api_keys, auth
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users, principal
+from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes
 
 
 def _when(value: object) -> str:
@@ -66,6 +67,19 @@ def _create_key(caller: Principal, name: str, scopes: list[str], origin: Request
         return key
 
 
+def _link_wallet(caller: Principal, address: str, nonce: str, signature: str, origin: RequestOrigin) -> None:
+    with session_scope() as session:
+        auth.link_wallet(
+            session,
+            get_cache(),
+            user_id=caller.user_id,
+            address=address,
+            nonce=nonce,
+            signature=signature,
+            origin=origin,
+        )
+
+
 def _revoke_key(caller: Principal, key_id: str, origin: RequestOrigin) -> None:
     with session_scope() as session:
         api_keys.revoke_key(session, user_id=caller.user_id, key_id=uuid.UUID(key_id), origin=origin)
@@ -78,6 +92,9 @@ class AccountState(SessionState):
     keys: list[dict[str, Any]] = []
     new_key: str = ""
     key_error: str = ""
+    wallet_error: str = ""
+    _wallet_address: str = ""
+    _wallet_nonce: str = ""
 
     @rx.var
     def scope_choices(self) -> list[list[str]]:
@@ -132,3 +149,41 @@ class AccountState(SessionState):
             return rx.toast.error("That key is already revoked.")
         await self._refresh()
         return rx.toast.success("Key revoked.")
+
+    @rx.event
+    @for_users()
+    async def start_link_wallet(self) -> Any:
+        self.wallet_error = ""
+        return rx.call_script(CONNECT_WALLET_JS, callback=AccountState.wallet_connected)
+
+    @rx.event
+    @for_users()
+    async def wallet_connected(self, result: dict[str, Any]) -> Any:
+        if not isinstance(result, dict) or "address" not in result:
+            self.wallet_error = "No Solana wallet answered; install Phantom, Solflare or Backpack."
+            return None
+        try:
+            nonce, message = await asyncio.to_thread(
+                auth.wallet_challenge, get_cache(), address=str(result["address"])
+            )
+        except DomainError as error:
+            self.wallet_error = error.message
+            return None
+        self._wallet_address, self._wallet_nonce = str(result["address"]), nonce
+        return rx.call_script(sign_message_js(message), callback=AccountState.wallet_signed)
+
+    @rx.event
+    @for_users()
+    async def wallet_signed(self, result: dict[str, Any]) -> Any:
+        address, nonce = self._wallet_address, self._wallet_nonce
+        self._wallet_address = self._wallet_nonce = ""
+        try:
+            signature = signature_from_bytes(result.get("signature") if isinstance(result, dict) else None)
+            await asyncio.to_thread(_link_wallet, principal(), address, nonce, signature, self._origin())
+        except (DomainError, ValueError) as error:
+            self.wallet_error = (
+                error.message if isinstance(error, DomainError) else "The wallet did not sign."
+            )
+            return None
+        await self._refresh()
+        return rx.toast.success("Payout wallet linked.")

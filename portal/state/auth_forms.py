@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import reflex as rx
-from solders.signature import Signature
 
 from portal.cache import get_cache
 from portal.config import get_settings
@@ -18,6 +16,7 @@ from portal.security.principal import RequestOrigin
 from portal.services import auth, oauth
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_anyone, sign_in_script
+from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes
 
 
 def _sign_up(email: str, password: str, roles: list[Role], origin: RequestOrigin) -> str:
@@ -42,28 +41,6 @@ def _wallet_sign_in(address: str, nonce: str, signature: str, origin: RequestOri
             session, get_cache(), address=address, nonce=nonce, signature=signature, origin=origin
         )
         return auth.start_browser_session(session, get_cache(), user=user, method="wallet", origin=origin)
-
-
-# Phantom, Solflare and Backpack all expose this interface (the Solana wallet standard's legacy injection).
-_WALLET = "(window.phantom && window.phantom.solana) || window.solflare || window.backpack || window.solana"
-CONNECT_WALLET_JS = f"""(async () => {{
-  const wallet = {_WALLET};
-  if (!wallet) return {{error: "no-wallet"}};
-  try {{
-    const connected = await wallet.connect();
-    return {{address: ((connected && connected.publicKey) || wallet.publicKey).toString()}};
-  }} catch (e) {{ return {{error: "refused"}}; }}
-}})()"""
-
-
-def sign_message_js(message: str) -> str:
-    return f"""(async () => {{
-  const wallet = {_WALLET};
-  try {{
-    const signed = await wallet.signMessage(new TextEncoder().encode({json.dumps(message)}), "utf8");
-    return {{signature: Array.from(signed.signature || signed)}};
-  }} catch (e) {{ return {{error: "refused"}}; }}
-}})()"""
 
 
 class AuthFormState(SessionState):
@@ -161,7 +138,7 @@ class AuthFormState(SessionState):
             self.busy, self.error = False, "The wallet did not sign the message."
             return
         try:
-            signature = str(Signature(bytes(int(b) & 0xFF for b in raw)))
+            signature = signature_from_bytes(raw)
             code = await asyncio.to_thread(_wallet_sign_in, address, nonce, signature, self._origin())
         except (DomainError, ValueError) as error:
             self.busy = False

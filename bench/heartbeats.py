@@ -1,0 +1,196 @@
+"""A swarm of simulated agents heartbeating against the portal on real PostgreSQL and Redis.
+
+`python -m bench.heartbeats [--devices 10000] [--seconds 20] [--concurrency 256]` starts `portal run` on
+a fresh PostgreSQL database with Redis, creates the devices, then keeps `concurrency` heartbeats in flight,
+cycling through every device, and prints sustained heartbeats per second with p50 and p99 latency, next
+to the raw Redis SET rate of this machine measured in the same run (redis-benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from bench.__main__ import free_port, wait_until_serving
+from portal import migrations
+from portal.config import PROJECT_ROOT
+from portal.db import build_engine
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_baseline() -> str:
+    try:
+        out = subprocess.run(
+            ["redis-benchmark", "-h", "127.0.0.1", "-t", "set", "-n", "200000", "-c", "50", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"redis-benchmark unavailable ({error})"
+    match = re.search(r"SET: ([\d.]+) requests per second", out)
+    return f"{float(match.group(1)):,.0f} SET/s (redis-benchmark, 50 clients)" if match else out.strip()
+
+
+def create_devices(url: str, count: int, secret_key: str) -> list[str]:
+    """``count`` devices with known tokens, inserted in bulk (hashed with the portal's key)."""
+    os.environ["PORTAL_SECRET_KEY"] = secret_key
+    from portal.config import get_settings
+    from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
+
+    get_settings.cache_clear()
+    engine = build_engine(url)
+    owner = uuid.uuid4()
+    tokens = [new_token(DEVICE_TOKEN_PREFIX) for _ in range(count)]
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO users (id, email, display_name, is_active, created_at)"
+                " VALUES (%s, %s, 'bench', true, now())",
+                (owner, "bench@example.com"),
+            )
+            with cursor.copy(
+                "COPY devices (id, owner_id, name, country, connectivity_tier, state, state_reason,"
+                " token_hash, token_prefix, simulated, agent_version, hostname, os, cpu_count, ram_mb,"
+                " reliability, ray_state, verification_failures, created_at) FROM STDIN"
+            ) as copy:
+                for number, token in enumerate(tokens):
+                    copy.write_row(
+                        (
+                            uuid.uuid4(),
+                            owner,
+                            f"rig-{number}",
+                            "DE",
+                            "high",
+                            "ready",
+                            "",
+                            keyed_hash(token),
+                            token[:12],
+                            True,
+                            "bench",
+                            "",
+                            "",
+                            0,
+                            0,
+                            1.0,
+                            "",
+                            0,
+                            "2026-01-01T00:00:00Z",
+                        )
+                    )
+    engine.dispose()
+    return tokens
+
+
+async def swarm(
+    url: str, tokens: list[str], seconds: float, concurrency: int
+) -> tuple[int, list[float], int]:
+    body = {
+        "gpus": [{"index": 0, "util_pct": 50, "mem_used_mb": 1000, "temp_c": 60, "power_w": 300}],
+        "ray": {"state": "none"},
+    }
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    next_token = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def agent() -> None:
+            nonlocal next_token, errors
+            while time.perf_counter() < deadline:
+                token = tokens[next_token % len(tokens)]
+                next_token += 1
+                started = time.perf_counter()
+                response = await client.post(
+                    "/api/v1/worker/heartbeat", json=body, headers={"Authorization": f"Bearer {token}"}
+                )
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(agent() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return round(len(latencies) / elapsed), latencies, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+
+    database = f"portal_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+    secret_key = secrets.token_urlsafe(48)
+    port = free_port()
+    server = None
+    try:
+        print(f"Heartbeat swarm: {args.devices:,} simulated agents, PostgreSQL and Redis on 127.0.0.1")
+        print(f"  baseline: raw Redis writes: {redis_baseline()}")
+        migrations.upgrade(url)
+        started = time.perf_counter()
+        tokens = create_devices(url, args.devices, secret_key)
+        print(f"  devices created in {time.perf_counter() - started:.1f} s")
+        env = {
+            **os.environ,
+            "PORTAL_DATABASE_URL": url,
+            "PORTAL_REDIS_URL": REDIS_URL,
+            "PORTAL_SECRET_KEY": secret_key,
+            "PORTAL_PORT": str(port),
+            "PORTAL_LOG_LEVEL": "WARNING",
+            "PORTAL_RATE_LIMIT_PER_MINUTE": "100000000",
+            "PORTAL_DATA_DIR": tempfile.mkdtemp(),
+            "PORTAL_CACHE_PREFIX": f"bench-{database}:",
+        }
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("portal")), "run", "--no-demo"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", server)
+        rate, latencies, errors = asyncio.run(
+            swarm(f"http://127.0.0.1:{port}", tokens, args.seconds, args.concurrency)
+        )
+        ordered = sorted(latencies)
+        print(
+            f"  portal: {rate:,} heartbeats/s sustained over {args.seconds:.0f} s,"
+            f" {args.concurrency} in flight; "
+            f"p50 {ordered[len(ordered) // 2]:.1f} ms, p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms, "
+            f"{errors} errors"
+        )
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
