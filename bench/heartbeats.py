@@ -106,7 +106,7 @@ async def swarm(
         "ray": {"state": "none"},
     }
     latencies: list[float] = []
-    errors = 0
+    errors: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
     next_token = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -122,7 +122,8 @@ async def swarm(
                     "/api/v1/worker/heartbeat", json=body, headers={"Authorization": f"Bearer {token}"}
                 )
                 latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+                if response.status_code != 200:
+                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*(agent() for _ in range(concurrency)))
@@ -179,7 +180,7 @@ def main() -> None:
             f"  portal: {rate:,} heartbeats/s sustained over {args.seconds:.0f} s,"
             f" {args.concurrency} in flight; "
             f"p50 {ordered[len(ordered) // 2]:.1f} ms, p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms, "
-            f"{errors} errors"
+            f"errors by status: {errors or 'none'}"
         )
     finally:
         if server is not None:

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the portal listens on.")
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
     public_url: str = Field(default="", description="How users reach the portal; default http://host:port.")
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 5
+    db_pool_overflow: Annotated[int, Field(ge=0, le=200)] = 5
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.JSON
     cache_prefix: str = Field(

@@ -24,7 +24,10 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     if "poolclass" not in kwargs:
-        kwargs |= {"pool_size": 10, "max_overflow": 20}
+        # Per process: with Redis, Reflex runs several backend workers, and all of them together must stay
+        # below PostgreSQL's max_connections (100 by default).
+        settings = get_settings()
+        kwargs |= {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_overflow}
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
