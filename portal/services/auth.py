@@ -149,6 +149,15 @@ def _start_session(
     user.last_login_at = now
     session.add(user)
     session.flush()
+    audit.record(
+        session,
+        "auth.login",
+        actor_id=f"user:{user.id}",
+        origin=origin,
+        target_type="session",
+        target_id=auth_session.id,
+        details={"method": method, "browser": kind == "browser"},
+    )
     return auth_session, _new_tokens(session, user, auth_session)
 
 
@@ -164,17 +173,7 @@ def _new_tokens(session: Session, user: User, auth_session: AuthSession) -> Toke
 
 def login(session: Session, cache: Cache, *, email: str, password: str, origin: RequestOrigin) -> TokenPair:
     user = check_password(session, cache, email=email, password=password, origin=origin)
-    auth_session, tokens = _start_session(session, user, kind="api", method="password", origin=origin)
-    audit.record(
-        session,
-        "auth.login",
-        actor_id=f"user:{user.id}",
-        origin=origin,
-        target_type="session",
-        target_id=auth_session.id,
-        details={"method": "password"},
-    )
-    return tokens
+    return _start_session(session, user, kind="api", method="password", origin=origin)[1]
 
 
 # --- refresh-token rotation ------------------------------------------------------------------------
@@ -374,17 +373,7 @@ def wallet_login(
     session: Session, cache: Cache, *, address: str, nonce: str, signature: str, origin: RequestOrigin
 ) -> TokenPair:
     user = wallet_user(session, cache, address=address, nonce=nonce, signature=signature, origin=origin)
-    auth_session, tokens = _start_session(session, user, kind="api", method="wallet", origin=origin)
-    audit.record(
-        session,
-        "auth.login",
-        actor_id=f"user:{user.id}",
-        origin=origin,
-        target_type="session",
-        target_id=auth_session.id,
-        details={"method": "wallet"},
-    )
-    return tokens
+    return _start_session(session, user, kind="api", method="wallet", origin=origin)[1]
 
 
 def link_wallet(
@@ -423,17 +412,8 @@ def link_wallet(
 def start_browser_session_cookie(session: Session, *, user: User, method: str, origin: RequestOrigin) -> str:
     """Start a browser session; returns the secret of its HttpOnly cookie."""
     cookie_secret = new_token(BROWSER_COOKIE_PREFIX)
-    auth_session, _ = _start_session(
+    _start_session(
         session, user, kind="browser", method=method, origin=origin, cookie_hash=keyed_hash(cookie_secret)
-    )
-    audit.record(
-        session,
-        "auth.login",
-        actor_id=f"user:{user.id}",
-        origin=origin,
-        target_type="session",
-        target_id=auth_session.id,
-        details={"method": method, "browser": True},
     )
     return cookie_secret
 
