@@ -1,7 +1,8 @@
 """The parts a request works with, and the dependencies routes declare as typed aliases.
 
 The app factory fixes the parts (settings, database engine, cache) on ``app.state``; routes and
-middleware take them from there, so a test can build an app over its own database and cache.
+middleware take them from there, so a test can build an app over its own database and cache. The small
+getters are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, one hop each.
 """
 
 from __future__ import annotations
@@ -32,26 +33,26 @@ class AppParts:
         return cls(settings=get_settings(), engine=get_engine(), cache=get_cache(), wakeups=get_wakeups())
 
 
-def app_parts(request: Request) -> AppParts:
+async def app_parts(request: Request) -> AppParts:
     return request.app.state.parts
 
 
 PartsDep = Annotated[AppParts, Depends(app_parts)]
 
 
-def _settings(parts: PartsDep) -> Settings:
+async def _settings(parts: PartsDep) -> Settings:
     return parts.settings
 
 
-def _engine(parts: PartsDep) -> Engine:
+async def _engine(parts: PartsDep) -> Engine:
     return parts.engine
 
 
-def _cache(parts: PartsDep) -> Cache:
+async def _cache(parts: PartsDep) -> Cache:
     return parts.cache
 
 
-def _wakeups(parts: PartsDep) -> Wakeups:
+async def _wakeups(parts: PartsDep) -> Wakeups:
     return parts.wakeups
 
 

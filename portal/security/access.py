@@ -55,7 +55,7 @@ class Open(AccessRule):
 
     summary = "open"
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:
         return None
 
 
@@ -154,7 +154,7 @@ class DeviceToken(AccessRule):
         return principal
 
 
-def request_origin(request: Request) -> RequestOrigin:
+async def request_origin(request: Request) -> RequestOrigin:
     return RequestOrigin(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent", "")[:300],

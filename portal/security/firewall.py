@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.api.errors import error_response
@@ -45,7 +46,10 @@ class FirewallMiddleware:
         parts = scope["app"].state.parts
         settings = parts.settings
         try:
-            check_rate(parts.cache, "ip", client_ip(scope), settings.rate_limit_per_minute)
+            # The cache may be Redis: its blocking client must not stall the event loop.
+            await anyio.to_thread.run_sync(
+                check_rate, parts.cache, "ip", client_ip(scope), settings.rate_limit_per_minute
+            )
         except RateLimited as limited:
             await error_response(429, limited.code, limited.message, limited.details, limited.headers)(
                 scope, receive, send
