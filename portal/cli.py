@@ -66,9 +66,11 @@ def run(
     from portal import migrations
 
     migrations.upgrade(settings.sqlalchemy_url)
+    env = reflex_environment(settings)
     if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
         print_demo_logins(seed_demo_accounts(settings), settings)
-    env = reflex_environment(settings)
+        # Two local agents with simulated GPUs, unless told otherwise (PORTAL_DEMO_AGENTS=0).
+        env.setdefault("PORTAL_DEMO_AGENTS", "2")
     reflex = Path(sys.executable).with_name("reflex")
     typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
     os.chdir(PROJECT_ROOT)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed to call the API from a browser; default: public_url.",
     )
+    demo_agents: Annotated[int, Field(ge=0, le=16)] = Field(
+        default=0,
+        description="Local agents with simulated GPUs the portal starts (development, embedded only).",
+    )
     heartbeat_interval_s: Annotated[int, Field(ge=1, le=300)] = Field(
         default=5, description="How often agents heartbeat; a device is offline after 3 missed."
     )

@@ -4,6 +4,7 @@ import reflex as rx
 
 from portal.api.app import create_api
 from portal.config import get_settings
+from portal.demo_agents import demo_agents
 from portal.logs import configure_logging
 from portal.pages import register_pages
 from tasks.embedded import embedded_task_worker
@@ -13,3 +14,4 @@ configure_logging(get_settings())
 app = rx.App(api_transformer=create_api())
 register_pages(app)
 app.register_lifespan_task(embedded_task_worker)
+app.register_lifespan_task(demo_agents)

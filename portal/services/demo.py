@@ -11,11 +11,13 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from solders.keypair import Keypair
 from sqlmodel import Session
 
 from portal.models import Role
 from portal.security.passwords import verify_password
-from portal.services import ledger, users
+from portal.security.principal import RequestOrigin
+from portal.services import devices, ledger, users
 
 DEMO_CREDITS_MICRO = 500_000_000  # 500 USD of credits for the demo customer
 
@@ -67,3 +69,43 @@ def seed_demo(session: Session, data_dir: Path) -> list[DemoLogin]:
     logins_file.touch(mode=0o600)
     logins_file.write_text(json.dumps([asdict(login) for login in logins], indent=2))
     return logins
+
+
+DEMO_DEVICES = (
+    ("demo-rig-1", "DE", "2xH100-80GB"),
+    ("demo-rig-2", "NL", "2xA100-80GB"),
+    ("demo-rig-3", "US", "1xRTX-4090-24GB"),
+)
+
+
+def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:
+    """The demo provider's first ``count`` devices, made on first use, each with a fresh token.
+
+    Returns (token, simulation spec) pairs for local agents. The provider gets a payout wallet, so the
+    devices can be hired."""
+    provider = users.get_user_by_email(session, DEMO_ACCOUNTS[2][1])
+    if provider is None:
+        raise ValueError("seed the demo accounts first")
+    if provider.wallet_address is None:
+        provider.wallet_address = str(Keypair().pubkey())  # a demo wallet: payouts land on the local chain
+        session.add(provider)
+    existing = {device.name: device for device in devices.list_devices(session, provider.id)}
+    agents = []
+    for name, country, spec in (DEMO_DEVICES * 6)[:count]:
+        device = existing.get(name)
+        if device is None:
+            device, token = devices.add_device(
+                session,
+                owner_id=provider.id,
+                name=name,
+                country=country,
+                connectivity_tier="high",
+                price_per_gpu_hour_micro=None,
+                origin=RequestOrigin(),
+            )
+        else:
+            token = devices.rotate_token(
+                session, owner_id=provider.id, device_id=device.id, origin=RequestOrigin()
+            )
+        agents.append((token, spec))
+    return agents

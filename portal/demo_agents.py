@@ -1,0 +1,61 @@
+"""Local worker agents with simulated GPUs, started with the embedded portal so a new user sees a live
+network at once. Development only: never in production, never with several portal processes (Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from portal.config import Environment, get_settings
+from portal.db import session_scope
+from portal.services.demo import demo_devices
+
+logger = logging.getLogger(__name__)
+
+
+def _start_agents(count: int, portal_url: str) -> list[subprocess.Popen]:
+    with session_scope() as session:
+        agents = demo_devices(session, count)
+    agent = str(Path(sys.executable).with_name("gpu-pool"))
+    processes = []
+    for token, spec in agents:
+        processes.append(
+            subprocess.Popen(
+                [agent, "worker", "--portal", portal_url, "--simulate", spec],
+                env={**os.environ, "GPU_POOL_TOKEN": token},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return processes
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@asynccontextmanager
+async def demo_agents() -> AsyncIterator[None]:
+    settings = get_settings()
+    wanted = settings.demo_agents
+    if not wanted or settings.environment is Environment.PRODUCTION or settings.redis_url:
+        yield
+        return
+    processes = await asyncio.to_thread(_start_agents, wanted, settings.base_url)
+    logger.info("started demo agents with simulated GPUs", extra={"agents": len(processes)})
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(_stop, processes)
