@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from portal.db import session_scope
-from portal.models import AccountKind, Cluster, ClusterState, DeviceState, Role, User
+from portal.models import AccountKind, Cluster, ClusterState, Device, DeviceState, Role, User
 from portal.security.passwords import verify_password
 from portal.services import ledger, users
 from portal.services.demo import DEMO_CREDITS_MICRO, seed_demo
@@ -163,3 +163,21 @@ def test_network_counts_follow_device_and_cluster_states(engine):
         ("A100-40GB", 0, 2, False),
     ]
     assert hired.simulated is False
+
+
+def test_demo_devices_are_made_once_and_get_fresh_tokens(engine, tmp_path):
+    from portal.security.secrets import keyed_hash
+    from portal.services.demo import demo_devices
+
+    with session_scope(engine) as session:
+        seed_demo(session, tmp_path)
+        first = demo_devices(session, 4)
+    with session_scope(engine) as session:
+        again = demo_devices(session, 4)
+        stored = {d.name: d for d in session.exec(select(Device)).all()}
+        provider = users.get_user_by_email(session, "provider@demo.gpu-portal.test")
+    assert sorted(stored) == ["demo-rig-1", "demo-rig-2", "demo-rig-3", "demo-rig-4"]
+    assert [spec for _, spec in again] == ["2xH100-80GB", "2xA100-80GB", "1xRTX-4090-24GB", "2xH100-80GB"]
+    assert {keyed_hash(token) for token, _ in again} == {d.token_hash for d in stored.values()}
+    assert not {token for token, _ in first} & {token for token, _ in again}
+    assert provider.wallet_address is not None

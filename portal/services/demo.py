@@ -71,11 +71,8 @@ def seed_demo(session: Session, data_dir: Path) -> list[DemoLogin]:
     return logins
 
 
-DEMO_DEVICES = (
-    ("demo-rig-1", "DE", "2xH100-80GB"),
-    ("demo-rig-2", "NL", "2xA100-80GB"),
-    ("demo-rig-3", "US", "1xRTX-4090-24GB"),
-)
+# Country and simulated GPUs of the demo devices, in turn.
+DEMO_DEVICES = (("DE", "2xH100-80GB"), ("NL", "2xA100-80GB"), ("US", "1xRTX-4090-24GB"))
 
 
 def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:
@@ -91,7 +88,9 @@ def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:
         session.add(provider)
     existing = {device.name: device for device in devices.list_devices(session, provider.id)}
     agents = []
-    for name, country, spec in (DEMO_DEVICES * 6)[:count]:
+    for number in range(count):
+        name = f"demo-rig-{number + 1}"
+        country, spec = DEMO_DEVICES[number % len(DEMO_DEVICES)]
         device = existing.get(name)
         if device is None:
             device, token = devices.add_device(
