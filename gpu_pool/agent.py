@@ -106,13 +106,21 @@ class Agent:
         challenge = self.client.challenge()
         product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=not self.simulated)
         reply = self.client.answer_challenge(
-            challenge["id"], {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms}
+            challenge["id"],
+            {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms, "vram_mb": self.vram_mb()},
         )
         verdict = self.client.answer_challenge(challenge["id"], {"rows": product.reveal(reply["rows"])})
         logger.info(
             "proof of compute: %s (%s, %s)", verdict["reason"], product.backend, verdict.get("tflops")
         )
         return verdict
+
+    def vram_mb(self) -> int | None:
+        """Memory the GPUs let the agent allocate, or None when it cannot tell (simulated, no torch)."""
+        if self.simulated or not self.gpus:
+            return None
+        allocatable = [compute.vram_allocatable_mb(gpu.index, gpu.memory_mb) for gpu in self.describe()]
+        return None if None in allocatable else sum(a for a in allocatable if a is not None)
 
     # --- commands ----------------------------------------------------------------------------------
 

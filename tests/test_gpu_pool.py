@@ -327,3 +327,43 @@ def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api
         ["pgrep", "-f", "gp-.*raylet|raylet.*gp-"], capture_output=True, text=True
     ).stdout
     assert leftovers.strip() == ""
+
+
+def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(parts):
+    from portal.services import worker
+
+    device_id, _ = add_device(parts)
+    with session_scope(parts.engine) as session:
+        device = session.get(Device, uuid.UUID(device_id))
+        report = worker.MachineReport(
+            agent_version="t",
+            hostname="h",
+            os="linux",
+            cpu_count=8,
+            ram_mb=1,
+            simulated=False,
+            metrics_url=None,
+            gpus=[{"index": 0, "uuid": "GPU-1", "model": "NVIDIA H100 80GB HBM3", "memory_mb": 81_559}],
+        )
+        assert worker.register(session, device, report) is True
+        challenge = verification.issue(parts.cache, device)
+        product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=False)
+        rows = verification.commit(
+            parts.cache,
+            device,
+            challenge["id"],
+            row_hashes=product.commitment(),
+            elapsed_ms=40.0,
+            vram_mb=2_048,
+        )
+        result = verification.reveal(
+            session,
+            parts.cache,
+            device,
+            challenge["id"],
+            rows=product.reveal(rows),
+            gpu_models=["H100-80GB"],
+            claimed_vram_mb=81_559,
+        )
+    assert not result.passed
+    assert result.reason == "only 2048 MiB of the claimed 81559 MiB could be allocated"

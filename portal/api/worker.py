@@ -113,12 +113,25 @@ def answer_challenge(
     device = _device(session, caller)
     if body.row_hashes is not None:
         rows = verification.commit(
-            cache, device, challenge_id, row_hashes=body.row_hashes, elapsed_ms=body.elapsed_ms or 0.0
+            cache,
+            device,
+            challenge_id,
+            row_hashes=body.row_hashes,
+            elapsed_ms=body.elapsed_ms or 0.0,
+            vram_mb=body.vram_mb,
         )
         return ChallengeReplyOut(phase="reveal", rows=rows)
     if body.rows is not None:
-        models = [gpu.model for gpu in devices.gpus_of(session, device.id)]
-        result = verification.reveal(session, cache, device, challenge_id, rows=body.rows, gpu_models=models)
+        gpus = devices.gpus_of(session, device.id)
+        result = verification.reveal(
+            session,
+            cache,
+            device,
+            challenge_id,
+            rows=body.rows,
+            gpu_models=[g.model for g in gpus],
+            claimed_vram_mb=sum(g.memory_mb for g in gpus),
+        )
         return ChallengeReplyOut(
             phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops
         )

@@ -151,6 +151,9 @@ class ChallengeAnswerIn(BaseModel):
 
     row_hashes: Annotated[list[str] | None, Field(max_length=8192)] = None
     elapsed_ms: Annotated[float | None, Field(ge=0, le=3_600_000)] = None
+    vram_mb: Annotated[
+        int | None, Field(ge=0, le=100_000_000, description="Memory the agent could allocate")
+    ] = None
     rows: dict[int, Annotated[list[float], Field(max_length=8192)]] | None = None
 
 

@@ -38,6 +38,8 @@ CHALLENGE_TTL_S = 600
 MIN_SHARE_OF_REFERENCE = 0.05
 # Faster than the reference by this factor is not believable either.
 MAX_SHARE_OF_REFERENCE = 3.0
+# The agent must be able to allocate at least this share of the memory its GPUs claim (some is in use).
+MIN_VRAM_SHARE = 0.5
 
 
 def matrix_rows(seed: int, which: int, rows: Iterable[int], n: int) -> np.ndarray:
@@ -89,7 +91,13 @@ def issue(cache: Cache, device: Device, deadline_s: int | None = None) -> dict:
 
 
 def commit(
-    cache: Cache, device: Device, challenge_id: str, *, row_hashes: list[str], elapsed_ms: float
+    cache: Cache,
+    device: Device,
+    challenge_id: str,
+    *,
+    row_hashes: list[str],
+    elapsed_ms: float,
+    vram_mb: int | None = None,
 ) -> list[int]:
     """Record the agent's commitment; returns the rows it must now reveal."""
     state = _load(cache, device, challenge_id)
@@ -104,6 +112,7 @@ def commit(
         "phase": "reveal",
         "row_hashes": row_hashes,
         "elapsed_ms": float(elapsed_ms),
+        "vram_mb": vram_mb,
         "committed_at": time.time(),
         "rows": rows,
     }
@@ -152,6 +161,7 @@ def reveal(
     *,
     rows: dict[int, list[float]],
     gpu_models: list[str],
+    claimed_vram_mb: int = 0,
 ) -> Result:
     """Judge the revealed rows; a pass makes the device ready, a failure raises a fault event."""
     state = _load(cache, device, challenge_id)
@@ -169,6 +179,9 @@ def reveal(
                 False,
                 f"implausible throughput: {tflops:.2f} TFLOPS measured, reference {reference:.1f}",
             )
+    vram_mb = state.get("vram_mb")
+    if passed and not device.simulated and vram_mb is not None and vram_mb < MIN_VRAM_SHARE * claimed_vram_mb:
+        passed, reason = False, f"only {vram_mb} MiB of the claimed {claimed_vram_mb} MiB could be allocated"
     now = utcnow()
     if passed:
         device.verified_at, device.verified_tflops, device.verification_failures = now, tflops, 0
