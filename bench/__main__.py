@@ -30,6 +30,7 @@ from portal import migrations
 from portal.config import PROJECT_ROOT
 from portal.db import build_engine, session_scope
 from portal.models import Device, DeviceState, Gpu, User
+from portal.models.base import utcnow
 from portal.services.network_stats import network_counts
 
 RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -187,6 +188,7 @@ def bench_network_counts(devices: int = 10_000, gpus_per_device: int = 4) -> Non
                 token_hash=uuid.uuid4().hex,
                 token_prefix="x",
                 simulated=bool(number % 2),
+                last_heartbeat_at=utcnow(),
             )
             session.add(device)
             session.add_all(

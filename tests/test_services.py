@@ -181,3 +181,19 @@ def test_demo_devices_are_made_once_and_get_fresh_tokens(engine, tmp_path):
     assert {keyed_hash(token) for token, _ in again} == {d.token_hash for d in stored.values()}
     assert not {token for token, _ in first} & {token for token, _ in again}
     assert provider.wallet_address is not None
+
+
+def test_a_device_whose_agent_went_quiet_no_longer_counts_as_online(engine):
+    from datetime import timedelta
+
+    from portal.models.base import utcnow
+
+    with session_scope(engine) as session:
+        owner = make_provider(session)
+        quiet = make_device(session, owner, state=DeviceState.READY, gpus=2)
+        make_device(session, owner, state=DeviceState.READY, gpus=1)
+        quiet.last_heartbeat_at = utcnow() - timedelta(minutes=5)
+        session.add(quiet)
+    with session_scope(engine) as session:
+        counts = network_counts(session)
+    assert (counts.devices_online, counts.gpus_available) == (1, 1)

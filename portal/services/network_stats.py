@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from portal.models import Cluster, ClusterState, Device, DeviceState, Gpu
+from portal.models.base import utcnow
 
 ONLINE_STATES = (DeviceState.VERIFYING, DeviceState.READY, DeviceState.HIRED)
 ACTIVE_CLUSTER_STATES = (ClusterState.PROVISIONING, ClusterState.RUNNING, ClusterState.DEGRADED)
@@ -32,14 +34,18 @@ class NetworkCounts:
     by_model: tuple[ModelCount, ...]
 
 
-def network_counts(session: Session) -> NetworkCounts:
-    devices_online = session.exec(
-        select(func.count()).select_from(Device).where(Device.state.in_(ONLINE_STATES))  # type: ignore[attr-defined]
-    ).one()
+def network_counts(session: Session, *, heartbeat_within: timedelta = timedelta(seconds=15)) -> NetworkCounts:
+    """Devices count as online while in an online state and heartbeating within ``heartbeat_within``, so an
+    agent that died shows at once, before any sweep marks its device offline."""
+    online = (
+        Device.state.in_(ONLINE_STATES),  # type: ignore[attr-defined]
+        Device.last_heartbeat_at >= utcnow() - heartbeat_within,  # type: ignore[operator]
+    )
+    devices_online = session.exec(select(func.count()).select_from(Device).where(*online)).one()
     rows = session.exec(
         select(Gpu.model, Device.state, Gpu.simulated, func.count())
         .join(Device, Device.id == Gpu.device_id)
-        .where(Device.state.in_(ONLINE_STATES))  # type: ignore[attr-defined]
+        .where(*online)
         .group_by(Gpu.model, Device.state, Gpu.simulated)
     ).all()
     models: dict[tuple[str, bool], dict[str, int]] = {}

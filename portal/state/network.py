@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
+from portal.config import get_settings
 from portal.db import session_scope
+from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
 from portal.services.network_stats import NetworkCounts, network_counts
 from portal.state.session import for_anyone
 
@@ -18,8 +21,9 @@ REFRESH_MS = 3000
 
 
 def _read_counts() -> NetworkCounts:
+    window = timedelta(seconds=get_settings().heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
     with session_scope() as session:
-        return network_counts(session)
+        return network_counts(session, heartbeat_within=window)
 
 
 class NetworkState(rx.State):
