@@ -183,3 +183,12 @@ def test_the_openapi_document_is_served_under_api(client):
     assert document["info"]["title"] == "GPU Portal API"
     assert "/api/v1/readyz" in document["paths"]
     assert client.get("/api/docs").status_code == 200
+
+
+def test_the_interactive_docs_are_served_from_local_files(client):
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    assert "/api/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "cdn.jsdelivr.net" not in page.text
+    script = client.get("/api/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]

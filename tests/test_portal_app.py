@@ -93,3 +93,9 @@ def test_pages_carry_the_security_headers(portal):
     assert headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_api_docs_render_offline_in_the_browser(portal, page: Page):
+    page.goto(portal.url + "/api/docs")
+    expect(page.get_by_text("GPU Portal API").first).to_be_visible()
+    expect(page.get_by_text("/api/v1/auth/login").first).to_be_visible()

@@ -99,11 +99,10 @@ PAGE_CSP = (
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-# The interactive API docs load Swagger UI from its CDN.
+# The interactive API docs: Swagger UI from the portal's own files, started by an inline script.
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
 )
 
 
