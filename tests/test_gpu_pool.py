@@ -367,3 +367,24 @@ def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(p
         )
     assert not result.passed
     assert result.reason == "only 2048 MiB of the claimed 81559 MiB could be allocated"
+
+
+def test_a_command_taken_by_an_agent_that_died_is_offered_again_then_expires(parts):
+    from datetime import timedelta
+
+    from portal.models.base import utcnow
+
+    device_id, _ = add_device(parts)
+    with session_scope(parts.engine) as session:
+        device = session.get(Device, uuid.UUID(device_id))
+        command = commands.enqueue(session, device, "stop_ray", {})
+        assert [c.id for c in commands.take(session, device.id)] == [command.id]
+        assert commands.take(session, device.id) == []  # delivered, not yet stale
+        for attempt in (2, 3):
+            command.delivered_at = utcnow() - commands.REDELIVER_AFTER - timedelta(seconds=1)
+            session.add(command)
+            assert [c.id for c in commands.take(session, device.id)] == [command.id]
+            assert command.attempts == attempt
+        command.delivered_at = utcnow() - commands.REDELIVER_AFTER - timedelta(seconds=1)
+        assert commands.take(session, device.id) == []
+        assert command.state == CommandState.EXPIRED

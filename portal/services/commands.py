@@ -4,8 +4,10 @@ heartbeat, answered with a result. Queuing one wakes the device's long-poll at o
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from portal.models import CommandState, Device, DeviceCommand
@@ -15,6 +17,8 @@ from portal.wakeups import Wakeups
 
 KINDS = {"start_ray_head", "start_ray_worker", "stop_ray", "verify"}
 MAX_BATCH = 20
+REDELIVER_AFTER = timedelta(seconds=120)
+MAX_ATTEMPTS = 3
 
 
 def enqueue(session: Session, device: Device, kind: str, payload: dict[str, Any]) -> DeviceCommand:
@@ -33,23 +37,38 @@ def wake(wakeups: Wakeups, device_id: uuid.UUID) -> None:
 
 
 def take(session: Session, device_id: uuid.UUID) -> list[DeviceCommand]:
-    """The device's queued commands, oldest first, marked delivered."""
-    queued = session.exec(
+    """The device's commands to run now, oldest first, marked delivered.
+
+    A command delivered but never answered (the agent died holding it) is offered again after
+    ``REDELIVER_AFTER``, up to ``MAX_ATTEMPTS`` deliveries; then it expires. Agents run each id once and
+    the commands are idempotent, so a redelivery is harmless.
+    """
+    now = utcnow()
+    stale = now - REDELIVER_AFTER
+    due = session.exec(
         select(DeviceCommand)
-        .where(DeviceCommand.device_id == device_id, DeviceCommand.state == CommandState.QUEUED)
+        .where(
+            DeviceCommand.device_id == device_id,
+            or_(
+                DeviceCommand.state == CommandState.QUEUED,
+                and_(DeviceCommand.state == CommandState.DELIVERED, col(DeviceCommand.delivered_at) < stale),
+            ),
+        )
         .order_by(col(DeviceCommand.created_at))
         .limit(MAX_BATCH)
     ).all()
-    now = utcnow()
-    for command in queued:
-        command.state, command.delivered_at, command.attempts = (
-            CommandState.DELIVERED,
-            now,
-            command.attempts + 1,
-        )
+    delivered = []
+    for command in due:
+        if command.attempts >= MAX_ATTEMPTS:
+            command.state, command.completed_at = CommandState.EXPIRED, now
+            command.result_detail = f"no result after {command.attempts} deliveries"
+        else:
+            command.state, command.delivered_at = CommandState.DELIVERED, now
+            command.attempts += 1
+            delivered.append(command)
         session.add(command)
     session.flush()
-    return list(queued)
+    return delivered
 
 
 def complete(
