@@ -71,37 +71,46 @@ class MemoryWakeups:
                     del self._waiters[key]
 
 
-class _PubSubListener:
-    def __init__(self, pubsub: aioredis.client.PubSub) -> None:
-        self.pubsub = pubsub
-
-    async def wait(self, timeout_s: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while (left := deadline - asyncio.get_running_loop().time()) > 0:
-            message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-            if message is not None:
-                return True
-        return False
-
-
 class RedisWakeups:
+    """Wake-ups through Redis pub/sub: one subscription per process (a pattern over every device) feeds the
+    in-process listeners, so ten thousand long-polls hold one Redis connection, not ten thousand."""
+
     def __init__(self, url: str, prefix: str) -> None:
-        self._url, self._prefix = url, prefix
+        self._url, self._channel = url, f"{prefix}wake:"
         self._publisher = redis.Redis.from_url(url)
-        self._subscriber: aioredis.Redis | None = None
+        self._local = MemoryWakeups()
+        self._dispatchers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
     def notify(self, key: str) -> None:
-        self._publisher.publish(f"{self._prefix}wake:{key}", b"1")
+        self._publisher.publish(self._channel + key, b"1")
 
     @asynccontextmanager
     async def listen(self, key: str) -> AsyncIterator[Listener]:
-        # One connection pool per event loop: the portal runs one, tests may run several in turn.
+        await self._ensure_dispatcher()
+        async with self._local.listen(key) as listener:
+            yield listener
+
+    async def _ensure_dispatcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = self._dispatchers.get(loop)
+        if task is not None and not task.done():
+            return
+        subscribed = asyncio.Event()
+        self._dispatchers[loop] = loop.create_task(self._dispatch(subscribed), name="wakeup-dispatcher")
+        # Subscribed before anyone looks for work: a command queued from now on is never missed.
+        await subscribed.wait()
+
+    async def _dispatch(self, subscribed: asyncio.Event) -> None:
         client = aioredis.Redis.from_url(self._url)
         pubsub = client.pubsub()
-        await pubsub.subscribe(f"{self._prefix}wake:{key}")
         try:
-            yield _PubSubListener(pubsub)
+            await pubsub.psubscribe(self._channel + "*")
+            subscribed.set()
+            async for message in pubsub.listen():
+                if message["type"] == "pmessage":
+                    self._local.notify(message["channel"].decode().removeprefix(self._channel))
         finally:
+            subscribed.set()  # a failed subscription must not leave a listener waiting for it
             await pubsub.aclose()
             await client.aclose()
 

@@ -25,6 +25,7 @@ from portal.models import CommandState, Device, DeviceCommand, DeviceState, Faul
 from portal.security.principal import RequestOrigin
 from portal.services import commands, devices, verification
 from portal.services.gpu_catalog import CATALOG
+from portal.wakeups import RedisWakeups
 from tests.conftest import VENV_BIN
 from tests.factories import make_user
 from tests.servers import ServerThread
@@ -50,6 +51,18 @@ def portal_api(parts) -> Iterator[tuple[ServerThread, AppParts]]:
     server = ServerThread(create_api(fast))
     with server:
         yield server, fast
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def polling_portal(request, parts, cache_prefix) -> Iterator[tuple[ServerThread, AppParts]]:
+    """The portal with either kind of wake-up, for the long-poll."""
+    wakeups = parts.wakeups
+    if request.param == "redis":
+        wakeups = RedisWakeups(request.getfixturevalue("redis_url"), cache_prefix)
+    with_wakeups = AppParts(parts.settings, parts.engine, parts.cache, wakeups)
+    server = ServerThread(create_api(with_wakeups))
+    with server:
+        yield server, with_wakeups
 
 
 def add_device(parts: AppParts, name: str = "rig") -> tuple[str, str]:
@@ -171,8 +184,8 @@ def test_a_wrong_or_late_answer_fails_verification_with_a_fault(parts, agent_cla
 # --- commands --------------------------------------------------------------------------------------
 
 
-def test_a_queued_command_reaches_a_long_polling_agent_in_well_under_a_second(portal_api):
-    server, parts = portal_api
+def test_a_queued_command_reaches_a_long_polling_agent_in_well_under_a_second(polling_portal):
+    server, parts = polling_portal
     device_id, token = add_device(parts)
     client = PortalClient(server.url, token)
     client.register({"agent_version": "t", "gpus": [], "simulated": True})
