@@ -57,6 +57,16 @@ def require_service(name: str, probe: Callable[[], object]) -> None:
         pytest.skip(message)
 
 
+def run_coroutine(coroutine: object) -> object:
+    """Run a coroutine to its end in a thread of its own: the browser tests leave an event loop running in
+    this one, where ``asyncio.run`` refuses to start."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,14 +1,13 @@
 """Every page event handler declares who may call it, and guarded handlers refuse everyone else."""
 
-import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import reflex as rx
 
 import portal.portal  # noqa: F401  (registers every page and state)
 from portal.models import Role
 from portal.state.session import ACCESS_ATTRIBUTE, for_users
+from tests.conftest import run_coroutine
 
 
 def portal_states() -> list[type[rx.State]]:
@@ -42,12 +41,6 @@ def test_admin_handlers_are_declared_for_admins():
         )
 
 
-def run(coroutine):
-    """Run a coroutine to its end, even where the browser tests left an event loop running."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 class _Probe:
     """Stands in for a state instance: what the guard reads, and a handler body that must not run."""
 
@@ -68,13 +61,13 @@ def test_a_guarded_handler_sends_the_signed_out_to_sign_in_and_refuses_the_wrong
 
     guarded = for_users(Role.ADMIN)(body)
     signed_out = _Probe(None)
-    redirect = run(guarded(signed_out))
+    redirect = run_coroutine(guarded(signed_out))
     assert not signed_out.ran and "/login?next=/account" in str(redirect)
 
     customer = _Probe(Principal(PrincipalKind.USER, uuid.uuid4(), roles=frozenset({Role.CUSTOMER})))
-    run(guarded(customer))
+    run_coroutine(guarded(customer))
     assert not customer.ran
 
     admin = _Probe(Principal(PrincipalKind.USER, uuid.uuid4(), roles=frozenset({Role.ADMIN})))
-    run(guarded(admin))
+    run_coroutine(guarded(admin))
     assert admin.ran

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from portal.wakeups import MemoryWakeups, RedisWakeups
+from tests.conftest import run_coroutine
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -27,7 +28,7 @@ def test_a_notification_wakes_the_listener_of_that_key_only(wakeups):
             other_woke = await other.wait(0.3)
         return woke, other_woke, elapsed
 
-    woke, other_woke, elapsed = asyncio.run(scenario())
+    woke, other_woke, elapsed = run_coroutine(scenario())
     assert woke and elapsed < 1.5
     assert not other_woke
 
@@ -37,4 +38,4 @@ def test_without_a_notification_the_wait_times_out(wakeups):
         async with wakeups.listen("quiet") as listener:
             return await listener.wait(0.3)
 
-    assert asyncio.run(scenario()) is False
+    assert run_coroutine(scenario()) is False
