@@ -56,7 +56,29 @@ def signup(session: Session, *, email: str, password: str, roles: list[Role], or
         raise InvalidInput(
             "Sign-up can ask for the customer and provider roles only.", details={"field": "roles"}
         )
-    user = users.create_user(session, email=email, password=password, roles=wanted)
+    user = new_account(
+        session, email=email, password=password, roles=wanted, method="password", origin=origin
+    )
+    return user
+
+
+def new_account(
+    session: Session,
+    *,
+    email: str | None,
+    password: str | None,
+    roles: set[Role],
+    method: str,
+    origin: RequestOrigin,
+    display_name: str = "",
+    wallet_address: str | None = None,
+) -> User:
+    """An account made by signing up, whichever way, recorded in the audit log."""
+    user = users.create_user(session, email=email, password=password, roles=roles, display_name=display_name)
+    if wallet_address is not None:
+        user.wallet_address = wallet_address
+        session.add(user)
+        session.flush()
     audit.record(
         session,
         "user.signup",
@@ -64,7 +86,7 @@ def signup(session: Session, *, email: str, password: str, roles: list[Role], or
         origin=origin,
         target_type="user",
         target_id=user.id,
-        details={"roles": sorted(wanted)},
+        details={"method": method, "roles": sorted(roles)},
     )
     return user
 
@@ -351,18 +373,15 @@ def wallet_user(
     _verify_wallet(cache, address=address, nonce=nonce, signature=signature)
     user = session.exec(select(User).where(User.wallet_address == address)).first()
     if user is None:
-        user = User(wallet_address=address, display_name=f"{address[:4]}…{address[-4:]}")
-        session.add(user)
-        session.flush()
-        users.grant_roles(session, user, [Role.CUSTOMER])
-        audit.record(
+        user = new_account(
             session,
-            "user.signup",
-            actor_id=f"user:{user.id}",
+            email=None,
+            password=None,
+            roles={Role.CUSTOMER},
+            method="wallet",
             origin=origin,
-            target_type="user",
-            target_id=user.id,
-            details={"method": "wallet"},
+            display_name=f"{address[:4]}…{address[-4:]}",
+            wallet_address=address,
         )
     if not user.is_active:
         raise Unauthorized("The account is disabled.", code="account_disabled")

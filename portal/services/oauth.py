@@ -25,7 +25,7 @@ from portal.cache import Cache
 from portal.config import Settings
 from portal.models import OAuthIdentity, Role, User
 from portal.security.principal import RequestOrigin
-from portal.services import audit, auth, users
+from portal.services import auth, users
 from portal.services.errors import NotFound, Unauthorized, Unavailable
 
 # authlib.deprecate installs an "always" filter when first imported; ours is added after it, so it wins.
@@ -239,21 +239,14 @@ def _user_for(session: Session, provider: Provider, identity: Identity, origin: 
     )
     if user is None:
         email = identity.email if identity.email and identity.email_verified else None
-        user = users.create_user(
+        user = auth.new_account(
             session,
             email=email,
             password=None,
-            roles=[Role.CUSTOMER],
-            display_name=identity.name or f"{provider.label} user",
-        )
-        audit.record(
-            session,
-            "user.signup",
-            actor_id=f"user:{user.id}",
+            roles={Role.CUSTOMER},
+            method=f"oauth:{provider.name}",
             origin=origin,
-            target_type="user",
-            target_id=user.id,
-            details={"method": f"oauth:{provider.name}"},
+            display_name=identity.name or f"{provider.label} user",
         )
     session.add(
         OAuthIdentity(
