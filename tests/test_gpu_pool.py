@@ -404,3 +404,26 @@ def test_a_command_taken_by_an_agent_that_died_is_offered_again_then_expires(par
         command.delivered_at = utcnow() - commands.REDELIVER_AFTER - timedelta(seconds=1)
         assert commands.take(session, device.id) == []
         assert command.state == CommandState.EXPIRED
+
+
+def test_a_heartbeat_brings_an_offline_device_back_through_the_state_machine(parts):
+    from portal.models import StateTransition
+    from portal.services import worker
+
+    device_id, _ = add_device(parts)
+    with session_scope(parts.engine) as session:
+        device = session.get(Device, uuid.UUID(device_id))
+        device.state, device.verified_at = DeviceState.OFFLINE, device.created_at
+        session.add(device)
+    with session_scope(parts.engine) as session:
+        state, queued = worker.heartbeat(
+            session, parts.cache, uuid.UUID(device_id), samples=[], ray={"state": "running", "node_id": "abc"}
+        )
+    assert (state, queued) == (DeviceState.READY, [])
+    device = device_row(parts, device_id)
+    assert (device.state, device.ray_state, device.ray_node_id) == (DeviceState.READY, "running", "abc")
+    with session_scope(parts.engine) as session:
+        moves = session.exec(select(StateTransition).where(StateTransition.entity_id == device_id)).all()
+    assert [(m.from_state, m.to_state, m.reason) for m in moves] == [
+        ("offline", "ready", "heartbeats resumed")
+    ]

@@ -53,12 +53,16 @@ def register(body: RegisterIn, session: SessionDep, settings: SettingsDep, calle
 def heartbeat(
     body: HeartbeatIn, session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent
 ) -> HeartbeatOut:
-    device = _device(session, caller)
-    queued = worker.heartbeat(
-        session, cache, device, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
+    assert caller.device_id is not None
+    state, queued = worker.heartbeat(
+        session,
+        cache,
+        caller.device_id,
+        samples=[s.model_dump() for s in body.gpus],
+        ray=body.ray.model_dump(),
     )
     return HeartbeatOut(
-        state=device.state,
+        state=state,
         commands=[CommandOut(**commands.as_message(c)) for c in queued],
         next_heartbeat_s=settings.heartbeat_interval_s,
     )

@@ -65,10 +65,14 @@ def _api_key(session: Session, token: str) -> Principal:
 
 
 def _device_token(session: Session, token: str) -> Principal:
-    device = session.exec(select(Device).where(Device.token_hash == keyed_hash(token))).first()
-    if device is None:
+    # Two columns, not the whole row: every heartbeat of every agent passes here.
+    found = session.exec(
+        select(Device.id, Device.owner_id).where(Device.token_hash == keyed_hash(token))
+    ).first()
+    if found is None:
         raise Unauthorized(
             "The device token is invalid or has been rotated; get a new one from the provider area.",
             code="invalid_device_token",
         )
-    return Principal(PrincipalKind.DEVICE, device.owner_id, device_id=device.id)
+    device_id, owner_id = found
+    return Principal(PrincipalKind.DEVICE, owner_id, device_id=device_id)

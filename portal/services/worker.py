@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from portal.cache import Cache
 from portal.models import Device, DeviceCommand, DeviceState, Gpu
@@ -76,20 +78,37 @@ def register(session: Session, device: Device, report: MachineReport) -> bool:
 
 
 def heartbeat(
-    session: Session, cache: Cache, device: Device, *, samples: list[dict[str, Any]], ray: dict[str, Any]
-) -> list[DeviceCommand]:
-    """Note the agent is alive, keep its latest GPU samples, and hand it its queued commands."""
+    session: Session,
+    cache: Cache,
+    device_id: uuid.UUID,
+    *,
+    samples: list[dict[str, Any]],
+    ray: dict[str, Any],
+) -> tuple[str, list[DeviceCommand]]:
+    """Note the agent is alive, keep its latest GPU samples, and hand it its queued commands; returns the
+    device's state and the commands.
+
+    The hot path of the portal (every agent, every few seconds): one UPDATE ... RETURNING records the beat
+    without loading the device; the state machine runs only when the device was offline.
+    """
     now = utcnow()
-    device.last_heartbeat_at = now
-    device.ray_state, device.ray_node_id = ray.get("state", "none"), ray.get("node_id")
-    if device.state == DeviceState.OFFLINE:
-        back = DeviceState.READY if device.verified_at is not None else DeviceState.VERIFYING
+    recorded = session.execute(
+        update(Device)
+        .where(col(Device.id) == device_id)
+        .values(last_heartbeat_at=now, ray_state=ray.get("state", "none"), ray_node_id=ray.get("node_id"))
+        .returning(col(Device.state), col(Device.verified_at))
+    ).one()
+    state = recorded.state
+    if state == DeviceState.OFFLINE:
+        device = session.get(Device, device_id)
+        assert device is not None
+        back = DeviceState.READY if recorded.verified_at is not None else DeviceState.VERIFYING
         state_machines.move(session, "device", device, back, "heartbeats resumed")
-    session.add(device)
+        state = device.state
     if samples:
         cache.set(
-            f"gpu-samples:{device.id}",
+            f"gpu-samples:{device_id}",
             json.dumps({"at": now.isoformat(), "gpus": samples}),
             ttl_s=SAMPLE_TTL_S,
         )
-    return commands.take(session, device.id)
+    return state, commands.take(session, device_id)
