@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
+from portal.components.tables import confirm_button, data_table
 from portal.state.account import AccountState
 
 
@@ -89,17 +90,10 @@ def sessions() -> rx.Component:
     return rx.card(
         rx.vstack(
             rx.heading("Signed-in browsers and clients", size="4"),
-            rx.table.root(
-                rx.table.header(
-                    rx.table.row(
-                        *(
-                            rx.table.column_header_cell(h)
-                            for h in ("Kind", "Method", "Address", "Client", "Last used", "")
-                        )
-                    )
-                ),
-                rx.table.body(rx.foreach(AccountState.sessions, session_row)),
-                width="100%",
+            data_table(
+                ("Kind", "Method", "Address", "Client", "Last used", ""),
+                AccountState.sessions,
+                session_row,
                 size="1",
             ),
             spacing="3",
@@ -144,24 +138,14 @@ def key_row(row: rx.Var) -> rx.Component:
         rx.table.cell(row["created"]),
         rx.table.cell(row["last_used"]),
         rx.table.cell(
-            rx.alert_dialog.root(
-                rx.alert_dialog.trigger(rx.button("Revoke", size="1", color_scheme="red", variant="soft")),
-                rx.alert_dialog.content(
-                    rx.alert_dialog.title("Revoke this key?"),
-                    rx.alert_dialog.description(
-                        "Programs using it stop working at once. This cannot be undone."
-                    ),
-                    rx.hstack(
-                        rx.alert_dialog.cancel(rx.button("Keep it", variant="soft", color_scheme="gray")),
-                        rx.alert_dialog.action(
-                            rx.button(
-                                "Revoke", color_scheme="red", on_click=AccountState.revoke_key(row["id"])
-                            )
-                        ),
-                        justify="end",
-                        spacing="3",
-                    ),
-                ),
+            confirm_button(
+                "Revoke",
+                title="Revoke this key?",
+                description="Programs using it stop working at once. This cannot be undone.",
+                confirm="Revoke",
+                keep="Keep it",
+                on_confirm=AccountState.revoke_key(row["id"]),
+                size="1",
             )
         ),
     )
@@ -214,17 +198,10 @@ def api_keys() -> rx.Component:
             ),
             rx.cond(
                 AccountState.keys.length() > 0,
-                rx.table.root(
-                    rx.table.header(
-                        rx.table.row(
-                            *(
-                                rx.table.column_header_cell(h)
-                                for h in ("Name", "Prefix", "Scopes", "Created", "Last used", "")
-                            )
-                        )
-                    ),
-                    rx.table.body(rx.foreach(AccountState.keys, key_row)),
-                    width="100%",
+                data_table(
+                    ("Name", "Prefix", "Scopes", "Created", "Last used", ""),
+                    AccountState.keys,
+                    key_row,
                     size="1",
                     id="api-key-table",
                 ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
+from portal.components.tables import data_table
 from portal.state.audit import AuditState
 
 
@@ -44,25 +45,10 @@ def audit_log() -> rx.Component:
             filters(),
             rx.cond(
                 AuditState.rows.length() > 0,
-                rx.table.root(
-                    rx.table.header(
-                        rx.table.row(
-                            *(
-                                rx.table.column_header_cell(h)
-                                for h in (
-                                    "When (UTC)",
-                                    "Action",
-                                    "Outcome",
-                                    "Actor",
-                                    "Target",
-                                    "From",
-                                    "Details",
-                                )
-                            )
-                        )
-                    ),
-                    rx.table.body(rx.foreach(AuditState.rows, audit_row)),
-                    width="100%",
+                data_table(
+                    ("When (UTC)", "Action", "Outcome", "Actor", "Target", "From", "Details"),
+                    AuditState.rows,
+                    audit_row,
                     size="1",
                     id="audit-table",
                 ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
+from portal.components.tables import confirm_button, data_table
 from portal.state.devices import DevicesState
 
 REFRESH_MS = 3000
@@ -124,17 +125,10 @@ def devices_page() -> rx.Component:
             add_device_form(),
             rx.cond(
                 DevicesState.rows.length() > 0,
-                rx.table.root(
-                    rx.table.header(
-                        rx.table.row(
-                            *(
-                                rx.table.column_header_cell(h)
-                                for h in ("Device", "State", "GPUs", "Country", "Heartbeat", "")
-                            )
-                        )
-                    ),
-                    rx.table.body(rx.foreach(DevicesState.rows, device_row)),
-                    width="100%",
+                data_table(
+                    ("Device", "State", "GPUs", "Country", "Heartbeat", ""),
+                    DevicesState.rows,
+                    device_row,
                     id="device-table",
                 ),
                 rx.cond(
@@ -226,38 +220,18 @@ def device_detail() -> rx.Component:
                             rx.data_list.value(rx.code(detail["token_prefix"].to(str) + "…")),
                         ),
                     ),
-                    rx.table.root(
-                        rx.table.header(
-                            rx.table.row(
-                                *(
-                                    rx.table.column_header_cell(h)
-                                    for h in ("GPU", "Model", "Memory", "UUID", "Driver")
-                                )
-                            )
-                        ),
-                        rx.table.body(rx.foreach(detail["gpu_rows"].to(list[dict]), gpu_row)),
-                        width="100%",
+                    data_table(
+                        ("GPU", "Model", "Memory", "UUID", "Driver"),
+                        detail["gpu_rows"].to(list[dict]),
+                        gpu_row,
                     ),
-                    rx.alert_dialog.root(
-                        rx.alert_dialog.trigger(
-                            rx.button("Remove device", color_scheme="red", variant="soft")
-                        ),
-                        rx.alert_dialog.content(
-                            rx.alert_dialog.title("Remove this device?"),
-                            rx.alert_dialog.description(
-                                "Its token stops working and it leaves the marketplace."
-                            ),
-                            rx.hstack(
-                                rx.alert_dialog.cancel(
-                                    rx.button("Keep it", variant="soft", color_scheme="gray")
-                                ),
-                                rx.alert_dialog.action(
-                                    rx.button("Remove", color_scheme="red", on_click=DevicesState.remove)
-                                ),
-                                justify="end",
-                                spacing="3",
-                            ),
-                        ),
+                    confirm_button(
+                        "Remove device",
+                        title="Remove this device?",
+                        description="Its token stops working and it leaves the marketplace.",
+                        confirm="Remove",
+                        keep="Keep it",
+                        on_confirm=DevicesState.remove,
                     ),
                     rx.moment(interval=REFRESH_MS, on_change=DevicesState.tick_detail, display="none"),
                     spacing="4",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame, stat_card
+from portal.components.tables import data_table
 from portal.state.network import REFRESH_MS, NetworkState
 from portal.state.session import SessionState
 
@@ -58,17 +59,11 @@ def model_row(row: rx.Var) -> rx.Component:
 def gpus_by_model() -> rx.Component:
     return rx.cond(
         NetworkState.by_model.length() > 0,
-        rx.table.root(
-            rx.table.header(
-                rx.table.row(
-                    rx.table.column_header_cell("GPU model"),
-                    rx.table.column_header_cell("Available"),
-                    rx.table.column_header_cell("Hired"),
-                )
-            ),
-            rx.table.body(rx.foreach(NetworkState.by_model, model_row)),
+        data_table(
+            ("GPU model", "Available", "Hired"),
+            NetworkState.by_model,
+            model_row,
             variant="surface",
-            width="100%",
             id="gpus-by-model",
         ),
         rx.callout(

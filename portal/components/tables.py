@@ -1,0 +1,46 @@
+"""Tables and confirmations shared by the pages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import reflex as rx
+
+
+def data_table(
+    headers: Sequence[str], rows: rx.Var, render_row: Callable[[rx.Var], rx.Component], **props: Any
+) -> rx.Component:
+    """A full-width table: one header cell per name, one rendered row per item of ``rows``."""
+    return rx.table.root(
+        rx.table.header(rx.table.row(*(rx.table.column_header_cell(header) for header in headers))),
+        rx.table.body(rx.foreach(rows, render_row)),
+        width="100%",
+        **props,
+    )
+
+
+def confirm_button(
+    label: str,
+    *,
+    title: str,
+    description: str,
+    confirm: str,
+    keep: str,
+    on_confirm: Any,
+    **trigger_props: Any,
+) -> rx.Component:
+    """A red button that asks before it acts: nothing irreversible happens on one click."""
+    return rx.alert_dialog.root(
+        rx.alert_dialog.trigger(rx.button(label, color_scheme="red", variant="soft", **trigger_props)),
+        rx.alert_dialog.content(
+            rx.alert_dialog.title(title),
+            rx.alert_dialog.description(description),
+            rx.hstack(
+                rx.alert_dialog.cancel(rx.button(keep, variant="soft", color_scheme="gray")),
+                rx.alert_dialog.action(rx.button(confirm, color_scheme="red", on_click=on_confirm)),
+                justify="end",
+                spacing="3",
+            ),
+        ),
+    )
