@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from portal.api.deps import CacheDep, SessionDep, SettingsDep
+from portal.config import Settings
 from portal.models import Role
 from portal.security.authentication import authenticate_bearer
 from portal.security.firewall import check_rate
@@ -28,41 +29,13 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme
 
 
 class AccessRule:
-    """Base of every rule; ``tests/test_authorization_matrix.py`` finds them on every route."""
+    """Base of every rule; ``tests/test_authorization_matrix.py`` finds them on every route.
+
+    Calling a rule authenticates the bearer credential (if any), applies the per-principal rate limit, then
+    lets ``admit`` accept or refuse the caller. Rules differ only in ``admit``.
+    """
 
     summary = "rule"
-
-    def authenticate(
-        self,
-        request: Request,
-        credentials: HTTPAuthorizationCredentials | None,
-        session: SessionDep,
-        cache: CacheDep,
-        settings: SettingsDep,
-    ) -> Principal | None:
-        if credentials is None:
-            if request.headers.get("authorization"):
-                raise Unauthorized("The Authorization header must be 'Bearer <token>'.", code="invalid_token")
-            return None
-        principal = authenticate_bearer(session, cache, credentials.credentials)
-        check_rate(cache, "principal", principal.id, settings.rate_limit_per_minute)
-        return principal
-
-
-class Open(AccessRule):
-    """No credentials are read at all: health, readiness and metrics, which must answer even when the
-    database is down."""
-
-    summary = "open"
-
-    async def __call__(self) -> None:
-        return None
-
-
-class Public(AccessRule):
-    """Anyone; a valid credential, when sent, is still identified."""
-
-    summary = "public"
 
     def __call__(
         self,
@@ -72,7 +45,32 @@ class Public(AccessRule):
         cache: CacheDep,
         settings: SettingsDep,
     ) -> Principal | None:
-        return self.authenticate(request, credentials, session, cache, settings)
+        principal = None
+        if credentials is not None:
+            principal = authenticate_bearer(session, cache, credentials.credentials)
+            check_rate(cache, "principal", principal.id, settings.rate_limit_per_minute)
+        elif request.headers.get("authorization"):
+            raise Unauthorized("The Authorization header must be 'Bearer <token>'.", code="invalid_token")
+        return self.admit(principal, request, settings)
+
+    def admit(self, principal: Principal | None, request: Request, settings: Settings) -> Principal | None:
+        return principal
+
+
+class Open(AccessRule):
+    """No credentials are read at all: health, readiness and metrics, which must answer even when the
+    database is down."""
+
+    summary = "open"
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
+class Public(AccessRule):
+    """Anyone; a valid credential, when sent, is still identified."""
+
+    summary = "public"
 
 
 class SignedIn(AccessRule):
@@ -86,15 +84,7 @@ class SignedIn(AccessRule):
         self.api_keys = api_keys
         self.summary = "signed in" + (f" as {'/'.join(sorted(self.roles))}" if self.roles else "")
 
-    def __call__(
-        self,
-        request: Request,
-        credentials: BearerDep,
-        session: SessionDep,
-        cache: CacheDep,
-        settings: SettingsDep,
-    ) -> Principal:
-        principal = self.authenticate(request, credentials, session, cache, settings)
+    def admit(self, principal: Principal | None, request: Request, settings: Settings) -> Principal:
         if principal is None:
             raise Unauthorized("Sign in first: send 'Authorization: Bearer <token>'.")
         if principal.kind is PrincipalKind.DEVICE:
@@ -106,11 +96,7 @@ class SignedIn(AccessRule):
                 raise Forbidden(f"The API key lacks the '{self.scope}' scope.", code="missing_scope")
         if self.roles and not principal.roles & self.roles:
             raise Forbidden(f"This needs the {' or '.join(sorted(self.roles))} role.", code="missing_role")
-        self.check_origin(request, settings)
         return principal
-
-    def check_origin(self, request: Request, settings: SettingsDep) -> None:
-        return None
 
 
 class Admin(SignedIn):
@@ -119,18 +105,19 @@ class Admin(SignedIn):
     def __init__(self) -> None:
         super().__init__([Role.ADMIN], api_keys=False)
 
-    def check_origin(self, request: Request, settings: SettingsDep) -> None:
+    def admit(self, principal: Principal | None, request: Request, settings: Settings) -> Principal:
+        admitted = super().admit(principal, request, settings)
         if not settings.admin_ip_allowlist:
-            return
-        ip = request.client.host if request.client else ""
+            return admitted
         try:
-            address = ipaddress.ip_address(ip)
+            address = ipaddress.ip_address(request.client.host if request.client else "")
         except ValueError:
             address = None
         if address is None or not any(
             address in ipaddress.ip_network(network, strict=False) for network in settings.admin_ip_allowlist
         ):
             raise Forbidden("Admin routes are not reachable from this address.", code="ip_not_allowed")
+        return admitted
 
 
 class DeviceToken(AccessRule):
@@ -138,15 +125,7 @@ class DeviceToken(AccessRule):
 
     summary = "device token"
 
-    def __call__(
-        self,
-        request: Request,
-        credentials: BearerDep,
-        session: SessionDep,
-        cache: CacheDep,
-        settings: SettingsDep,
-    ) -> Principal:
-        principal = self.authenticate(request, credentials, session, cache, settings)
+    def admit(self, principal: Principal | None, request: Request, settings: Settings) -> Principal:
         if principal is None:
             raise Unauthorized("Worker routes need the device token: 'Authorization: Bearer gpd_…'.")
         if principal.kind is not PrincipalKind.DEVICE:
