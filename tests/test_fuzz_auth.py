@@ -90,3 +90,62 @@ def test_no_input_makes_the_auth_endpoints_fail_with_a_server_error(
         response = api_client.request(method, path, json=body, headers=headers)
     assert response.status_code < 500, (response.status_code, response.text)
     assert "error" in response.json() or response.status_code in (200, 201, 204)
+
+
+WORKER_ENDPOINTS = [
+    ("POST", "/api/v1/worker/register"),
+    ("POST", "/api/v1/worker/heartbeat"),
+    ("POST", "/api/v1/worker/challenge/some-id"),
+    ("POST", f"/api/v1/worker/commands/{'0' * 8}-0000-0000-0000-{'0' * 12}/result"),
+    ("GET", "/api/v1/worker/commands?wait=0"),
+]
+worker_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "gpus": st.lists(
+                st.dictionaries(
+                    st.sampled_from(["index", "uuid", "model", "memory_mb", "util_pct", "temp_c", "power_w"]),
+                    plausible | json_values,
+                    max_size=5,
+                ),
+                max_size=3,
+            ),
+            "ray": json_values,
+            "agent_version": plausible | json_values,
+            "simulated": st.booleans() | json_values,
+            "row_hashes": st.lists(st.text(max_size=70), max_size=3) | json_values,
+            "rows": st.dictionaries(
+                st.integers(-5, 5).map(str),
+                st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=3),
+                max_size=3,
+            ),
+            "ok": st.booleans() | json_values,
+        },
+    ),
+)
+
+
+@pytest.fixture
+def device_token(parts):
+    from portal.db import session_scope
+    from tests.factories import device_token_for, make_user
+
+    with session_scope(parts.engine) as session:
+        return device_token_for(session, make_user(session).id)
+
+
+@pytest.mark.parametrize(("method", "path"), WORKER_ENDPOINTS, ids=[path for _, path in WORKER_ENDPOINTS])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=worker_bodies)
+def test_no_input_makes_the_worker_endpoints_fail_with_a_server_error(
+    api_client, device_token, method, path, body
+):
+    response = api_client.request(
+        method,
+        path,
+        json=body if method == "POST" else None,
+        headers={"Authorization": f"Bearer {device_token}"},
+    )
+    assert response.status_code < 500, (response.status_code, response.text)

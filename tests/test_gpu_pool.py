@@ -427,3 +427,31 @@ def test_a_heartbeat_brings_an_offline_device_back_through_the_state_machine(par
     assert [(m.from_state, m.to_state, m.reason) for m in moves] == [
         ("offline", "ready", "heartbeats resumed")
     ]
+
+
+def test_malformed_challenge_answers_fail_verification_instead_of_erroring(portal_api):
+    server, parts = portal_api
+    _, token = add_device(parts)
+    client = PortalClient(server.url, token)
+    client.register(
+        {
+            "agent_version": "t",
+            "gpus": [{"index": 0, "uuid": "u", "model": "A10-24GB", "memory_mb": 23028}],
+            "simulated": True,
+        }
+    )
+    challenge = client.challenge()
+    reply = client.answer_challenge(
+        challenge["id"], {"row_hashes": ["0" * 64] * challenge["n"], "elapsed_ms": 1}
+    )
+    ragged = {i: [1.0] * (j + 1) for j, i in enumerate(reply["rows"])}
+    verdict = client.answer_challenge(challenge["id"], {"rows": ragged})
+    assert verdict["passed"] is False and verdict["reason"] == "the revealed rows are malformed"
+    import httpx
+
+    bad = httpx.post(
+        f"{server.url}/api/v1/worker/challenge/{challenge['id']}",
+        json={"rows": {"x": "y"}},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert bad.status_code == 422

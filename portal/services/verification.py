@@ -131,8 +131,10 @@ def _check(state: dict, revealed: dict[int, list[float]]) -> tuple[bool, str, fl
         )
     if sorted(revealed) != rows:
         return False, "the revealed rows are not the ones asked for", None
+    if any(len(revealed[i]) != n for i in rows):
+        return False, "the revealed rows are malformed", None
     values = np.array([revealed[i] for i in rows], dtype=np.float32)
-    if values.shape != (len(rows), n) or not np.all(np.isfinite(values)):
+    if not np.all(np.isfinite(values)):
         return False, "the revealed rows are malformed", None
     if any(row_hash(values[j]) != state["row_hashes"][i] for j, i in enumerate(rows)):
         return False, "a revealed row does not match its commitment", None
