@@ -89,6 +89,9 @@ class RayNode:
             "state": "running" if self.alive() else "failed",
             "node_id": self.node_id,
             "address": self.address if self.spec.role == "head" else None,
+            "client_address": f"ray://{self.spec.node_ip}:{self.ports['client']}"
+            if self.spec.role == "head"
+            else None,
             "dashboard_url": self.dashboard_url,
         }
 

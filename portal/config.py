@@ -111,6 +111,15 @@ class Settings(BaseSettings):
         default=None,
         description="Time allowed for a proof-of-compute round; default 60 s simulated, 120 s GPU.",
     )
+    platform_fee_bps: Annotated[int, Field(ge=0, le=5000)] = Field(
+        default=1000, description="The platform's share of every charge, in basis points (1000 = 10%)."
+    )
+    node_start_timeout_s: Annotated[int, Field(ge=10, le=3600)] = Field(
+        default=120, description="Time a device has to start its Ray node before another replaces it."
+    )
+    max_node_replacements: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=3, description="Devices tried in place of failed ones before a deploy fails."
+    )
     oauth_github_client_id: str | None = None
     oauth_github_client_secret: SecretStr | None = None
     oauth_google_client_id: str | None = None

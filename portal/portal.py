@@ -8,10 +8,12 @@ from portal.demo_agents import demo_agents
 from portal.logs import configure_logging
 from portal.pages import register_pages
 from tasks.embedded import embedded_task_worker
+from tasks.scheduler import periodic_scheduler
 
 configure_logging(get_settings())
 
 app = rx.App(api_transformer=create_api())
 register_pages(app)
 app.register_lifespan_task(embedded_task_worker)
+app.register_lifespan_task(periodic_scheduler)
 app.register_lifespan_task(demo_agents)

@@ -39,6 +39,8 @@ def make_device(
         token_hash=secrets.token_hex(32),
         token_prefix=secrets.token_hex(4),
         simulated=simulated,
+        gpu_model=model,
+        gpu_count=gpus,
         # Devices in an online state have an agent that just heartbeated.
         last_heartbeat_at=utcnow()
         if state in (DeviceState.VERIFYING, DeviceState.READY, DeviceState.HIRED)

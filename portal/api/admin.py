@@ -1,19 +1,22 @@
-"""Admin routes: people and the audit log (more arrive with devices, clusters and billing)."""
+"""Admin routes: people, clusters and the audit log (more arrive with faults and billing)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from portal.api.clusters import StateFilter, cluster_out, send_to_actor
 from portal.api.deps import SessionDep
 from portal.api.users import user_out
 from portal.schemas.auth import AuditEntryOut, UserOut
+from portal.schemas.clusters import ClusterOut
 from portal.schemas.common import Limit, Offset, Page
-from portal.security.access import ADMIN
+from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import audit, users
+from portal.services import audit, clusters, users
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 AdminCaller = Annotated[Principal, Depends(ADMIN)]
@@ -63,3 +66,32 @@ def audit_log(
         limit=limit,
         offset=offset,
     )
+
+
+@router.get("/clusters", summary="Every customer's clusters, newest first")
+def list_clusters(
+    session: SessionDep, _: AdminCaller, state: StateFilter = None, limit: Limit = 50, offset: Offset = 0
+) -> Page[ClusterOut]:
+    rows, total = clusters.list_clusters(session, None, limit=limit, offset=offset, state=state)
+    return Page(
+        items=[cluster_out(session, c, events=False) for c in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post("/clusters/{cluster_id}/terminate", status_code=202, summary="Terminate any cluster")
+def terminate_cluster(
+    cluster_id: uuid.UUID, session: SessionDep, caller: AdminCaller, origin: OriginDep
+) -> ClusterOut:
+    cluster = clusters.get_cluster(session, None, cluster_id)
+    if clusters.request_termination(session, cluster, "terminated by an admin"):
+        audit.record(
+            session,
+            "cluster.terminate",
+            actor_id=f"user:{caller.user_id}",
+            origin=origin,
+            target_type="cluster",
+            target_id=cluster.id,
+        )
+        session.commit()
+        send_to_actor("terminate_cluster", cluster.id)
+    return cluster_out(session, cluster)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from portal import __version__
-from portal.api import admin, auth, devices, health, users, worker
+from portal.api import admin, auth, clusters, devices, health, market, users, worker
 from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
@@ -44,7 +44,16 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
     # Operators and load balancers probe the root paths; API clients find the same under /api/v1.
     api.include_router(health.router, include_in_schema=False)
     v1 = APIRouter(prefix=API_PREFIX)
-    for router in (health.router, auth.router, users.router, devices.router, worker.router, admin.router):
+    for router in (
+        health.router,
+        auth.router,
+        users.router,
+        devices.router,
+        worker.router,
+        market.router,
+        clusters.router,
+        admin.router,
+    ):
         v1.include_router(router)
     api.include_router(v1)
     api.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-assets")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
+from portal.api.clusters import send_to_actor
 from portal.api.deps import CacheDep, SessionDep, SettingsDep, WakeupsDep
 from portal.models import Device
 from portal.schemas.devices import (
@@ -96,7 +97,12 @@ async def poll_commands(
 @router.post("/commands/{command_id}/result", status_code=204, summary="The outcome of a command")
 def command_result(command_id: uuid.UUID, body: CommandResultIn, session: SessionDep, caller: Agent) -> None:
     assert caller.device_id is not None
-    commands.complete(session, caller.device_id, command_id, ok=body.ok, detail=body.detail)
+    command = commands.complete(session, caller.device_id, command_id, ok=body.ok, detail=body.detail)
+    cluster_id = commands.cluster_of(command)
+    if cluster_id is not None:
+        # The node's cluster takes its next step (the next node, running, a replacement) at once.
+        session.commit()
+        send_to_actor("provision_cluster", cluster_id)
 
 
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")

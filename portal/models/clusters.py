@@ -76,6 +76,8 @@ class Cluster(SQLModel, table=True):
     max_workers: int | None = Field(default=None)
     ray_address: str | None = Field(default=None, sa_type=sa.String(255))
     dashboard_url: str | None = Field(default=None, sa_type=sa.String(255))
+    # What a customer passes to ray.init() from outside: ray://host:port of the head's client server.
+    client_address: str | None = Field(default=None, sa_type=sa.String(255))
     created_at: datetime = created_at_field()
     started_at: datetime | None = timestamp_field()
     expires_at: datetime | None = timestamp_field()
@@ -93,8 +95,13 @@ class ClusterNode(SQLModel, table=True):
     state: str = state_field(NodeState.ASSIGNED, index=False)
     state_reason: str = Field(default="", sa_type=sa.String(500))
     gpu_count: int
+    # The device's price per GPU-hour when it was placed: later price changes do not touch a running cluster.
+    rate_micro: int = money_field()
     ray_node_id: str | None = Field(default=None, sa_type=sa.String(64))
+    # The start command in flight; its result moves the node on.
+    command_id: uuid.UUID | None = Field(default=None)
     created_at: datetime = created_at_field()
+    started_at: datetime | None = timestamp_field()
     joined_at: datetime | None = timestamp_field()
     ended_at: datetime | None = timestamp_field()
 

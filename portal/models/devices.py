@@ -39,7 +39,10 @@ class ConnectivityTier(StrEnum):
 
 class Device(SQLModel, table=True):
     __tablename__ = "devices"
-    __table_args__ = (sa.Index("ix_devices_market", "state", "country", "connectivity_tier"),)
+    __table_args__ = (
+        sa.Index("ix_devices_market", "state", "country", "connectivity_tier"),
+        sa.Index("ix_devices_placement", "state", "gpu_model", "price_per_gpu_hour_micro"),
+    )
 
     id: UUID = id_field()
     owner_id: UUID = Field(foreign_key="users.id", index=True)
@@ -53,6 +56,9 @@ class Device(SQLModel, table=True):
     token_prefix: str = Field(sa_type=sa.String(16))
     price_per_gpu_hour_micro: int | None = money_field(default=None, nullable=True)
     simulated: bool = Field(default=False)
+    # What placement filters on, kept from the GPUs the agent reports (one model per device).
+    gpu_model: str = Field(default="", sa_type=sa.String(80))
+    gpu_count: int = Field(default=0)
     agent_version: str = Field(default="", sa_type=sa.String(40))
     hostname: str = Field(default="", sa_type=sa.String(255))
     os: str = Field(default="", sa_type=sa.String(120))

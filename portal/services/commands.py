@@ -90,3 +90,11 @@ def complete(
 
 def as_message(command: DeviceCommand) -> dict[str, Any]:
     return {"id": str(command.id), "kind": command.kind, "payload": command.payload}
+
+
+def cluster_of(command: DeviceCommand) -> uuid.UUID | None:
+    """The cluster a command works for, when it does."""
+    try:
+        return uuid.UUID(str(command.payload["cluster_id"]))
+    except (KeyError, ValueError):
+        return None

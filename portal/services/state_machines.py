@@ -6,7 +6,7 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from portal.models import DeviceState, StateTransition
+from portal.models import ClusterState, DeviceState, NodeState, StateTransition
 from portal.services.errors import Conflict
 
 D = DeviceState
@@ -19,7 +19,26 @@ DEVICE_MOVES: dict[str, set[str]] = {
     D.BLOCKED: {D.REGISTERED},
     D.UNSUPPORTED: {D.VERIFYING, D.BLOCKED},
 }
-MACHINES = {"device": DEVICE_MOVES}
+C = ClusterState
+CLUSTER_MOVES: dict[str, set[str]] = {
+    C.PENDING: {C.PROVISIONING, C.TERMINATING, C.FAILED},
+    C.PROVISIONING: {C.RUNNING, C.TERMINATING, C.FAILED},
+    C.RUNNING: {C.DEGRADED, C.TERMINATING, C.EXPIRED},
+    C.DEGRADED: {C.RUNNING, C.TERMINATING, C.EXPIRED, C.FAILED},
+    C.TERMINATING: {C.TERMINATED},
+    C.TERMINATED: set(),
+    C.FAILED: set(),
+    C.EXPIRED: set(),
+}
+N = NodeState
+NODE_MOVES: dict[str, set[str]] = {
+    N.ASSIGNED: {N.STARTING, N.RELEASED, N.LOST},
+    N.STARTING: {N.JOINED, N.RELEASED, N.LOST},
+    N.JOINED: {N.LOST, N.RELEASED},
+    N.LOST: {N.RELEASED},
+    N.RELEASED: set(),
+}
+MACHINES = {"device": DEVICE_MOVES, "cluster": CLUSTER_MOVES, "node": NODE_MOVES}
 
 
 class HasState(Protocol):

@@ -57,6 +57,8 @@ def register(session: Session, device: Device, report: MachineReport) -> bool:
         session.add(gpu)
     for gone in existing.values():
         session.delete(gone)
+    models = sorted({normalize_model_name(g["model"], g["memory_mb"]) for g in report.gpus})
+    device.gpu_model, device.gpu_count = (models[0] if models else ""), len(report.gpus)
     session.add(device)
     if device.state in (DeviceState.BLOCKED, DeviceState.HIRED):
         return False  # a blocked device stays blocked; a hired one keeps running its cluster

@@ -1,0 +1,50 @@
+"""placement columns on devices, start command on cluster nodes, client address of clusters
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-27 08:05:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("gpu_model", sa.String(length=80), nullable=False, server_default=""))
+        batch_op.add_column(sa.Column("gpu_count", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.create_index(
+            "ix_devices_placement", ["state", "gpu_model", "price_per_gpu_hour_micro"], unique=False
+        )
+    # Devices registered before this revision: their GPUs say what they hold.
+    op.execute(
+        "UPDATE devices SET gpu_count = (SELECT count(*) FROM gpus WHERE gpus.device_id = devices.id), "
+        "gpu_model = COALESCE((SELECT min(model) FROM gpus WHERE gpus.device_id = devices.id), '')"
+    )
+    with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("command_id", sa.Uuid(), nullable=True))
+        batch_op.add_column(sa.Column("rate_micro", sa.BigInteger(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("started_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("clusters", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("client_address", sa.String(length=255), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("clusters", schema=None) as batch_op:
+        batch_op.drop_column("client_address")
+    with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
+        batch_op.drop_column("started_at")
+        batch_op.drop_column("command_id")
+        batch_op.drop_column("rate_micro")
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.drop_index("ix_devices_placement")
+        batch_op.drop_column("gpu_count")
+        batch_op.drop_column("gpu_model")

@@ -1,0 +1,381 @@
+"""A cluster's life after the deploy request: Ray nodes started on the booked devices, failed devices
+replaced, ``running`` once every node has joined, and the end (terminated, expired or failed) with the
+nodes stopped, the escrow settled and the devices returned.
+
+``advance`` looks at where a cluster is and takes the next steps; it is idempotent, so the actors call it
+on every command result and the reconciler calls it periodically: a worker killed mid-way leaves nothing
+that the next call does not finish. Each call holds the cluster's row lock (PostgreSQL) or a process lock
+(SQLite), so two calls for one cluster never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from portal.config import Settings
+from portal.db import session_scope
+from portal.models import (
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterState,
+    CommandState,
+    Device,
+    DeviceCommand,
+    DeviceState,
+    FaultEvent,
+    NodeRole,
+    NodeState,
+)
+from portal.models.base import utcnow
+from portal.services import clusters, commands, escrow, placement, state_machines
+from portal.services.clusters import ACTIVE_NODE_STATES, ENDED, record
+from portal.wakeups import Wakeups
+
+logger = logging.getLogger(__name__)
+HEAD_PROBE_TRIES = 15
+HEAD_PROBE_PAUSE_S = 0.2
+_sqlite_clusters = threading.Lock()
+
+# Asks a Ray head which node ids it sees alive; None when it cannot be reached.
+HeadProbe = Callable[[str], set[str] | None]
+
+
+def probe_head(dashboard_url: str) -> set[str] | None:
+    """The node ids a Ray head reports alive, from its dashboard's state API."""
+    try:
+        reply = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        reply.raise_for_status()
+        rows = reply.json()["data"]["result"]["result"]
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return None
+    return {row["node_id"] for row in rows if row.get("state") == "ALIVE"}
+
+
+@contextmanager
+def _locked(engine: Engine, cluster_id: uuid.UUID) -> Iterator[tuple[Session, Cluster | None]]:
+    with session_scope(engine) as session:
+        if engine.dialect.name == "sqlite":
+            with _sqlite_clusters:
+                yield session, session.get(Cluster, cluster_id)
+                session.commit()
+        else:
+            yield session, session.get(Cluster, cluster_id, with_for_update=True)
+
+
+def advance(
+    engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID, probe: HeadProbe = probe_head
+) -> str | None:
+    """Take the cluster's next steps; returns its state afterwards (None when there is no such cluster)."""
+    woken: set[uuid.UUID] = set()
+    with _locked(engine, cluster_id) as (session, cluster):
+        if cluster is None:
+            return None
+        steps = _Steps(session, settings, cluster, woken)
+        steps.run(probe)
+        state = cluster.state
+    for device_id in woken:
+        commands.wake(wakeups, device_id)
+    return state
+
+
+class _Steps:
+    def __init__(self, session: Session, settings: Settings, cluster: Cluster, woken: set[uuid.UUID]) -> None:
+        self.session, self.settings, self.cluster, self.woken = session, settings, cluster, woken
+
+    @property
+    def nodes(self) -> list[ClusterNode]:
+        return clusters.nodes_of(self.session, self.cluster.id)
+
+    def run(self, probe: HeadProbe) -> None:
+        cluster = self.cluster
+        if cluster.state == ClusterState.PENDING:
+            self.move(ClusterState.PROVISIONING, "starting the Ray nodes")
+        if cluster.state == ClusterState.PROVISIONING:
+            self.provision(probe)
+        if cluster.state == ClusterState.TERMINATING:
+            self.end(ClusterState.TERMINATED, cluster.state_reason or "terminated")
+        if cluster.state in ENDED:
+            self.return_devices()
+
+    def move(self, to_state: str, reason: str) -> None:
+        state_machines.move(self.session, "cluster", self.cluster, to_state, reason)
+
+    # --- provisioning ------------------------------------------------------------------------------
+
+    def provision(self, probe: HeadProbe) -> None:
+        now = utcnow()
+        timeout = timedelta(seconds=self.settings.node_start_timeout_s)
+        for node in self.active_nodes():
+            if node.state == NodeState.STARTING:
+                command = self.session.get(DeviceCommand, node.command_id) if node.command_id else None
+                if command is not None and command.state == CommandState.SUCCEEDED:
+                    self.joined(node, command)
+                elif command is None or command.state in (CommandState.FAILED, CommandState.EXPIRED):
+                    detail = command.result_detail if command else "no start command"
+                    self.replace(node, f"could not start its Ray node: {detail}")
+                elif node.started_at and now - node.started_at > timeout:
+                    self.replace(node, f"did not start its Ray node within {timeout.seconds} s")
+            if self.cluster.state != ClusterState.PROVISIONING:
+                return
+        head = self.head()
+        for node in self.active_nodes():
+            if node.state != NodeState.ASSIGNED:
+                continue
+            if node.role == NodeRole.HEAD:
+                self.start(node, "start_ray_head", {"dashboard": True})
+            elif head is not None and head.state == NodeState.JOINED and self.cluster.ray_address:
+                self.start(node, "start_ray_worker", {"head_address": self.cluster.ray_address})
+        nodes = self.active_nodes()
+        if nodes and all(node.state == NodeState.JOINED for node in nodes):
+            self.confirm_running(nodes, probe)
+
+    def active_nodes(self) -> list[ClusterNode]:
+        # The head first: workers need its address.
+        active = [node for node in self.nodes if node.state in ACTIVE_NODE_STATES]
+        return sorted(active, key=lambda node: node.role != NodeRole.HEAD)
+
+    def head(self) -> ClusterNode | None:
+        return next((n for n in self.active_nodes() if n.role == NodeRole.HEAD), None)
+
+    def start(self, node: ClusterNode, kind: str, payload: dict) -> None:
+        device = self.session.get(Device, node.device_id)
+        assert device is not None
+        command = commands.enqueue(
+            self.session,
+            device,
+            kind,
+            {**payload, "cluster_id": str(self.cluster.id), "node_id": str(node.id)},
+        )
+        node.command_id, node.started_at = command.id, utcnow()
+        state_machines.move(self.session, "node", node, NodeState.STARTING, f"{kind} sent")
+        self.woken.add(device.id)
+        record(
+            self.session,
+            self.cluster,
+            "node_starting",
+            f"Asked device {device.name} to start the Ray {node.role}.",
+            device_id=str(device.id),
+            node_id=str(node.id),
+        )
+
+    def joined(self, node: ClusterNode, command: DeviceCommand) -> None:
+        try:
+            status = json.loads(command.result_detail)
+        except ValueError:
+            status = {}
+        node.ray_node_id, node.joined_at = status.get("node_id"), utcnow()
+        state_machines.move(self.session, "node", node, NodeState.JOINED, "Ray node started")
+        if node.role == NodeRole.HEAD:
+            self.cluster.ray_address = status.get("address")
+            self.cluster.dashboard_url = status.get("dashboard_url")
+            self.cluster.client_address = status.get("client_address")
+            self.session.add(self.cluster)
+        device = self.session.get(Device, node.device_id)
+        record(
+            self.session,
+            self.cluster,
+            "node_joined",
+            f"The Ray {node.role} on device {device.name if device else node.device_id} is up"
+            + (f" at {self.cluster.ray_address}." if node.role == NodeRole.HEAD else " and joined the head."),
+            node_id=str(node.id),
+            ray_node_id=node.ray_node_id,
+        )
+
+    def confirm_running(self, nodes: list[ClusterNode], probe: HeadProbe) -> None:
+        """``running`` once the head itself sees every node alive."""
+        expected = {node.ray_node_id for node in nodes if node.ray_node_id}
+        seen: set[str] | None = None
+        if self.cluster.dashboard_url:
+            for _ in range(HEAD_PROBE_TRIES):
+                seen = probe(self.cluster.dashboard_url)
+                if seen is not None and expected <= seen:
+                    break
+                time.sleep(HEAD_PROBE_PAUSE_S)
+        if seen is None or not expected <= seen:
+            record(self.session, self.cluster, "waiting", "Waiting for the Ray head to see every node.")
+            return
+        now = utcnow()
+        self.cluster.started_at = now
+        self.cluster.expires_at = now + timedelta(hours=self.cluster.duration_hours)
+        self.move(ClusterState.RUNNING, f"all {len(nodes)} nodes joined")
+        record(
+            self.session,
+            self.cluster,
+            "running",
+            f"Running: {len(nodes)} node(s), {sum(n.gpu_count for n in nodes)} GPU(s); "
+            "the head sees every node.",
+        )
+
+    def replace(self, node: ClusterNode, reason: str) -> None:
+        """Drop a device that failed its node and book another that fits; fail the deploy past the limit."""
+        device = self.session.get(Device, node.device_id)
+        assert device is not None
+        self.release(node, f"device {device.name} {reason}", lost=True)
+        self.session.add(
+            FaultEvent(
+                device_id=device.id,
+                cluster_id=self.cluster.id,
+                kind="node_start_failed",
+                severity="warning",
+                message=reason[:500],
+            )
+        )
+        record(
+            self.session,
+            self.cluster,
+            "node_failed",
+            f"Device {device.name} dropped: it {reason}.",
+            device_id=str(device.id),
+        )
+        failures = sum(1 for event in self.events() if event.kind == "node_failed")
+        if failures > self.settings.max_node_replacements:
+            self.end(ClusterState.FAILED, f"{failures} devices failed to start their nodes; giving up")
+            return
+        tried = frozenset(n.device_id for n in self.nodes)
+        spec = clusters.ClusterSpec(
+            name=self.cluster.name,
+            gpu_model=self.cluster.gpu_model,
+            gpu_count=node.gpu_count,
+            duration_hours=self.cluster.duration_hours,
+            countries=tuple(self.cluster.countries),
+            connectivity_tier=self.cluster.connectivity_tier,
+        ).placement(exclude=tried)
+        chosen = placement.reserve(
+            self.session, self.settings, spec, f"replacement for cluster {self.cluster.id}"
+        )
+        if chosen is None:
+            self.end(ClusterState.FAILED, f"no replacement for device {device.name} is available")
+            return
+        # Billing stays as quoted: a replacement runs at the replaced node's rate or less.
+        replacements = clusters.add_nodes(self.session, self.cluster, chosen, head=node.role == NodeRole.HEAD)
+        for replacement in replacements:
+            replacement.rate_micro = min(replacement.rate_micro, node.rate_micro)
+        record(
+            self.session,
+            self.cluster,
+            "replaced",
+            f"Replacing device {device.name} ({len(chosen)} device(s) booked).",
+        )
+
+    def events(self) -> list[ClusterEvent]:
+        return clusters.events_of(self.session, self.cluster.id)
+
+    # --- the end -----------------------------------------------------------------------------------
+
+    def release(self, node: ClusterNode, reason: str, *, lost: bool = False) -> None:
+        """Stop the node's Ray process; the device returns to ready once its agent confirms the stop."""
+        if node.state in (NodeState.ASSIGNED, NodeState.STARTING, NodeState.JOINED) and lost:
+            state_machines.move(self.session, "node", node, NodeState.LOST, reason)
+        device = self.session.get(Device, node.device_id)
+        assert device is not None
+        stop = commands.enqueue(
+            self.session, device, "stop_ray", {"cluster_id": str(self.cluster.id), "node_id": str(node.id)}
+        )
+        node.command_id, node.ended_at = stop.id, node.ended_at or utcnow()
+        state_machines.move(self.session, "node", node, NodeState.RELEASED, reason)
+        self.woken.add(device.id)
+
+    def end(self, final_state: str, reason: str) -> None:
+        """Stop every node, settle the escrow, and close the cluster in ``final_state``."""
+        now = utcnow()
+        for node in self.active_nodes():
+            self.release(node, reason)
+        self.cluster.ended_at = self.cluster.ended_at or now
+        self.move(final_state, reason)
+        charged, refunded = escrow.settle(self.session, self.cluster, self.settings.platform_fee_bps)
+        record(
+            self.session,
+            self.cluster,
+            final_state,
+            f"{final_state.capitalize()}: {reason}. Charged {charged / 1e6:.2f} USD for the uptime, "
+            f"returned {refunded / 1e6:.2f} USD of escrow.",
+            charged_micro=charged,
+            refunded_micro=refunded,
+        )
+
+    def return_devices(self) -> None:
+        """Devices whose agent has answered the stop go back to ready (or stay put if something else
+        holds them)."""
+        for node in self.nodes:
+            if node.state != NodeState.RELEASED or node.command_id is None:
+                continue
+            stop = self.session.get(DeviceCommand, node.command_id)
+            if stop is None or stop.state in (CommandState.QUEUED, CommandState.DELIVERED):
+                continue
+            device = self.session.get(Device, node.device_id)
+            if (
+                device is None
+                or device.state != DeviceState.HIRED
+                or _holds_other_node(self.session, device.id)
+            ):
+                continue
+            state_machines.move(self.session, "device", device, DeviceState.READY, "released by its cluster")
+
+
+def _holds_other_node(session: Session, device_id: uuid.UUID) -> bool:
+    return (
+        session.exec(
+            select(ClusterNode.id).where(
+                ClusterNode.device_id == device_id, col(ClusterNode.state).in_(ACTIVE_NODE_STATES)
+            )
+        ).first()
+        is not None
+    )
+
+
+def expired(session: Session) -> list[uuid.UUID]:
+    """Running clusters whose time is up."""
+    now = utcnow()
+    return list(
+        session.exec(
+            select(Cluster.id).where(
+                col(Cluster.state).in_([ClusterState.RUNNING, ClusterState.DEGRADED]),
+                col(Cluster.expires_at) <= now,
+            )
+        ).all()
+    )
+
+
+def expire(engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID) -> str | None:
+    with _locked(engine, cluster_id) as (session, cluster):
+        if cluster is None or cluster.state not in (ClusterState.RUNNING, ClusterState.DEGRADED):
+            return cluster.state if cluster else None
+        if cluster.expires_at is None or cluster.expires_at > utcnow():
+            return cluster.state
+        woken: set[uuid.UUID] = set()
+        steps = _Steps(session, settings, cluster, woken)
+        steps.end(ClusterState.EXPIRED, f"its {cluster.duration_hours} h ran out")
+        state = cluster.state
+    for device_id in woken:
+        commands.wake(wakeups, device_id)
+    return state
+
+
+def unfinished(session: Session) -> list[uuid.UUID]:
+    """Clusters the reconciler should advance: mid-way ones, and ended ones whose devices are not back."""
+    moving = session.exec(
+        select(Cluster.id).where(
+            col(Cluster.state).in_(
+                [ClusterState.PENDING, ClusterState.PROVISIONING, ClusterState.TERMINATING]
+            )
+        )
+    ).all()
+    returning = session.exec(
+        select(ClusterNode.cluster_id)
+        .join(Device, col(Device.id) == ClusterNode.device_id)
+        .where(ClusterNode.state == NodeState.RELEASED, Device.state == DeviceState.HIRED)
+        .distinct()
+    ).all()
+    return list(dict.fromkeys([*moving, *returning]))

@@ -1,0 +1,46 @@
+"""Cluster actors: each takes a cluster id (or none, for the periodic sweeps) and calls the provisioning
+service, which is idempotent, so a redelivered or retried message is harmless."""
+
+from __future__ import annotations
+
+import uuid
+
+import dramatiq
+
+from portal.db import session_scope
+from portal.services import provisioning
+from tasks.context import parts
+
+RETRIES = {"max_retries": 5, "min_backoff": 200, "max_backoff": 10_000, "time_limit": 120_000}
+
+
+@dramatiq.actor(**RETRIES)
+def provision_cluster(cluster_id: str) -> None:
+    """Take a cluster's next steps (sent at deploy and on every result of its nodes' commands)."""
+    p = parts()
+    provisioning.advance(p.engine, p.settings, p.wakeups, uuid.UUID(cluster_id))
+
+
+@dramatiq.actor(**RETRIES)
+def terminate_cluster(cluster_id: str) -> None:
+    p = parts()
+    provisioning.advance(p.engine, p.settings, p.wakeups, uuid.UUID(cluster_id))
+
+
+@dramatiq.actor(max_retries=0, time_limit=300_000)
+def expire_clusters() -> None:
+    p = parts()
+    with session_scope(p.engine) as session:
+        due = provisioning.expired(session)
+    for cluster_id in due:
+        provisioning.expire(p.engine, p.settings, p.wakeups, cluster_id)
+
+
+@dramatiq.actor(max_retries=0, time_limit=300_000)
+def reconcile_clusters() -> None:
+    """Finish what a killed worker left half done: clusters mid-way, devices not yet returned."""
+    p = parts()
+    with session_scope(p.engine) as session:
+        unfinished = provisioning.unfinished(session)
+    for cluster_id in unfinished:
+        provision_cluster.send(str(cluster_id))

@@ -1,0 +1,56 @@
+"""Periodic actors: every portal process ticks, and a counter in the shared cache lets exactly one of them
+send each tick's message, however many processes run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import dramatiq
+
+from portal.cache import Cache
+
+logger = logging.getLogger(__name__)
+TICK_S = 1.0
+
+
+def periodic() -> list[tuple[dramatiq.Actor, float]]:
+    from tasks import clusters
+
+    return [(clusters.expire_clusters, 5.0), (clusters.reconcile_clusters, 5.0)]
+
+
+def tick(cache: Cache, now: float | None = None) -> list[str]:
+    """Send each periodic actor whose period has begun and no other process has claimed; returns them."""
+    now = time.time() if now is None else now
+    sent = []
+    for actor, period_s in periodic():
+        slot = int(now // period_s)
+        if cache.incr(f"tick:{actor.actor_name}:{slot}", ttl_s=period_s * 3) == 1:
+            actor.send()
+            sent.append(actor.actor_name)
+    return sent
+
+
+@asynccontextmanager
+async def periodic_scheduler() -> AsyncIterator[None]:
+    """Run the ticks in the background while the portal lives."""
+    from tasks.context import parts
+
+    async def loop() -> None:
+        cache = parts().cache
+        while True:
+            try:
+                await asyncio.to_thread(tick, cache)
+            except Exception:  # a broker or cache hiccup must not end the schedule
+                logger.exception("periodic tick failed")
+            await asyncio.sleep(TICK_S)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()

@@ -1,0 +1,402 @@
+"""Placement, deploy, provisioning steps, replacement, termination and expiry, on SQLite and PostgreSQL.
+
+The agents' side is played by completing their commands as an agent would; the full journey with real
+agents and real Ray nodes is in ``test_cluster_journey.py``.
+"""
+
+import json
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from portal.db import session_scope
+from portal.models import (
+    AccountKind,
+    Cluster,
+    ClusterState,
+    Device,
+    DeviceCommand,
+    DeviceState,
+    FaultEvent,
+    NodeState,
+    Role,
+)
+from portal.models.base import utcnow
+from portal.services import clusters, commands, escrow, ledger, market, placement, provisioning
+from portal.services.errors import Conflict, InvalidInput
+from portal.wakeups import MemoryWakeups
+from tests.conftest import settings_for
+from tests.factories import make_device, make_user
+
+SETTINGS = settings_for(node_start_timeout_s=30, max_node_replacements=1)
+H100_PRICE = 2_000_000
+
+
+def market_with(session: Session, gpus_per_device: list[int], *, price: int | None = None) -> list[Device]:
+    provider = make_user(session, Role.PROVIDER)
+    provider.wallet_address = f"wallet-{uuid.uuid4().hex[:20]}"
+    session.add(provider)
+    found = []
+    for count in gpus_per_device:
+        device = make_device(session, provider.id, state=DeviceState.READY, gpus=count)
+        device.verified_at, device.price_per_gpu_hour_micro = utcnow(), price
+        session.add(device)
+        found.append(device)
+    session.flush()
+    return found
+
+
+def customer_with(session: Session, credit_micro: int) -> uuid.UUID:
+    customer = make_user(session, Role.CUSTOMER)
+    if credit_micro:
+        ledger.grant_credits(
+            session,
+            user_id=customer.id,
+            amount_micro=credit_micro,
+            reason="test",
+            idempotency_key=f"test:{customer.id}",
+        )
+    return customer.id
+
+
+def spec(gpus: int, **values: object) -> clusters.ClusterSpec:
+    return clusters.ClusterSpec(
+        **{"name": "c", "gpu_model": "H100-80GB", "gpu_count": gpus, "duration_hours": 2} | values
+    )
+
+
+def agent_answers(engine, device_id: uuid.UUID, *, ok: bool = True, node_id: str | None = None) -> str:
+    """Take the device's queued command and answer it as the agent would; returns its kind."""
+    with session_scope(engine) as session:
+        (command,) = commands.take(session, device_id)
+        kind = command.kind
+        detail = "stopped"
+        if kind == "start_ray_head":
+            detail = json.dumps(
+                {
+                    "state": "running",
+                    "node_id": node_id or uuid.uuid4().hex,
+                    "address": "127.0.0.1:6379",
+                    "client_address": "ray://127.0.0.1:10001",
+                    "dashboard_url": "http://127.0.0.1:8265",
+                }
+            )
+        elif kind == "start_ray_worker":
+            detail = json.dumps({"state": "running", "node_id": node_id or uuid.uuid4().hex})
+        commands.complete(session, device_id, command.id, ok=ok, detail=detail if ok else "ray start failed")
+    return kind
+
+
+class FakeHead:
+    """Stands in for a Ray head's state API: sees the node ids it is told about."""
+
+    def __init__(self) -> None:
+        self.alive: set[str] = set()
+
+    def __call__(self, dashboard_url: str) -> set[str]:
+        return self.alive
+
+
+def advance(engine, cluster_id, head: FakeHead | None = None) -> str | None:
+    return provisioning.advance(engine, SETTINGS, MemoryWakeups(), cluster_id, head or FakeHead())
+
+
+def nodes(engine, cluster_id):
+    with session_scope(engine) as session:
+        return clusters.nodes_of(session, cluster_id)
+
+
+def device_state(engine, device_id) -> str:
+    with session_scope(engine) as session:
+        return session.get(Device, device_id).state
+
+
+# --- placement -------------------------------------------------------------------------------------
+
+
+def candidate(gpus: int, price: int = 1, reliability: float = 1.0) -> placement.Candidate:
+    return placement.Candidate(uuid.uuid4(), gpus, price, reliability, "DE", "high")
+
+
+def test_choose_packs_exactly_cheapest_first_then_fewest_nodes_then_most_reliable():
+    cheap_small, pricey_big = candidate(1, price=1), candidate(4, price=5)
+    assert placement.choose([cheap_small, pricey_big], 1) == [cheap_small]
+    four_ones = [candidate(1) for _ in range(4)]
+    one_four = candidate(4)
+    assert placement.choose([*four_ones, one_four], 4) == [one_four]  # same price: fewer nodes
+    shaky, solid = candidate(2, reliability=0.5), candidate(2, reliability=0.99)
+    assert placement.choose([shaky, solid], 2) == [solid]
+    # A greedy pick of the 3 would strand the last GPU; the knapsack finds 2 + 2.
+    three, two_a, two_b = candidate(3), candidate(2), candidate(2)
+    assert sorted(c.gpus for c in placement.choose([three, two_a, two_b], 4)) == [2, 2]
+    assert placement.choose([candidate(2), candidate(2)], 3) is None
+
+
+def test_placement_books_only_hireable_devices(engine):
+    with session_scope(engine) as session:
+        ready, unverified, stale = market_with(session, [1, 1, 1])
+        unverified.verified_at = None
+        stale.last_heartbeat_at = utcnow() - timedelta(minutes=5)
+        session.add_all([unverified, stale])
+        orphan_owner = make_user(session, Role.PROVIDER)  # no payout wallet
+        make_device(session, orphan_owner.id, state=DeviceState.READY, gpus=1).verified_at = utcnow()
+    with session_scope(engine) as session:
+        chosen = placement.reserve(session, SETTINGS, spec(1).placement(), "test")
+        assert [c.device_id for c in chosen] == [ready.id]
+        assert placement.reserve(session, SETTINGS, spec(1).placement(), "test") is None
+    assert device_state(engine, ready.id) == DeviceState.HIRED
+
+
+def test_offers_and_quotes_group_capacity_and_price_it(engine):
+    with session_scope(engine) as session:
+        market_with(session, [2, 2, 1])
+        market_with(session, [4], price=1_500_000)
+    with session_scope(engine) as session:
+        offers = market.offers(session, SETTINGS, market.OfferFilters(gpu_model="H100-80GB"))
+        # One group (model, country, tier), priced from the cheapest to the dearest device.
+        assert [
+            (o.devices, o.gpus, o.min_price_per_gpu_hour_micro, o.max_price_per_gpu_hour_micro)
+            for o in offers
+        ] == [(4, 9, 1_500_000, 2_000_000)]
+        assert all(o.simulated and o.vram_mb == 81_559 for o in offers)
+        assert market.offers(session, SETTINGS, market.OfferFilters(max_price_micro=1_600_000))[0].gpus == 4
+        quote = market.quote(session, SETTINGS, spec(5).placement(), 3)
+        # The 4-GPU device at 1.5 plus one 1-GPU device at 2.0 is the cheapest exact set.
+        assert quote.available and quote.price_per_hour_micro == 4 * 1_500_000 + 2_000_000
+        assert quote.total_micro == 3 * quote.price_per_hour_micro
+        assert quote.fee_micro == quote.total_micro // 10
+        assert sum(line["gpus"] for line in quote.breakdown) == 5
+        short = market.quote(session, SETTINGS, spec(64).placement(), 1)
+        assert not short.available and short.alternatives[0]["gpu_model"] == "H100-80GB"
+
+
+# --- deploy ----------------------------------------------------------------------------------------
+
+
+def test_deploy_books_devices_and_holds_escrow(engine):
+    with session_scope(engine) as session:
+        devices = market_with(session, [1, 1])
+        customer = customer_with(session, 100_000_000)
+        cluster = clusters.create(session, SETTINGS, customer, spec(2))
+    with session_scope(engine) as session:
+        assert all(session.get(Device, d.id).state == DeviceState.HIRED for d in devices)
+        held = 2 * H100_PRICE * 2
+        assert escrow.in_escrow(session, session.get(Cluster, cluster.id)) == held
+        assert ledger.available_balance(session, customer) == 100_000_000 - held
+        assert ledger.verify_books(session) == []
+
+
+@pytest.mark.parametrize(
+    ("credit", "gpus", "code"), [(1_000_000, 1, "insufficient_credit"), (100_000_000, 3, "capacity_short")]
+)
+def test_a_deploy_that_cannot_be_met_changes_nothing(engine, credit, gpus, code):
+    with session_scope(engine) as session:
+        devices = market_with(session, [1, 1])
+        customer = customer_with(session, credit)
+    with pytest.raises(Conflict) as refused, session_scope(engine) as session:
+        clusters.create(session, SETTINGS, customer, spec(gpus))
+    assert refused.value.code == code
+    with session_scope(engine) as session:
+        assert all(session.get(Device, d.id).state == DeviceState.READY for d in devices)
+        assert session.exec(select(Cluster)).all() == []
+        assert ledger.available_balance(session, customer) == credit
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("gpu_count", {"gpu_count": 0}),
+        ("duration_hours", {"duration_hours": 10_000}),
+        ("countries", {"countries": ("Germany",)}),
+        ("connectivity_tier", {"connectivity_tier": "warp"}),
+        ("name", {"name": "  "}),
+        ("max_workers", {"min_workers": 3, "max_workers": 1}),
+    ],
+)
+def test_bad_specs_name_the_field(field, values):
+    with pytest.raises(InvalidInput) as refused:
+        clusters.validate(spec(1, **values))
+    assert refused.value.details["field"] == field
+
+
+# --- provisioning ----------------------------------------------------------------------------------
+
+
+def deploy(engine, gpus_per_device: list[int], gpus: int, credit: int = 100_000_000):
+    with session_scope(engine) as session:
+        devices = market_with(session, gpus_per_device)
+        customer = customer_with(session, credit)
+        cluster = clusters.create(session, SETTINGS, customer, spec(gpus))
+    return cluster.id, customer, devices
+
+
+def test_head_then_workers_then_running_once_the_head_sees_every_node(engine):
+    cluster_id, _, _ = deploy(engine, [1, 1], 2)
+    head = FakeHead()
+    assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
+    head_node, worker_node = nodes(engine, cluster_id)
+    assert head_node.state == NodeState.STARTING and worker_node.state == NodeState.ASSIGNED
+    assert agent_answers(engine, head_node.device_id, node_id="head-id") == "start_ray_head"
+    assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
+    with session_scope(engine) as session:
+        (worker_command,) = session.exec(
+            select(DeviceCommand).where(DeviceCommand.device_id == worker_node.device_id)
+        ).all()
+        assert worker_command.kind == "start_ray_worker"
+        assert worker_command.payload["head_address"] == "127.0.0.1:6379"
+    agent_answers(engine, worker_node.device_id, node_id="worker-id")
+    head.alive = {"head-id"}  # the worker has not reached the head yet
+    assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
+    head.alive = {"head-id", "worker-id"}
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        assert cluster.client_address == "ray://127.0.0.1:10001"
+        assert cluster.expires_at - cluster.started_at == timedelta(hours=2)
+        kinds = [e.kind for e in clusters.events_of(session, cluster_id)]
+        assert kinds.count("node_joined") == 2 and kinds[-1] == "running"
+    # Advancing again is harmless: no second start command.
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
+    with session_scope(engine) as session:
+        assert len(session.exec(select(DeviceCommand)).all()) == 2
+
+
+def run_to_running(engine, gpus_per_device: list[int], gpus: int):
+    cluster_id, customer, devices = deploy(engine, gpus_per_device, gpus)
+    head = FakeHead()
+    advance(engine, cluster_id, head)
+    for node in nodes(engine, cluster_id):
+        advance(engine, cluster_id, head)
+        agent_answers(engine, node.device_id, node_id=str(node.id))
+        head.alive.add(str(node.id))
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
+    return cluster_id, customer, devices
+
+
+def backdate_joins(engine, cluster_id, seconds: int) -> None:
+    with session_scope(engine) as session:
+        for node in clusters.nodes_of(session, cluster_id):
+            node.joined_at -= timedelta(seconds=seconds)
+            session.add(node)
+
+
+def test_terminate_charges_uptime_returns_the_rest_and_frees_the_devices(engine):
+    cluster_id, customer, devices = run_to_running(engine, [1, 1], 2)
+    backdate_joins(engine, cluster_id, 1800)  # half an hour of uptime on each node
+    with session_scope(engine) as session:
+        assert clusters.request_termination(session, session.get(Cluster, cluster_id), "test")
+    assert advance(engine, cluster_id) == ClusterState.TERMINATED
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        charged = escrow.charged(session, cluster)
+        assert charged >= 2 * H100_PRICE // 2  # two GPUs for half an hour, and the seconds since
+        assert charged < 2 * H100_PRICE // 2 + 2 * H100_PRICE // 60  # ...less than a minute more
+        assert escrow.in_escrow(session, cluster) == 0
+        assert ledger.available_balance(session, customer) == 100_000_000 - charged
+        earned = ledger.get_account(session, AccountKind.PROVIDER_EARNED, devices[0].owner_id).balance_micro
+        fees = ledger.get_account(session, AccountKind.PLATFORM_FEES).balance_micro
+        assert earned + fees == charged and fees == sum(
+            escrow.fee_of(escrow.node_charge_micro(n, None), 1000)
+            for n in clusters.nodes_of(session, cluster_id)
+        )
+        assert ledger.verify_books(session) == []
+    # Devices stay hired until their agents confirm the stop.
+    assert {device_state(engine, d.id) for d in devices} == {DeviceState.HIRED}
+    for device in devices:
+        assert agent_answers(engine, device.id) == "stop_ray"
+    assert advance(engine, cluster_id) == ClusterState.TERMINATED
+    assert {device_state(engine, d.id) for d in devices} == {DeviceState.READY}
+    with session_scope(engine) as session:
+        assert provisioning.unfinished(session) == []
+
+
+def test_a_failed_device_is_replaced_and_too_many_failures_fail_the_deploy(engine):
+    cluster_id, customer, _ = deploy(engine, [1, 1, 1], 1)
+    advance(engine, cluster_id)
+    (first,) = nodes(engine, cluster_id)
+    agent_answers(engine, first.device_id, ok=False)
+    assert advance(engine, cluster_id) == ClusterState.PROVISIONING
+    dropped, second = nodes(engine, cluster_id)
+    assert dropped.state == NodeState.RELEASED and second.state == NodeState.STARTING
+    assert second.role == "head" and second.device_id != first.device_id
+    agent_answers(engine, second.device_id, ok=False)
+    # max_node_replacements=1: the second failure ends the deploy, with the escrow returned.
+    assert advance(engine, cluster_id) == ClusterState.FAILED
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        log = " ".join(e.message for e in clusters.events_of(session, cluster_id))
+        assert "could not start its Ray node: ray start failed" in log and "giving up" in log
+        assert ledger.available_balance(session, customer) == 100_000_000
+        assert escrow.in_escrow(session, cluster) == 0
+        assert len(session.exec(select(FaultEvent).where(FaultEvent.cluster_id == cluster_id)).all()) == 2
+
+
+def test_a_device_too_slow_to_start_is_replaced(engine):
+    cluster_id, _, _ = deploy(engine, [1, 1], 1)
+    advance(engine, cluster_id)
+    with session_scope(engine) as session:
+        node = clusters.nodes_of(session, cluster_id)[0]
+        node.started_at -= timedelta(seconds=SETTINGS.node_start_timeout_s + 1)
+        session.add(node)
+    advance(engine, cluster_id)
+    assert [n.state for n in nodes(engine, cluster_id)] == [NodeState.RELEASED, NodeState.STARTING]
+
+
+def test_running_clusters_expire_when_their_time_runs_out(engine):
+    cluster_id, _, _ = run_to_running(engine, [1], 1)
+    wakeups = MemoryWakeups()
+    with session_scope(engine) as session:
+        assert provisioning.expired(session) == []
+        cluster = session.get(Cluster, cluster_id)
+        cluster.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(cluster)
+    with session_scope(engine) as session:
+        assert provisioning.expired(session) == [cluster_id]
+    assert provisioning.expire(engine, SETTINGS, wakeups, cluster_id) == ClusterState.EXPIRED
+    assert provisioning.expire(engine, SETTINGS, wakeups, cluster_id) == ClusterState.EXPIRED
+    with session_scope(engine) as session:
+        assert ledger.verify_books(session) == []
+        assert escrow.in_escrow(session, session.get(Cluster, cluster_id)) == 0
+
+
+def test_extend_moves_the_end_and_holds_more_escrow(engine):
+    cluster_id, _, _ = run_to_running(engine, [1], 1)
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        before = cluster.expires_at
+        clusters.extend(session, cluster, 3)
+        assert cluster.expires_at - before == timedelta(hours=3)
+        assert escrow.in_escrow(session, cluster) == H100_PRICE * 5
+        with pytest.raises(InvalidInput):
+            clusters.extend(session, cluster, 0)
+
+
+def test_concurrent_deploys_never_book_a_device_twice(engine):
+    with session_scope(engine) as session:
+        market_with(session, [1] * 6)
+        customers = [customer_with(session, 100_000_000) for _ in range(10)]
+    outcomes: list[str] = []
+
+    def deploy_one(customer: uuid.UUID) -> None:
+        try:
+            with session_scope(engine) as session:
+                clusters.create(session, SETTINGS, customer, spec(1))
+            outcomes.append("deployed")
+        except Conflict as refused:
+            outcomes.append(refused.code)
+
+    threads = [threading.Thread(target=deploy_one, args=(c,)) for c in customers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["capacity_short"] * 4 + ["deployed"] * 6
+    with session_scope(engine) as session:
+        booked = [
+            n.device_id for c in session.exec(select(Cluster)).all() for n in clusters.nodes_of(session, c.id)
+        ]
+        assert len(booked) == len(set(booked)) == 6
+        assert ledger.verify_books(session) == []
