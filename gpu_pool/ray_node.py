@@ -174,7 +174,9 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
             raise RayNodeError("a worker node needs the head's address")
         args.append(f"--address={spec.head_address}")
     log_path = temp_dir / "agent-ray.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Jobs' `python` is the agent's own (its virtual environment holds Ray), whatever PATH it was given.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -18,8 +18,8 @@ from tests.factories import access_token_for, api_key_for, device_token_for, mak
 
 # open: no credentials are read; public: anyone (a sent credential is still checked);
 # signed_in: any user or their API key; account_owner: a signed-in user, not an API key;
-# provider: a provider or their key (with the scope); admin: a signed-in admin;
-# device: a worker agent's device token only.
+# provider: a provider or their key (with the scope); customer: likewise for customers;
+# admin: a signed-in admin; device: a worker agent's device token only.
 RULES = {
     ("GET", "/api/v1/healthz"): "open",
     ("GET", "/api/v1/readyz"): "open",
@@ -52,8 +52,22 @@ RULES = {
     ("POST", "/api/v1/worker/commands/{command_id}/result"): "device",
     ("GET", "/api/v1/worker/challenge"): "device",
     ("POST", "/api/v1/worker/challenge/{challenge_id}"): "device",
+    ("GET", "/api/v1/market/offers"): "public",
+    ("POST", "/api/v1/market/quote"): "public",
+    ("POST", "/api/v1/clusters"): "customer",
+    ("GET", "/api/v1/clusters"): "customer",
+    ("GET", "/api/v1/clusters/{cluster_id}"): "customer",
+    ("DELETE", "/api/v1/clusters/{cluster_id}"): "customer",
+    ("POST", "/api/v1/clusters/{cluster_id}/extend"): "customer",
+    ("POST", "/api/v1/clusters/{cluster_id}/jobs"): "customer",
+    ("GET", "/api/v1/clusters/{cluster_id}/jobs"): "customer",
+    ("GET", "/api/v1/clusters/{cluster_id}/jobs/{job_id}"): "customer",
+    ("GET", "/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs"): "customer",
+    ("POST", "/api/v1/clusters/{cluster_id}/jobs/{job_id}/stop"): "customer",
     ("GET", "/api/v1/admin/users"): "admin",
     ("GET", "/api/v1/admin/audit"): "admin",
+    ("GET", "/api/v1/admin/clusters"): "admin",
+    ("POST", "/api/v1/admin/clusters/{cluster_id}/terminate"): "admin",
 }
 # Served outside the OpenAPI document: the root health routes and the JSON 404 for unknown API paths.
 HIDDEN_ROUTES = {("GET", "/healthz"): "open", ("GET", "/readyz"): "open", ("GET", "/metrics"): "open"}
@@ -67,6 +81,7 @@ ALLOWED = {
     "signed_in": {"customer", "other_customer", "provider", "admin", "customer_api_key"},
     "account_owner": {"customer", "other_customer", "provider", "admin"},
     "provider": {"provider"},
+    "customer": {"customer", "other_customer", "customer_api_key"},
     "admin": {"admin"},
     "device": {"device"},
 }

@@ -1,0 +1,118 @@
+"""The customer's journey on a real `portal run`: two local agents with simulated GPUs run real Ray nodes.
+
+Deploy a 2-GPU cluster over the API, see it reach ``running`` with a head and a worker, run a Ray job that
+gets a GPU on each node, read its logs, extend, terminate, and see both devices back to ready.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import RunningPortal, start_portal, stop_process_group
+
+pytestmark = pytest.mark.browser
+
+GPU_JOB = (
+    'python -c "import ray; ray.init(); f = ray.remote(num_gpus=1)(lambda: ray.get_gpu_ids()); '
+    "print('GPUS', ray.cluster_resources().get('GPU'), len(ray.get([f.remote(), f.remote()])))\""
+)
+
+
+@pytest.fixture(scope="module")
+def demo_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
+    """`portal run` as `make run` starts it: demo accounts and two agents with one simulated H100 each."""
+    running = start_portal(tmp_path_factory.mktemp("journey"), env={"PORTAL_DEMO_AGENTS": "2"})
+    yield running
+    stop_process_group(running.process)
+
+
+def sign_in(portal: RunningPortal, role: str) -> httpx.Client:
+    logins = {
+        login["role"]: login for login in json.loads((portal.data_dir / "demo_logins.json").read_text())
+    }
+    client = httpx.Client(base_url=portal.url + "/api/v1", timeout=30)
+    reply = client.post(
+        "/auth/login", json={"email": logins[role]["email"], "password": logins[role]["password"]}
+    )
+    assert reply.status_code == 200, reply.text
+    client.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+    return client
+
+
+def wait_for(fetch, done, timeout_s: float = 120, every_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fetch()
+        if done(value):
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"not done within {timeout_s} s; last: {value}")
+
+
+def devices_ready(provider: httpx.Client) -> bool:
+    devices = provider.get("/devices").json()
+    return len(devices) == 2 and all(d["state"] == "ready" for d in devices)
+
+
+def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
+    customer, provider = sign_in(demo_portal, "customer"), sign_in(demo_portal, "provider")
+    wait_for(lambda: provider, devices_ready, timeout_s=90)
+
+    offers = customer.get("/market/offers", params={"gpu_model": "H100-80GB"}).json()
+    assert sum(o["gpus"] for o in offers) == 2 and all(o["simulated"] for o in offers)
+    spec = {"gpu_model": "H100-80GB", "gpu_count": 2, "duration_hours": 1}
+    quote = customer.post("/market/quote", json=spec).json()
+    assert quote["available"] and quote["total_micro"] == 2 * 2_000_000
+
+    started = time.monotonic()
+    reply = customer.post("/clusters", json={"name": "journey", **spec})
+    assert reply.status_code == 202, reply.text
+    cluster_id = reply.json()["id"]
+    assert customer.post("/clusters", json={"name": "too many", **spec}).json()["error"]["code"] == (
+        "capacity_short"
+    )
+    cluster = wait_for(
+        lambda: customer.get(f"/clusters/{cluster_id}").json(),
+        lambda c: c["state"] in ("running", "failed"),
+    )
+    assert cluster["state"] == "running", cluster["events"]
+    print(f"deploy to running: {time.monotonic() - started:.1f} s")
+    assert sorted(n["role"] for n in cluster["nodes"]) == ["head", "worker"]
+    assert all(n["state"] == "joined" and n["simulated"] for n in cluster["nodes"])
+    assert cluster["ray_address"] and cluster["client_address"].startswith("ray://")
+    assert cluster["simulated"] and cluster["escrow_micro"] <= 4_000_000
+    kinds = [e["kind"] for e in cluster["events"]]
+    assert kinds.count("node_joined") == 2 and kinds[-1] == "running"
+
+    job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": GPU_JOB})
+    assert job.status_code == 201, job.text
+    job_id = job.json()["id"]
+    finished = wait_for(
+        lambda: customer.get(f"/clusters/{cluster_id}/jobs/{job_id}").json(),
+        lambda j: j["status"] in ("succeeded", "failed", "stopped"),
+        timeout_s=120,
+        every_s=1,
+    )
+    logs = customer.get(f"/clusters/{cluster_id}/jobs/{job_id}/logs").json()
+    assert finished["status"] == "succeeded", logs["logs"]
+    # Two GPUs in the Ray cluster, and a task holding one GPU ran on each.
+    assert "GPUS 2.0 2" in logs["logs"]
+    assert [j["id"] for j in customer.get(f"/clusters/{cluster_id}/jobs").json()["items"]] == [job_id]
+
+    before = cluster["expires_at"]
+    extended = customer.post(f"/clusters/{cluster_id}/extend", json={"hours": 2}).json()
+    assert extended["duration_hours"] == 3 and extended["expires_at"] > before
+
+    assert customer.delete(f"/clusters/{cluster_id}").status_code == 202
+    ended = wait_for(
+        lambda: customer.get(f"/clusters/{cluster_id}").json(), lambda c: c["state"] == "terminated"
+    )
+    assert ended["escrow_micro"] == 0 and all(n["state"] == "released" for n in ended["nodes"])
+    assert ended["spent_micro"] > 0
+    wait_for(lambda: provider, devices_ready, timeout_s=60)
+    # Ended: jobs can no longer be submitted, and other people never see the cluster.
+    assert customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": "true"}).status_code == 409
+    assert provider.get(f"/clusters/{cluster_id}").status_code == 403
