@@ -1,15 +1,19 @@
 """The customer's journey on a real `portal run`: two local agents with simulated GPUs run real Ray nodes.
 
-Deploy a 2-GPU cluster over the API, see it reach ``running`` with a head and a worker, run a Ray job that
-gets a GPU on each node, read its logs, extend, terminate, and see both devices back to ready.
+Over the API: deploy a 2-GPU cluster, see it reach ``running`` with a head and a worker, run a Ray job that
+gets a GPU on each node, read its logs, extend, terminate, and see both devices back to ready. In the
+browser: the marketplace, the deploy wizard's live quote, the cluster page following the cluster to
+``running``, a job and its output, and terminate.
 """
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import Page, expect
 
 from tests.conftest import RunningPortal, start_portal, stop_process_group
 
@@ -116,3 +120,52 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     # Ended: jobs can no longer be submitted, and other people never see the cluster.
     assert customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": "true"}).status_code == 409
     assert provider.get(f"/clusters/{cluster_id}").status_code == 403
+
+
+def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(demo_portal, page: Page):
+    provider = sign_in(demo_portal, "provider")
+    wait_for(lambda: provider, devices_ready, timeout_s=90)
+    login = {
+        item["role"]: item for item in json.loads((demo_portal.data_dir / "demo_logins.json").read_text())
+    }
+
+    # The marketplace is public: both simulated H100s show, labelled as simulated.
+    page.goto(demo_portal.url + "/market")
+    expect(page.locator("#offers-table")).to_contain_text("H100-80GB")
+    expect(page.locator("#offers-table")).to_contain_text("simulated")
+
+    page.goto(demo_portal.url + "/login?next=/deploy")
+    page.locator("#email").fill(login["customer"]["email"])
+    page.locator("#password").fill(login["customer"]["password"])
+    page.locator("#submit-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/deploy/?$"))
+    # The quote follows the choices: 2 GPUs for 1 hour, then 3 hours.
+    expect(page.locator("#quote-total")).to_have_text("$4.00")
+    page.locator("#deploy-hours").fill("3")
+    expect(page.locator("#quote-total")).to_have_text("$12.00")
+    page.locator("#deploy-gpus").fill("5")
+    expect(page.locator("#quote-unavailable")).to_contain_text("No set of available H100-80GB devices")
+    expect(page.locator("#deploy-button")).to_be_disabled()
+    page.locator("#deploy-gpus").fill("2")
+    page.locator("#deploy-name").fill("from-the-wizard")
+    expect(page.locator("#quote-total")).to_have_text("$12.00")
+    page.locator("#deploy-button").click()
+
+    expect(page).to_have_url(re.compile(r"/cluster/[0-9a-f-]+/?$"), timeout=15_000)
+    expect(page.locator("#cluster-state")).to_have_text("running", timeout=90_000)
+    expect(page.locator("#cluster-log")).to_contain_text("joined the head")
+    expect(page.locator("#nodes-table")).to_contain_text("head")
+    expect(page.locator("#client-address")).to_contain_text("ray://")
+
+    page.locator("#job-entrypoint").fill("python -c \"print('hello from', 6 * 7)\"")
+    page.locator("#submit-job").click()
+    expect(page.locator("#jobs-table")).to_contain_text("succeeded", timeout=60_000)
+    expect(page.locator("#job-logs")).to_contain_text("hello from 42", timeout=10_000)
+
+    page.locator("#terminate-button").click()
+    page.get_by_role("button", name="Terminate", exact=True).last.click()
+    expect(page.locator("#cluster-state")).to_have_text("terminated", timeout=30_000)
+    expect(page.locator("#cluster-log")).to_contain_text("returned")
+    page.goto(demo_portal.url + "/clusters")
+    expect(page.locator("#cluster-table")).to_contain_text("from-the-wizard")
+    wait_for(lambda: provider, devices_ready, timeout_s=60)

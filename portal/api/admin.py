@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from portal.api.clusters import StateFilter, cluster_out, send_to_actor
+from portal.api.clusters import StateFilter, cluster_out
 from portal.api.deps import SessionDep
 from portal.api.users import user_out
 from portal.schemas.auth import AuditEntryOut, UserOut
@@ -17,6 +17,7 @@ from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
 from portal.services import audit, clusters, users
+from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 AdminCaller = Annotated[Principal, Depends(ADMIN)]
@@ -93,5 +94,5 @@ def terminate_cluster(
             target_id=cluster.id,
         )
         session.commit()
-        send_to_actor("terminate_cluster", cluster.id)
+        dispatch.send("terminate_cluster", cluster.id)
     return cluster_out(session, cluster)

@@ -24,6 +24,7 @@ from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
 from portal.services import clusters, jobs
+from tasks import dispatch
 
 router = APIRouter(prefix="/clusters", tags=["customer: clusters"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:read"))]
@@ -55,12 +56,6 @@ def cluster_out(session: Session, cluster: Cluster, *, events: bool = True) -> C
     )
 
 
-def send_to_actor(actor_name: str, cluster_id: uuid.UUID) -> None:
-    from tasks import clusters as cluster_actors
-
-    getattr(cluster_actors, actor_name).send(str(cluster_id))
-
-
 @router.post(
     "", status_code=202, summary="Deploy a Ray cluster; 409 saying why when capacity or credit is short"
 )
@@ -68,7 +63,7 @@ def deploy(body: ClusterIn, session: SessionDep, settings: SettingsDep, caller: 
     cluster = clusters.create(session, settings, caller.user_id, clusters.ClusterSpec(**body.model_dump()))
     # Committed before the actor is told, so it finds the cluster.
     session.commit()
-    send_to_actor("provision_cluster", cluster.id)
+    dispatch.send("provision_cluster", cluster.id)
     return cluster_out(session, cluster)
 
 
@@ -98,7 +93,7 @@ def terminate(cluster_id: uuid.UUID, session: SessionDep, caller: Writer) -> Clu
     cluster = clusters.get_cluster(session, caller.user_id, cluster_id)
     if clusters.request_termination(session, cluster, "terminated by its owner"):
         session.commit()
-        send_to_actor("terminate_cluster", cluster.id)
+        dispatch.send("terminate_cluster", cluster.id)
     return cluster_out(session, cluster)
 
 

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from portal.api.clusters import send_to_actor
 from portal.api.deps import CacheDep, SessionDep, SettingsDep, WakeupsDep
 from portal.models import Device
 from portal.schemas.devices import (
@@ -27,6 +26,7 @@ from portal.security.access import DEVICE
 from portal.security.principal import Principal
 from portal.services import commands, devices, verification, worker
 from portal.services.errors import InvalidInput
+from tasks import dispatch
 
 router = APIRouter(prefix="/worker", tags=["worker agent"])
 Agent = Annotated[Principal, Depends(DEVICE)]
@@ -102,7 +102,7 @@ def command_result(command_id: uuid.UUID, body: CommandResultIn, session: Sessio
     if cluster_id is not None:
         # The node's cluster takes its next step (the next node, running, a replacement) at once.
         session.commit()
-        send_to_actor("provision_cluster", cluster_id)
+        dispatch.send("provision_cluster", cluster_id)
 
 
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")

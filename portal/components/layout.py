@@ -9,6 +9,7 @@ from portal.state.session import SessionState
 
 AREAS = (
     ("Network", "/", "globe"),
+    ("Marketplace", "/market", "store"),
     ("Rent GPUs", "/customer", "rocket"),
     ("Provide GPUs", "/provider", "server"),
     ("Admin", "/admin", "shield"),

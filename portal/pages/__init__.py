@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.pages import account, admin_audit, areas, auth, devices, landing
+from portal.pages import account, admin_audit, areas, auth, clusters, devices, landing, market
 
 
 def register_pages(app: rx.App) -> None:
@@ -14,3 +14,5 @@ def register_pages(app: rx.App) -> None:
     account.register(app)
     admin_audit.register(app)
     devices.register(app)
+    market.register(app)
+    clusters.register(app)

@@ -72,6 +72,19 @@ def customer() -> rx.Component:
             ("Billing", "Credits, escrow, per-second usage lines and invoices."),
         ],
         "area-customer",
+        rx.hstack(
+            rx.button(
+                rx.link(rx.icon("rocket", size=16), "Deploy a cluster", href="/deploy", underline="none"),
+                as_child=True,
+                size="3",
+            ),
+            rx.button(
+                rx.link(rx.icon("layers", size=16), "Your clusters", href="/clusters", underline="none"),
+                as_child=True,
+                size="3",
+                variant="soft",
+            ),
+        ),
     )
 
 

@@ -47,6 +47,9 @@ def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
     """
 
     def decorate(handler: HandlerT) -> HandlerT:
+        if inspect.isasyncgenfunction(handler):
+            return _guard_generator(handler, roles)
+
         @functools.wraps(handler)
         async def guarded(self: SessionState, *args: Any, **kwargs: Any) -> Any:
             principal = await self._resolve_principal()
@@ -65,6 +68,29 @@ def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+def _guard_generator(handler: HandlerT, roles: tuple[Role, ...]) -> HandlerT:
+    """``for_users`` for a handler that yields (to show progress before it finishes)."""
+
+    @functools.wraps(handler)
+    async def guarded(self: SessionState, *args: Any, **kwargs: Any) -> Any:
+        principal = await self._resolve_principal()
+        if principal is None:
+            yield rx.redirect(f"/login?next={self.router.url.path}")
+            return
+        if roles and not principal.roles & set(roles):
+            yield rx.toast.error(f"This needs the {' or '.join(sorted(roles))} role.")
+            return
+        token = current_principal.set(principal)
+        try:
+            async for update in handler(self, *args, **kwargs):
+                yield update
+        finally:
+            current_principal.reset(token)
+
+    setattr(guarded, ACCESS_ATTRIBUTE, ("signed_in", frozenset(roles)))
+    return guarded  # type: ignore[return-value]
 
 
 def principal() -> Principal:

@@ -1,0 +1,329 @@
+"""The marketplace (anyone) and the deploy wizard (customers)."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.layout import page_frame
+from portal.components.tables import data_table
+from portal.state.market import DeployState, MarketState
+from portal.state.session import SessionState
+
+REFRESH_MS = 5000
+
+
+def offer_row(offer: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(
+            rx.hstack(
+                rx.text(offer["gpu_model"], weight="medium"),
+                rx.cond(offer["simulated"], rx.badge("simulated", color_scheme="amber", variant="soft")),
+                spacing="2",
+            )
+        ),
+        rx.table.cell(offer["vram"]),
+        rx.table.cell(offer["country"]),
+        rx.table.cell(offer["tier"]),
+        rx.table.cell(offer["gpus"].to(str) + " on " + offer["devices"].to(str) + " device(s)"),
+        rx.table.cell(offer["price"]),
+        rx.table.cell(offer["reliability"]),
+        rx.table.cell(
+            rx.link(
+                "Deploy",
+                href="/deploy?gpu_model="
+                + offer["gpu_model"].to(str)
+                + "&country="
+                + offer["country"].to(str),
+            )
+        ),
+    )
+
+
+def filter_bar() -> rx.Component:
+    return rx.hstack(
+        rx.select(
+            MarketState.models,
+            value=MarketState.gpu_model,
+            on_change=lambda v: MarketState.set_filter("gpu_model", v),
+            id="filter-model",
+        ),
+        rx.input(
+            placeholder="Country (DE)",
+            max_length=2,
+            width="8rem",
+            on_blur=lambda v: MarketState.set_filter("country", v),
+            id="filter-country",
+        ),
+        rx.select(
+            MarketState.tiers, value=MarketState.tier, on_change=lambda v: MarketState.set_filter("tier", v)
+        ),
+        rx.input(
+            placeholder="Min GPUs",
+            width="7rem",
+            on_blur=lambda v: MarketState.set_filter("min_gpus", v),
+        ),
+        rx.input(
+            placeholder="Max USD / GPU-hour",
+            width="11rem",
+            on_blur=lambda v: MarketState.set_filter("max_price", v),
+        ),
+        rx.input(
+            placeholder="Min reliability %",
+            width="10rem",
+            on_blur=lambda v: MarketState.set_filter("min_reliability", v),
+        ),
+        wrap="wrap",
+        spacing="2",
+    )
+
+
+def market_page() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading("Marketplace", size="7"),
+            rx.text(
+                "GPUs you can rent now, grouped by model, country and connectivity. Prices are per GPU-hour, "
+                "metered per second.",
+                color_scheme="gray",
+            ),
+            filter_bar(),
+            rx.cond(
+                MarketState.error != "",
+                rx.callout(MarketState.error, icon="triangle_alert", color_scheme="red"),
+            ),
+            rx.cond(
+                MarketState.offers.length() > 0,
+                data_table(
+                    ("GPU", "Memory", "Country", "Connectivity", "Available", "Price", "Reliability", ""),
+                    MarketState.offers,
+                    offer_row,
+                    id="offers-table",
+                ),
+                rx.cond(
+                    MarketState.loaded,
+                    rx.callout(
+                        "No GPUs match right now. Loosen the filters, or check back: "
+                        "devices join all the time.",
+                        icon="info",
+                        id="no-offers",
+                    ),
+                    rx.spinner(),
+                ),
+            ),
+            rx.moment(interval=REFRESH_MS, on_change=MarketState.refresh, display="none"),
+            spacing="4",
+            width="100%",
+        )
+    )
+
+
+def labelled(label: str, control: rx.Component) -> rx.Component:
+    return rx.vstack(rx.text(label, size="2", weight="medium"), control, spacing="1")
+
+
+def quote_card() -> rx.Component:
+    quote = DeployState.quote
+    return rx.card(
+        rx.vstack(
+            rx.heading("Quote", size="4"),
+            rx.cond(
+                quote.contains("available"),
+                rx.cond(
+                    quote["available"],
+                    rx.vstack(
+                        rx.foreach(
+                            quote["lines"].to(list[dict]),
+                            lambda line: rx.hstack(
+                                rx.text(line["what"], size="2"),
+                                rx.spacer(),
+                                rx.text(line["rate"], size="2", color_scheme="gray"),
+                                rx.text(line["subtotal"], size="2", weight="medium"),
+                                width="100%",
+                                spacing="3",
+                            ),
+                        ),
+                        rx.separator(),
+                        rx.hstack(
+                            rx.text("Per hour"),
+                            rx.spacer(),
+                            rx.text(quote["per_hour"], id="quote-per-hour"),
+                            width="100%",
+                        ),
+                        rx.hstack(
+                            rx.text("Held in escrow now", weight="bold"),
+                            rx.spacer(),
+                            rx.text(quote["total"], weight="bold", id="quote-total"),
+                            width="100%",
+                        ),
+                        rx.text(
+                            "Charged per second of verified uptime; downtime is never charged and unused "
+                            "escrow is returned. Of it, ",
+                            quote["fee"],
+                            " at most is the platform's fee.",
+                            size="1",
+                            color_scheme="gray",
+                        ),
+                        width="100%",
+                        spacing="2",
+                    ),
+                    rx.callout(
+                        quote["reason"], icon="circle_alert", color_scheme="amber", id="quote-unavailable"
+                    ),
+                ),
+                rx.spinner(),
+            ),
+            width="100%",
+            spacing="3",
+        ),
+        width="100%",
+        id="quote",
+    )
+
+
+def deploy_form() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.grid(
+                labelled(
+                    "Name",
+                    rx.input(
+                        value=DeployState.name,
+                        on_change=lambda v: DeployState.set_field("name", v),
+                        id="deploy-name",
+                        max_length=80,
+                    ),
+                ),
+                labelled(
+                    "Cluster type",
+                    rx.select(["ray"], default_value="ray", disabled=True),
+                ),
+                labelled(
+                    "Purpose",
+                    rx.segmented_control.root(
+                        rx.segmented_control.item("General", value="general"),
+                        rx.segmented_control.item("Train", value="train"),
+                        rx.segmented_control.item("Inference", value="inference"),
+                        value=DeployState.purpose,
+                        on_change=lambda v: DeployState.set_field("purpose", v),
+                    ),
+                ),
+                labelled(
+                    "GPU model",
+                    rx.select(
+                        DeployState.models,
+                        value=DeployState.gpu_model,
+                        on_change=lambda v: DeployState.set_field("gpu_model", v),
+                        id="deploy-model",
+                    ),
+                ),
+                labelled(
+                    "GPUs",
+                    rx.input(
+                        value=DeployState.gpu_count,
+                        type="number",
+                        min=1,
+                        max=64,
+                        on_change=lambda v: DeployState.set_field("gpu_count", v),
+                        id="deploy-gpus",
+                    ),
+                ),
+                labelled(
+                    "Hours",
+                    rx.input(
+                        value=DeployState.hours,
+                        type="number",
+                        min=1,
+                        max=720,
+                        on_change=lambda v: DeployState.set_field("hours", v),
+                        id="deploy-hours",
+                    ),
+                ),
+                labelled(
+                    "Countries (optional)",
+                    rx.input(
+                        value=DeployState.countries,
+                        placeholder="DE NL",
+                        on_change=lambda v: DeployState.set_field("countries", v),
+                        id="deploy-countries",
+                    ),
+                ),
+                labelled(
+                    "Slowest connectivity accepted",
+                    rx.select(
+                        DeployState.tiers,
+                        value=DeployState.tier,
+                        on_change=lambda v: DeployState.set_field("tier", v),
+                    ),
+                ),
+                columns=rx.breakpoints(initial="1", sm="2"),
+                spacing="4",
+                width="100%",
+            ),
+            rx.cond(
+                DeployState.error != "",
+                rx.callout(
+                    rx.vstack(
+                        rx.text(DeployState.error),
+                        rx.cond(
+                            DeployState.alternatives.length() > 0,
+                            rx.vstack(
+                                rx.text("Available instead:", size="2", weight="medium"),
+                                rx.foreach(DeployState.alternatives, lambda a: rx.text("• ", a, size="2")),
+                                spacing="1",
+                            ),
+                        ),
+                    ),
+                    icon="triangle_alert",
+                    color_scheme="red",
+                    id="deploy-error",
+                ),
+            ),
+            rx.button(
+                rx.cond(DeployState.deploying, rx.spinner(size="2"), rx.icon("rocket", size=16)),
+                "Deploy",
+                size="3",
+                on_click=DeployState.deploy,
+                disabled=~DeployState.can_deploy,
+                id="deploy-button",
+            ),
+            spacing="4",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
+def deploy_page() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading("Deploy a Ray cluster", size="7"),
+            rx.text(
+                "Pick the GPUs and for how long; the quote follows your choices. "
+                "The cluster is ready in seconds.",
+                color_scheme="gray",
+            ),
+            rx.cond(
+                DeployState.forbidden,
+                rx.callout("Deploying needs the customer role on your account.", icon="info"),
+            ),
+            rx.grid(
+                deploy_form(),
+                quote_card(),
+                columns=rx.breakpoints(initial="1", md="2"),
+                spacing="4",
+                width="100%",
+            ),
+            spacing="4",
+            width="100%",
+        )
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(
+        market_page,
+        route="/market",
+        title="Marketplace · GPU Portal",
+        on_load=[SessionState.load_session, MarketState.refresh],
+    )
+    app.add_page(deploy_page, route="/deploy", title="Deploy · GPU Portal", on_load=DeployState.open)

@@ -1,0 +1,219 @@
+"""The marketplace page (anyone) and the deploy wizard (customers): offers, a live quote, deploy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import reflex as rx
+from sqlalchemy.exc import SQLAlchemyError
+
+from portal.config import get_settings
+from portal.db import session_scope
+from portal.models import ConnectivityTier, Role
+from portal.services import clusters, market
+from portal.services.errors import DomainError
+from portal.services.gpu_catalog import CATALOG
+from portal.state.session import SessionState, for_anyone, for_users, principal
+from tasks import dispatch
+
+logger = logging.getLogger(__name__)
+ANY = "any"
+
+
+def usd(micro: int) -> str:
+    return f"${micro / 1_000_000:,.2f}"
+
+
+def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        found = market.offers(session, get_settings(), filters)
+    return [
+        {
+            "gpu_model": o.gpu_model,
+            "vram": f"{o.vram_mb / 1024:.0f} GiB",
+            "country": o.country,
+            "tier": o.connectivity_tier,
+            "devices": o.devices,
+            "gpus": o.gpus,
+            "largest": o.largest_device_gpus,
+            "price": usd(o.min_price_per_gpu_hour_micro)
+            + ("" if o.min_price_per_gpu_hour_micro == o.max_price_per_gpu_hour_micro else "+"),
+            "reliability": f"{o.reliability * 100:.1f}%",
+            "simulated": o.simulated,
+        }
+        for o in found
+    ]
+
+
+def _number(value: Any, kind: type = int) -> Any:
+    try:
+        return kind(str(value).strip()) if str(value).strip() else None
+    except ValueError:
+        return None
+
+
+class MarketState(rx.State):
+    offers: list[dict[str, Any]] = []
+    loaded: bool = False
+    error: str = ""
+    gpu_model: str = ANY
+    country: str = ""
+    tier: str = ANY
+    max_price: str = ""
+    min_gpus: str = ""
+    min_reliability: str = ""
+
+    @rx.var
+    def models(self) -> list[str]:
+        return [ANY, *CATALOG]
+
+    @rx.var
+    def tiers(self) -> list[str]:
+        return [ANY, *(tier.value for tier in ConnectivityTier)]
+
+    def _filters(self) -> market.OfferFilters:
+        price = _number(self.max_price, float)
+        reliability = _number(self.min_reliability, float)
+        return market.OfferFilters(
+            gpu_model=None if self.gpu_model == ANY else self.gpu_model,
+            min_gpus=_number(self.min_gpus),
+            country=self.country.strip().upper()[:2] or None,
+            connectivity_tier=None if self.tier == ANY else self.tier,
+            max_price_micro=round(price * 1_000_000) if price else None,
+            min_reliability=reliability / 100 if reliability else None,
+        )
+
+    @rx.event
+    @for_anyone
+    async def refresh(self, *_: Any) -> None:
+        try:
+            self.offers = await asyncio.to_thread(_offers, self._filters())
+            self.error, self.loaded = "", True
+        except SQLAlchemyError:
+            logger.exception("offers unavailable")
+            self.error = "The offers cannot be read right now; retrying."
+
+    @rx.event
+    @for_anyone
+    async def set_filter(self, name: str, value: str) -> None:
+        if name in ("gpu_model", "country", "tier", "max_price", "min_gpus", "min_reliability"):
+            setattr(self, name, value)
+        await self.refresh()
+
+
+def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:
+    with session_scope() as session:
+        found = market.quote(session, get_settings(), spec.placement(), spec.duration_hours)
+    return {
+        "available": found.available,
+        "per_hour": usd(found.price_per_hour_micro),
+        "total": usd(found.total_micro),
+        "fee": usd(found.fee_micro),
+        "reason": found.reason,
+        "lines": [
+            {
+                "what": f"{line['gpus']} x {line['gpu_model']} in {line['country']} "
+                f"({line['connectivity_tier']})",
+                "rate": usd(line["price_per_gpu_hour_micro"]) + " / GPU-hour",
+                "subtotal": usd(line["subtotal_micro"]),
+            }
+            for line in found.breakdown
+        ],
+        "alternatives": [
+            f"{a['gpus']} x {a['gpu_model']} in {', '.join(a['countries'])}" for a in found.alternatives
+        ],
+    }
+
+
+def _deploy(owner_id: uuid.UUID, spec: clusters.ClusterSpec) -> str:
+    with session_scope() as session:
+        cluster = clusters.create(session, get_settings(), owner_id, spec)
+    dispatch.send("provision_cluster", cluster.id)
+    return str(cluster.id)
+
+
+class DeployState(SessionState):
+    name: str = "my-cluster"
+    purpose: str = "general"
+    gpu_model: str = "H100-80GB"
+    gpu_count: str = "2"
+    countries: str = ""
+    tier: str = ANY
+    hours: str = "1"
+    quote: dict[str, Any] = {}
+    error: str = ""
+    alternatives: list[str] = []
+    deploying: bool = False
+    forbidden: bool = False
+
+    @rx.var
+    def models(self) -> list[str]:
+        return list(CATALOG)
+
+    @rx.var
+    def tiers(self) -> list[str]:
+        return [ANY, *(tier.value for tier in ConnectivityTier)]
+
+    @rx.var
+    def can_deploy(self) -> bool:
+        return bool(self.quote.get("available")) and not self.deploying and not self.forbidden
+
+    def _spec(self) -> clusters.ClusterSpec:
+        return clusters.validate(
+            clusters.ClusterSpec(
+                name=self.name,
+                purpose=self.purpose,
+                gpu_model=self.gpu_model,
+                gpu_count=_number(self.gpu_count) or 0,
+                duration_hours=_number(self.hours) or 0,
+                countries=tuple(c for c in self.countries.replace(",", " ").split() if c),
+                connectivity_tier=None if self.tier == ANY else self.tier,
+            )
+        )
+
+    async def _requote(self) -> None:
+        try:
+            self.quote = await asyncio.to_thread(_quote, self._spec())
+            self.error = ""
+        except DomainError as error:
+            self.quote, self.error = {}, error.message
+
+    @rx.event
+    @for_users()
+    async def open(self) -> None:
+        self.forbidden = Role.CUSTOMER not in principal().roles
+        params = self.router.url.query_parameters
+        if params.get("gpu_model") in CATALOG:
+            self.gpu_model = params["gpu_model"]
+        if params.get("country"):
+            self.countries = params["country"][:2]
+        self.alternatives, self.deploying = [], False
+        await self._requote()
+
+    @rx.event
+    @for_users()
+    async def set_field(self, name: str, value: str) -> None:
+        if name in ("name", "purpose", "gpu_model", "gpu_count", "countries", "tier", "hours"):
+            setattr(self, name, value)
+        await self._requote()
+
+    @rx.event
+    @for_users(Role.CUSTOMER)
+    async def deploy(self) -> Any:
+        owner_id = principal().user_id
+        self.deploying, self.alternatives = True, []
+        yield
+        try:
+            cluster_id = await asyncio.to_thread(_deploy, owner_id, self._spec())
+        except DomainError as error:
+            self.error, self.deploying = error.message, False
+            available = (error.details or {}).get("available", [])
+            self.alternatives = [
+                f"{a['gpus']} x {a['gpu_model']} in {', '.join(a['countries'])}" for a in available
+            ]
+            return
+        self.deploying = False
+        yield rx.redirect(f"/cluster/{cluster_id}")
