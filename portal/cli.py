@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from portal import cli_customer
 from portal.config import PROJECT_ROOT, Environment, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
@@ -19,6 +20,11 @@ app.add_typer(db_app, name="db")
 admin_app = typer.Typer(help="Portal administrators.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 app.add_typer(admin_app, name="admin")
+# Customer commands: they talk to a portal over its API, so they need no server settings.
+app.command("login")(cli_customer.login)
+app.command("logout")(cli_customer.logout)
+app.add_typer(cli_customer.clusters_app, name="clusters")
+app.add_typer(cli_customer.jobs_app, name="jobs")
 
 BUN_PACKAGE_DIR = PROJECT_ROOT / ".tools" / "node_modules" / "@oven"
 
