@@ -61,7 +61,9 @@ def _session(parts: PartsDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(_session)]
+# scope="function": the transaction commits before the response is sent, so a client that was told
+# "done" reads what was done (the default scope commits only after the response has gone).
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CacheDep = Annotated[Cache, Depends(_cache)]
 EngineDep = Annotated[Engine, Depends(_engine)]

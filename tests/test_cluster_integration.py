@@ -1,0 +1,154 @@
+"""Clusters on the real services: PostgreSQL, Redis (cache and agent wake-ups) and Dramatiq on RabbitMQ
+with `portal worker` processes, two `gpu-pool worker` agents running real Ray nodes.
+
+A task worker killed with SIGKILL while the cluster is provisioning loses nothing: RabbitMQ hands its
+unacknowledged messages to the next worker and the reconciler finishes the cluster, booking no device twice.
+"""
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from portal import migrations
+from portal.config import get_settings
+from portal.db import build_engine, session_scope
+from portal.models import ClusterNode, Device, Role
+from portal.security.principal import RequestOrigin
+from portal.services import devices, ledger, users
+from tests.conftest import PROJECT_ROOT, VENV_BIN, start_portal, stop_process_group
+from tests.test_cluster_journey import wait_for
+
+pytestmark = pytest.mark.browser
+PASSWORD = "integration pass 1"
+
+
+def start_task_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(VENV_BIN / "portal"), "worker", "--processes", "1", "--threads", "2"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def services_env(postgres_url, redis_url, rabbitmq_url, cache_prefix, tmp_path) -> Iterator[dict[str, str]]:
+    yield {
+        **os.environ,
+        "PORTAL_DATABASE_URL": postgres_url,
+        "PORTAL_REDIS_URL": redis_url,
+        "PORTAL_BROKER_URL": rabbitmq_url,
+        "PORTAL_CACHE_PREFIX": cache_prefix,
+        "PORTAL_DATA_DIR": str(tmp_path / "data"),
+        # The tokens this test makes must hash the same in the portal and worker processes.
+        "PORTAL_SECRET_KEY": get_settings().signing_key(),
+    }
+
+
+def seed(database_url: str) -> tuple[str, list[str]]:
+    """A customer with credit, and a provider (with a payout wallet) with two devices; their tokens."""
+    migrations.upgrade(database_url)
+    engine = build_engine(database_url)
+    with session_scope(engine) as session:
+        customer = users.create_user(
+            session, email="renter@example.com", password=PASSWORD, roles=[Role.CUSTOMER]
+        )
+        ledger.grant_credits(
+            session,
+            user_id=customer.id,
+            amount_micro=50_000_000,
+            reason="test",
+            idempotency_key="test-credit",
+        )
+        provider = users.create_user(session, email="owner@example.com", password=None, roles=[Role.PROVIDER])
+        provider.wallet_address = f"wallet-{uuid.uuid4().hex[:16]}"
+        tokens = [
+            devices.add_device(
+                session,
+                owner_id=provider.id,
+                name=f"rig-{n}",
+                country="DE",
+                connectivity_tier="high",
+                price_per_gpu_hour_micro=None,
+                origin=RequestOrigin(),
+            )[1]
+            for n in range(2)
+        ]
+    engine.dispose()
+    return "renter@example.com", tokens
+
+
+def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postgres_url, tmp_path):
+    email, tokens = seed(postgres_url)
+    portal = start_portal(tmp_path / "portal", "--no-demo", env=services_env)
+    workers: list[subprocess.Popen] = []
+    agents: list[subprocess.Popen] = []
+    engine = build_engine(postgres_url)
+    try:
+        workers.append(start_task_worker(services_env, tmp_path / "worker-1.log"))
+        agents = [
+            subprocess.Popen(
+                [str(VENV_BIN / "gpu-pool"), "worker", "--portal", portal.url, "--simulate", "1xH100-80GB"],
+                env={**os.environ, "GPU_POOL_TOKEN": token},
+                stdout=(tmp_path / f"agent-{n}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for n, token in enumerate(tokens)
+        ]
+
+        def ready_devices() -> int:
+            with session_scope(engine) as session:
+                return sum(d.state == "ready" for d in session.exec(select(Device)).all())
+
+        wait_for(ready_devices, lambda n: n == 2, timeout_s=90)
+        api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30)
+        token = api.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["access_token"]
+        api.headers["Authorization"] = f"Bearer {token}"
+        reply = api.post(
+            "/clusters",
+            json={"name": "resilient", "gpu_model": "H100-80GB", "gpu_count": 2, "duration_hours": 1},
+        )
+        assert reply.status_code == 202, reply.text
+        cluster_id = reply.json()["id"]
+
+        # Kill the only task worker as soon as provisioning has begun; results keep arriving meanwhile.
+        wait_for(
+            lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s != "pending", 30, 0.05
+        )
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        workers[0].wait(timeout=10)
+        time.sleep(3)
+        assert api.get(f"/clusters/{cluster_id}").json()["state"] == "provisioning"
+
+        workers.append(start_task_worker(services_env, tmp_path / "worker-2.log"))
+        cluster = wait_for(
+            lambda: api.get(f"/clusters/{cluster_id}").json(),
+            lambda c: c["state"] in ("running", "failed"),
+            timeout_s=120,
+        )
+        assert cluster["state"] == "running", cluster["events"]
+        with session_scope(engine) as session:
+            booked = [n.device_id for n in session.exec(select(ClusterNode)).all()]
+        assert len(booked) == len(set(booked)) == 2
+
+        assert api.delete(f"/clusters/{cluster_id}").status_code == 202
+        wait_for(lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "terminated", 60)
+        wait_for(ready_devices, lambda n: n == 2, timeout_s=60)
+        with session_scope(engine) as session:
+            assert ledger.verify_books(session) == []
+    finally:
+        for process in [*agents, *workers]:
+            stop_process_group(process, signal.SIGINT)
+        stop_process_group(portal.process)
+        engine.dispose()
