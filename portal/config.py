@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         default=None,
         description="Time allowed for a proof-of-compute round; default 60 s simulated, 120 s GPU.",
     )
+    reverify_after_h: Annotated[int, Field(ge=1, le=24 * 90)] = Field(
+        default=24, description="Idle devices prove their compute again after this many hours."
+    )
     platform_fee_bps: Annotated[int, Field(ge=0, le=5000)] = Field(
         default=1000, description="The platform's share of every charge, in basis points (1000 = 10%)."
     )

@@ -18,9 +18,13 @@ TICK_S = 1.0
 
 
 def periodic() -> list[tuple[dramatiq.Actor, float]]:
-    from tasks import clusters
+    from tasks import clusters, devices
 
-    return [(clusters.expire_clusters, 5.0), (clusters.reconcile_clusters, 5.0)]
+    return [
+        (clusters.expire_clusters, 5.0),
+        (clusters.reconcile_clusters, 5.0),
+        (devices.reverify_devices, 60.0),
+    ]
 
 
 def tick(cache: Cache, now: float | None = None) -> list[str]:

@@ -38,6 +38,7 @@ from portal.api.deps import AppParts  # noqa: E402
 from portal.cache import MemoryCache  # noqa: E402
 from portal.config import PROJECT_ROOT, Settings  # noqa: E402
 from portal.db import build_engine  # noqa: E402
+from tests.servers import ServerThread  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 VENV_BIN = Path(sys.executable).parent
@@ -135,6 +136,20 @@ def parts(sqlite_url: str) -> Iterator[AppParts]:
 def api_client(parts: AppParts) -> Iterator[TestClient]:
     with TestClient(create_api(parts), raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture
+def portal_api(parts: AppParts) -> Iterator[tuple[ServerThread, AppParts]]:
+    """The API served over loopback, with agents heartbeating every second."""
+    fast = AppParts(
+        parts.settings.model_copy(update={"heartbeat_interval_s": 1}),
+        parts.engine,
+        parts.cache,
+        parts.wakeups,
+    )
+    server = ServerThread(create_api(fast))
+    with server:
+        yield server, fast
 
 
 # --- Redis and RabbitMQ ----------------------------------------------------------------------------

@@ -40,19 +40,6 @@ def wait_until(condition, timeout_s: float = 30, every_s: float = 0.1) -> None:
     raise AssertionError(f"not true within {timeout_s} s: {condition.__doc__ or condition}")
 
 
-@pytest.fixture
-def portal_api(parts) -> Iterator[tuple[ServerThread, AppParts]]:
-    fast = AppParts(
-        parts.settings.model_copy(update={"heartbeat_interval_s": 1}),
-        parts.engine,
-        parts.cache,
-        parts.wakeups,
-    )
-    server = ServerThread(create_api(fast))
-    with server:
-        yield server, fast
-
-
 @pytest.fixture(params=["in-process", "redis"])
 def polling_portal(request, parts, cache_prefix) -> Iterator[tuple[ServerThread, AppParts]]:
     """The portal with either kind of wake-up, for the long-poll."""

@@ -19,14 +19,17 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from portal.cache import Cache
+from portal.config import Settings
 from portal.models import Device, DeviceState, FaultEvent
 from portal.models.base import utcnow
-from portal.services import state_machines
+from portal.services import commands, state_machines
+from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.gpu_catalog import CATALOG
 
@@ -187,7 +190,9 @@ def reveal(
     now = utcnow()
     if passed:
         device.verified_at, device.verified_tflops, device.verification_failures = now, tflops, 0
-        state_machines.move(session, "device", device, DeviceState.READY, "proof of compute passed")
+        # A hired device keeps its cluster: the proof only renews its record.
+        if device.state != DeviceState.HIRED:
+            state_machines.move(session, "device", device, DeviceState.READY, "proof of compute passed")
     else:
         device.verified_at = None
         device.verification_failures += 1
@@ -207,3 +212,30 @@ def reveal(
         device.state_reason = f"verification failed: {reason}"
     session.add(device)
     return Result(passed, reason, tflops)
+
+
+def due_for_reverification(session: Session, settings: Settings, limit: int = 200) -> list[Device]:
+    """Idle, online devices whose last proof is older than ``reverify_after_h``; hired ones never."""
+    now = utcnow()
+    online_since = now - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    return list(
+        session.exec(
+            select(Device)
+            .where(
+                Device.state == DeviceState.READY,
+                col(Device.verified_at) < now - timedelta(hours=settings.reverify_after_h),
+                col(Device.last_heartbeat_at) > online_since,
+            )
+            .order_by(col(Device.verified_at))
+            .limit(limit)
+        ).all()
+    )
+
+
+def start_reverification(session: Session, device: Device) -> None:
+    """Take the device off the market and ask its agent for a fresh proof; it is ready again once it
+    passes (``reveal``). Ready only: a device booked meanwhile is left alone."""
+    if device.state != DeviceState.READY:
+        return
+    state_machines.move(session, "device", device, DeviceState.VERIFYING, "periodic re-verification")
+    commands.enqueue(session, device, "verify", {})

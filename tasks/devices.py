@@ -1,0 +1,25 @@
+"""Device actors: periodic re-verification of idle devices."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from portal.db import session_scope
+from portal.models import Device
+from portal.services import commands, verification
+from tasks.context import parts
+
+
+@dramatiq.actor(max_retries=0, time_limit=120_000)
+def reverify_devices() -> None:
+    """Ask idle devices whose proof of compute has aged for a fresh one."""
+    p = parts()
+    with session_scope(p.engine) as session:
+        due = [device.id for device in verification.due_for_reverification(session, p.settings)]
+    for device_id in due:
+        with session_scope(p.engine) as session:
+            # Locked, so a placement booking it at this moment waits and then finds it off the market.
+            device = session.get(Device, device_id, with_for_update=True)
+            if device is not None:
+                verification.start_reverification(session, device)
+        commands.wake(p.wakeups, device_id)
