@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,6 +111,7 @@ class RayNode:
                 process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _processes(self) -> list[psutil.Process]:
         marker = str(self.temp_dir)

@@ -27,7 +27,7 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         # Per process: with Redis, Reflex runs several backend workers, and all of them together must stay
         # below PostgreSQL's max_connections (100 by default).
         settings = get_settings()
-        kwargs |= {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_overflow}
+        kwargs = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_overflow} | kwargs
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

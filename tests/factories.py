@@ -14,6 +14,7 @@ from portal.security.jwt import issue_access_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import api_keys, users
+from portal.services.gpu_catalog import list_price
 
 
 def make_provider(session: Session, email: str | None = None) -> uuid.UUID:
@@ -41,6 +42,7 @@ def make_device(
         simulated=simulated,
         gpu_model=model,
         gpu_count=gpus,
+        hourly_price_micro=list_price(model),
         # Devices in an online state have an agent that just heartbeated.
         last_heartbeat_at=utcnow()
         if state in (DeviceState.VERIFYING, DeviceState.READY, DeviceState.HIRED)

@@ -27,6 +27,7 @@ from portal.models import (
 from portal.models.base import utcnow
 from portal.services import clusters, commands, escrow, ledger, market, placement, provisioning
 from portal.services.errors import Conflict, InvalidInput
+from portal.services.gpu_catalog import list_price
 from portal.wakeups import MemoryWakeups
 from tests.conftest import settings_for
 from tests.factories import make_device, make_user
@@ -43,6 +44,7 @@ def market_with(session: Session, gpus_per_device: list[int], *, price: int | No
     for count in gpus_per_device:
         device = make_device(session, provider.id, state=DeviceState.READY, gpus=count)
         device.verified_at, device.price_per_gpu_hour_micro = utcnow(), price
+        device.hourly_price_micro = price or list_price(device.gpu_model)
         session.add(device)
         found.append(device)
     session.flush()

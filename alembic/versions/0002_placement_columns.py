@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
+from portal.services.gpu_catalog import CATALOG, UNKNOWN_MODEL_PRICE_MICRO
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -21,14 +22,26 @@ def upgrade() -> None:
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.add_column(sa.Column("gpu_model", sa.String(length=80), nullable=False, server_default=""))
         batch_op.add_column(sa.Column("gpu_count", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(
+            sa.Column("hourly_price_micro", sa.BigInteger(), nullable=False, server_default="0")
+        )
         batch_op.create_index(
-            "ix_devices_placement", ["state", "gpu_model", "price_per_gpu_hour_micro"], unique=False
+            "ix_devices_placement", ["state", "gpu_model", "hourly_price_micro"], unique=False
         )
     # Devices registered before this revision: their GPUs say what they hold.
     op.execute(
         "UPDATE devices SET gpu_count = (SELECT count(*) FROM gpus WHERE gpus.device_id = devices.id), "
-        "gpu_model = COALESCE((SELECT min(model) FROM gpus WHERE gpus.device_id = devices.id), '')"
+        "gpu_model = COALESCE((SELECT min(model) FROM gpus WHERE gpus.device_id = devices.id), ''), "
+        f"hourly_price_micro = COALESCE(price_per_gpu_hour_micro, {UNKNOWN_MODEL_PRICE_MICRO})"
     )
+    # Known models at their list price; the portal keeps the column right from here on.
+    for name, model in CATALOG.items():
+        op.execute(
+            sa.text(
+                "UPDATE devices SET hourly_price_micro = :price "
+                "WHERE price_per_gpu_hour_micro IS NULL AND gpu_model = :name"
+            ).bindparams(price=model.default_price_per_gpu_hour_micro, name=name)
+        )
     with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("command_id", sa.Uuid(), nullable=True))
         batch_op.add_column(sa.Column("rate_micro", sa.BigInteger(), nullable=False, server_default="0"))
@@ -46,5 +59,6 @@ def downgrade() -> None:
         batch_op.drop_column("rate_micro")
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.drop_index("ix_devices_placement")
+        batch_op.drop_column("hourly_price_micro")
         batch_op.drop_column("gpu_count")
         batch_op.drop_column("gpu_model")

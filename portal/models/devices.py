@@ -41,7 +41,8 @@ class Device(SQLModel, table=True):
     __tablename__ = "devices"
     __table_args__ = (
         sa.Index("ix_devices_market", "state", "country", "connectivity_tier"),
-        sa.Index("ix_devices_placement", "state", "gpu_model", "price_per_gpu_hour_micro"),
+        # Placement reads ready devices of one model cheapest first: this index serves it in order.
+        sa.Index("ix_devices_placement", "state", "gpu_model", "hourly_price_micro"),
     )
 
     id: UUID = id_field()
@@ -55,6 +56,8 @@ class Device(SQLModel, table=True):
     token_hash: str = Field(sa_type=sa.String(128), unique=True, index=True)
     token_prefix: str = Field(sa_type=sa.String(16))
     price_per_gpu_hour_micro: int | None = money_field(default=None, nullable=True)
+    # What a GPU-hour costs a customer: the provider's price, or the model's list price when it set none.
+    hourly_price_micro: int = money_field()
     simulated: bool = Field(default=False)
     # What placement filters on, kept from the GPUs the agent reports (one model per device).
     gpu_model: str = Field(default="", sa_type=sa.String(80))

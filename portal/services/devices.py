@@ -18,6 +18,7 @@ from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput, NotFound
+from portal.services.gpu_catalog import list_price
 
 # A device is online while its last heartbeat is younger than this many intervals.
 MISSED_HEARTBEATS_OFFLINE = 3
@@ -87,6 +88,7 @@ def add_device(
         country=country,
         connectivity_tier=connectivity_tier,
         price_per_gpu_hour_micro=price_per_gpu_hour_micro,
+        hourly_price_micro=price_per_gpu_hour_micro or list_price(""),
         token_hash=keyed_hash(token),
         token_prefix=token[:12],
         state_reason="waiting for the agent to connect",

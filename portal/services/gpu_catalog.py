@@ -32,6 +32,12 @@ CATALOG = {
 UNKNOWN_MODEL_PRICE_MICRO = 300_000
 
 
+def list_price(model: str) -> int:
+    """The price per GPU-hour of a model whose provider set none."""
+    known = CATALOG.get(model)
+    return known.default_price_per_gpu_hour_micro if known else UNKNOWN_MODEL_PRICE_MICRO
+
+
 def normalize_model_name(nvml_name: str, memory_mb: int) -> str:
     """An NVML name such as 'NVIDIA H100 80GB HBM3' as a catalogue name when one matches."""
     compact = nvml_name.upper().replace("NVIDIA", "").replace("GEFORCE", "").replace(" ", "")

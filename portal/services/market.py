@@ -60,7 +60,7 @@ def _vram_by_model(session: Session) -> dict[str, int]:
 
 def offers(session: Session, settings: Settings, filters: OfferFilters) -> list[Offer]:
     """Hireable capacity grouped by model, country and connectivity tier, cheapest first."""
-    price = placement.effective_price()
+    price = Device.hourly_price_micro
     query = (
         select(
             Device.gpu_model,

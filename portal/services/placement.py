@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, literal, update
+from sqlalchemy import Select, and_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -24,7 +24,6 @@ from portal.config import Environment, Settings
 from portal.models import ConnectivityTier, Device, DeviceState, StateTransition, User
 from portal.models.base import utcnow
 from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
-from portal.services.gpu_catalog import CATALOG, UNKNOWN_MODEL_PRICE_MICRO
 
 # Rows locked per placement: enough choice for packing, few enough that concurrent deploys rarely collide.
 CANDIDATES = 64
@@ -54,11 +53,6 @@ class Candidate:
     connectivity_tier: str
 
 
-def list_price(model: str) -> int:
-    known = CATALOG.get(model)
-    return known.default_price_per_gpu_hour_micro if known else UNKNOWN_MODEL_PRICE_MICRO
-
-
 def tiers_at_least(tier: str) -> list[str]:
     return [t for t, rank in TIER_RANK.items() if rank >= TIER_RANK[ConnectivityTier(tier)]]
 
@@ -79,15 +73,8 @@ def hireable_clause(settings: Settings) -> list:
     return clauses
 
 
-def effective_price() -> ColumnElement[int]:
-    """A device's asking price, or its model's list price when the provider set none."""
-    by_model = {name: model.default_price_per_gpu_hour_micro for name, model in CATALOG.items()}
-    listed = case(by_model, value=Device.gpu_model, else_=literal(UNKNOWN_MODEL_PRICE_MICRO))
-    return func.coalesce(Device.price_per_gpu_hour_micro, listed)
-
-
 def candidates_query(settings: Settings, spec: Spec) -> Select:
-    price = effective_price().label("price")
+    price = Device.hourly_price_micro
     query = (
         select(
             Device.id,

@@ -16,7 +16,7 @@ from portal.models.base import utcnow
 from portal.services import commands, state_machines
 from portal.services.devices import gpus_of
 from portal.services.errors import InvalidInput
-from portal.services.gpu_catalog import normalize_model_name
+from portal.services.gpu_catalog import list_price, normalize_model_name
 
 SAMPLE_TTL_S = 60
 
@@ -59,6 +59,7 @@ def register(session: Session, device: Device, report: MachineReport) -> bool:
         session.delete(gone)
     models = sorted({normalize_model_name(g["model"], g["memory_mb"]) for g in report.gpus})
     device.gpu_model, device.gpu_count = (models[0] if models else ""), len(report.gpus)
+    device.hourly_price_micro = device.price_per_gpu_hour_micro or list_price(device.gpu_model)
     session.add(device)
     if device.state in (DeviceState.BLOCKED, DeviceState.HIRED):
         return False  # a blocked device stays blocked; a hired one keeps running its cluster
