@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import redis
 
@@ -31,15 +32,32 @@ class Cache(Protocol):
         """Add one to a counter that starts its ``ttl_s`` window on first use; returns the new count."""
         ...
 
+    def hset(self, key: str, field: str, value: str) -> None:
+        """Set one field of a hash (the newest value of a field wins)."""
+        ...
+
+    def hdrain(self, key: str) -> dict[str, str]:
+        """Every field of a hash, removed in the same atomic step: each value is drained once."""
+        ...
+
+    def batch(self, operations: Sequence[Operation]) -> list[Any]:
+        """Several operations in one round trip (not atomic together); their results, in order."""
+        ...
+
     def ping(self) -> None:
         """Raise if the cache cannot be reached."""
         ...
+
+
+# ("get", key) | ("set", key, value, ttl_s) | ("incr", key, ttl_s) | ("hset", key, field, value)
+Operation = tuple[Any, ...]
 
 
 class MemoryCache:
     def __init__(self, prefix: str = "") -> None:
         self._prefix = prefix
         self._values: dict[str, tuple[str, float | None]] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def _live(self, key: str) -> tuple[str, float | None] | None:
@@ -80,6 +98,17 @@ class MemoryCache:
             self._values[full_key] = (str(count), item[1])
             return count
 
+    def hset(self, key: str, field: str, value: str) -> None:
+        with self._lock:
+            self._hashes.setdefault(self._prefix + key, {})[field] = value
+
+    def hdrain(self, key: str) -> dict[str, str]:
+        with self._lock:
+            return self._hashes.pop(self._prefix + key, {})
+
+    def batch(self, operations: Sequence[Operation]) -> list[Any]:
+        return [getattr(self, name)(*args) for name, *args in operations]
+
     def ping(self) -> None:
         return None
 
@@ -112,6 +141,42 @@ class RedisCache:
             pipe.pexpire(full_key, max(1, int(ttl_s * 1000)), nx=True)
             count, _ = pipe.execute()
         return int(count)
+
+    def hset(self, key: str, field: str, value: str) -> None:
+        self._redis.hset(self._prefix + key, field, value)
+
+    def hdrain(self, key: str) -> dict[str, str]:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._prefix + key)
+            pipe.delete(self._prefix + key)
+            drained, _ = pipe.execute()
+        return drained
+
+    def batch(self, operations: Sequence[Operation]) -> list[Any]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name, key, *args in operations:
+                full_key = self._prefix + key
+                if name == "get":
+                    pipe.get(full_key)
+                elif name == "set":
+                    value, ttl_s = args
+                    pipe.set(full_key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
+                elif name == "incr":
+                    pipe.incr(full_key)
+                    pipe.pexpire(full_key, max(1, int(args[0] * 1000)), nx=True)
+                elif name == "hset":
+                    pipe.hset(full_key, *args)
+                else:
+                    raise ValueError(f"unknown cache operation {name}")
+            replies = iter(pipe.execute())
+        results = []
+        for name, *_ in operations:
+            reply = next(replies)
+            if name == "incr":
+                next(replies)  # the expiry's answer
+                reply = int(reply)
+            results.append(reply)
+        return results
 
     def ping(self) -> None:
         self._redis.ping()

@@ -42,6 +42,30 @@ def test_counters_count_within_a_window_and_restart_after_it(cache):
     assert cache.incr("hits", ttl_s=0.3) == 1
 
 
+def test_a_hash_keeps_the_newest_value_per_field_and_drains_once(cache):
+    assert cache.hdrain("beats") == {}
+    cache.hset("beats", "a", "1")
+    cache.hset("beats", "b", "2")
+    cache.hset("beats", "a", "3")
+    assert cache.hdrain("beats") == {"a": "3", "b": "2"}
+    assert cache.hdrain("beats") == {}
+
+
+def test_a_batch_runs_every_operation_and_answers_in_order(cache):
+    cache.set("seen", "yes")
+    results = cache.batch(
+        [
+            ("get", "seen"),
+            ("set", "new", "1", 5),
+            ("incr", "count", 5),
+            ("incr", "count", 5),
+            ("hset", "h", "f", "v"),
+        ]
+    )
+    assert results[0] == "yes" and results[2:4] == [1, 2]
+    assert cache.get("new") == "1" and cache.hdrain("h") == {"f": "v"}
+
+
 def test_prefixes_keep_two_portals_apart(cache_prefix):
     first, second = MemoryCache(cache_prefix + "a:"), MemoryCache(cache_prefix + "b:")
     first.set("key", "first")

@@ -206,7 +206,11 @@ def test_a_rotated_token_stops_the_agent_with_a_clear_reason(portal_api):
         with session_scope(parts.engine) as session:
             owner = device_row(parts, device_id).owner_id
             devices.rotate_token(
-                session, owner_id=owner, device_id=device_row(parts, device_id).id, origin=RequestOrigin()
+                session,
+                parts.cache,
+                owner_id=owner,
+                device_id=device_row(parts, device_id).id,
+                origin=RequestOrigin(),
             )
         wait_until(lambda: agent.stopping.is_set(), timeout_s=10)
     assert "device token is invalid or has been rotated" in agent.fatal

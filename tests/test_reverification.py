@@ -68,6 +68,7 @@ def test_a_device_failing_its_reverification_leaves_the_market_with_a_fault(acto
         session.add(device)
     age_proof(parts, device_id, hours=parts.settings.reverify_after_h + 1)
     with RunningAgent(agent):
+        wait_until(lambda: device_row(parts, device_id).agent_version != "")  # registered: online
         devices.reverify_devices.fn()
         wait_until(lambda: device_row(parts, device_id).verified_at is None, timeout_s=30)
     assert device_row(parts, device_id).state == DeviceState.VERIFYING

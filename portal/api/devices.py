@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sqlmodel import Session
 
-from portal.api.deps import SessionDep, SettingsDep
+from portal.api.deps import CacheDep, SessionDep, SettingsDep
 from portal.config import Settings
 from portal.models import Device, Role
 from portal.schemas.devices import CheckOut, DeviceCreatedOut, DeviceIn, DeviceOut, GpuOut, TokenOut
@@ -66,13 +66,20 @@ def get_device(device_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
 
 
 @router.delete("/{device_id}", status_code=204, summary="Remove a device (not while it runs a cluster)")
-def remove_device(device_id: uuid.UUID, session: SessionDep, origin: OriginDep, caller: Writer) -> None:
-    devices.remove_device(session, owner_id=caller.user_id, device_id=device_id, origin=origin)
+def remove_device(
+    device_id: uuid.UUID, session: SessionDep, cache: CacheDep, origin: OriginDep, caller: Writer
+) -> None:
+    devices.remove_device(session, cache, owner_id=caller.user_id, device_id=device_id, origin=origin)
 
 
 @router.post("/{device_id}/rotate-token", summary="A new device token; the old one stops working")
 def rotate_token(
-    device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, origin: OriginDep, caller: Writer
+    device_id: uuid.UUID,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    origin: OriginDep,
+    caller: Writer,
 ) -> TokenOut:
-    token = devices.rotate_token(session, owner_id=caller.user_id, device_id=device_id, origin=origin)
+    token = devices.rotate_token(session, cache, owner_id=caller.user_id, device_id=device_id, origin=origin)
     return TokenOut(device_token=token, launch_command=devices.launch_commands(settings, token)["pip"])

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from portal.api.deps import CacheDep, SessionDep, SettingsDep, WakeupsDep
+from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep, WakeupsDep
+from portal.db import session_scope
 from portal.models import Device
 from portal.schemas.devices import (
     ChallengeAnswerIn,
@@ -22,7 +23,7 @@ from portal.schemas.devices import (
     RegisterIn,
     RegisterOut,
 )
-from portal.security.access import DEVICE
+from portal.security.access import BEATING_DEVICE, DEVICE
 from portal.security.principal import Principal
 from portal.services import commands, devices, verification, worker
 from portal.services.errors import InvalidInput
@@ -30,6 +31,7 @@ from tasks import dispatch
 
 router = APIRouter(prefix="/worker", tags=["worker agent"])
 Agent = Annotated[Principal, Depends(DEVICE)]
+BeatingAgent = Annotated[Principal, Depends(BEATING_DEVICE)]
 
 
 def _device(session: Session, caller: Principal) -> Device:
@@ -50,22 +52,28 @@ def register(body: RegisterIn, session: SessionDep, settings: SettingsDep, calle
     )
 
 
+def _finish_beat(
+    parts: AppParts, device_id: uuid.UUID, beat: worker.Beat
+) -> tuple[str, list[dict[str, Any]]]:
+    with session_scope(parts.engine) as session:
+        state, queued = worker.finish_beat(session, parts.cache, device_id, beat)
+        return state, [commands.as_message(command) for command in queued]
+
+
 @router.post("/heartbeat", summary="I am alive: GPU samples and Ray node status; returns queued commands")
-def heartbeat(
-    body: HeartbeatIn, session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent
-) -> HeartbeatOut:
+async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) -> HeartbeatOut:
+    # Async and on the cache: almost every beat is answered without a thread or a database connection.
     assert caller.device_id is not None
-    state, queued = worker.heartbeat(
-        session,
-        cache,
-        caller.device_id,
-        samples=[s.model_dump() for s in body.gpus],
-        ray=body.ray.model_dump(),
+    beat = worker.beat(
+        parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
     )
+    state, queued = beat.state or "", []
+    if worker.needs_database(beat):
+        state, queued = await run_in_threadpool(_finish_beat, parts, caller.device_id, beat)
     return HeartbeatOut(
         state=state,
-        commands=[CommandOut(**commands.as_message(c)) for c in queued],
-        next_heartbeat_s=settings.heartbeat_interval_s,
+        commands=[CommandOut(**message) for message in queued],
+        next_heartbeat_s=parts.settings.heartbeat_interval_s,
     )
 
 

@@ -12,14 +12,17 @@ from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from portal.api.deps import CacheDep, SessionDep, SettingsDep
+from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep
 from portal.config import Settings
+from portal.db import session_scope
 from portal.models import Role
-from portal.security.authentication import authenticate_bearer
+from portal.security.authentication import authenticate_bearer, cached_device
 from portal.security.firewall import check_rate
 from portal.security.principal import Principal, PrincipalKind, RequestOrigin
+from portal.security.secrets import DEVICE_TOKEN_PREFIX
 from portal.services.errors import Forbidden, Unauthorized
 
 bearer_scheme = HTTPBearer(
@@ -133,6 +136,28 @@ class DeviceToken(AccessRule):
         return principal
 
 
+class BeatingDevice(DeviceToken):
+    """The device-token rule for heartbeats, answered from the cache without a database session or a
+    thread: the rest (a token not cached yet, anything that is not a device token) takes the full rule,
+    so callers get the same answers. The per-principal rate limit is left to the per-IP one here: a beat
+    only overwrites the device's latest beat."""
+
+    async def __call__(  # type: ignore[override]
+        self, request: Request, credentials: BearerDep, parts: PartsDep
+    ) -> Principal | None:
+        token = credentials.credentials if credentials is not None else ""
+        principal = cached_device(parts.cache, token) if token.startswith(f"{DEVICE_TOKEN_PREFIX}_") else None
+        if principal is None:
+            return await run_in_threadpool(self._full_rule, request, credentials, parts)
+        return self.admit(principal, request, parts.settings)
+
+    def _full_rule(
+        self, request: Request, credentials: HTTPAuthorizationCredentials | None, parts: AppParts
+    ) -> Principal | None:
+        with session_scope(parts.engine) as session:
+            return DeviceToken.__call__(self, request, credentials, session, parts.cache, parts.settings)
+
+
 async def request_origin(request: Request) -> RequestOrigin:
     return RequestOrigin(
         ip=request.client.host if request.client else None,
@@ -149,3 +174,4 @@ SIGNED_IN = SignedIn()
 SIGNED_IN_BROWSER_OR_TOKEN = SignedIn(api_keys=False)
 ADMIN = Admin()
 DEVICE = DeviceToken()
+BEATING_DEVICE = BeatingDevice()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from sqlmodel import Session, select
@@ -17,6 +18,7 @@ from portal.services.users import roles_of
 
 # A key's last use is written at most this often, so a busy key does not write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+DEVICE_TOKEN_TTL_S = 300
 
 
 def revoked_session_key(session_id: object) -> str:
@@ -27,7 +29,7 @@ def authenticate_bearer(session: Session, cache: Cache, token: str) -> Principal
     if token.startswith(f"{API_KEY_PREFIX}_"):
         return _api_key(session, token)
     if token.startswith(f"{DEVICE_TOKEN_PREFIX}_"):
-        return _device_token(session, token)
+        return _device_token(session, cache, token)
     return _access_token(cache, token)
 
 
@@ -64,15 +66,32 @@ def _api_key(session: Session, token: str) -> Principal:
     )
 
 
-def _device_token(session: Session, token: str) -> Principal:
-    # Two columns, not the whole row: every heartbeat of every agent passes here.
-    found = session.exec(
-        select(Device.id, Device.owner_id).where(Device.token_hash == keyed_hash(token))
-    ).first()
+def device_token_key(token_hash: str) -> str:
+    return f"device-token:{token_hash}"
+
+
+def cached_device(cache: Cache, token: str) -> Principal | None:
+    """The device a token belongs to, from the cache (None: not cached, ask the database)."""
+    found = cache.get(device_token_key(keyed_hash(token)))
+    if found is None:
+        return None
+    device_id, owner_id = found.split()
+    return Principal(PrincipalKind.DEVICE, uuid.UUID(owner_id), device_id=uuid.UUID(device_id))
+
+
+def _device_token(session: Session, cache: Cache, token: str) -> Principal:
+    """Every beat of every agent passes here: the cache answers, the database only on a miss. Rotating or
+    removing a device deletes its entry once that commits (``devices.forget_token``)."""
+    cached = cached_device(cache, token)
+    if cached is not None:
+        return cached
+    token_hash = keyed_hash(token)
+    found = session.exec(select(Device.id, Device.owner_id).where(Device.token_hash == token_hash)).first()
     if found is None:
         raise Unauthorized(
             "The device token is invalid or has been rotated; get a new one from the provider area.",
             code="invalid_device_token",
         )
     device_id, owner_id = found
+    cache.set(device_token_key(token_hash), f"{device_id} {owner_id}", DEVICE_TOKEN_TTL_S)
     return Principal(PrincipalKind.DEVICE, owner_id, device_id=device_id)

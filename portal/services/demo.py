@@ -14,6 +14,7 @@ from pathlib import Path
 from solders.keypair import Keypair
 from sqlmodel import Session
 
+from portal.cache import get_cache
 from portal.models import Role
 from portal.security.passwords import verify_password
 from portal.security.principal import RequestOrigin
@@ -104,7 +105,7 @@ def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:
             )
         else:
             token = devices.rotate_token(
-                session, owner_id=provider.id, device_id=device.id, origin=RequestOrigin()
+                session, get_cache(), owner_id=provider.id, device_id=device.id, origin=RequestOrigin()
             )
         agents.append((token, spec))
     return agents

@@ -9,11 +9,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 
+from portal.cache import Cache
 from portal.config import Environment, Settings
 from portal.models import ConnectivityTier, Device, DeviceState, Gpu, User
 from portal.models.base import utcnow
+from portal.security.authentication import device_token_key
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
@@ -127,11 +130,18 @@ def gpus_of(session: Session, device_id: uuid.UUID) -> list[Gpu]:
     return list(session.exec(select(Gpu).where(Gpu.device_id == device_id).order_by(col(Gpu.index))).all())
 
 
+def forget_token(session: Session, cache: Cache, token_hash: str) -> None:
+    """Drop a token from the authentication cache as soon as the change that revokes it commits (before,
+    a heartbeat could cache it again from the row not yet changed)."""
+    event.listen(session, "after_commit", lambda _: cache.delete(device_token_key(token_hash)), once=True)
+
+
 def rotate_token(
-    session: Session, *, owner_id: uuid.UUID, device_id: uuid.UUID, origin: RequestOrigin
+    session: Session, cache: Cache, *, owner_id: uuid.UUID, device_id: uuid.UUID, origin: RequestOrigin
 ) -> str:
     """A new token for the device; the old one stops working at once (the agent must be restarted with it)."""
     device = get_device(session, owner_id, device_id)
+    forget_token(session, cache, device.token_hash)
     token = new_token(DEVICE_TOKEN_PREFIX)
     device.token_hash, device.token_prefix = keyed_hash(token), token[:12]
     session.add(device)
@@ -147,9 +157,10 @@ def rotate_token(
 
 
 def remove_device(
-    session: Session, *, owner_id: uuid.UUID, device_id: uuid.UUID, origin: RequestOrigin
+    session: Session, cache: Cache, *, owner_id: uuid.UUID, device_id: uuid.UUID, origin: RequestOrigin
 ) -> None:
     device = get_device(session, owner_id, device_id)
+    forget_token(session, cache, device.token_hash)
     if device.state == DeviceState.HIRED:
         raise Conflict(
             "The device runs a cluster; it can be removed once the cluster ends.", code="device_hired"

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from portal.cache import Cache
 from portal.models import Device, DeviceCommand, DeviceState, Gpu
 from portal.models.base import utcnow
-from portal.services import commands, state_machines
+from portal.services import commands, liveness, state_machines
 from portal.services.devices import gpus_of
 from portal.services.errors import InvalidInput
 from portal.services.gpu_catalog import list_price, normalize_model_name
-
-SAMPLE_TTL_S = 60
 
 
 @dataclass(frozen=True)
@@ -80,6 +76,34 @@ def register(session: Session, device: Device, report: MachineReport) -> bool:
     return True
 
 
+# Commands reach agents by long-poll at once; a heartbeat also looks, this often, in case a poll was lost.
+COMMAND_SWEEP_S = 120
+
+
+Beat = liveness.Noted
+
+
+def beat(cache: Cache, device_id: uuid.UUID, *, samples: list[dict[str, Any]], ray: dict[str, Any]) -> Beat:
+    """The hot path of the portal (every agent, every few seconds), on the cache alone: note the beat and
+    learn whether this request also flushes the batch of beats (one per period, across processes) or
+    looks for commands (every ``COMMAND_SWEEP_S`` per device; the long-poll delivers them at once, this
+    is the fallback)."""
+    return liveness.record(cache, device_id, samples=samples, ray=ray, now=utcnow(), sweep_s=COMMAND_SWEEP_S)
+
+
+def needs_database(noted: Beat) -> bool:
+    return noted.state is None or noted.flush or noted.sweep_commands
+
+
+def finish_beat(
+    session: Session, cache: Cache, device_id: uuid.UUID, beat: Beat
+) -> tuple[str, list[DeviceCommand]]:
+    """The database part of a beat that needs one; returns the device's state and its commands."""
+    states = liveness.flush(session, cache) if beat.flush else {}
+    state = states.get(device_id) or beat.state or liveness.current_state(session, cache, device_id)
+    return state, commands.take(session, device_id) if beat.sweep_commands else []
+
+
 def heartbeat(
     session: Session,
     cache: Cache,
@@ -88,30 +112,7 @@ def heartbeat(
     samples: list[dict[str, Any]],
     ray: dict[str, Any],
 ) -> tuple[str, list[DeviceCommand]]:
-    """Note the agent is alive, keep its latest GPU samples, and hand it its queued commands; returns the
-    device's state and the commands.
-
-    The hot path of the portal (every agent, every few seconds): one UPDATE ... RETURNING records the beat
-    without loading the device; the state machine runs only when the device was offline.
-    """
-    now = utcnow()
-    recorded = session.execute(
-        update(Device)
-        .where(col(Device.id) == device_id)
-        .values(last_heartbeat_at=now, ray_state=ray.get("state", "none"), ray_node_id=ray.get("node_id"))
-        .returning(col(Device.state), col(Device.verified_at))
-    ).one()
-    state = recorded.state
-    if state == DeviceState.OFFLINE:
-        device = session.get(Device, device_id)
-        assert device is not None
-        back = DeviceState.READY if recorded.verified_at is not None else DeviceState.VERIFYING
-        state_machines.move(session, "device", device, back, "heartbeats resumed")
-        state = device.state
-    if samples:
-        cache.set(
-            f"gpu-samples:{device_id}",
-            json.dumps({"at": now.isoformat(), "gpus": samples}),
-            ttl_s=SAMPLE_TTL_S,
-        )
-    return state, commands.take(session, device_id)
+    """One beat, written through at once (tests and tools); the API splits it into ``beat`` and
+    ``finish_beat`` so that most beats never touch the database."""
+    noted = beat(cache, device_id, samples=samples, ray=ray)
+    return finish_beat(session, cache, device_id, Beat(noted.state, flush=True, sweep_commands=True))

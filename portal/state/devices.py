@@ -9,6 +9,7 @@ from typing import Any
 
 import reflex as rx
 
+from portal.cache import get_cache
 from portal.config import get_settings
 from portal.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
@@ -113,7 +114,9 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
 
 def _remove(caller: Principal, device_id: str, origin: RequestOrigin) -> None:
     with session_scope() as session:
-        devices.remove_device(session, owner_id=caller.user_id, device_id=uuid.UUID(device_id), origin=origin)
+        devices.remove_device(
+            session, get_cache(), owner_id=caller.user_id, device_id=uuid.UUID(device_id), origin=origin
+        )
 
 
 class DevicesState(SessionState):
