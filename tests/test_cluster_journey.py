@@ -19,9 +19,14 @@ from tests.conftest import RunningPortal, start_portal, stop_process_group
 
 pytestmark = pytest.mark.browser
 
+# Two tasks of one GPU each, held for 2 s so that they run at once: each lands on its own node and sees
+# the one GPU Ray gave it.
 GPU_JOB = (
-    'python -c "import ray; ray.init(); f = ray.remote(num_gpus=1)(lambda: ray.get_gpu_ids()); '
-    "print('GPUS', ray.cluster_resources().get('GPU'), len(ray.get([f.remote(), f.remote()])))\""
+    'python -c "import ray, time; ray.init(); '
+    "f = ray.remote(num_gpus=1)(lambda: (time.sleep(2), ray.get_runtime_context().get_node_id(), "
+    "ray.get_gpu_ids())[1:]); r = ray.get([f.remote(), f.remote()]); "
+    "print('GPUS', ray.cluster_resources().get('GPU'), 'NODES', len({n for n, _ in r}), "
+    "'IDS', sorted(len(g) for _, g in r))\""
 )
 
 
@@ -102,8 +107,7 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     )
     logs = customer.get(f"/clusters/{cluster_id}/jobs/{job_id}/logs").json()
     assert finished["status"] == "succeeded", logs["logs"]
-    # Two GPUs in the Ray cluster, and a task holding one GPU ran on each.
-    assert "GPUS 2.0 2" in logs["logs"]
+    assert "GPUS 2.0 NODES 2 IDS [1, 1]" in logs["logs"]
     assert [j["id"] for j in customer.get(f"/clusters/{cluster_id}/jobs").json()["items"]] == [job_id]
 
     before = cluster["expires_at"]

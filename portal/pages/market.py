@@ -63,6 +63,11 @@ def filter_bar() -> rx.Component:
             on_blur=lambda v: MarketState.set_filter("min_gpus", v),
         ),
         rx.input(
+            placeholder="Min GiB per GPU",
+            width="9rem",
+            on_blur=lambda v: MarketState.set_filter("min_vram", v),
+        ),
+        rx.input(
             placeholder="Max USD / GPU-hour",
             width="11rem",
             on_blur=lambda v: MarketState.set_filter("max_price", v),

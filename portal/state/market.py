@@ -64,6 +64,7 @@ class MarketState(rx.State):
     tier: str = ANY
     max_price: str = ""
     min_gpus: str = ""
+    min_vram: str = ""
     min_reliability: str = ""
 
     @rx.var
@@ -77,7 +78,9 @@ class MarketState(rx.State):
     def _filters(self) -> market.OfferFilters:
         price = _number(self.max_price, float)
         reliability = _number(self.min_reliability, float)
+        vram_gib = _number(self.min_vram, float)
         return market.OfferFilters(
+            min_vram_mb=round(vram_gib * 1024) if vram_gib else None,
             gpu_model=None if self.gpu_model == ANY else self.gpu_model,
             min_gpus=_number(self.min_gpus),
             country=self.country.strip().upper()[:2] or None,
@@ -99,7 +102,7 @@ class MarketState(rx.State):
     @rx.event
     @for_anyone
     async def set_filter(self, name: str, value: str) -> None:
-        if name in ("gpu_model", "country", "tier", "max_price", "min_gpus", "min_reliability"):
+        if name in ("gpu_model", "country", "tier", "max_price", "min_gpus", "min_vram", "min_reliability"):
             setattr(self, name, value)
         await self.refresh()
 
