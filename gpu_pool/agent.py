@@ -45,6 +45,7 @@ class Agent:
         self.state = "unknown"
         self.heartbeat_s = 5
         self.node: ray_node.RayNode | None = None
+        self.node_cluster: str | None = None  # the cluster the node serves
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._handled: set[str] = set()
@@ -148,10 +149,14 @@ class Agent:
         try:
             if kind in ("start_ray_head", "start_ray_worker"):
                 with self._lock:
+                    cluster = payload.get("cluster_id")
                     if self.node and self.node.alive():
-                        return True, json.dumps(self.node.status())  # already running: a redelivery
+                        if cluster == self.node_cluster:
+                            return True, json.dumps(self.node.status())  # already running: a redelivery
+                        self.node.stop()  # a node of an earlier cluster whose stop never arrived
                     role = "head" if kind == "start_ray_head" else "worker"
                     self.node = ray_node.start(self._node_spec(role, payload), self.workdir)
+                    self.node_cluster = cluster
                     return True, json.dumps(self.node.status())
             if kind == "stop_ray":
                 self.stop_ray()

@@ -22,6 +22,10 @@ class Cache(Protocol):
 
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
 
+    def add(self, key: str, value: str, ttl_s: float) -> bool:
+        """Set the value only if the key has none; True when it was set."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
     def take(self, key: str) -> str | None:
@@ -77,6 +81,13 @@ class MemoryCache:
         with self._lock:
             self._values[self._prefix + key] = (value, expires)
 
+    def add(self, key: str, value: str, ttl_s: float) -> bool:
+        with self._lock:
+            if self._live(self._prefix + key) is not None:
+                return False
+            self._values[self._prefix + key] = (value, time.monotonic() + ttl_s)
+            return True
+
     def delete(self, key: str) -> None:
         with self._lock:
             self._values.pop(self._prefix + key, None)
@@ -126,6 +137,9 @@ class RedisCache:
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))
         self._redis.set(self._prefix + key, value, px=px)
+
+    def add(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(self._redis.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)), nx=True))
 
     def delete(self, key: str) -> None:
         self._redis.delete(self._prefix + key)

@@ -3,6 +3,7 @@ service, which is idempotent, so a redelivered or retried message is harmless.""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import dramatiq
@@ -11,6 +12,7 @@ from portal.db import session_scope
 from portal.services import provisioning
 from tasks.context import parts
 
+logger = logging.getLogger(__name__)
 RETRIES = {"max_retries": 5, "min_backoff": 200, "max_backoff": 10_000, "time_limit": 120_000}
 
 
@@ -33,7 +35,10 @@ def expire_clusters() -> None:
     with session_scope(p.engine) as session:
         due = provisioning.expired(session)
     for cluster_id in due:
-        provisioning.expire(p.engine, p.settings, p.wakeups, cluster_id)
+        try:
+            provisioning.expire(p.engine, p.settings, p.wakeups, cluster_id)
+        except Exception:  # one cluster's trouble must not keep the others running past their time
+            logger.exception("expiring cluster %s failed", cluster_id)
 
 
 @dramatiq.actor(max_retries=0, time_limit=300_000)
@@ -43,4 +48,8 @@ def reconcile_clusters() -> None:
     with session_scope(p.engine) as session:
         unfinished = provisioning.unfinished(session)
     for cluster_id in unfinished:
-        provision_cluster.send(str(cluster_id))
+        try:
+            # Not waiting: a cluster whose lock is held is being advanced by someone else right now.
+            provisioning.advance(p.engine, p.settings, p.wakeups, cluster_id, wait=False)
+        except Exception:
+            logger.exception("reconciling cluster %s failed", cluster_id)

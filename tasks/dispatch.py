@@ -3,10 +3,20 @@ so the actor finds what it is told about."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from tasks import clusters
 
+logger = logging.getLogger(__name__)
+
 
 def send(actor_name: str, cluster_id: uuid.UUID) -> None:
-    getattr(clusters, actor_name).send(str(cluster_id))
+    """Best effort: what is asked is already committed, and the reconciler (every few seconds) advances a
+    cluster that no message reached."""
+    try:
+        getattr(clusters, actor_name).send(str(cluster_id))
+    except Exception:
+        logger.exception(
+            "could not send %s for cluster %s; the reconciler will take it", actor_name, cluster_id
+        )

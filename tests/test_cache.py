@@ -84,3 +84,9 @@ def test_an_unreachable_redis_fails_its_ping(cache_prefix):
 
     with pytest.raises(Exception, match=r"[Cc]onnect"):
         RedisCache(f"redis://127.0.0.1:{closed_port()}/0", cache_prefix, timeout_s=0.5).ping()
+
+
+def test_add_sets_only_a_missing_value(cache):
+    assert cache.add("once", "first", ttl_s=5) is True
+    assert cache.add("once", "second", ttl_s=5) is False
+    assert cache.get("once") == "first"

@@ -278,8 +278,13 @@ def run_to_running(engine, gpus_per_device: list[int], gpus: int):
     return cluster_id, customer, devices
 
 
-def backdate_joins(engine, cluster_id, seconds: int) -> None:
+def backdate(engine, cluster_id, seconds: int) -> None:
+    """As if the cluster had been running for ``seconds`` more."""
     with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        cluster.started_at -= timedelta(seconds=seconds)
+        cluster.expires_at -= timedelta(seconds=seconds)
+        session.add(cluster)
         for node in clusters.nodes_of(session, cluster_id):
             node.joined_at -= timedelta(seconds=seconds)
             session.add(node)
@@ -287,7 +292,7 @@ def backdate_joins(engine, cluster_id, seconds: int) -> None:
 
 def test_terminate_charges_uptime_returns_the_rest_and_frees_the_devices(engine):
     cluster_id, customer, devices = run_to_running(engine, [1, 1], 2)
-    backdate_joins(engine, cluster_id, 1800)  # half an hour of uptime on each node
+    backdate(engine, cluster_id, 1800)  # half an hour of uptime on each node
     with session_scope(engine) as session:
         assert clusters.request_termination(session, session.get(Cluster, cluster_id), "test")
     assert advance(engine, cluster_id) == ClusterState.TERMINATED
@@ -301,7 +306,7 @@ def test_terminate_charges_uptime_returns_the_rest_and_frees_the_devices(engine)
         earned = ledger.get_account(session, AccountKind.PROVIDER_EARNED, devices[0].owner_id).balance_micro
         fees = ledger.get_account(session, AccountKind.PLATFORM_FEES).balance_micro
         assert earned + fees == charged and fees == sum(
-            escrow.fee_of(escrow.node_charge_micro(n, None), 1000)
+            escrow.fee_of(escrow.node_charge_micro(n, cluster, None), 1000)
             for n in clusters.nodes_of(session, cluster_id)
         )
         assert ledger.verify_books(session) == []
@@ -402,3 +407,79 @@ def test_concurrent_deploys_never_book_a_device_twice(engine):
         ]
         assert len(booked) == len(set(booked)) == 6
         assert ledger.verify_books(session) == []
+
+
+def test_an_older_cluster_never_hands_back_a_device_a_newer_one_holds(engine):
+    first, _, (device,) = run_to_running(engine, [1], 1)
+    with session_scope(engine) as session:
+        clusters.request_termination(session, session.get(Cluster, first), "test")
+    advance(engine, first)
+    assert agent_answers(engine, device.id) == "stop_ray"
+    advance(engine, first)
+    assert device_state(engine, device.id) == DeviceState.READY
+    # A second cluster books the device and ends; its agent has not confirmed the stop yet.
+    with session_scope(engine) as session:
+        second = clusters.create(session, SETTINGS, customer_with(session, 10_000_000), spec(1)).id
+    advance(engine, second)
+    agent_answers(engine, device.id, node_id="n2")
+    with session_scope(engine) as session:
+        clusters.request_termination(session, session.get(Cluster, second), "test")
+    advance(engine, second)
+    assert advance(engine, first) == ClusterState.TERMINATED
+    assert device_state(engine, device.id) == DeviceState.HIRED
+    with session_scope(engine) as session:
+        assert provisioning.unfinished(session) == [second]
+
+
+def test_a_cluster_that_does_not_come_up_in_time_fails_and_is_refunded(engine):
+    cluster_id, customer, _ = deploy(engine, [1], 1)
+    advance(engine, cluster_id)
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        cluster.created_at -= timedelta(seconds=SETTINGS.node_start_timeout_s * 10)
+        session.add(cluster)
+    assert advance(engine, cluster_id) == ClusterState.FAILED
+    with session_scope(engine) as session:
+        assert ledger.available_balance(session, customer) == 100_000_000
+        assert "did not come up within" in clusters.events_of(session, cluster_id)[-1].message
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "[]",
+        "1",
+        '{"node_id": "x"}',
+        '{"node_id": "x", "address": "a", "dashboard_url": "http://10.0.0.1:80/admin?x=1"}',
+    ],
+)
+def test_a_start_result_the_portal_cannot_use_drops_the_device(engine, detail):
+    cluster_id, _, _ = deploy(engine, [1, 1], 1)
+    advance(engine, cluster_id)
+    (head,) = nodes(engine, cluster_id)
+    with session_scope(engine) as session:
+        (command,) = commands.take(session, head.device_id)
+        commands.complete(session, head.device_id, command.id, ok=True, detail=detail)
+    assert advance(engine, cluster_id) == ClusterState.PROVISIONING
+    dropped, replacement = nodes(engine, cluster_id)
+    assert dropped.state == NodeState.RELEASED and "cannot use" in dropped.state_reason
+    assert replacement.state == NodeState.STARTING
+
+
+def test_a_device_that_served_clusters_keeps_its_record(engine):
+    from portal.cache import MemoryCache
+    from portal.security.principal import RequestOrigin
+    from portal.services import devices as device_service
+
+    cluster_id, _, (device,) = run_to_running(engine, [1], 1)
+    with session_scope(engine) as session:
+        clusters.request_termination(session, session.get(Cluster, cluster_id), "test")
+    advance(engine, cluster_id)
+    agent_answers(engine, device.id)
+    advance(engine, cluster_id)
+    with pytest.raises(Conflict) as refused, session_scope(engine) as session:
+        device_service.remove_device(
+            session, MemoryCache(), owner_id=device.owner_id, device_id=device.id, origin=RequestOrigin()
+        )
+    assert refused.value.code == "device_has_history"
+    assert device_state(engine, device.id) == DeviceState.READY

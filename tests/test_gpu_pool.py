@@ -446,3 +446,16 @@ def test_malformed_challenge_answers_fail_verification_instead_of_erroring(porta
         headers={"Authorization": f"Bearer {token}"},
     )
     assert bad.status_code == 422
+
+
+def test_a_revoked_token_is_refused_even_if_a_read_before_the_revocation_caches_it(parts):
+    from portal.security import authentication
+    from portal.security.secrets import keyed_hash
+    from portal.services.errors import Unauthorized
+
+    _, token = add_device(parts)
+    authentication.revoke_device_token(parts.cache, keyed_hash(token))
+    # The row still holds the old hash (the revoking change "not committed yet"): the stale read must not
+    # overwrite the revocation in the cache.
+    with session_scope(parts.engine) as session, pytest.raises(Unauthorized):
+        authentication.authenticate_bearer(session, parts.cache, token)

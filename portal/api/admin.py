@@ -83,7 +83,7 @@ def list_clusters(
 def terminate_cluster(
     cluster_id: uuid.UUID, session: SessionDep, caller: AdminCaller, origin: OriginDep
 ) -> ClusterOut:
-    cluster = clusters.get_cluster(session, None, cluster_id)
+    cluster = clusters.lock_cluster(session, None, cluster_id)
     if clusters.request_termination(session, cluster, "terminated by an admin"):
         audit.record(
             session,

@@ -84,13 +84,13 @@ def get_cluster(cluster_id: uuid.UUID, session: SessionDep, caller: Reader) -> C
 
 @router.post("/{cluster_id}/extend", summary="Run longer; escrow for the extra hours is held now")
 def extend(cluster_id: uuid.UUID, body: ExtendIn, session: SessionDep, caller: Writer) -> ClusterOut:
-    cluster = clusters.extend(session, clusters.get_cluster(session, caller.user_id, cluster_id), body.hours)
+    cluster = clusters.extend(session, clusters.lock_cluster(session, caller.user_id, cluster_id), body.hours)
     return cluster_out(session, cluster)
 
 
 @router.delete("/{cluster_id}", status_code=202, summary="Terminate; unused escrow is returned")
 def terminate(cluster_id: uuid.UUID, session: SessionDep, caller: Writer) -> ClusterOut:
-    cluster = clusters.get_cluster(session, caller.user_id, cluster_id)
+    cluster = clusters.lock_cluster(session, caller.user_id, cluster_id)
     if clusters.request_termination(session, cluster, "terminated by its owner"):
         session.commit()
         dispatch.send("terminate_cluster", cluster.id)

@@ -66,6 +66,21 @@ def _api_key(session: Session, token: str) -> Principal:
     )
 
 
+REVOKED = "revoked"
+
+
+def _invalid_device_token() -> Unauthorized:
+    return Unauthorized(
+        "The device token is invalid or has been rotated; get a new one from the provider area.",
+        code="invalid_device_token",
+    )
+
+
+def revoke_device_token(cache: Cache, token_hash: str) -> None:
+    """Refuse the token from the cache on; outlives any entry cached from an earlier read."""
+    cache.set(device_token_key(token_hash), REVOKED, DEVICE_TOKEN_TTL_S * 2)
+
+
 def device_token_key(token_hash: str) -> str:
     return f"device-token:{token_hash}"
 
@@ -75,6 +90,8 @@ def cached_device(cache: Cache, token: str) -> Principal | None:
     found = cache.get(device_token_key(keyed_hash(token)))
     if found is None:
         return None
+    if found == REVOKED:
+        raise _invalid_device_token()
     device_id, owner_id = found.split()
     return Principal(PrincipalKind.DEVICE, uuid.UUID(owner_id), device_id=uuid.UUID(device_id))
 
@@ -88,10 +105,8 @@ def _device_token(session: Session, cache: Cache, token: str) -> Principal:
     token_hash = keyed_hash(token)
     found = session.exec(select(Device.id, Device.owner_id).where(Device.token_hash == token_hash)).first()
     if found is None:
-        raise Unauthorized(
-            "The device token is invalid or has been rotated; get a new one from the provider area.",
-            code="invalid_device_token",
-        )
+        raise _invalid_device_token()
     device_id, owner_id = found
-    cache.set(device_token_key(token_hash), f"{device_id} {owner_id}", DEVICE_TOKEN_TTL_S)
+    # Only if absent: a revocation's tombstone written meanwhile must win over this (older) read.
+    cache.add(device_token_key(token_hash), f"{device_id} {owner_id}", DEVICE_TOKEN_TTL_S)
     return Principal(PrincipalKind.DEVICE, owner_id, device_id=device_id)

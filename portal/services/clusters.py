@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from portal.config import Settings
@@ -202,6 +203,22 @@ def list_clusters(
     return list(rows), total
 
 
+def lock_cluster(session: Session, owner_id: uuid.UUID | None, cluster_id: uuid.UUID) -> Cluster:
+    """The cluster with its row locked until the transaction ends, read after the lock: what changes it
+    (extend, terminate, the provisioning steps, expiry) never interleaves. A no-op write takes the lock, so
+    it works alike on PostgreSQL (row lock) and SQLite (the writer lock, taken before anything is read)."""
+    session.execute(
+        update(Cluster)
+        .where(col(Cluster.id) == cluster_id)
+        .values(state=Cluster.state)
+        .execution_options(synchronize_session=False)
+    )
+    cluster = session.get(Cluster, cluster_id, populate_existing=True)
+    if cluster is None or (owner_id is not None and cluster.owner_id != owner_id):
+        raise NotFound("No such cluster.")
+    return cluster
+
+
 def get_cluster(session: Session, owner_id: uuid.UUID | None, cluster_id: uuid.UUID) -> Cluster:
     cluster = session.get(Cluster, cluster_id)
     if cluster is None or (owner_id is not None and cluster.owner_id != owner_id):
@@ -300,7 +317,7 @@ def spent_and_escrow(session: Session, cluster: Cluster) -> tuple[int, int]:
     """Charged so far (settled plus the running nodes' uptime not yet settled) and still in escrow."""
     now = utcnow()
     running = sum(
-        escrow.node_charge_micro(node, now)
+        escrow.node_charge_micro(node, cluster, now)
         for node in nodes_of(session, cluster.id)
         if node.state == NodeState.JOINED and cluster.state not in ENDED
     )

@@ -88,6 +88,15 @@ def complete(
     return command
 
 
+def cancel(session: Session, command_id: uuid.UUID, reason: str) -> None:
+    """Withdraw a command not answered yet, so that it is never delivered (again)."""
+    command = session.get(DeviceCommand, command_id)
+    if command is not None and command.state in (CommandState.QUEUED, CommandState.DELIVERED):
+        command.state, command.completed_at = CommandState.EXPIRED, utcnow()
+        command.result_detail = f"withdrawn: {reason}"[:2000]
+        session.add(command)
+
+
 def as_message(command: DeviceCommand) -> dict[str, Any]:
     return {"id": str(command.id), "kind": command.kind, "payload": command.payload}
 

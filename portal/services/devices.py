@@ -3,26 +3,37 @@ token, and the eligibility checklist that says why a device is not hireable yet.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import event
+from sqlalchemy import delete, event
 from sqlmodel import Session, col, select
 
 from portal.cache import Cache
 from portal.config import Environment, Settings
-from portal.models import ConnectivityTier, Device, DeviceState, Gpu, User
+from portal.models import (
+    ClusterNode,
+    ConnectivityTier,
+    Device,
+    DeviceCommand,
+    DeviceState,
+    FaultEvent,
+    Gpu,
+    User,
+)
 from portal.models.base import utcnow
-from portal.security.authentication import device_token_key
+from portal.security.authentication import revoke_device_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.gpu_catalog import list_price
 
+logger = logging.getLogger(__name__)
 # A device is online while its last heartbeat is younger than this many intervals.
 MISSED_HEARTBEATS_OFFLINE = 3
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -131,9 +142,16 @@ def gpus_of(session: Session, device_id: uuid.UUID) -> list[Gpu]:
 
 
 def forget_token(session: Session, cache: Cache, token_hash: str) -> None:
-    """Drop a token from the authentication cache as soon as the change that revokes it commits (before,
+    """Revoke a token in the authentication cache as soon as the change that revokes it commits (before,
     a heartbeat could cache it again from the row not yet changed)."""
-    event.listen(session, "after_commit", lambda _: cache.delete(device_token_key(token_hash)), once=True)
+
+    def revoke(_: Session) -> None:
+        try:
+            revoke_device_token(cache, token_hash)
+        except Exception:  # the change is committed; the cached entry lapses within its TTL
+            logger.exception("could not revoke a device token in the cache")
+
+    event.listen(session, "after_commit", revoke, once=True)
 
 
 def rotate_token(
@@ -160,11 +178,17 @@ def remove_device(
     session: Session, cache: Cache, *, owner_id: uuid.UUID, device_id: uuid.UUID, origin: RequestOrigin
 ) -> None:
     device = get_device(session, owner_id, device_id)
-    forget_token(session, cache, device.token_hash)
     if device.state == DeviceState.HIRED:
         raise Conflict(
             "The device runs a cluster; it can be removed once the cluster ends.", code="device_hired"
         )
+    if session.exec(select(ClusterNode.id).where(ClusterNode.device_id == device.id)).first() is not None:
+        raise Conflict(
+            "The device has served clusters, and its record is kept for their billing. Stop its agent to "
+            "take it off the market, or rotate its token.",
+            code="device_has_history",
+        )
+    forget_token(session, cache, device.token_hash)
     # Its token must never work again, even if a row somehow survives.
     device.token_hash = keyed_hash(new_token(DEVICE_TOKEN_PREFIX))
     audit.record(
@@ -178,6 +202,9 @@ def remove_device(
     )
     for gpu in gpus_of(session, device.id):
         session.delete(gpu)
+    # Its faults (failed proofs, say) go with a device that never served a cluster.
+    session.execute(delete(FaultEvent).where(col(FaultEvent.device_id) == device.id))
+    session.execute(delete(DeviceCommand).where(col(DeviceCommand.device_id) == device.id))
     session.flush()
     session.delete(device)
 

@@ -30,14 +30,21 @@ BPS = 10_000
 SECONDS_PER_HOUR = 3600
 
 
-def node_charge_micro(node: ClusterNode, until: datetime | None) -> int:
-    """What a node's uptime costs: whole seconds joined, times its GPUs, at its per-GPU-hour rate."""
-    if node.joined_at is None:
+def node_charge_micro(node: ClusterNode, cluster: Cluster, until: datetime | None) -> int:
+    """What a node's uptime costs: whole seconds it served the running cluster (from the later of its
+    join and the cluster's start, to the earlier of its end and the cluster's paid end), times its GPUs, at
+    its per-GPU-hour rate. A cluster that never ran costs nothing."""
+    if node.joined_at is None or cluster.started_at is None:
         return 0
+    start = max(node.joined_at, cluster.started_at)
     end = node.ended_at or until
-    if end is None or end <= node.joined_at:
+    if end is None:
         return 0
-    seconds = int((end - node.joined_at).total_seconds())
+    if cluster.expires_at is not None:
+        end = min(end, cluster.expires_at)
+    if end <= start:
+        return 0
+    seconds = int((end - start).total_seconds())
     return node.rate_micro * node.gpu_count * seconds // SECONDS_PER_HOUR
 
 
@@ -108,9 +115,13 @@ def settle(session: Session, cluster: Cluster, fee_bps: int) -> tuple[int, int]:
     escrow = ledger.get_account(session, AccountKind.CUSTOMER_ESCROW, cluster.owner_id)
     held = in_escrow(session, cluster)
     total = 0
-    nodes = session.exec(select(ClusterNode).where(ClusterNode.cluster_id == cluster.id)).all()
+    nodes = session.exec(
+        select(ClusterNode)
+        .where(ClusterNode.cluster_id == cluster.id)
+        .order_by(col(ClusterNode.created_at), col(ClusterNode.id))
+    ).all()
     for node in nodes:
-        amount = min(node_charge_micro(node, cluster.ended_at), held - total)
+        amount = min(node_charge_micro(node, cluster, cluster.ended_at), held - total)
         if amount <= 0:
             continue
         device = session.get(Device, node.device_id)

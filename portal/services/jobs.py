@@ -34,12 +34,16 @@ def _ray(method: str, url: str, **kwargs: Any) -> Any:
     try:
         reply = httpx.request(method, url, timeout=RAY_TIMEOUT_S, **kwargs)
     except httpx.HTTPError as error:
-        raise Unavailable(f"The cluster's Ray head did not answer: {error}.") from error
+        raise Unavailable(f"The cluster's Ray head did not answer ({type(error).__name__}).") from error
     if reply.status_code == 404:
         raise NotFound("Ray does not know this job.")
     if reply.status_code >= 400:
-        raise Unavailable(f"The cluster's Ray head refused: {reply.text[:300]}")
-    return reply.json()
+        # Ray's own words can help (a bad entrypoint, say), but only when they come as its JSON error.
+        raise Unavailable(f"The cluster's Ray head refused the request (HTTP {reply.status_code}).")
+    try:
+        return reply.json()
+    except ValueError:
+        raise Unavailable("The cluster's Ray head answered something that is not Ray's Jobs API.") from None
 
 
 def validate(entrypoint: str, runtime_env: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -118,6 +122,8 @@ def refresh(session: Session, cluster: Cluster, job: Job) -> Job:
         details = _ray("GET", f"{_head(cluster)}/api/jobs/{job.ray_submission_id}")
     except (Unavailable, NotFound):
         return job
+    if not isinstance(details, dict):
+        return job
     status = str(details.get("status", "")).lower()
     if status in JobStatus._value2member_map_:
         job.status = status
@@ -130,7 +136,7 @@ def refresh(session: Session, cluster: Cluster, job: Job) -> Job:
 
 def logs(cluster: Cluster, job: Job) -> str:
     reply = _ray("GET", f"{_head(cluster)}/api/jobs/{job.ray_submission_id}/logs")
-    text = str(reply.get("logs", ""))
+    text = str(reply.get("logs", "")) if isinstance(reply, dict) else ""
     return text[-MAX_LOG_CHARS:]
 
 

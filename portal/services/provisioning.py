@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, exists
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from portal.config import Settings
@@ -39,13 +40,16 @@ from portal.models import (
     NodeState,
 )
 from portal.models.base import utcnow
-from portal.services import clusters, commands, escrow, placement, state_machines
+from portal.services import clusters, commands, devices, escrow, placement, state_machines
 from portal.services.clusters import ACTIVE_NODE_STATES, ENDED, record
+from portal.services.errors import NotFound
 from portal.wakeups import Wakeups
 
 logger = logging.getLogger(__name__)
-HEAD_PROBE_TRIES = 15
+HEAD_PROBE_TRIES = 10
 HEAD_PROBE_PAUSE_S = 0.2
+HEAD_PROBE_TIMEOUT_S = 2
+MAX_FIELD = {"node_id": 64, "address": 255, "client_address": 255, "dashboard_url": 255}
 _sqlite_clusters = threading.Lock()
 
 # Asks a Ray head which node ids it sees alive; None when it cannot be reached.
@@ -55,7 +59,9 @@ HeadProbe = Callable[[str], set[str] | None]
 def probe_head(dashboard_url: str) -> set[str] | None:
     """The node ids a Ray head reports alive, from its dashboard's state API."""
     try:
-        reply = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        reply = httpx.get(
+            f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=HEAD_PROBE_TIMEOUT_S
+        )
         reply.raise_for_status()
         rows = reply.json()["data"]["result"]["result"]
     except (httpx.HTTPError, KeyError, TypeError, ValueError):
@@ -63,23 +69,72 @@ def probe_head(dashboard_url: str) -> set[str] | None:
     return {row["node_id"] for row in rows if row.get("state") == "ALIVE"}
 
 
+def _node_status(detail: str, *, head: bool) -> dict[str, str] | None:
+    """The Ray node an agent reports having started, when it is usable: an id, and for a head its GCS
+    address and a plain http dashboard URL (the portal calls it, so nothing but a scheme, host and port)."""
+    try:
+        status = json.loads(detail)
+    except ValueError:
+        return None
+    if not isinstance(status, dict):
+        return None
+    needed = ("node_id", "address", "dashboard_url") if head else ("node_id",)
+    for name in (*needed, "client_address"):
+        value = status.get(name)
+        if value is None and name not in needed:
+            continue
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD[name]:
+            return None
+    if head:
+        url = httpx.URL(status["dashboard_url"])
+        if url.scheme != "http" or not url.host or url.port is None or url.path not in ("", "/") or url.query:
+            return None
+        status["dashboard_url"] = f"http://{url.host}:{url.port}"
+    return status
+
+
 @contextmanager
-def _locked(engine: Engine, cluster_id: uuid.UUID) -> Iterator[tuple[Session, Cluster | None]]:
-    with session_scope(engine) as session:
-        if engine.dialect.name == "sqlite":
-            with _sqlite_clusters:
-                yield session, session.get(Cluster, cluster_id)
-                session.commit()
-        else:
-            yield session, session.get(Cluster, cluster_id, with_for_update=True)
+def _locked(
+    engine: Engine, cluster_id: uuid.UUID, *, wait: bool = True
+) -> Iterator[tuple[Session, Cluster | None]]:
+    """A transaction holding the cluster's lock; the cluster is None when it does not exist, or when
+    ``wait`` is False and someone else holds it (the reconciler then leaves it to them)."""
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite and not _sqlite_clusters.acquire(blocking=wait):
+        with Session(engine) as idle:
+            yield idle, None
+        return
+    try:
+        with session_scope(engine) as session:
+            if not wait and not sqlite:
+                held = session.exec(
+                    select(Cluster.id).where(Cluster.id == cluster_id).with_for_update(skip_locked=True)
+                ).first()
+                if held is None:
+                    yield session, None
+                    return
+            try:
+                yield session, clusters.lock_cluster(session, None, cluster_id)
+            except NotFound:
+                yield session, None
+    finally:
+        if sqlite:
+            _sqlite_clusters.release()
 
 
 def advance(
-    engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID, probe: HeadProbe = probe_head
+    engine: Engine,
+    settings: Settings,
+    wakeups: Wakeups,
+    cluster_id: uuid.UUID,
+    probe: HeadProbe = probe_head,
+    *,
+    wait: bool = True,
 ) -> str | None:
-    """Take the cluster's next steps; returns its state afterwards (None when there is no such cluster)."""
+    """Take the cluster's next steps; returns its state afterwards (None when there is no such cluster, or
+    it is busy and ``wait`` is False)."""
     woken: set[uuid.UUID] = set()
-    with _locked(engine, cluster_id) as (session, cluster):
+    with _locked(engine, cluster_id, wait=wait) as (session, cluster):
         if cluster is None:
             return None
         steps = _Steps(session, settings, cluster, woken)
@@ -117,6 +172,11 @@ class _Steps:
     def provision(self, probe: HeadProbe) -> None:
         now = utcnow()
         timeout = timedelta(seconds=self.settings.node_start_timeout_s)
+        # Replacements each get their own start timeout; past all of them the deploy has failed.
+        deadline = timeout * (self.settings.max_node_replacements + 2)
+        if now - self.cluster.created_at > deadline:
+            self.end(ClusterState.FAILED, f"the cluster did not come up within {deadline.seconds} s")
+            return
         for node in self.active_nodes():
             if node.state == NodeState.STARTING:
                 command = self.session.get(DeviceCommand, node.command_id) if node.command_id else None
@@ -171,15 +231,15 @@ class _Steps:
         )
 
     def joined(self, node: ClusterNode, command: DeviceCommand) -> None:
-        try:
-            status = json.loads(command.result_detail)
-        except ValueError:
-            status = {}
-        node.ray_node_id, node.joined_at = status.get("node_id"), utcnow()
+        status = _node_status(command.result_detail, head=node.role == NodeRole.HEAD)
+        if status is None:
+            self.replace(node, "reported a Ray node the portal cannot use")
+            return
+        node.ray_node_id, node.joined_at = status["node_id"], utcnow()
         state_machines.move(self.session, "node", node, NodeState.JOINED, "Ray node started")
         if node.role == NodeRole.HEAD:
-            self.cluster.ray_address = status.get("address")
-            self.cluster.dashboard_url = status.get("dashboard_url")
+            self.cluster.ray_address = status["address"]
+            self.cluster.dashboard_url = status["dashboard_url"]
             self.cluster.client_address = status.get("client_address")
             self.session.add(self.cluster)
         device = self.session.get(Device, node.device_id)
@@ -251,6 +311,8 @@ class _Steps:
             duration_hours=self.cluster.duration_hours,
             countries=tuple(self.cluster.countries),
             connectivity_tier=self.cluster.connectivity_tier,
+            # The customer was quoted this node's rate: a replacement costs no more.
+            max_price_per_gpu_hour_micro=node.rate_micro,
         ).placement(exclude=tried)
         chosen = placement.reserve(
             self.session, self.settings, spec, f"replacement for cluster {self.cluster.id}"
@@ -258,10 +320,7 @@ class _Steps:
         if chosen is None:
             self.end(ClusterState.FAILED, f"no replacement for device {device.name} is available")
             return
-        # Billing stays as quoted: a replacement runs at the replaced node's rate or less.
-        replacements = clusters.add_nodes(self.session, self.cluster, chosen, head=node.role == NodeRole.HEAD)
-        for replacement in replacements:
-            replacement.rate_micro = min(replacement.rate_micro, node.rate_micro)
+        clusters.add_nodes(self.session, self.cluster, chosen, head=node.role == NodeRole.HEAD)
         record(
             self.session,
             self.cluster,
@@ -280,6 +339,8 @@ class _Steps:
             state_machines.move(self.session, "node", node, NodeState.LOST, reason)
         device = self.session.get(Device, node.device_id)
         assert device is not None
+        if node.command_id is not None:
+            commands.cancel(self.session, node.command_id, f"node released: {reason}")
         stop = commands.enqueue(
             self.session, device, "stop_ray", {"cluster_id": str(self.cluster.id), "node_id": str(node.id)}
         )
@@ -306,33 +367,33 @@ class _Steps:
         )
 
     def return_devices(self) -> None:
-        """Devices whose agent has answered the stop go back to ready (or stay put if something else
-        holds them)."""
+        """Devices whose agent has answered the stop go back to ready; a device whose agent is gone goes
+        offline (it gets the stop when it comes back). Only a device's latest node decides: an older
+        cluster never hands back a device a newer one holds."""
         for node in self.nodes:
             if node.state != NodeState.RELEASED or node.command_id is None:
                 continue
+            device = self.session.get(Device, node.device_id)
+            if device is None or device.state != DeviceState.HIRED:
+                continue
+            if latest_node_id(self.session, device.id) != node.id:
+                continue
             stop = self.session.get(DeviceCommand, node.command_id)
             if stop is None or stop.state in (CommandState.QUEUED, CommandState.DELIVERED):
-                continue
-            device = self.session.get(Device, node.device_id)
-            if (
-                device is None
-                or device.state != DeviceState.HIRED
-                or _holds_other_node(self.session, device.id)
-            ):
+                if not devices.is_online(device, self.settings):
+                    reason = "agent gone while stopping its node"
+                    state_machines.move(self.session, "device", device, DeviceState.OFFLINE, reason)
                 continue
             state_machines.move(self.session, "device", device, DeviceState.READY, "released by its cluster")
 
 
-def _holds_other_node(session: Session, device_id: uuid.UUID) -> bool:
-    return (
-        session.exec(
-            select(ClusterNode.id).where(
-                ClusterNode.device_id == device_id, col(ClusterNode.state).in_(ACTIVE_NODE_STATES)
-            )
-        ).first()
-        is not None
-    )
+def latest_node_id(session: Session, device_id: uuid.UUID) -> uuid.UUID | None:
+    return session.exec(
+        select(ClusterNode.id)
+        .where(ClusterNode.device_id == device_id)
+        .order_by(col(ClusterNode.created_at).desc(), col(ClusterNode.id).desc())
+        .limit(1)
+    ).first()
 
 
 def expired(session: Session) -> list[uuid.UUID]:
@@ -372,10 +433,18 @@ def unfinished(session: Session) -> list[uuid.UUID]:
             )
         )
     ).all()
+    newer = aliased(ClusterNode)
     returning = session.exec(
         select(ClusterNode.cluster_id)
         .join(Device, col(Device.id) == ClusterNode.device_id)
-        .where(ClusterNode.state == NodeState.RELEASED, Device.state == DeviceState.HIRED)
+        .where(
+            ClusterNode.state == NodeState.RELEASED,
+            Device.state == DeviceState.HIRED,
+            # Only a device's latest node: an older cluster has nothing left to do with it.
+            ~exists().where(
+                newer.device_id == ClusterNode.device_id, newer.created_at > ClusterNode.created_at
+            ),
+        )
         .distinct()
     ).all()
     return list(dict.fromkeys([*moving, *returning]))

@@ -205,7 +205,7 @@ def reveal(
                 details={"challenge": challenge_id},
             )
         )
-        if device.state != DeviceState.VERIFYING:
+        if device.state not in (DeviceState.VERIFYING, DeviceState.HIRED):
             state_machines.move(
                 session, "device", device, DeviceState.VERIFYING, f"verification failed: {reason}"
             )

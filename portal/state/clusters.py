@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from datetime import datetime
@@ -127,12 +128,12 @@ def _submit(caller: Principal, cluster_id: str, entrypoint: str, runtime_env: st
 
 def _extend(caller: Principal, cluster_id: str, hours: int) -> None:
     with session_scope() as session:
-        clusters.extend(session, clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id)), hours)
+        clusters.extend(session, clusters.lock_cluster(session, caller.user_id, uuid.UUID(cluster_id)), hours)
 
 
 def _terminate(caller: Principal, cluster_id: str) -> None:
     with session_scope() as session:
-        cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
+        cluster = clusters.lock_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         asked = clusters.request_termination(session, cluster, "terminated by its owner")
     if asked:
         dispatch.send("terminate_cluster", cluster.id)
@@ -184,7 +185,9 @@ class ClustersState(SessionState):
         except (DomainError, ValueError):
             self.detail, self.detail_error = {}, "No such cluster."
             return
-        self.jobs = await asyncio.to_thread(_jobs, principal(), self._cluster_id())
+        # On an error the last list stays; the next tick tries again.
+        with contextlib.suppress(DomainError):
+            self.jobs = await asyncio.to_thread(_jobs, principal(), self._cluster_id())
         if self.job_id and self.job_status not in ("succeeded", "failed", "stopped"):
             await self._read_logs()
 
@@ -195,6 +198,8 @@ class ClustersState(SessionState):
             )
         except DomainError as error:
             self.job_logs = error.message
+        except ValueError:
+            self.job_logs = "No such job."
 
     @rx.event
     @for_users(Role.CUSTOMER)
@@ -216,6 +221,8 @@ class ClustersState(SessionState):
             self.action_error, self.job_status, self.job_logs = "", "", "Waiting for output…"
         except DomainError as error:
             self.action_error = error.message
+        except ValueError:
+            self.action_error = "No such cluster."
         await self._refresh()
 
     @rx.event
@@ -238,4 +245,6 @@ class ClustersState(SessionState):
             await asyncio.to_thread(_terminate, principal(), self._cluster_id())
         except DomainError as error:
             self.action_error = error.message
+        except ValueError:
+            self.action_error = "No such cluster."
         await self._refresh()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -49,10 +50,12 @@ def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
 
 
 def _number(value: Any, kind: type = int) -> Any:
+    """The number typed, or None for nothing, not a number, or not a finite one."""
     try:
-        return kind(str(value).strip()) if str(value).strip() else None
+        number = kind(str(value).strip()) if str(value).strip() else None
     except ValueError:
         return None
+    return number if number is None or math.isfinite(number) else None
 
 
 class MarketState(rx.State):
@@ -212,11 +215,16 @@ class DeployState(SessionState):
         try:
             cluster_id = await asyncio.to_thread(_deploy, owner_id, self._spec())
         except DomainError as error:
-            self.error, self.deploying = error.message, False
+            self.error = error.message
             available = (error.details or {}).get("available", [])
             self.alternatives = [
                 f"{a['gpus']} x {a['gpu_model']} in {', '.join(a['countries'])}" for a in available
             ]
             return
-        self.deploying = False
+        except SQLAlchemyError:
+            logger.exception("deploy failed")
+            self.error = "The deploy could not be saved; nothing was booked. Try again in a moment."
+            return
+        finally:
+            self.deploying = False
         yield rx.redirect(f"/cluster/{cluster_id}")
