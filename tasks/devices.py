@@ -1,4 +1,4 @@
-"""Device actors: periodic re-verification of idle devices."""
+"""Device actors: idle devices that fall silent go offline; idle devices prove their compute again."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dramatiq
 
 from portal.db import session_scope
 from portal.models import Device
-from portal.services import commands, verification
+from portal.services import commands, faults, verification
 from tasks.context import parts
 
 
@@ -23,3 +23,13 @@ def reverify_devices() -> None:
             if device is not None:
                 verification.start_reverification(session, device)
         commands.wake(p.wakeups, device_id)
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def mark_silent_devices_offline() -> None:
+    p = parts()
+    with session_scope(p.engine) as session:
+        silent = faults.silent_devices(session, p.settings)
+    for device_id in silent:
+        with session_scope(p.engine) as session:
+            faults.mark_offline(session, p.settings, device_id)

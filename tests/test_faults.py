@@ -1,0 +1,34 @@
+"""Idle devices whose agent falls silent go offline with a fault event, and come back with a heartbeat."""
+
+from datetime import timedelta
+
+from sqlmodel import select
+
+from portal.db import session_scope
+from portal.models import Device, DeviceState, FaultEvent
+from portal.models.base import utcnow
+from portal.services import faults, worker
+from tasks import context, devices
+from tests.test_clusters import SETTINGS, market_with
+
+
+def test_a_silent_idle_device_goes_offline_and_comes_back_with_its_next_beat(parts):
+    with session_scope(parts.engine) as session:
+        silent, hired, chatty = market_with(session, [1, 1, 1])
+        silent.last_heartbeat_at = hired.last_heartbeat_at = utcnow() - timedelta(minutes=1)
+        hired.state = DeviceState.HIRED
+        session.add_all([silent, hired])
+    context.use(parts)
+    try:
+        devices.mark_silent_devices_offline.fn()
+    finally:
+        context.use(None)
+    with session_scope(parts.engine) as session:
+        states = {d.id: d.state for d in session.exec(select(Device)).all()}
+        assert states == {silent.id: "offline", hired.id: "hired", chatty.id: "ready"}
+        (fault,) = session.exec(select(FaultEvent)).all()
+        assert fault.device_id == silent.id and fault.kind == "missed_heartbeats"
+        assert faults.silent_devices(session, SETTINGS) == []
+    with session_scope(parts.engine) as session:
+        state, _ = worker.heartbeat(session, parts.cache, silent.id, samples=[], ray={"state": "none"})
+    assert state == DeviceState.READY
