@@ -18,6 +18,8 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data for a local portal.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 admin_app = typer.Typer(help="Portal administrators.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The books.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(demo_app, name="demo")
 app.add_typer(admin_app, name="admin")
 # Customer commands: they talk to a portal over its API, so they need no server settings.
@@ -211,6 +213,26 @@ def admin_create(
     finally:
         engine.dispose()
     typer.echo(f"{user.email} is an admin ({'existing account' if existing else 'new account'})")
+
+
+@ledger_app.command("check")
+def ledger_check() -> None:
+    """Recompute every balance from the ledger entries: exit 0 when the books balance, 1 with the problems."""
+    settings = settings_or_exit()
+    from portal.db import build_engine, session_scope
+    from portal.services.ledger import verify_books
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            problems = verify_books(session)
+    finally:
+        engine.dispose()
+    for problem in problems:
+        typer.secho(f"portal: {problem}", err=True, fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(code=1)
+    typer.echo("The books balance: every entry sums to zero and no personal account is negative.")
 
 
 @app.command("config")

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     reverify_after_h: Annotated[int, Field(ge=1, le=24 * 90)] = Field(
         default=24, description="Idle devices prove their compute again after this many hours."
     )
+    metering_interval_s: Annotated[int, Field(ge=5, le=3600)] = Field(
+        default=30, description="How often running clusters are charged for their uptime."
+    )
     platform_fee_bps: Annotated[int, Field(ge=0, le=5000)] = Field(
         default=1000, description="The platform's share of every charge, in basis points (1000 = 10%)."
     )

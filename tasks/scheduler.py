@@ -12,15 +12,18 @@ from contextlib import asynccontextmanager
 import dramatiq
 
 from portal.cache import Cache
+from tasks.context import parts
 
 logger = logging.getLogger(__name__)
 TICK_S = 1.0
 
 
 def periodic() -> list[tuple[dramatiq.Actor, float]]:
-    from tasks import clusters, devices
+    from tasks import billing, clusters, devices
 
+    settings = parts().settings
     return [
+        (billing.meter_clusters, float(settings.metering_interval_s)),
         (clusters.expire_clusters, 5.0),
         (clusters.reconcile_clusters, 5.0),
         (devices.reverify_devices, 60.0),
@@ -43,7 +46,6 @@ def tick(cache: Cache, now: float | None = None) -> list[str]:
 @asynccontextmanager
 async def periodic_scheduler() -> AsyncIterator[None]:
     """Run the ticks in the background while the portal lives."""
-    from tasks.context import parts
 
     async def loop() -> None:
         cache = parts().cache

@@ -64,6 +64,11 @@ RULES = {
     ("GET", "/api/v1/clusters/{cluster_id}/jobs/{job_id}"): "customer",
     ("GET", "/api/v1/clusters/{cluster_id}/jobs/{job_id}/logs"): "customer",
     ("POST", "/api/v1/clusters/{cluster_id}/jobs/{job_id}/stop"): "customer",
+    ("GET", "/api/v1/billing/balance"): "signed_in",
+    ("GET", "/api/v1/billing/ledger"): "signed_in",
+    ("GET", "/api/v1/billing/usage"): "signed_in",
+    ("GET", "/api/v1/earnings"): "provider",
+    ("POST", "/api/v1/admin/credits"): "admin",
     ("GET", "/api/v1/admin/users"): "admin",
     ("GET", "/api/v1/admin/audit"): "admin",
     ("GET", "/api/v1/admin/clusters"): "admin",
@@ -139,8 +144,8 @@ def fresh_credential(engine, accounts, caller: str) -> str | None:
     if caller == "anonymous":
         return None
     with session_scope(engine) as session:
-        if caller == "customer_api_key":
-            return api_key_for(session, accounts["customer"])
+        if caller == "customer_api_key":  # a customer of its own: an account holds at most 50 keys
+            return api_key_for(session, make_user(session, Role.CUSTOMER))
         if caller == "device":
             return device_token_for(session, accounts["provider"].id)
         return access_token_for(session, accounts[caller])

@@ -50,3 +50,25 @@ def test_portal_admin_create_makes_a_new_admin_or_promotes_an_account(tmp_path):
         assert [g.actor_id for g in grants] == ["system:cli", "system:cli"]
         assert users.get_user_by_email(session, "new@example.com") is None
     engine.dispose()
+
+
+def test_portal_ledger_check_says_whether_the_books_balance(tmp_path):
+    from sqlalchemy import text
+
+    from portal.services import ledger
+
+    url = f"sqlite:///{tmp_path / 'portal.db'}"
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    with session_scope(engine) as session:
+        user = users.create_user(session, email="payer@example.com", password=None, roles=[Role.CUSTOMER])
+        ledger.grant_credits(
+            session, user_id=user.id, amount_micro=5_000_000, reason="t", idempotency_key="g1"
+        )
+    balanced = portal("ledger", "check", data_dir=tmp_path)
+    assert balanced.returncode == 0 and "The books balance" in balanced.stdout
+    with session_scope(engine) as session:  # a cached balance that the entries do not support
+        session.execute(text("UPDATE ledger_accounts SET balance_micro = balance_micro + 1"))
+    broken = portal("ledger", "check", data_dir=tmp_path)
+    assert broken.returncode == 1 and "entries say" in broken.stderr
+    engine.dispose()

@@ -9,14 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from portal.api.clusters import StateFilter, cluster_out
-from portal.api.deps import SessionDep
+from portal.api.deps import SessionDep, SettingsDep
 from portal.api.users import user_out
 from portal.schemas.auth import AuditEntryOut, UserOut
+from portal.schemas.billing import BalanceOut, CreditGrantIn
 from portal.schemas.clusters import ClusterOut
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import audit, clusters, users
+from portal.services import audit, billing, clusters, ledger, users
 from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -71,17 +72,25 @@ def audit_log(
 
 @router.get("/clusters", summary="Every customer's clusters, newest first")
 def list_clusters(
-    session: SessionDep, _: AdminCaller, state: StateFilter = None, limit: Limit = 50, offset: Offset = 0
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminCaller,
+    state: StateFilter = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[ClusterOut]:
     rows, total = clusters.list_clusters(session, None, limit=limit, offset=offset, state=state)
     return Page(
-        items=[cluster_out(session, c, events=False) for c in rows], total=total, limit=limit, offset=offset
+        items=[cluster_out(session, settings, c, events=False) for c in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
 @router.post("/clusters/{cluster_id}/terminate", status_code=202, summary="Terminate any cluster")
 def terminate_cluster(
-    cluster_id: uuid.UUID, session: SessionDep, caller: AdminCaller, origin: OriginDep
+    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: AdminCaller, origin: OriginDep
 ) -> ClusterOut:
     cluster = clusters.lock_cluster(session, None, cluster_id)
     if clusters.request_termination(session, cluster, "terminated by an admin"):
@@ -95,4 +104,30 @@ def terminate_cluster(
         )
         session.commit()
         dispatch.send("terminate_cluster", cluster.id)
-    return cluster_out(session, cluster)
+    return cluster_out(session, settings, cluster)
+
+
+@router.post("/credits", status_code=201, summary="Grant credits to an account, with a reason (audited)")
+def grant_credits(
+    body: CreditGrantIn, session: SessionDep, caller: AdminCaller, origin: OriginDep
+) -> BalanceOut:
+    users.get_user(session, body.user_id)  # 404 for an unknown account
+    ledger.grant_credits(
+        session,
+        user_id=body.user_id,
+        amount_micro=body.amount_micro,
+        reason=body.reason,
+        idempotency_key=f"admin-grant:{uuid.uuid4()}",
+        granted_by=caller.user_id,
+    )
+    audit.record(
+        session,
+        "billing.grant",
+        actor_id=f"user:{caller.user_id}",
+        origin=origin,
+        target_type="user",
+        target_id=body.user_id,
+        details={"amount_micro": body.amount_micro, "reason": body.reason},
+    )
+    available, escrow = billing.balance(session, body.user_id)
+    return BalanceOut(available_micro=available, escrow_micro=escrow)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
 from portal.api.deps import SessionDep, SettingsDep
+from portal.config import Settings
 from portal.models import Cluster, ClusterState, Role
 from portal.schemas.clusters import (
     ClusterIn,
@@ -32,9 +33,9 @@ Writer = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:
 StateFilter = Annotated[ClusterState | None, Query(description="Only clusters in this state.")]
 
 
-def cluster_out(session: Session, cluster: Cluster, *, events: bool = True) -> ClusterOut:
+def cluster_out(session: Session, settings: Settings, cluster: Cluster, *, events: bool = True) -> ClusterOut:
     nodes = clusters.nodes_with_devices(session, cluster.id)
-    spent, held = clusters.spent_and_escrow(session, cluster)
+    spent, held = clusters.spent_and_escrow(session, settings, cluster)
     return ClusterOut(
         **cluster.model_dump(include=set(ClusterOut.model_fields) - {"nodes", "events"}),
         spent_micro=spent,
@@ -64,37 +65,51 @@ def deploy(body: ClusterIn, session: SessionDep, settings: SettingsDep, caller: 
     # Committed before the actor is told, so it finds the cluster.
     session.commit()
     dispatch.send("provision_cluster", cluster.id)
-    return cluster_out(session, cluster)
+    return cluster_out(session, settings, cluster)
 
 
 @router.get("", summary="Your clusters, newest first")
 def list_clusters(
-    session: SessionDep, caller: Reader, state: StateFilter = None, limit: Limit = 50, offset: Offset = 0
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Reader,
+    state: StateFilter = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> Page[ClusterOut]:
     rows, total = clusters.list_clusters(session, caller.user_id, limit=limit, offset=offset, state=state)
     return Page(
-        items=[cluster_out(session, c, events=False) for c in rows], total=total, limit=limit, offset=offset
+        items=[cluster_out(session, settings, c, events=False) for c in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
 @router.get("/{cluster_id}", summary="A cluster: state, nodes, log, Ray addresses, spent and escrow")
-def get_cluster(cluster_id: uuid.UUID, session: SessionDep, caller: Reader) -> ClusterOut:
+def get_cluster(
+    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Reader
+) -> ClusterOut:
     return cluster_out(session, clusters.get_cluster(session, caller.user_id, cluster_id))
 
 
 @router.post("/{cluster_id}/extend", summary="Run longer; escrow for the extra hours is held now")
-def extend(cluster_id: uuid.UUID, body: ExtendIn, session: SessionDep, caller: Writer) -> ClusterOut:
+def extend(
+    cluster_id: uuid.UUID, body: ExtendIn, session: SessionDep, settings: SettingsDep, caller: Writer
+) -> ClusterOut:
     cluster = clusters.extend(session, clusters.lock_cluster(session, caller.user_id, cluster_id), body.hours)
-    return cluster_out(session, cluster)
+    return cluster_out(session, settings, cluster)
 
 
 @router.delete("/{cluster_id}", status_code=202, summary="Terminate; unused escrow is returned")
-def terminate(cluster_id: uuid.UUID, session: SessionDep, caller: Writer) -> ClusterOut:
+def terminate(
+    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Writer
+) -> ClusterOut:
     cluster = clusters.lock_cluster(session, caller.user_id, cluster_id)
     if clusters.request_termination(session, cluster, "terminated by its owner"):
         session.commit()
         dispatch.send("terminate_cluster", cluster.id)
-    return cluster_out(session, cluster)
+    return cluster_out(session, settings, cluster)
 
 
 @router.post("/{cluster_id}/jobs", status_code=201, summary="Submit a job to the cluster's Ray Jobs API")

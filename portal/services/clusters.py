@@ -26,8 +26,7 @@ from portal.models import (
     NodeRole,
     NodeState,
 )
-from portal.models.base import utcnow
-from portal.services import escrow, market, placement, state_machines
+from portal.services import escrow, market, metering, placement, state_machines
 from portal.services.errors import Conflict, InvalidInput, NotFound
 
 PURPOSES = ("general", "train", "inference")
@@ -313,15 +312,7 @@ def request_termination(session: Session, cluster: Cluster, reason: str) -> bool
     return True
 
 
-def spent_and_escrow(session: Session, cluster: Cluster) -> tuple[int, int]:
-    """Charged so far (settled plus the running nodes' uptime not yet settled) and still in escrow."""
-    now = utcnow()
-    running = sum(
-        escrow.node_charge_micro(node, cluster, now)
-        for node in nodes_of(session, cluster.id)
-        if node.state == NodeState.JOINED and cluster.state not in ENDED
-    )
-    settled = escrow.charged(session, cluster)
-    held = escrow.in_escrow(session, cluster)
-    running = min(running, held)
-    return settled + running, held - running
+def spent_and_escrow(session: Session, settings: Settings, cluster: Cluster) -> tuple[int, int]:
+    """Charged so far (metered, plus what the next metering pass would charge now) and still in escrow."""
+    pending = 0 if cluster.state in ENDED else metering.pending_micro(session, settings, cluster)
+    return escrow.charged(session, cluster) + pending, escrow.in_escrow(session, cluster) - pending

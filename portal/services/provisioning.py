@@ -40,7 +40,7 @@ from portal.models import (
     NodeState,
 )
 from portal.models.base import utcnow
-from portal.services import clusters, commands, devices, escrow, placement, state_machines
+from portal.services import clusters, commands, devices, metering, placement, state_machines
 from portal.services.clusters import ACTIVE_NODE_STATES, ENDED, record
 from portal.services.errors import NotFound
 from portal.wakeups import Wakeups
@@ -355,7 +355,7 @@ class _Steps:
             self.release(node, reason)
         self.cluster.ended_at = self.cluster.ended_at or now
         self.move(final_state, reason)
-        charged, refunded = escrow.settle(self.session, self.cluster, self.settings.platform_fee_bps)
+        charged, refunded = metering.settle(self.session, self.settings, self.cluster)
         record(
             self.session,
             self.cluster,

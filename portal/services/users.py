@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from portal.models import Role, User, UserRole
 from portal.security.passwords import MIN_PASSWORD_LENGTH, hash_password
 from portal.services import audit
-from portal.services.errors import Conflict, InvalidInput
+from portal.services.errors import Conflict, InvalidInput, NotFound
 
 # Deliberately loose: one @, no spaces, a dot in the domain. Deliverability is the mail server's job.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -27,6 +27,13 @@ def normalize_email(email: str) -> str:
 
 def get_user_by_email(session: Session, email: str) -> User | None:
     return session.exec(select(User).where(User.email == normalize_email(email))).first()
+
+
+def get_user(session: Session, user_id: uuid.UUID) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such account.")
+    return user
 
 
 def roles_of(session: Session, user_id: uuid.UUID) -> set[Role]:

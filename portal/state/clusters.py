@@ -11,6 +11,7 @@ from typing import Any
 
 import reflex as rx
 
+from portal.config import get_settings
 from portal.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal
@@ -38,7 +39,7 @@ def _when(moment: datetime | None) -> str:
 
 
 def _summary(session: Any, cluster: Cluster) -> dict[str, Any]:
-    spent, held = clusters.spent_and_escrow(session, cluster)
+    spent, held = clusters.spent_and_escrow(session, get_settings(), cluster)
     return {
         "id": str(cluster.id),
         "name": cluster.name,
