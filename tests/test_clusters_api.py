@@ -72,6 +72,8 @@ def test_what_a_response_reports_is_already_committed(api_client, parts, custome
         assert session.get(Cluster, cluster_id).duration_hours == 5
     listed = api_client.get("/api/v1/clusters", headers=customer).json()
     assert listed["total"] == 1 and listed["items"][0]["id"] == str(cluster_id)
+    shown = api_client.get(f"/api/v1/clusters/{cluster_id}", headers=customer).json()
+    assert shown["duration_hours"] == 5 and shown["escrow_micro"] == 20_000_000 and shown["spent_micro"] == 0
     assert (
         api_client.delete(f"/api/v1/clusters/{cluster_id}", headers=customer).json()["state"] == "terminating"
     )

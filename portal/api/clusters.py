@@ -90,7 +90,7 @@ def list_clusters(
 def get_cluster(
     cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Reader
 ) -> ClusterOut:
-    return cluster_out(session, clusters.get_cluster(session, caller.user_id, cluster_id))
+    return cluster_out(session, settings, clusters.get_cluster(session, caller.user_id, cluster_id))
 
 
 @router.post("/{cluster_id}/extend", summary="Run longer; escrow for the extra hours is held now")
