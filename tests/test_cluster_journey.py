@@ -173,3 +173,17 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     page.goto(demo_portal.url + "/clusters")
     expect(page.locator("#cluster-table")).to_contain_text("from-the-wizard")
     wait_for(lambda: provider, devices_ready, timeout_s=60)
+
+    # Billing: the cluster's uptime is charged per device, the rest of the escrow came back.
+    page.goto(demo_portal.url + "/billing")
+    expect(page.locator("#usage-table")).to_contain_text("demo-rig-1")
+    expect(page.locator("#usage-table")).to_contain_text("demo-rig-2")
+    expect(page.locator("#ledger-table")).to_contain_text("Escrow returned")
+    expect(page.locator("#balance-escrow")).to_have_text("$0.00")
+    # The provider sees what the devices earned.
+    page.context.clear_cookies()
+    page.goto(demo_portal.url + "/login?next=/earnings")
+    page.locator("#email").fill(login["provider"]["email"])
+    page.locator("#password").fill(login["provider"]["password"])
+    page.locator("#submit-sign-in").click()
+    expect(page.locator("#earnings-devices")).to_contain_text("demo-rig-1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.pages import account, admin_audit, areas, auth, clusters, devices, landing, market
+from portal.pages import account, admin_audit, areas, auth, billing, clusters, devices, landing, market
 
 
 def register_pages(app: rx.App) -> None:
@@ -16,3 +16,4 @@ def register_pages(app: rx.App) -> None:
     devices.register(app)
     market.register(app)
     clusters.register(app)
+    billing.register(app)

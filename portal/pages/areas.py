@@ -84,6 +84,12 @@ def customer() -> rx.Component:
                 size="3",
                 variant="soft",
             ),
+            rx.button(
+                rx.link(rx.icon("wallet", size=16), "Billing", href="/billing", underline="none"),
+                as_child=True,
+                size="3",
+                variant="soft",
+            ),
         ),
     )
 
@@ -98,10 +104,18 @@ def provider() -> rx.Component:
             ("Payouts", "Solana payouts to your linked wallet, each with its transaction."),
         ],
         "area-provider",
-        rx.button(
-            rx.link(rx.icon("server", size=16), "Your devices", href="/devices", underline="none"),
-            as_child=True,
-            size="3",
+        rx.hstack(
+            rx.button(
+                rx.link(rx.icon("server", size=16), "Your devices", href="/devices", underline="none"),
+                as_child=True,
+                size="3",
+            ),
+            rx.button(
+                rx.link(rx.icon("coins", size=16), "Earnings", href="/earnings", underline="none"),
+                as_child=True,
+                size="3",
+                variant="soft",
+            ),
         ),
     )
 
