@@ -1,4 +1,5 @@
-"""Device actors: idle devices that fall silent go offline; idle devices prove their compute again."""
+"""Device actors: idle devices that fall silent go offline; idle devices prove their compute again; the
+sample store stays bounded."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dramatiq
 
 from portal.db import session_scope
 from portal.models import Device
-from portal.services import commands, faults, verification
+from portal.services import commands, faults, telemetry, verification
 from tasks.context import parts
 
 
@@ -33,3 +34,10 @@ def mark_silent_devices_offline() -> None:
     for device_id in silent:
         with session_scope(p.engine) as session:
             faults.mark_offline(session, p.settings, device_id)
+
+
+@dramatiq.actor(max_retries=0, time_limit=300_000)
+def prune_gpu_samples() -> None:
+    """Keep the portal's own sample store bounded."""
+    with session_scope(parts().engine) as session:
+        telemetry.prune(session)

@@ -44,6 +44,8 @@ RULES = {
     ("POST", "/api/v1/devices"): "provider",
     ("GET", "/api/v1/devices"): "provider",
     ("GET", "/api/v1/devices/{device_id}"): "provider",
+    ("GET", "/api/v1/devices/{device_id}/metrics"): "provider",
+    ("GET", "/api/v1/clusters/{cluster_id}/metrics"): "customer",
     ("DELETE", "/api/v1/devices/{device_id}"): "provider",
     ("POST", "/api/v1/devices/{device_id}/rotate-token"): "provider",
     ("POST", "/api/v1/worker/register"): "device",

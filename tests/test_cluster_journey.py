@@ -160,6 +160,10 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     expect(page.locator("#cluster-log")).to_contain_text("joined the head")
     expect(page.locator("#nodes-table")).to_contain_text("head")
     expect(page.locator("#client-address")).to_contain_text("ray://")
+    # Live GPU charts: drawn from the agents' heartbeats, and growing without a page reload.
+    expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=30_000)
+    first = page.locator("#chart-points").inner_text()
+    expect(page.locator("#chart-points")).not_to_have_text(first, timeout=30_000)
 
     page.locator("#job-entrypoint").fill("python -c \"print('hello from', 6 * 7)\"")
     page.locator("#submit-job").click()

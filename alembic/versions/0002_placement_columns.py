@@ -1,4 +1,4 @@
-"""placement columns on devices, start command on cluster nodes, client address of clusters
+"""placement columns on devices, start command on cluster nodes, client address of clusters, GPU samples
 
 Revision ID: 0002
 Revises: 0001
@@ -48,9 +48,29 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("started_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("clusters", schema=None) as batch_op:
         batch_op.add_column(sa.Column("client_address", sa.String(length=255), nullable=True))
+    op.create_table(
+        "gpu_samples",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Uuid(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("gpu_index", sa.Integer(), nullable=False),
+        sa.Column("util_pct", sa.Float(), nullable=False),
+        sa.Column("mem_used_mb", sa.Float(), nullable=False),
+        sa.Column("temp_c", sa.Float(), nullable=False),
+        sa.Column("power_w", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.id"], name=op.f("fk_gpu_samples_device_id_devices"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_gpu_samples")),
+    )
+    with op.batch_alter_table("gpu_samples", schema=None) as batch_op:
+        batch_op.create_index("ix_gpu_samples_device_at", ["device_id", "at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("gpu_samples", schema=None) as batch_op:
+        batch_op.drop_index("ix_gpu_samples_device_at")
+    op.drop_table("gpu_samples")
     with op.batch_alter_table("clusters", schema=None) as batch_op:
         batch_op.drop_column("client_address")
     with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:

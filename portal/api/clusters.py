@@ -19,17 +19,19 @@ from portal.schemas.clusters import (
     JobIn,
     JobLogsOut,
     JobOut,
+    MetricsOut,
     NodeOut,
 )
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
-from portal.services import clusters, jobs
+from portal.services import clusters, jobs, telemetry
 from tasks import dispatch
 
 router = APIRouter(prefix="/clusters", tags=["customer: clusters"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:read"))]
 Writer = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:write"))]
+Minutes = Annotated[int, Query(ge=1, le=10_080, description="How far back, in minutes (up to 7 days).")]
 StateFilter = Annotated[ClusterState | None, Query(description="Only clusters in this state.")]
 
 
@@ -110,6 +112,13 @@ def terminate(
         session.commit()
         dispatch.send("terminate_cluster", cluster.id)
     return cluster_out(session, settings, cluster)
+
+
+@router.get("/{cluster_id}/metrics", summary="Per-GPU time series of the cluster's devices")
+def metrics(cluster_id: uuid.UUID, session: SessionDep, caller: Reader, minutes: Minutes = 15) -> MetricsOut:
+    cluster = clusters.get_cluster(session, caller.user_id, cluster_id)
+    found = telemetry.series(session, clusters.device_ids_of(session, cluster.id), minutes)
+    return MetricsOut.model_validate(telemetry.as_json(found, minutes))
 
 
 @router.post("/{cluster_id}/jobs", status_code=201, summary="Submit a job to the cluster's Ray Jobs API")

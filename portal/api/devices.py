@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sqlmodel import Session
 
+from portal.api.clusters import Minutes
 from portal.api.deps import CacheDep, SessionDep, SettingsDep
 from portal.config import Settings
 from portal.models import Device, Role
+from portal.schemas.clusters import MetricsOut
 from portal.schemas.devices import CheckOut, DeviceCreatedOut, DeviceIn, DeviceOut, GpuOut, TokenOut
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
-from portal.services import devices
+from portal.services import devices, telemetry
 
 router = APIRouter(prefix="/devices", tags=["provider: devices"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.PROVIDER], scope="devices:read"))]
@@ -63,6 +65,14 @@ def list_devices(session: SessionDep, settings: SettingsDep, caller: Reader) -> 
 @router.get("/{device_id}", summary="A device: state, GPUs, last heartbeat, verification, eligibility")
 def get_device(device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Reader) -> DeviceOut:
     return device_out(session, devices.get_device(session, caller.user_id, device_id), settings)
+
+
+@router.get("/{device_id}/metrics", summary="Per-GPU time series of the device")
+def metrics(device_id: uuid.UUID, session: SessionDep, caller: Reader, minutes: Minutes = 15) -> MetricsOut:
+    device = devices.get_device(session, caller.user_id, device_id)
+    return MetricsOut.model_validate(
+        telemetry.as_json(telemetry.series(session, [device.id], minutes), minutes)
+    )
 
 
 @router.delete("/{device_id}", status_code=204, summary="Remove a device (not while it runs a cluster)")

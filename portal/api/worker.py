@@ -56,7 +56,9 @@ def _finish_beat(
     parts: AppParts, device_id: uuid.UUID, beat: worker.Beat
 ) -> tuple[str, list[dict[str, Any]]]:
     with session_scope(parts.engine) as session:
-        state, queued = worker.finish_beat(session, parts.cache, device_id, beat)
+        # Prometheus keeps the GPU samples when there is one; else the portal's own store does.
+        store = parts.settings.prometheus_url is None
+        state, queued = worker.finish_beat(session, parts.cache, device_id, beat, store_samples=store)
         return state, [commands.as_message(command) for command in queued]
 
 

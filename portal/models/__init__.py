@@ -23,7 +23,7 @@ from portal.models.clusters import (
     NodeState,
 )
 from portal.models.devices import CommandState, ConnectivityTier, Device, DeviceCommand, DeviceState, Gpu
-from portal.models.monitoring import AuditLog, FaultEvent, StateTransition
+from portal.models.monitoring import AuditLog, FaultEvent, GpuSample, StateTransition
 from portal.models.users import ApiKey, Role, User, UserRole
 
 metadata = SQLModel.metadata
@@ -44,6 +44,7 @@ __all__ = [
     "DeviceState",
     "FaultEvent",
     "Gpu",
+    "GpuSample",
     "Job",
     "JobStatus",
     "LedgerAccount",

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from portal.models.base import created_at_field, json_field, timestamp_field
+from portal.models.base import UTCDateTime, created_at_field, json_field, timestamp_field
 
 
 class FaultEvent(SQLModel, table=True):
@@ -67,3 +67,20 @@ class StateTransition(SQLModel, table=True):
     to_state: str = Field(sa_type=sa.String(24))
     reason: str = Field(default="", sa_type=sa.String(500))
     at: datetime = created_at_field()
+
+
+class GpuSample(SQLModel, table=True):
+    """One GPU's reading from one heartbeat: the portal's own recent-sample store, used when no Prometheus
+    is configured (bounded by ``telemetry.RETENTION``)."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (sa.Index("ix_gpu_samples_device_at", "device_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: uuid.UUID = Field(foreign_key="devices.id", ondelete="CASCADE")
+    at: datetime = Field(sa_type=UTCDateTime)
+    gpu_index: int
+    util_pct: float
+    mem_used_mb: float
+    temp_c: float
+    power_w: float

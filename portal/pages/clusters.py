@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import reflex as rx
 
+from portal.components.charts import gpu_charts
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
+from portal.state.charts import ChartsState
 from portal.state.clusters import ClustersState
 
 REFRESH_MS = 2000
@@ -276,6 +278,7 @@ def cluster_page() -> rx.Component:
                         node_row,
                         id="nodes-table",
                     ),
+                    gpu_charts(),
                     rx.cond(detail["active"], controls()),
                     jobs_card(),
                     rx.moment(interval=REFRESH_MS, on_change=ClustersState.tick_detail, display="none"),
@@ -296,5 +299,5 @@ def register(app: rx.App) -> None:
         cluster_page,
         route="/cluster/[cluster_id]",
         title="Cluster · GPU Portal",
-        on_load=ClustersState.load_detail,
+        on_load=[ClustersState.load_detail, ChartsState.refresh],
     )

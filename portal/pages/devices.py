@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import reflex as rx
 
+from portal.components.charts import gpu_charts
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
+from portal.state.charts import ChartsState
 from portal.state.devices import DevicesState
 
 REFRESH_MS = 3000
@@ -225,6 +227,7 @@ def device_detail() -> rx.Component:
                         detail["gpu_rows"].to(list[dict]),
                         gpu_row,
                     ),
+                    gpu_charts(),
                     confirm_button(
                         "Remove device",
                         title="Remove this device?",
@@ -249,5 +252,5 @@ def register(app: rx.App) -> None:
         device_detail,
         route="/device/[device_id]",
         title="Device · GPU Portal",
-        on_load=DevicesState.load_detail,
+        on_load=[DevicesState.load_detail, ChartsState.refresh],
     )

@@ -151,3 +151,23 @@ class JobLogsOut(BaseModel):
     job_id: uuid.UUID
     status: str
     logs: str
+
+
+class SeriesOut(BaseModel):
+    device_id: uuid.UUID
+    device_name: str
+    gpu_index: int
+    label: str
+    points: list[tuple[datetime, float]]
+
+
+class MetricOut(BaseModel):
+    unit: str
+    dcgm_name: str
+    series: list[SeriesOut]
+
+
+class MetricsOut(BaseModel):
+    minutes: int
+    step_s: int
+    metrics: dict[str, MetricOut]

@@ -247,6 +247,11 @@ def nodes_with_devices(session: Session, cluster_id: uuid.UUID) -> list[tuple[Cl
     ]
 
 
+def device_ids_of(session: Session, cluster_id: uuid.UUID) -> list[uuid.UUID]:
+    """Every device that has served the cluster, in the order they joined."""
+    return list(dict.fromkeys(node.device_id for node in nodes_of(session, cluster_id)))
+
+
 def events_of(
     session: Session, cluster_id: uuid.UUID, *, after_id: int = 0, limit: int = 500
 ) -> list[ClusterEvent]:

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from portal.cache import Cache, Operation
-from portal.models import Device, DeviceState
+from portal.models import Device, DeviceState, GpuSample
 from portal.services import state_machines
 
 BEATS = "beats"
@@ -54,7 +54,12 @@ def record(
     sweep_s: float,
 ) -> Noted:
     """Note one beat, in one round trip to the cache."""
-    beat = {"at": now.isoformat(), "ray_state": ray.get("state", "none"), "ray_node_id": ray.get("node_id")}
+    beat = {
+        "at": now.isoformat(),
+        "ray_state": ray.get("state", "none"),
+        "ray_node_id": ray.get("node_id"),
+        "gpus": samples,
+    }
     operations: list[Operation] = [
         ("hset", BEATS, str(device_id), json.dumps(beat)),
         ("get", state_key(device_id)),
@@ -68,8 +73,9 @@ def record(
     return Noted(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
 
 
-def flush(session: Session, cache: Cache) -> dict[uuid.UUID, str]:
-    """Write the beats noted since the last flush; returns the states of the devices that beat.
+def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict[uuid.UUID, str]:
+    """Write the beats noted since the last flush (and their GPU samples, for the portal's own sample store
+    when no Prometheus keeps them); returns the states of the devices that beat.
 
     A device that was offline comes back (ready if verified, else verifying) through its state machine.
     Beats of devices removed meanwhile are dropped.
@@ -91,6 +97,21 @@ def flush(session: Session, cache: Cache) -> dict[uuid.UUID, str]:
     if rows:
         # The ORM's bulk UPDATE by primary key: one executemany for the whole batch.
         session.execute(update(Device), rows)
+    if store_samples:
+        session.add_all(
+            GpuSample(
+                device_id=device_id,
+                at=datetime.fromisoformat(beat["at"]),
+                gpu_index=gpu["index"],
+                util_pct=gpu["util_pct"],
+                mem_used_mb=gpu["mem_used_mb"],
+                temp_c=gpu["temp_c"],
+                power_w=gpu["power_w"],
+            )
+            for device_id, beat in beats.items()
+            if device_id in known
+            for gpu in beat.get("gpus", [])
+        )
     for device_id, state in known.items():
         if state == DeviceState.OFFLINE:
             device = session.get(Device, device_id)

@@ -96,10 +96,10 @@ def needs_database(noted: Beat) -> bool:
 
 
 def finish_beat(
-    session: Session, cache: Cache, device_id: uuid.UUID, beat: Beat
+    session: Session, cache: Cache, device_id: uuid.UUID, beat: Beat, *, store_samples: bool = True
 ) -> tuple[str, list[DeviceCommand]]:
     """The database part of a beat that needs one; returns the device's state and its commands."""
-    states = liveness.flush(session, cache) if beat.flush else {}
+    states = liveness.flush(session, cache, store_samples=store_samples) if beat.flush else {}
     state = states.get(device_id) or beat.state or liveness.current_state(session, cache, device_id)
     return state, commands.take(session, device_id) if beat.sweep_commands else []
 

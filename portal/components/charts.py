@@ -1,0 +1,56 @@
+"""Per-GPU charts of utilization, memory, temperature and power, refreshed without reloading the page."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.state.charts import ChartsState
+
+REFRESH_MS = 5000
+
+
+def gpu_charts() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.hstack(
+                rx.heading("GPUs", size="4"),
+                rx.spacer(),
+                rx.segmented_control.root(
+                    rx.foreach(ChartsState.ranges, lambda r: rx.segmented_control.item(r, value=r)),
+                    value=ChartsState.range,
+                    on_change=ChartsState.pick_range,
+                    size="1",
+                    id="chart-range",
+                ),
+                width="100%",
+                align="center",
+            ),
+            rx.cond(
+                ChartsState.has_data,
+                rx.grid(
+                    rx.box(rx.plotly(data=ChartsState.util), id="chart-util"),
+                    rx.box(rx.plotly(data=ChartsState.memory), id="chart-memory"),
+                    rx.box(rx.plotly(data=ChartsState.temperature), id="chart-temperature"),
+                    rx.box(rx.plotly(data=ChartsState.power), id="chart-power"),
+                    columns=rx.breakpoints(initial="1", md="2"),
+                    spacing="3",
+                    width="100%",
+                ),
+                rx.cond(
+                    ChartsState.loaded,
+                    rx.text(
+                        "No data yet: samples arrive with the agents' heartbeats.",
+                        color_scheme="gray",
+                        size="2",
+                        id="charts-empty",
+                    ),
+                    rx.spinner(),
+                ),
+            ),
+            rx.text(ChartsState.points.to(str) + " points", size="1", color_scheme="gray", id="chart-points"),
+            rx.moment(interval=REFRESH_MS, on_change=ChartsState.tick, display="none"),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+    )

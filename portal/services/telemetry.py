@@ -1,0 +1,120 @@
+"""GPU telemetry: per-GPU time series of utilization, memory, temperature and power for devices and
+clusters, averaged into buckets that suit the range asked for.
+
+One query layer for the pages and the API. This is its embedded back end, the portal's own sample store
+(``GpuSample`` rows written by the heartbeat flush, pruned after ``RETENTION``); a Prometheus back end
+answers the same shape when ``PORTAL_PROMETHEUS_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Integer, cast, delete, func
+from sqlmodel import Session, col, select
+
+from portal.models import Device, GpuSample
+from portal.models.base import utcnow
+
+RETENTION = timedelta(days=7)
+# label: (minutes shown, seconds per point): 60 to 170 points a series.
+RANGES = {"15m": (15, 15), "1h": (60, 60), "24h": (1440, 600), "7d": (10080, 3600)}
+# Our metric name, the sample column, its unit, and the DCGM-exporter name Prometheus knows it by.
+METRICS = {
+    "util": ("util_pct", "%", "DCGM_FI_DEV_GPU_UTIL"),
+    "memory": ("mem_used_mb", "MiB", "DCGM_FI_DEV_FB_USED"),
+    "temperature": ("temp_c", "°C", "DCGM_FI_DEV_GPU_TEMP"),
+    "power": ("power_w", "W", "DCGM_FI_DEV_POWER_USAGE"),
+}
+
+
+@dataclass
+class Series:
+    """One GPU's points for one metric."""
+
+    device_id: uuid.UUID
+    device_name: str
+    gpu_index: int
+    times: list[datetime] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.device_name} · GPU {self.gpu_index}"
+
+
+def bucket_seconds(minutes: int) -> int:
+    for span, step in RANGES.values():
+        if minutes <= span:
+            return step
+    return RANGES["7d"][1]
+
+
+def _bucket(session: Session, step: int) -> ColumnElement[int]:
+    """The sample's time bucket: seconds since the epoch, divided by the step."""
+    if session.get_bind().dialect.name == "sqlite":
+        return cast(cast(func.strftime("%s", GpuSample.at), Integer) / step, Integer)
+    return cast(func.floor(func.extract("epoch", GpuSample.at) / step), Integer)
+
+
+def series(session: Session, device_ids: list[uuid.UUID], minutes: int) -> dict[str, list[Series]]:
+    """Every metric's series for the devices' GPUs over the last ``minutes``, bucket-averaged."""
+    if not device_ids:
+        return {metric: [] for metric in METRICS}
+    step = bucket_seconds(minutes)
+    since = utcnow() - timedelta(minutes=minutes)
+    bucket = _bucket(session, step).label("bucket")
+    rows = session.exec(
+        select(
+            GpuSample.device_id,
+            GpuSample.gpu_index,
+            bucket,
+            *(func.avg(getattr(GpuSample, column)) for column, _, _ in METRICS.values()),
+        )
+        .where(col(GpuSample.device_id).in_(device_ids), GpuSample.at >= since)
+        .group_by(GpuSample.device_id, GpuSample.gpu_index, bucket)
+        .order_by(GpuSample.device_id, GpuSample.gpu_index, bucket)
+    ).all()
+    names = dict(session.exec(select(Device.id, Device.name).where(col(Device.id).in_(device_ids))).all())
+    found: dict[str, dict[tuple[uuid.UUID, int], Series]] = {metric: {} for metric in METRICS}
+    for device_id, gpu_index, slot, *averages in rows:
+        at = datetime.fromtimestamp(int(slot) * step, UTC)
+        for metric, value in zip(METRICS, averages, strict=True):
+            one = found[metric].setdefault(
+                (device_id, gpu_index), Series(device_id, names.get(device_id, str(device_id)[:8]), gpu_index)
+            )
+            one.times.append(at)
+            one.values.append(round(float(value), 2))
+    return {metric: list(by_gpu.values()) for metric, by_gpu in found.items()}
+
+
+def prune(session: Session) -> int:
+    """Drop samples older than ``RETENTION``; returns how many."""
+    return session.execute(delete(GpuSample).where(col(GpuSample.at) < utcnow() - RETENTION)).rowcount
+
+
+def as_json(found: dict[str, list[Series]], minutes: int) -> dict:
+    """The API's shape of ``series``: per metric its unit, DCGM name and per-GPU points."""
+    return {
+        "minutes": minutes,
+        "step_s": bucket_seconds(minutes),
+        "metrics": {
+            metric: {
+                "unit": METRICS[metric][1],
+                "dcgm_name": METRICS[metric][2],
+                "series": [
+                    {
+                        "device_id": one.device_id,
+                        "device_name": one.device_name,
+                        "gpu_index": one.gpu_index,
+                        "label": one.label,
+                        "points": list(zip(one.times, one.values, strict=True)),
+                    }
+                    for one in found[metric]
+                ],
+            }
+            for metric in METRICS
+        },
+    }

@@ -1,0 +1,90 @@
+"""Live GPU charts for the device page (providers) and the cluster page (customers)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import plotly.graph_objects as go
+import reflex as rx
+
+from portal.db import session_scope
+from portal.security.principal import Principal
+from portal.services import clusters, devices, telemetry
+from portal.services.errors import DomainError
+from portal.state.session import SessionState, for_users, principal
+
+TITLES = {"util": "Utilization", "memory": "Memory used", "temperature": "Temperature", "power": "Power"}
+
+
+def _figure(metric: str, found: list[telemetry.Series]) -> go.Figure:
+    unit = telemetry.METRICS[metric][1]
+    figure = go.Figure([go.Scatter(x=one.times, y=one.values, mode="lines", name=one.label) for one in found])
+    figure.update_layout(
+        title={"text": f"{TITLES[metric]} ({unit})", "font": {"size": 14}},
+        margin={"l": 40, "r": 10, "t": 36, "b": 30},
+        height=230,
+        showlegend=len(found) > 1,
+        legend={"orientation": "h", "y": -0.25},
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        yaxis={"rangemode": "tozero"},
+    )
+    return figure
+
+
+def _series(caller: Principal, path: str, minutes: int) -> dict[str, list[telemetry.Series]]:
+    """The charts' data for the page at ``path``: a device of the caller's, or a cluster of the caller's."""
+    kind, _, raw_id = path.strip("/").partition("/")
+    with session_scope() as session:
+        if kind == "device":
+            device = devices.get_device(session, caller.user_id, uuid.UUID(raw_id))
+            return telemetry.series(session, [device.id], minutes)
+        cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(raw_id))
+        return telemetry.series(session, clusters.device_ids_of(session, cluster.id), minutes)
+
+
+class ChartsState(SessionState):
+    range: str = "15m"
+    has_data: bool = False
+    loaded: bool = False
+    points: int = 0  # how many points the charts hold, so a refresh is visible to tests and users
+    util: go.Figure = go.Figure()
+    memory: go.Figure = go.Figure()
+    temperature: go.Figure = go.Figure()
+    power: go.Figure = go.Figure()
+
+    @rx.var
+    def ranges(self) -> list[str]:
+        return list(telemetry.RANGES)
+
+    @rx.event
+    @for_users()
+    async def refresh(self) -> None:
+        await self._draw()
+
+    @rx.event
+    @for_users()
+    async def tick(self, _now: str) -> None:
+        await self._draw()
+
+    async def _draw(self) -> None:
+        minutes = telemetry.RANGES.get(self.range, telemetry.RANGES["15m"])[0]
+        try:
+            found = await asyncio.to_thread(_series, principal(), self.router.url.path, minutes)
+        except (DomainError, ValueError):
+            return  # the page itself says what is wrong
+        self.util, self.memory = _figure("util", found["util"]), _figure("memory", found["memory"])
+        self.temperature, self.power = (
+            _figure("temperature", found["temperature"]),
+            _figure("power", found["power"]),
+        )
+        self.points = sum(len(one.times) for one in found["util"])
+        self.has_data, self.loaded = self.points > 0, True
+
+    @rx.event
+    @for_users()
+    async def pick_range(self, value: str | list[str]) -> None:
+        if isinstance(value, str) and value in telemetry.RANGES:
+            self.range = value
+        await self._draw()

@@ -1,0 +1,78 @@
+"""GPU samples ride the heartbeats into the portal's own store, and come back as per-GPU series over the
+API, bucket-averaged, on SQLite and PostgreSQL."""
+
+from datetime import timedelta
+
+from portal.cache import MemoryCache
+from portal.db import session_scope
+from portal.models import GpuSample, Role, User
+from portal.models.base import utcnow
+from portal.services import telemetry, worker
+from tests.factories import access_token_for, make_user
+from tests.test_clusters import market_with
+
+
+def sample(index: int, util: float) -> dict:
+    return {"index": index, "util_pct": util, "mem_used_mb": 1000.0, "temp_c": 60.0, "power_w": 300.0}
+
+
+def test_heartbeat_samples_are_stored_and_averaged_into_buckets(engine):
+    with session_scope(engine) as session:
+        (device,) = market_with(session, [2])
+        now = utcnow()
+        session.add_all(
+            GpuSample(
+                device_id=device.id,
+                at=now - timedelta(seconds=5 * i),
+                gpu_index=gpu,
+                util_pct=10.0 * gpu,
+                mem_used_mb=512.0,
+                temp_c=50.0,
+                power_w=250.0,
+            )
+            for i in range(24)  # two minutes, every 5 s
+            for gpu in (0, 1)
+        )
+        session.add(
+            GpuSample(
+                device_id=device.id,
+                at=now - timedelta(hours=2),
+                gpu_index=0,
+                util_pct=99.0,
+                mem_used_mb=0.0,
+                temp_c=0.0,
+                power_w=0.0,
+            )
+        )
+    with session_scope(engine) as session:
+        found = telemetry.series(session, [device.id], 15)
+    gpu0, gpu1 = found["util"]
+    assert (gpu0.gpu_index, gpu1.gpu_index) == (0, 1)
+    assert 8 <= len(gpu0.times) <= 10  # 2 minutes in 15 s buckets; the 2-hour-old sample is out of range
+    assert set(gpu0.values) == {0.0} and set(gpu1.values) == {10.0}
+    assert gpu0.times == sorted(gpu0.times) and found["power"][0].values[0] == 250.0
+    with session_scope(engine) as session:
+        assert telemetry.prune(session) == 0  # nothing older than a week
+
+
+def test_the_device_metrics_route_returns_what_the_agent_reported(parts, api_client):
+    with session_scope(parts.engine) as session:
+        (device,) = market_with(session, [2])
+        owner = session.get(User, device.owner_id)
+        headers = {"Authorization": f"Bearer {access_token_for(session, owner)}"}
+        stranger = {"Authorization": f"Bearer {access_token_for(session, make_user(session, Role.PROVIDER))}"}
+    cache = MemoryCache()
+    for util in (30.0, 50.0):
+        with session_scope(parts.engine) as session:
+            worker.heartbeat(session, cache, device.id, samples=[sample(0, util), sample(1, 5.0)], ray={})
+    reply = api_client.get(f"/api/v1/devices/{device.id}/metrics", params={"minutes": 15}, headers=headers)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["step_s"] == 15 and body["metrics"]["util"]["dcgm_name"] == "DCGM_FI_DEV_GPU_UTIL"
+    series = {s["gpu_index"]: s for s in body["metrics"]["util"]["series"]}
+    assert [value for _, value in series[0]["points"]] in ([40.0], [30.0, 50.0])
+    assert api_client.get(f"/api/v1/devices/{device.id}/metrics", headers=stranger).status_code == 404
+    too_far = api_client.get(
+        f"/api/v1/devices/{device.id}/metrics", params={"minutes": 99_999}, headers=headers
+    )
+    assert too_far.status_code == 422
