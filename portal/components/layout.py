@@ -137,3 +137,13 @@ def stat_card(label: str, value: rx.Var | int | str, icon: str, test_id: str) ->
         ),
         width="100%",
     )
+
+
+def link_button(icon: str, label: str, href: str, *, soft: bool = False) -> rx.Component:
+    """A large button that navigates; ``soft`` for the secondary ones beside the main action."""
+    return rx.button(
+        rx.link(rx.icon(icon, size=16), label, href=href, underline="none"),
+        as_child=True,
+        size="3",
+        variant="soft" if soft else "solid",
+    )

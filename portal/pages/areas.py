@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.components.layout import page_frame
+from portal.components.layout import link_button, page_frame
 from portal.state.session import SessionState
 
 
@@ -28,7 +28,7 @@ def area_page(
                         rx.text.strong(SessionState.email),
                         ". Your ",
                         rx.link("account and API keys", href="/account"),
-                        " are ready; the tools below arrive next.",
+                        " are ready.",
                     ),
                     icon="circle_check",
                     color_scheme="green",
@@ -73,23 +73,9 @@ def customer() -> rx.Component:
         ],
         "area-customer",
         rx.hstack(
-            rx.button(
-                rx.link(rx.icon("rocket", size=16), "Deploy a cluster", href="/deploy", underline="none"),
-                as_child=True,
-                size="3",
-            ),
-            rx.button(
-                rx.link(rx.icon("layers", size=16), "Your clusters", href="/clusters", underline="none"),
-                as_child=True,
-                size="3",
-                variant="soft",
-            ),
-            rx.button(
-                rx.link(rx.icon("wallet", size=16), "Billing", href="/billing", underline="none"),
-                as_child=True,
-                size="3",
-                variant="soft",
-            ),
+            link_button("rocket", "Deploy a cluster", "/deploy"),
+            link_button("layers", "Your clusters", "/clusters", soft=True),
+            link_button("wallet", "Billing", "/billing", soft=True),
         ),
     )
 
@@ -105,17 +91,8 @@ def provider() -> rx.Component:
         ],
         "area-provider",
         rx.hstack(
-            rx.button(
-                rx.link(rx.icon("server", size=16), "Your devices", href="/devices", underline="none"),
-                as_child=True,
-                size="3",
-            ),
-            rx.button(
-                rx.link(rx.icon("coins", size=16), "Earnings", href="/earnings", underline="none"),
-                as_child=True,
-                size="3",
-                variant="soft",
-            ),
+            link_button("server", "Your devices", "/devices"),
+            link_button("coins", "Earnings", "/earnings", soft=True),
         ),
     )
 

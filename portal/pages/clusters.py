@@ -5,7 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.charts import gpu_charts
-from portal.components.layout import page_frame
+from portal.components.layout import link_button, page_frame
 from portal.components.tables import confirm_button, data_table
 from portal.state.charts import ChartsState
 from portal.state.clusters import ClustersState
@@ -28,18 +28,15 @@ def cluster_row(row: rx.Var) -> rx.Component:
     )
 
 
-def deploy_button() -> rx.Component:
-    return rx.button(
-        rx.link(rx.icon("rocket", size=16), "Deploy a cluster", href="/deploy", underline="none"),
-        as_child=True,
-        size="3",
-    )
-
-
 def clusters_page() -> rx.Component:
     return page_frame(
         rx.vstack(
-            rx.hstack(rx.heading("Your clusters", size="7"), rx.spacer(), deploy_button(), width="100%"),
+            rx.hstack(
+                rx.heading("Your clusters", size="7"),
+                rx.spacer(),
+                link_button("rocket", "Deploy a cluster", "/deploy"),
+                width="100%",
+            ),
             rx.cond(
                 ClustersState.rows.length() > 0,
                 data_table(
