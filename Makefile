@@ -32,9 +32,11 @@ $(BUN):
 	npm install --prefix .tools --no-save --no-audit --no-fund --ignore-scripts $(BUN_PACKAGE)@$(BUN_VERSION)
 	test -x $(BUN)
 
-# Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
+# Debian's Chromium for the browser tests (Playwright cannot download its own browser here), and Debian's
+# Prometheus (promtool checks the exposition; a real server scrapes the portal in the tests).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 run: setup
 	$(BIN)/portal run

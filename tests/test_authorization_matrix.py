@@ -71,6 +71,7 @@ RULES = {
     ("GET", "/api/v1/billing/usage"): "signed_in",
     ("GET", "/api/v1/earnings"): "provider",
     ("POST", "/api/v1/admin/credits"): "admin",
+    ("GET", "/api/v1/monitoring/targets"): "admin",
     ("GET", "/api/v1/admin/users"): "admin",
     ("GET", "/api/v1/admin/audit"): "admin",
     ("GET", "/api/v1/admin/clusters"): "admin",

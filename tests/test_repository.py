@@ -83,10 +83,12 @@ def test_prometheus_scrapes_the_portal():
     targets = [
         target
         for job in config["scrape_configs"]
-        for group in job["static_configs"]
+        for group in job.get("static_configs", [])
         for target in group["targets"]
     ]
     assert "portal:3000" in targets
+    (discovery,) = [sd for job in config["scrape_configs"] for sd in job.get("http_sd_configs", [])]
+    assert discovery["url"] == "http://portal:3000/api/v1/monitoring/targets"
 
 
 def test_the_readme_documents_every_setting():

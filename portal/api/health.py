@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
-from portal.api.deps import CacheDep, EngineDep, SettingsDep
+from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
-from portal.metrics import REGISTRY
+from portal.db import session_scope
+from portal.metrics import REGISTRY, GpuGauges
 from portal.security.access import OPEN
+from portal.services import telemetry
 from portal.services.health import check_readiness
 
+logger = logging.getLogger(__name__)
 # No credentials are read: these must answer even when the database is down.
 router = APIRouter(tags=["health"], dependencies=[Depends(OPEN)])
 
@@ -33,6 +40,19 @@ async def readyz(settings: SettingsDep, engine: EngineDep, cache: CacheDep) -> J
     return JSONResponse({"status": "ready", "checks": checks})
 
 
+def _gpu_exposition(parts: AppParts) -> bytes:
+    """The GPU gauges, or nothing while the database or cache is down: /metrics must still answer."""
+    try:
+        with session_scope(parts.engine) as session:
+            gauges = telemetry.online_gpu_gauges(session, parts.cache, parts.settings)
+    except (SQLAlchemyError, RedisError):
+        logger.warning("GPU gauges left out of /metrics: the database or cache is unavailable", exc_info=True)
+        return b""
+    return generate_latest(GpuGauges(gauges))
+
+
 @router.get("/metrics", summary="Prometheus text exposition", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(parts: PartsDep) -> Response:
+    """The portal's counters, and every online device's GPUs under dcgm-exporter names and labels."""
+    gpus = await run_in_threadpool(_gpu_exposition, parts)
+    return Response(generate_latest(REGISTRY) + gpus, media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep, WakeupsDep
 from portal.db import session_scope
+from portal.metrics import HEARTBEATS
 from portal.models import Device
 from portal.schemas.devices import (
     ChallengeAnswerIn,
@@ -66,6 +67,7 @@ def _finish_beat(
 async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) -> HeartbeatOut:
     # Async and on the cache: almost every beat is answered without a thread or a database connection.
     assert caller.device_id is not None
+    HEARTBEATS.inc()
     beat = worker.beat(
         parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
     )

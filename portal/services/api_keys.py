@@ -21,6 +21,7 @@ SCOPES = {
     "billing:read": "See balance, ledger, usage and invoices.",
     "devices:read": "See your devices and earnings (providers).",
     "devices:write": "Add, remove and rotate devices (providers).",
+    "metrics:read": "Discover the agents' metrics endpoints for Prometheus (admins).",
 }
 MAX_ACTIVE_KEYS = 50
 

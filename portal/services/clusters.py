@@ -16,6 +16,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from portal.config import Settings
+from portal.metrics import PLACEMENTS
 from portal.models import (
     Cluster,
     ClusterEvent,
@@ -160,6 +161,7 @@ def create(session: Session, settings: Settings, owner_id: uuid.UUID, spec: Clus
     session.flush()
     chosen = placement.reserve(session, settings, spec.placement(), f"booked for cluster {cluster.id}")
     if chosen is None:
+        PLACEMENTS.labels("capacity_short").inc()
         raise Conflict(
             f"Not enough capacity: no set of available {spec.gpu_model} devices holds exactly "
             f"{spec.gpu_count} GPUs with these filters.",
@@ -170,13 +172,18 @@ def create(session: Session, settings: Settings, owner_id: uuid.UUID, spec: Clus
     cluster.price_per_gpu_hour_micro = per_hour // spec.gpu_count
     add_nodes(session, cluster, chosen, head=True)
     total = per_hour * spec.duration_hours
-    escrow.hold(
-        session,
-        cluster,
-        total,
-        key=f"cluster:{cluster.id}:hold",
-        description=f"escrow for {spec.duration_hours} h of {spec.gpu_count}x {spec.gpu_model}",
-    )
+    try:
+        escrow.hold(
+            session,
+            cluster,
+            total,
+            key=f"cluster:{cluster.id}:hold",
+            description=f"escrow for {spec.duration_hours} h of {spec.gpu_count}x {spec.gpu_model}",
+        )
+    except Conflict:
+        PLACEMENTS.labels("insufficient_credit").inc()
+        raise
+    PLACEMENTS.labels("booked").inc()
     record(
         session,
         cluster,

@@ -8,15 +8,21 @@ answers the same shape when ``PORTAL_PROMETHEUS_URL`` is set.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import httpx
 from sqlalchemy import ColumnElement, Integer, cast, delete, func
 from sqlmodel import Session, col, select
 
-from portal.models import Device, GpuSample
+from portal.cache import Cache
+from portal.config import Settings
+from portal.models import Device, Gpu, GpuSample
 from portal.models.base import utcnow
+from portal.services import liveness
+from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
 
 RETENTION = timedelta(days=7)
 # label: (minutes shown, seconds per point): 60 to 170 points a series.
@@ -118,3 +124,74 @@ def as_json(found: dict[str, list[Series]], minutes: int) -> dict:
             for metric in METRICS
         },
     }
+
+
+@dataclass(frozen=True)
+class GpuGauge:
+    metric: str  # our metric name (a key of METRICS)
+    labels: dict[str, str]
+    value: float
+
+
+def online_gpu_gauges(session: Session, cache: Cache, settings: Settings) -> list[GpuGauge]:
+    """Every online device's latest GPU readings, labelled as dcgm-exporter labels them (plus the portal's
+    device id and whether the GPUs are simulated), for the portal's ``/metrics``."""
+    online_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    online = session.exec(
+        select(Device.id, Device.hostname, Device.simulated).where(
+            col(Device.last_heartbeat_at) > online_since
+        )
+    ).all()
+    if not online:
+        return []
+    gpus = {
+        (gpu.device_id, gpu.index): gpu
+        for gpu in session.exec(select(Gpu).where(col(Gpu.device_id).in_([d for d, _, _ in online]))).all()
+    }
+    latest = cache.batch([("get", liveness.samples_key(device_id)) for device_id, _, _ in online])
+    gauges = []
+    for (device_id, hostname, simulated), raw in zip(online, latest, strict=True):
+        for sample in json.loads(raw)["gpus"] if raw else []:
+            gpu = gpus.get((device_id, sample["index"]))
+            if gpu is None:
+                continue
+            labels = {
+                "gpu": str(gpu.index),
+                "UUID": gpu.uuid,
+                "device": f"nvidia{gpu.index}",
+                "modelName": gpu.model,
+                "Hostname": hostname,
+                "portal_device": str(device_id),
+                "simulated": "true" if simulated else "false",
+            }
+            gauges += [
+                GpuGauge(metric, labels, float(sample[column])) for metric, (column, _, _) in METRICS.items()
+            ]
+    return gauges
+
+
+def scrape_targets(session: Session, settings: Settings) -> list[dict]:
+    """The online agents' own ``/metrics`` endpoints, in Prometheus' HTTP service-discovery format."""
+    online_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    targets = []
+    for device_id, name, url, simulated in session.exec(
+        select(Device.id, Device.name, Device.metrics_url, Device.simulated).where(
+            col(Device.metrics_url).is_not(None), col(Device.last_heartbeat_at) > online_since
+        )
+    ).all():
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host or parsed.port is None:
+            continue
+        targets.append(
+            {
+                "targets": [f"{parsed.host}:{parsed.port}"],
+                "labels": {
+                    "__scheme__": parsed.scheme,
+                    "__metrics_path__": parsed.path or "/metrics",
+                    "portal_device": str(device_id),
+                    "portal_device_name": name,
+                    "simulated": "true" if simulated else "false",
+                },
+            }
+        )
+    return targets
