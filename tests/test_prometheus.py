@@ -15,6 +15,7 @@ from sqlmodel import select
 from portal.db import session_scope
 from portal.models import Device, Role
 from portal.models.base import utcnow
+from portal.services import telemetry
 from tests.conftest import IN_CI, free_port
 from tests.factories import access_token_for, api_key_for, device_token_for, make_user
 from tests.servers import ServerThread
@@ -130,6 +131,17 @@ def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp
                 time.sleep(0.5)
             assert found, "Prometheus never stored the GPU gauge"
             assert float(found[0]["value"][1]) == 42.0 and found[0]["metric"]["gpu"] == "0"
+            # The query layer's Prometheus back end answers in the same shape as the embedded store.
+            with_prometheus = parts.settings.model_copy(update={"prometheus_url": f"http://127.0.0.1:{port}"})
+            with session_scope(parts.engine) as session:
+                series = telemetry.series(session, with_prometheus, [device_id], 15)
+            (util,) = series["util"]
+            assert (
+                (util.device_id, util.gpu_index) == (device_id, 0)
+                and util.values
+                and set(util.values) == {42.0}
+            )
+            assert series["power"][0].values[-1] == 250.0
         finally:
             process.send_signal(signal.SIGTERM)
             try:

@@ -3,13 +3,16 @@ API, bucket-averaged, on SQLite and PostgreSQL."""
 
 from datetime import timedelta
 
+import pytest
+
 from portal.cache import MemoryCache
 from portal.db import session_scope
 from portal.models import GpuSample, Role, User
 from portal.models.base import utcnow
 from portal.services import telemetry, worker
+from portal.services.errors import Unavailable
 from tests.factories import access_token_for, make_user
-from tests.test_clusters import market_with
+from tests.test_clusters import SETTINGS, market_with
 
 
 def sample(index: int, util: float) -> dict:
@@ -45,7 +48,7 @@ def test_heartbeat_samples_are_stored_and_averaged_into_buckets(engine):
             )
         )
     with session_scope(engine) as session:
-        found = telemetry.series(session, [device.id], 15)
+        found = telemetry.series(session, SETTINGS, [device.id], 15)
     gpu0, gpu1 = found["util"]
     assert (gpu0.gpu_index, gpu1.gpu_index) == (0, 1)
     assert 8 <= len(gpu0.times) <= 10  # 2 minutes in 15 s buckets; the 2-hour-old sample is out of range
@@ -76,3 +79,14 @@ def test_the_device_metrics_route_returns_what_the_agent_reported(parts, api_cli
         f"/api/v1/devices/{device.id}/metrics", params={"minutes": 99_999}, headers=headers
     )
     assert too_far.status_code == 422
+
+
+def test_an_unreachable_prometheus_is_a_clear_503_not_a_crash(parts):
+    from tests.conftest import closed_port
+
+    with session_scope(parts.engine) as session:
+        (device,) = market_with(session, [1])
+    away = parts.settings.model_copy(update={"prometheus_url": f"http://127.0.0.1:{closed_port()}"})
+    with session_scope(parts.engine) as session, pytest.raises(Unavailable) as refused:
+        telemetry.series(session, away, [device.id], 15)
+    assert "Prometheus did not answer" in refused.value.message and refused.value.status_code == 503

@@ -115,9 +115,11 @@ def terminate(
 
 
 @router.get("/{cluster_id}/metrics", summary="Per-GPU time series of the cluster's devices")
-def metrics(cluster_id: uuid.UUID, session: SessionDep, caller: Reader, minutes: Minutes = 15) -> MetricsOut:
+def metrics(
+    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Reader, minutes: Minutes = 15
+) -> MetricsOut:
     cluster = clusters.get_cluster(session, caller.user_id, cluster_id)
-    found = telemetry.series(session, clusters.device_ids_of(session, cluster.id), minutes)
+    found = telemetry.series(session, settings, clusters.device_ids_of(session, cluster.id), minutes)
     return MetricsOut.model_validate(telemetry.as_json(found, minutes))
 
 

@@ -68,11 +68,12 @@ def get_device(device_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/{device_id}/metrics", summary="Per-GPU time series of the device")
-def metrics(device_id: uuid.UUID, session: SessionDep, caller: Reader, minutes: Minutes = 15) -> MetricsOut:
+def metrics(
+    device_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Reader, minutes: Minutes = 15
+) -> MetricsOut:
     device = devices.get_device(session, caller.user_id, device_id)
-    return MetricsOut.model_validate(
-        telemetry.as_json(telemetry.series(session, [device.id], minutes), minutes)
-    )
+    found = telemetry.series(session, settings, [device.id], minutes)
+    return MetricsOut.model_validate(telemetry.as_json(found, minutes))
 
 
 @router.delete("/{device_id}", status_code=204, summary="Remove a device (not while it runs a cluster)")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from sqlalchemy import ColumnElement, Integer, cast, delete, func
 from sqlmodel import Session, col, select
 
@@ -23,6 +25,7 @@ from portal.models import Device, Gpu, GpuSample
 from portal.models.base import utcnow
 from portal.services import liveness
 from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
+from portal.services.errors import Unavailable
 
 RETENTION = timedelta(days=7)
 # label: (minutes shown, seconds per point): 60 to 170 points a series.
@@ -65,10 +68,51 @@ def _bucket(session: Session, step: int) -> ColumnElement[int]:
     return cast(func.floor(func.extract("epoch", GpuSample.at) / step), Integer)
 
 
-def series(session: Session, device_ids: list[uuid.UUID], minutes: int) -> dict[str, list[Series]]:
-    """Every metric's series for the devices' GPUs over the last ``minutes``, bucket-averaged."""
+def series(
+    session: Session, settings: Settings, device_ids: list[uuid.UUID], minutes: int
+) -> dict[str, list[Series]]:
+    """Every metric's series for the devices' GPUs over the last ``minutes``, bucket-averaged: from
+    Prometheus when ``PORTAL_PROMETHEUS_URL`` is set, else from the portal's own sample store."""
     if not device_ids:
         return {metric: [] for metric in METRICS}
+    if settings.prometheus_url:
+        return _from_prometheus(session, settings.prometheus_url, device_ids, minutes)
+    return _from_store(session, device_ids, minutes)
+
+
+def _from_prometheus(
+    session: Session, url: str, device_ids: list[uuid.UUID], minutes: int
+) -> dict[str, list[Series]]:
+    """Range queries over the GPU gauges Prometheus scraped from the portal's /metrics."""
+    step = bucket_seconds(minutes)
+    end = utcnow()
+    names = dict(session.exec(select(Device.id, Device.name).where(col(Device.id).in_(device_ids))).all())
+    selector = "|".join(str(device_id) for device_id in device_ids)
+    prometheus = PrometheusConnect(url=url, disable_ssl=False)
+    found: dict[str, list[Series]] = {}
+    for metric, (_, _, dcgm_name) in METRICS.items():
+        query = f'avg_over_time({dcgm_name}{{portal_device=~"{selector}"}}[{step}s])'
+        try:
+            result = prometheus.custom_query_range(
+                query, start_time=end - timedelta(minutes=minutes), end_time=end, step=f"{step}s"
+            )
+        except (PrometheusApiClientException, requests.RequestException) as error:
+            raise Unavailable(f"Prometheus did not answer the GPU query ({type(error).__name__}).") from error
+        found[metric] = []
+        for item in sorted(
+            result, key=lambda r: (r["metric"].get("portal_device", ""), r["metric"].get("gpu", ""))
+        ):
+            labels = item["metric"]
+            device_id = uuid.UUID(labels["portal_device"])
+            one = Series(device_id, names.get(device_id, str(device_id)[:8]), int(labels.get("gpu", 0)))
+            for timestamp, value in item["values"]:
+                one.times.append(datetime.fromtimestamp(float(timestamp), UTC))
+                one.values.append(round(float(value), 2))
+            found[metric].append(one)
+    return found
+
+
+def _from_store(session: Session, device_ids: list[uuid.UUID], minutes: int) -> dict[str, list[Series]]:
     step = bucket_seconds(minutes)
     since = utcnow() - timedelta(minutes=minutes)
     bucket = _bucket(session, step).label("bucket")

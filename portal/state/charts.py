@@ -8,6 +8,7 @@ import uuid
 import plotly.graph_objects as go
 import reflex as rx
 
+from portal.config import get_settings
 from portal.db import session_scope
 from portal.security.principal import Principal
 from portal.services import clusters, devices, telemetry
@@ -39,9 +40,9 @@ def _series(caller: Principal, path: str, minutes: int) -> dict[str, list[teleme
     with session_scope() as session:
         if kind == "device":
             device = devices.get_device(session, caller.user_id, uuid.UUID(raw_id))
-            return telemetry.series(session, [device.id], minutes)
+            return telemetry.series(session, get_settings(), [device.id], minutes)
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(raw_id))
-        return telemetry.series(session, clusters.device_ids_of(session, cluster.id), minutes)
+        return telemetry.series(session, get_settings(), clusters.device_ids_of(session, cluster.id), minutes)
 
 
 class ChartsState(SessionState):
