@@ -11,6 +11,8 @@
   devices on PostgreSQL with 32 client threads deploying and terminating: p50, p99, placements per
   second and double bookings (must be 0), against ``SELECT 1`` and a one-row ``UPDATE`` and commit on the
   same engine. Target: p99 under 50 ms. Skipped when PostgreSQL does not answer.
+- Telemetry (bench/telemetry.py): /metrics with 10,000 devices' GPUs, and a cluster dashboard's query from
+  the portal's own store and from Prometheus, next to a bare Prometheus query.
 - Deploy (bench/deploy.py): deploy request to ``running`` for a 2-device Ray cluster on two local demo
   agents through a real ``portal run``, with its steps from the cluster's events, against the floor of
   starting the same two Ray nodes by hand. Target: at most 1.3x the floor.
@@ -35,6 +37,7 @@ from sqlalchemy import text
 
 from bench.deploy import bench_deploy
 from bench.placement import bench_placement
+from bench.telemetry import bench_telemetry
 from portal import migrations
 from portal.config import PROJECT_ROOT
 from portal.db import build_engine, session_scope
@@ -311,3 +314,4 @@ if __name__ == "__main__":
     bench_http()
     bench_placement()
     bench_deploy()
+    bench_telemetry()

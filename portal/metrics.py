@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,25 +37,29 @@ ACTOR_RUNS = Counter(
 )
 
 
-class GpuGauges(CollectorRegistry):
-    """A registry of one scrape's GPU readings, one gauge family per dcgm-exporter metric."""
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-    def __init__(self, gauges: Iterable[Any]) -> None:
-        super().__init__(auto_describe=False)
-        self._gauges = list(gauges)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from portal.services.telemetry import METRICS
+def gpu_exposition(readings: Sequence[Any]) -> bytes:
+    """The GPU readings in the text exposition format, one gauge family per dcgm-exporter metric.
 
-        for metric, (_, unit, dcgm_name) in METRICS.items():
-            family = None
-            for gauge in (g for g in self._gauges if g.metric == metric):
-                if family is None:
-                    family = GaugeMetricFamily(
-                        dcgm_name,
-                        f"GPU {metric} ({unit}), from the agents' heartbeats.",
-                        labels=list(gauge.labels),
-                    )
-                family.add_metric(list(gauge.labels.values()), gauge.value)
-            if family is not None:
-                yield family
+    Written directly rather than through prometheus_client's collectors: with 10,000 devices these are
+    80,000 samples a scrape, and each GPU's labels are formatted once here instead of once per metric."""
+    from portal.services.telemetry import METRICS
+
+    if not readings:
+        return b""
+    labels = [
+        ",".join(f'{name}="{_escape(value)}"' for name, value in reading.labels.items())
+        for reading in readings
+    ]
+    lines = []
+    for metric, (column, unit, dcgm_name) in METRICS.items():
+        lines.append(f"# HELP {dcgm_name} GPU {metric} ({unit}), from the agents' heartbeats.")
+        lines.append(f"# TYPE {dcgm_name} gauge")
+        lines.extend(
+            f"{dcgm_name}{{{label}}} {float(reading.sample[column])!r}"
+            for label, reading in zip(labels, readings, strict=True)
+        )
+    return ("\n".join(lines) + "\n").encode()

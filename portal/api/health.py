@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.db import session_scope
-from portal.metrics import REGISTRY, GpuGauges
+from portal.metrics import REGISTRY, gpu_exposition
 from portal.security.access import OPEN
 from portal.services import telemetry
 from portal.services.health import check_readiness
@@ -44,11 +44,11 @@ def _gpu_exposition(parts: AppParts) -> bytes:
     """The GPU gauges, or nothing while the database or cache is down: /metrics must still answer."""
     try:
         with session_scope(parts.engine) as session:
-            gauges = telemetry.online_gpu_gauges(session, parts.cache, parts.settings)
+            readings = telemetry.online_gpu_readings(session, parts.cache, parts.settings)
     except (SQLAlchemyError, RedisError):
         logger.warning("GPU gauges left out of /metrics: the database or cache is unavailable", exc_info=True)
         return b""
-    return generate_latest(GpuGauges(gauges))
+    return gpu_exposition(readings)
 
 
 @router.get("/metrics", summary="Prometheus text exposition", response_class=Response)

@@ -171,15 +171,13 @@ def as_json(found: dict[str, list[Series]], minutes: int) -> dict:
 
 
 @dataclass(frozen=True)
-class GpuGauge:
-    metric: str  # our metric name (a key of METRICS)
-    labels: dict[str, str]
-    value: float
+class GpuReading:
+    labels: dict[str, str]  # as dcgm-exporter labels a GPU, plus the portal's device id and "simulated"
+    sample: dict[str, float]  # the latest heartbeat's reading, by sample column
 
 
-def online_gpu_gauges(session: Session, cache: Cache, settings: Settings) -> list[GpuGauge]:
-    """Every online device's latest GPU readings, labelled as dcgm-exporter labels them (plus the portal's
-    device id and whether the GPUs are simulated), for the portal's ``/metrics``."""
+def online_gpu_readings(session: Session, cache: Cache, settings: Settings) -> list[GpuReading]:
+    """Every online device's GPUs with their latest readings, for the portal's ``/metrics``."""
     online_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
     online = session.exec(
         select(Device.id, Device.hostname, Device.simulated).where(
@@ -189,29 +187,31 @@ def online_gpu_gauges(session: Session, cache: Cache, settings: Settings) -> lis
     if not online:
         return []
     gpus = {
-        (gpu.device_id, gpu.index): gpu
-        for gpu in session.exec(select(Gpu).where(col(Gpu.device_id).in_([d for d, _, _ in online]))).all()
+        (device_id, index): (uuid_, model)
+        for device_id, index, uuid_, model in session.exec(
+            select(Gpu.device_id, Gpu.index, Gpu.uuid, Gpu.model).where(
+                col(Gpu.device_id).in_([d for d, _, _ in online])
+            )
+        ).all()
     }
     latest = cache.batch([("get", liveness.samples_key(device_id)) for device_id, _, _ in online])
-    gauges = []
+    readings = []
     for (device_id, hostname, simulated), raw in zip(online, latest, strict=True):
         for sample in json.loads(raw)["gpus"] if raw else []:
-            gpu = gpus.get((device_id, sample["index"]))
-            if gpu is None:
+            known = gpus.get((device_id, sample["index"]))
+            if known is None:
                 continue
             labels = {
-                "gpu": str(gpu.index),
-                "UUID": gpu.uuid,
-                "device": f"nvidia{gpu.index}",
-                "modelName": gpu.model,
+                "gpu": str(sample["index"]),
+                "UUID": known[0],
+                "device": f"nvidia{sample['index']}",
+                "modelName": known[1],
                 "Hostname": hostname,
                 "portal_device": str(device_id),
                 "simulated": "true" if simulated else "false",
             }
-            gauges += [
-                GpuGauge(metric, labels, float(sample[column])) for metric, (column, _, _) in METRICS.items()
-            ]
-    return gauges
+            readings.append(GpuReading(labels, sample))
+    return readings
 
 
 def scrape_targets(session: Session, settings: Settings) -> list[dict]:
