@@ -7,7 +7,7 @@ import dramatiq
 
 from portal.db import session_scope
 from portal.models import Device
-from portal.services import commands, faults, telemetry, verification
+from portal.services import commands, faults, network_history, telemetry, verification
 from tasks.context import parts
 
 
@@ -41,3 +41,12 @@ def prune_gpu_samples() -> None:
     """Keep the portal's own sample store bounded."""
     with session_scope(parts().engine) as session:
         telemetry.prune(session)
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def snapshot_network() -> None:
+    """A minute's picture of the network for the explorer, and the old ones pruned."""
+    p = parts()
+    with session_scope(p.engine) as session:
+        network_history.take_snapshot(session, p.settings)
+        network_history.prune(session)

@@ -29,6 +29,7 @@ def periodic() -> list[tuple[dramatiq.Actor, float]]:
         (devices.reverify_devices, 60.0),
         (devices.mark_silent_devices_offline, 5.0),
         (devices.prune_gpu_samples, 600.0),
+        (devices.snapshot_network, 60.0),
     ]
 
 

@@ -191,3 +191,6 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     page.locator("#password").fill(login["provider"]["password"])
     page.locator("#submit-sign-in").click()
     expect(page.locator("#earnings-devices")).to_contain_text("demo-rig-1")
+    # The public explorer draws the network's history (a picture a minute).
+    page.goto(demo_portal.url + "/explorer")
+    expect(page.locator("#explorer-online .js-plotly-plot")).to_be_visible(timeout=90_000)

@@ -93,6 +93,11 @@ def test_each_periodic_tick_is_sent_once_whatever_the_number_of_processes():
     now = 1_000_000.0
     first = scheduler.tick(shared, now)
     every_5_s = {"expire_clusters", "reconcile_clusters", "mark_silent_devices_offline"}
-    assert set(first) == every_5_s | {"reverify_devices", "meter_clusters", "prune_gpu_samples"}
+    assert set(first) == every_5_s | {
+        "reverify_devices",
+        "meter_clusters",
+        "prune_gpu_samples",
+        "snapshot_network",
+    }
     assert scheduler.tick(shared, now + 0.5) == []  # another process, same periods
     assert set(scheduler.tick(shared, now + 5)) == every_5_s

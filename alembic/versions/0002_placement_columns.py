@@ -1,4 +1,4 @@
-"""placement columns on devices, start command on cluster nodes, client address of clusters, GPU samples
+"""placement columns, node start commands, cluster client address, GPU samples, network snapshots
 
 Revision ID: 0002
 Revises: 0001
@@ -65,9 +65,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("gpu_samples", schema=None) as batch_op:
         batch_op.create_index("ix_gpu_samples_device_at", ["device_id", "at"], unique=False)
+    op.create_table(
+        "network_snapshots",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("gpu_model", sa.String(length=80), nullable=False),
+        sa.Column("country", sa.String(length=2), nullable=False),
+        sa.Column("gpus_online", sa.Integer(), nullable=False),
+        sa.Column("gpus_hired", sa.Integer(), nullable=False),
+        sa.Column("util_avg", sa.Float(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_network_snapshots")),
+    )
+    with op.batch_alter_table("network_snapshots", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_network_snapshots_at"), ["at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("network_snapshots", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_network_snapshots_at"))
+    op.drop_table("network_snapshots")
     with op.batch_alter_table("gpu_samples", schema=None) as batch_op:
         batch_op.drop_index("ix_gpu_samples_device_at")
     op.drop_table("gpu_samples")

@@ -10,6 +10,7 @@ from portal.state.session import SessionState
 AREAS = (
     ("Network", "/", "globe"),
     ("Marketplace", "/market", "store"),
+    ("Explorer", "/explorer", "chart-line"),
     ("Rent GPUs", "/customer", "rocket"),
     ("Provide GPUs", "/provider", "server"),
     ("Admin", "/admin", "shield"),

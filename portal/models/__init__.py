@@ -23,7 +23,7 @@ from portal.models.clusters import (
     NodeState,
 )
 from portal.models.devices import CommandState, ConnectivityTier, Device, DeviceCommand, DeviceState, Gpu
-from portal.models.monitoring import AuditLog, FaultEvent, GpuSample, StateTransition
+from portal.models.monitoring import AuditLog, FaultEvent, GpuSample, NetworkSnapshot, StateTransition
 from portal.models.users import ApiKey, Role, User, UserRole
 
 metadata = SQLModel.metadata
@@ -50,6 +50,7 @@ __all__ = [
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "NetworkSnapshot",
     "NodeRole",
     "NodeState",
     "OAuthIdentity",

@@ -84,3 +84,18 @@ class GpuSample(SQLModel, table=True):
     mem_used_mb: float
     temp_c: float
     power_w: float
+
+
+class NetworkSnapshot(SQLModel, table=True):
+    """The network once a minute, by GPU model and country: for the explorer's charts over time."""
+
+    __tablename__ = "network_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    gpu_model: str = Field(sa_type=sa.String(80))
+    country: str = Field(sa_type=sa.String(2))
+    gpus_online: int
+    gpus_hired: int
+    # Average GPU utilization over the last minutes' samples (None where no samples are stored).
+    util_avg: float | None = Field(default=None)

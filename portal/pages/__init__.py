@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.pages import account, admin_audit, areas, auth, billing, clusters, devices, landing, market
+from portal.pages import (
+    account,
+    admin_audit,
+    areas,
+    auth,
+    billing,
+    clusters,
+    devices,
+    explorer,
+    landing,
+    market,
+)
 
 
 def register_pages(app: rx.App) -> None:
@@ -17,3 +28,4 @@ def register_pages(app: rx.App) -> None:
     market.register(app)
     clusters.register(app)
     billing.register(app)
+    explorer.register(app)

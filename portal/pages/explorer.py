@@ -1,0 +1,74 @@
+"""The public explorer: GPUs online, hired share and utilization over time, by GPU model or country."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.layout import page_frame
+from portal.state.explorer import ExplorerState
+
+REFRESH_MS = 30_000
+
+
+def explorer_page() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.hstack(
+                rx.heading("Network explorer", size="7"),
+                rx.spacer(),
+                rx.segmented_control.root(
+                    rx.segmented_control.item("By model", value="gpu_model"),
+                    rx.segmented_control.item("By country", value="country"),
+                    value=ExplorerState.by,
+                    on_change=ExplorerState.pick_grouping,
+                    size="1",
+                ),
+                rx.segmented_control.root(
+                    rx.foreach(ExplorerState.ranges, lambda r: rx.segmented_control.item(r, value=r)),
+                    value=ExplorerState.range,
+                    on_change=ExplorerState.pick_range,
+                    size="1",
+                ),
+                width="100%",
+                align="center",
+                wrap="wrap",
+            ),
+            rx.text(
+                "A picture of the network every minute: GPUs online and hired, and how busy they are.",
+                color_scheme="gray",
+            ),
+            rx.cond(
+                ExplorerState.error != "",
+                rx.callout(ExplorerState.error, icon="triangle_alert", color_scheme="red"),
+            ),
+            rx.cond(
+                ExplorerState.points > 0,
+                rx.grid(
+                    rx.box(rx.plotly(data=ExplorerState.online), id="explorer-online"),
+                    rx.box(rx.plotly(data=ExplorerState.hired), id="explorer-hired"),
+                    rx.box(rx.plotly(data=ExplorerState.util), id="explorer-util"),
+                    columns=rx.breakpoints(initial="1", md="2"),
+                    spacing="3",
+                    width="100%",
+                ),
+                rx.cond(
+                    ExplorerState.loaded,
+                    rx.text(
+                        "No history yet: the first picture is taken within a minute.",
+                        color_scheme="gray",
+                        id="explorer-empty",
+                    ),
+                    rx.spinner(),
+                ),
+            ),
+            rx.moment(interval=REFRESH_MS, on_change=ExplorerState.tick, display="none"),
+            spacing="4",
+            width="100%",
+        )
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(
+        explorer_page, route="/explorer", title="Network explorer · GPU Portal", on_load=ExplorerState.refresh
+    )
