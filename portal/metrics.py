@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from portal.cache import Cache
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 HTTP_REQUESTS = Counter(
@@ -29,12 +31,28 @@ PLACEMENTS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
-ACTOR_RUNS = Counter(
-    "portal_actor_runs",
-    "Task actor runs, by actor and outcome.",
-    ["actor", "outcome"],
-    registry=REGISTRY,
-)
+# Actor runs are counted in the cache by every task-worker process (see tasks.broker.ActorMetrics).
+COUNTER_TTL_S = 10 * 365 * 24 * 3600
+OUTCOMES = ("success", "failure")
+
+
+def actor_runs_key(actor: str, outcome: str) -> str:
+    return f"actor-runs:{actor}:{outcome}"
+
+
+def actor_runs_exposition(cache: Cache, actors: Sequence[str]) -> bytes:
+    """``portal_actor_runs_total`` by actor and outcome, summed over every task-worker process."""
+    keys = [(actor, outcome) for actor in sorted(actors) for outcome in OUTCOMES]
+    counts = cache.batch([("get", actor_runs_key(actor, outcome)) for actor, outcome in keys])
+    lines = [
+        "# HELP portal_actor_runs_total Task actor runs, by actor and outcome, in every task-worker process.",
+        "# TYPE portal_actor_runs_total counter",
+        *(
+            f'portal_actor_runs_total{{actor="{_escape(actor)}",outcome="{outcome}"}} {float(count or 0)!r}'
+            for (actor, outcome), count in zip(keys, counts, strict=True)
+        ),
+    ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _escape(value: str) -> str:

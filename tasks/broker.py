@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import dramatiq
@@ -9,16 +10,25 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 
 from portal.config import Settings
-from portal.metrics import ACTOR_RUNS
+from portal.metrics import COUNTER_TTL_S, actor_runs_key
+
+logger = logging.getLogger(__name__)
 
 
 class ActorMetrics(dramatiq.Middleware):
-    """Counts actor runs by outcome on the portal's /metrics (``portal_actor_runs_total``)."""
+    """Counts actor runs by outcome in the shared cache, so the portal's /metrics shows the runs of every
+    task-worker process (``portal_actor_runs_total``), not only its own."""
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: Any = None
     ) -> None:
-        ACTOR_RUNS.labels(message.actor_name, "failure" if exception else "success").inc()
+        from tasks.context import parts
+
+        outcome = "failure" if exception else "success"
+        try:
+            parts().cache.incr(actor_runs_key(message.actor_name, outcome), ttl_s=COUNTER_TTL_S)
+        except Exception:  # a metric must never fail the task it counts
+            logger.warning("could not count a run of %s", message.actor_name, exc_info=True)
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:

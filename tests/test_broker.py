@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import dramatiq
@@ -11,6 +12,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from portal.cache import RedisCache, get_cache
 from portal.config import PROJECT_ROOT
+from portal.metrics import actor_runs_key
 from portal.services.health import wait_for_pong
 from tests.conftest import VENV_BIN, stop_process_group
 
@@ -24,8 +26,11 @@ def test_the_embedded_broker_runs_actors_on_worker_threads_in_this_process():
     worker.start()
     try:
         token = uuid.uuid4().hex
+        before = int(get_cache().get(actor_runs_key("ping", "success")) or 0)
         ping.send(token)
         assert wait_for_pong(get_cache(), token, timeout_s=10)
+        worker.join()  # the run is counted once the message is processed
+        assert int(get_cache().get(actor_runs_key("ping", "success")) or 0) == before + 1
     finally:
         worker.stop()
 
@@ -54,7 +59,13 @@ def test_a_message_goes_through_rabbitmq_to_portal_worker_and_back(rabbitmq_url,
         token = uuid.uuid4().hex
         # The actor's own message, sent on a real RabbitMQ broker; the worker process runs it.
         broker.enqueue(ping.message(token))
-        assert wait_for_pong(RedisCache(redis_url, cache_prefix), token, timeout_s=30), worker_output(worker)
+        cache = RedisCache(redis_url, cache_prefix)
+        assert wait_for_pong(cache, token, timeout_s=30), worker_output(worker)
+        # The worker process counted the run where the portal's /metrics reads it.
+        deadline = time.monotonic() + 10
+        while cache.get(actor_runs_key("ping", "success")) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cache.get(actor_runs_key("ping", "success")) == "1"
     finally:
         broker.close()
         stop_process_group(worker, signal.SIGTERM)

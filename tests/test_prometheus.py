@@ -159,3 +159,33 @@ def test_the_shipped_prometheus_config_is_valid():
         text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_grafana_dashboard_charts_metrics_the_portal_exposes(api_client, parts):
+    import json
+    import re
+
+    import yaml
+
+    from portal.config import PROJECT_ROOT
+
+    _, token = beating_device(parts)
+    api_client.post("/api/v1/worker/heartbeat", json=BEAT, headers={"Authorization": f"Bearer {token}"})
+    exposition = api_client.get("/metrics").text.splitlines()
+    # Families without samples yet (no actor has run here) still declare themselves in TYPE lines.
+    exposed = {line.split()[2] for line in exposition if line.startswith("# TYPE ")}
+    exposed |= {line.split("{")[0].split(" ")[0] for line in exposition if line and not line.startswith("#")}
+    dashboard = json.loads((PROJECT_ROOT / "deploy/grafana/dashboards/gpu-portal.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(
+            r"\b(?:DCGM_FI_DEV_\w+|portal_\w+)\b(?!\s*=)", target["expr"]
+        )  # not label names
+    }
+    assert charted and charted <= exposed, charted - exposed
+    datasource = yaml.safe_load(
+        (PROJECT_ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {datasource["uid"]}

@@ -90,3 +90,34 @@ def test_an_unreachable_prometheus_is_a_clear_503_not_a_crash(parts):
     with session_scope(parts.engine) as session, pytest.raises(Unavailable) as refused:
         telemetry.series(session, away, [device.id], 15)
     assert "Prometheus did not answer" in refused.value.message and refused.value.status_code == 503
+
+
+def test_daily_uptime_follows_the_recorded_state_transitions(engine):
+    from portal.models import Device, StateTransition
+
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    day0 = midnight - timedelta(days=2)
+    with session_scope(engine) as session:
+        (device,) = market_with(session, [1])
+        row = session.get(Device, device.id)
+        row.created_at = day0
+        session.add(row)
+        for at, to_state in (
+            (day0 + timedelta(hours=6), "ready"),
+            (day0 + timedelta(days=1), "offline"),
+            (day0 + timedelta(days=1, hours=12), "ready"),
+        ):
+            session.add(
+                StateTransition(
+                    entity_type="device",
+                    entity_id=str(device.id),
+                    from_state="",
+                    to_state=to_state,
+                    reason="test",
+                    at=at,
+                )
+            )
+    with session_scope(engine) as session:
+        days = telemetry.daily_uptime(session, session.get(Device, device.id))
+    assert [(day, pct) for day, pct in days][:2] == [(day0, 75.0), (day0 + timedelta(days=1), 50.0)]
+    assert days[-1] == (midnight, 100.0) and len(days) == 3

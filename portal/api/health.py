@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.db import session_scope
-from portal.metrics import REGISTRY, gpu_exposition
+from portal.metrics import REGISTRY, actor_runs_exposition, gpu_exposition
 from portal.security.access import OPEN
 from portal.services import telemetry
 from portal.services.health import check_readiness
@@ -40,19 +40,25 @@ async def readyz(settings: SettingsDep, engine: EngineDep, cache: CacheDep) -> J
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-def _gpu_exposition(parts: AppParts) -> bytes:
-    """The GPU gauges, or nothing while the database or cache is down: /metrics must still answer."""
+def _shared_exposition(parts: AppParts) -> bytes:
+    """What the database and the cache know (the GPU gauges, every worker's actor runs), or nothing while
+    they are down: /metrics must still answer."""
+    from tasks import broker
+
     try:
         with session_scope(parts.engine) as session:
             readings = telemetry.online_gpu_readings(session, parts.cache, parts.settings)
+        actors = actor_runs_exposition(parts.cache, broker.get_declared_actors())
     except (SQLAlchemyError, RedisError):
-        logger.warning("GPU gauges left out of /metrics: the database or cache is unavailable", exc_info=True)
+        logger.warning(
+            "GPU gauges and actor runs left out of /metrics: database or cache down", exc_info=True
+        )
         return b""
-    return gpu_exposition(readings)
+    return actors + gpu_exposition(readings)
 
 
 @router.get("/metrics", summary="Prometheus text exposition", response_class=Response)
 async def metrics(parts: PartsDep) -> Response:
     """The portal's counters, and every online device's GPUs under dcgm-exporter names and labels."""
-    gpus = await run_in_threadpool(_gpu_exposition, parts)
-    return Response(generate_latest(REGISTRY) + gpus, media_type=CONTENT_TYPE_LATEST)
+    shared = await run_in_threadpool(_shared_exposition, parts)
+    return Response(generate_latest(REGISTRY) + shared, media_type=CONTENT_TYPE_LATEST)

@@ -47,6 +47,10 @@ def gpu_charts() -> rx.Component:
                     rx.spinner(),
                 ),
             ),
+            rx.cond(
+                ChartsState.has_uptime,
+                rx.box(rx.plotly(data=ChartsState.uptime), id="chart-uptime", width="100%"),
+            ),
             rx.text(ChartsState.points.to(str) + " points", size="1", color_scheme="gray", id="chart-points"),
             rx.moment(interval=REFRESH_MS, on_change=ChartsState.tick, display="none"),
             spacing="3",

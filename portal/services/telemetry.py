@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from portal.cache import Cache
 from portal.config import Settings
-from portal.models import Device, Gpu, GpuSample
+from portal.models import Device, DeviceState, Gpu, GpuSample, StateTransition
 from portal.models.base import utcnow
 from portal.services import liveness
 from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
@@ -239,3 +239,37 @@ def scrape_targets(session: Session, settings: Settings) -> list[dict]:
             }
         )
     return targets
+
+
+UP_STATES = {DeviceState.VERIFYING, DeviceState.READY, DeviceState.HIRED}
+
+
+def daily_uptime(session: Session, device: Device, days: int = 30) -> list[tuple[datetime, float]]:
+    """The device's uptime per day (percent of the day in an online state) over the last ``days``, from
+    its recorded state transitions; days before it was added are left out."""
+    now = utcnow()
+    start = max(
+        device.created_at, (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    )
+    moves = session.exec(
+        select(StateTransition.at, StateTransition.to_state)
+        .where(StateTransition.entity_type == "device", StateTransition.entity_id == str(device.id))
+        .order_by(col(StateTransition.at))
+    ).all()
+    # The state at each moment: registered until the first move, then each move's target.
+    timeline = [(device.created_at, str(DeviceState.REGISTERED)), *((at, str(state)) for at, state in moves)]
+    days_out = []
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    while day < now:
+        end = min(day + timedelta(days=1), now)
+        window_start = max(day, start)
+        up = 0.0
+        for (at, state), following in zip(timeline, [*timeline[1:], (now, "")], strict=True):
+            lo, hi = max(at, window_start), min(following[0], end)
+            if hi > lo and state in UP_STATES:
+                up += (hi - lo).total_seconds()
+        span = (end - window_start).total_seconds()
+        if span > 0:
+            days_out.append((day, round(100 * up / span, 1)))
+        day += timedelta(days=1)
+    return days_out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import plotly.graph_objects as go
 import reflex as rx
@@ -34,15 +35,33 @@ def _figure(metric: str, found: list[telemetry.Series]) -> go.Figure:
     return figure
 
 
-def _series(caller: Principal, path: str, minutes: int) -> dict[str, list[telemetry.Series]]:
-    """The charts' data for the page at ``path``: a device of the caller's, or a cluster of the caller's."""
+def _series(
+    caller: Principal, path: str, minutes: int
+) -> tuple[dict[str, list[telemetry.Series]], list[tuple[datetime, float]]]:
+    """The charts' data for the page at ``path``: a device of the caller's (with its daily uptime over 30
+    days), or a cluster of the caller's."""
     kind, _, raw_id = path.strip("/").partition("/")
     with session_scope() as session:
         if kind == "device":
             device = devices.get_device(session, caller.user_id, uuid.UUID(raw_id))
-            return telemetry.series(session, get_settings(), [device.id], minutes)
+            found = telemetry.series(session, get_settings(), [device.id], minutes)
+            return found, telemetry.daily_uptime(session, device)
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(raw_id))
-        return telemetry.series(session, get_settings(), clusters.device_ids_of(session, cluster.id), minutes)
+        device_ids = clusters.device_ids_of(session, cluster.id)
+        return telemetry.series(session, get_settings(), device_ids, minutes), []
+
+
+def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:
+    figure = go.Figure([go.Bar(x=[day for day, _ in days], y=[pct for _, pct in days], name="uptime")])
+    figure.update_layout(
+        title={"text": "Uptime per day, last 30 days (%)", "font": {"size": 14}},
+        margin={"l": 40, "r": 10, "t": 36, "b": 30},
+        height=230,
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        yaxis={"range": [0, 100]},
+    )
+    return figure
 
 
 class ChartsState(SessionState):
@@ -54,6 +73,8 @@ class ChartsState(SessionState):
     memory: go.Figure = go.Figure()
     temperature: go.Figure = go.Figure()
     power: go.Figure = go.Figure()
+    uptime: go.Figure = go.Figure()
+    has_uptime: bool = False
 
     @rx.var
     def ranges(self) -> list[str]:
@@ -72,7 +93,7 @@ class ChartsState(SessionState):
     async def _draw(self) -> None:
         minutes = telemetry.RANGES.get(self.range, telemetry.RANGES["15m"])[0]
         try:
-            found = await asyncio.to_thread(_series, principal(), self.router.url.path, minutes)
+            found, uptime = await asyncio.to_thread(_series, principal(), self.router.url.path, minutes)
         except (DomainError, ValueError):
             return  # the page itself says what is wrong
         self.util, self.memory = _figure("util", found["util"]), _figure("memory", found["memory"])
@@ -81,6 +102,7 @@ class ChartsState(SessionState):
             _figure("power", found["power"]),
         )
         self.points = sum(len(one.times) for one in found["util"])
+        self.uptime, self.has_uptime = _uptime_figure(uptime), bool(uptime)
         self.has_data, self.loaded = self.points > 0, True
 
     @rx.event
