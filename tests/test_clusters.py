@@ -502,3 +502,70 @@ def test_a_device_that_served_clusters_keeps_its_record(engine):
         )
     assert refused.value.code == "device_has_history"
     assert device_state(engine, device.id) == DeviceState.READY
+
+
+def silence(engine, device_id) -> None:
+    """The device's agent dies: no heartbeat for a minute."""
+    with session_scope(engine) as session:
+        device = session.get(Device, device_id)
+        device.last_heartbeat_at = utcnow() - timedelta(minutes=1)
+        session.add(device)
+
+
+def test_a_lost_worker_is_replaced_and_the_cluster_heals(engine):
+    cluster_id, _, _ = run_to_running(engine, [1, 1], 2)
+    with session_scope(engine) as session:
+        spare = market_with(session, [1])[0]  # a device that fits, free
+        started_at = session.get(Cluster, cluster_id).started_at
+    head_node, worker_node = nodes(engine, cluster_id)
+    silence(engine, worker_node.device_id)
+    head = FakeHead()
+    head.alive = {str(head_node.id)}
+    assert advance(engine, cluster_id, head) == ClusterState.DEGRADED
+    lost, replacement = [n for n in nodes(engine, cluster_id) if n.role == "worker"]
+    assert lost.state == NodeState.RELEASED and lost.ended_at is not None
+    assert replacement.device_id == spare.id and replacement.state == NodeState.STARTING
+    with session_scope(engine) as session:
+        (command,) = session.exec(select(DeviceCommand).where(DeviceCommand.device_id == spare.id)).all()
+        assert command.kind == "start_ray_worker" and command.payload["head_address"] == "127.0.0.1:6379"
+    assert device_state(engine, lost.device_id) == DeviceState.OFFLINE  # its agent is gone
+    agent_answers(engine, spare.id, node_id="fresh")
+    head.alive.add("fresh")
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        assert cluster.started_at == started_at  # the paid window is unchanged
+        kinds = [e.kind for e in clusters.events_of(session, cluster_id)]
+    # The log tells the healing in order: lost, replaced, starting, joined, running again.
+    healing = kinds[kinds.index("node_lost") :]
+    assert [k for k in healing if k != "waiting"] == [
+        "node_lost",
+        "replaced",
+        "placed",
+        "node_starting",
+        "node_joined",
+        "running",
+    ]
+
+
+def test_with_no_replacement_the_cluster_stays_degraded_and_says_so_once(engine):
+    cluster_id, _, _ = run_to_running(engine, [1, 1], 2)
+    _, worker_node = nodes(engine, cluster_id)
+    silence(engine, worker_node.device_id)
+    for _ in range(3):
+        assert advance(engine, cluster_id) == ClusterState.DEGRADED
+    with session_scope(engine) as session:
+        kinds = [e.kind for e in clusters.events_of(session, cluster_id)]
+    assert kinds.count("no_replacement") == 1
+
+
+def test_losing_the_head_ends_the_cluster_and_returns_the_escrow(engine):
+    cluster_id, _, _ = run_to_running(engine, [1, 1], 2)
+    head_node, _ = nodes(engine, cluster_id)
+    silence(engine, head_node.device_id)
+    assert advance(engine, cluster_id) == ClusterState.FAILED
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        assert "cannot outlive its head" in cluster.state_reason
+        assert escrow.in_escrow(session, cluster) == 0
+        assert ledger.verify_books(session) == []

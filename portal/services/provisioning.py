@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy import Engine, exists
@@ -41,7 +41,7 @@ from portal.models import (
 )
 from portal.models.base import utcnow
 from portal.services import clusters, commands, devices, metering, placement, state_machines
-from portal.services.clusters import ACTIVE_NODE_STATES, ENDED, record
+from portal.services.clusters import ACTIVE_NODE_STATES, record
 from portal.services.errors import NotFound
 from portal.wakeups import Wakeups
 
@@ -159,10 +159,12 @@ class _Steps:
             self.move(ClusterState.PROVISIONING, "starting the Ray nodes")
         if cluster.state == ClusterState.PROVISIONING:
             self.provision(probe)
+        if cluster.state in (ClusterState.RUNNING, ClusterState.DEGRADED):
+            self.heal(probe)
         if cluster.state == ClusterState.TERMINATING:
             self.end(ClusterState.TERMINATED, cluster.state_reason or "terminated")
-        if cluster.state in ENDED:
-            self.return_devices()
+        # Devices of nodes that ended (a terminated cluster's, a lost node's) go back once stopped.
+        self.return_devices()
 
     def move(self, to_state: str, reason: str) -> None:
         state_machines.move(self.session, "cluster", self.cluster, to_state, reason)
@@ -177,6 +179,18 @@ class _Steps:
         if now - self.cluster.created_at > deadline:
             self.end(ClusterState.FAILED, f"the cluster did not come up within {deadline.seconds} s")
             return
+        if not self.progress(now, timeout, self.replace):
+            return
+        self.start_assigned()
+        nodes = self.active_nodes()
+        if nodes and all(node.state == NodeState.JOINED for node in nodes):
+            self.confirm_running(nodes, probe)
+
+    def progress(
+        self, now: datetime, timeout: timedelta, on_failure: Callable[[ClusterNode, str], None]
+    ) -> bool:
+        """Move starting nodes on from their commands' results; False when the cluster ended meanwhile."""
+        state = self.cluster.state
         for node in self.active_nodes():
             if node.state == NodeState.STARTING:
                 command = self.session.get(DeviceCommand, node.command_id) if node.command_id else None
@@ -184,11 +198,14 @@ class _Steps:
                     self.joined(node, command)
                 elif command is None or command.state in (CommandState.FAILED, CommandState.EXPIRED):
                     detail = command.result_detail if command else "no start command"
-                    self.replace(node, f"could not start its Ray node: {detail}")
+                    on_failure(node, f"could not start its Ray node: {detail}")
                 elif node.started_at and now - node.started_at > timeout:
-                    self.replace(node, f"did not start its Ray node within {timeout.seconds} s")
-            if self.cluster.state != ClusterState.PROVISIONING:
-                return
+                    on_failure(node, f"did not start its Ray node within {timeout.seconds} s")
+            if self.cluster.state != state:
+                return False
+        return True
+
+    def start_assigned(self) -> None:
         head = self.head()
         for node in self.active_nodes():
             if node.state != NodeState.ASSIGNED:
@@ -197,9 +214,81 @@ class _Steps:
                 self.start(node, "start_ray_head", {"dashboard": True})
             elif head is not None and head.state == NodeState.JOINED and self.cluster.ray_address:
                 self.start(node, "start_ray_worker", {"head_address": self.cluster.ray_address})
-        nodes = self.active_nodes()
-        if nodes and all(node.state == NodeState.JOINED for node in nodes):
-            self.confirm_running(nodes, probe)
+
+    # --- healing -----------------------------------------------------------------------------------
+
+    def heal(self, probe: HeadProbe) -> None:
+        """A running cluster that loses a worker goes degraded, books a device that fits, starts a worker on
+        it joining the same head, and is running again once the head sees it. Losing the head ends the
+        cluster: a Ray cluster does not outlive its head (its GCS holds the cluster's state)."""
+        for node in self.active_nodes():
+            if node.state != NodeState.JOINED:
+                continue
+            device = self.session.get(Device, node.device_id)
+            assert device is not None
+            if devices.is_online(device, self.settings) and device.ray_state != "failed":
+                continue
+            why = (
+                "stopped heartbeating"
+                if not devices.is_online(device, self.settings)
+                else "lost its Ray node"
+            )
+            self.lose(node, device, why)
+            if node.role == NodeRole.HEAD:
+                self.end(
+                    ClusterState.FAILED,
+                    f"the Ray head on device {device.name} {why}; a Ray cluster cannot outlive its head",
+                )
+                return
+            if self.cluster.state == ClusterState.RUNNING:
+                self.move(ClusterState.DEGRADED, f"device {device.name} {why}")
+        if self.cluster.state != ClusterState.DEGRADED:
+            return
+        timeout = timedelta(seconds=self.settings.node_start_timeout_s)
+        self.progress(
+            utcnow(),
+            timeout,
+            lambda node, reason: self.lose(node, self.session.get(Device, node.device_id), reason),
+        )
+        active = self.active_nodes()
+        missing = self.cluster.gpu_count - sum(node.gpu_count for node in active)
+        if missing > 0 and not self.book_replacement(
+            missing, self.cluster.price_per_gpu_hour_micro, head=False
+        ):
+            if self.events()[-1].kind != "no_replacement":
+                record(
+                    self.session,
+                    self.cluster,
+                    "no_replacement",
+                    f"No device fits to replace {missing} GPU(s) yet; the cluster runs degraded and is "
+                    "charged only for the nodes that run. The portal keeps looking.",
+                )
+            return
+        self.start_assigned()
+        active = self.active_nodes()
+        if missing <= 0 and active and all(node.state == NodeState.JOINED for node in active):
+            self.confirm_running(active, probe)
+
+    def lose(self, node: ClusterNode, device: Device | None, why: str) -> None:
+        """A node that stopped serving: its billing stops, its device is told to stop, a fault is raised."""
+        name = device.name if device else str(node.device_id)
+        self.release(node, f"device {name} {why}", lost=True)
+        self.session.add(
+            FaultEvent(
+                device_id=node.device_id,
+                cluster_id=self.cluster.id,
+                kind="node_lost",
+                severity="error",
+                message=f"Device {name} {why}."[:500],
+            )
+        )
+        record(
+            self.session,
+            self.cluster,
+            "node_lost",
+            f"The Ray {node.role} on device {name} {why}.",
+            device_id=str(node.device_id),
+        )
 
     def active_nodes(self) -> list[ClusterNode]:
         # The head first: workers need its address.
@@ -267,9 +356,13 @@ class _Steps:
             record(self.session, self.cluster, "waiting", "Waiting for the Ray head to see every node.")
             return
         now = utcnow()
-        self.cluster.started_at = now
-        self.cluster.expires_at = now + timedelta(hours=self.cluster.duration_hours)
-        self.move(ClusterState.RUNNING, f"all {len(nodes)} nodes joined")
+        healed = self.cluster.state == ClusterState.DEGRADED
+        if not healed:
+            self.cluster.started_at = now
+            self.cluster.expires_at = now + timedelta(hours=self.cluster.duration_hours)
+        self.move(
+            ClusterState.RUNNING, "healed: every node is back" if healed else f"all {len(nodes)} nodes joined"
+        )
         record(
             self.session,
             self.cluster,
@@ -303,30 +396,34 @@ class _Steps:
         if failures > self.settings.max_node_replacements:
             self.end(ClusterState.FAILED, f"{failures} devices failed to start their nodes; giving up")
             return
-        tried = frozenset(n.device_id for n in self.nodes)
+        if not self.book_replacement(node.gpu_count, node.rate_micro, head=node.role == NodeRole.HEAD):
+            self.end(ClusterState.FAILED, f"no replacement for device {device.name} is available")
+
+    def book_replacement(self, gpus: int, max_rate_micro: int, *, head: bool) -> bool:
+        """Book devices for ``gpus`` GPUs among those the cluster never used, at the quoted rate or less."""
         spec = clusters.ClusterSpec(
             name=self.cluster.name,
             gpu_model=self.cluster.gpu_model,
-            gpu_count=node.gpu_count,
+            gpu_count=gpus,
             duration_hours=self.cluster.duration_hours,
             countries=tuple(self.cluster.countries),
             connectivity_tier=self.cluster.connectivity_tier,
-            # The customer was quoted this node's rate: a replacement costs no more.
-            max_price_per_gpu_hour_micro=node.rate_micro,
-        ).placement(exclude=tried)
+            # The customer was quoted this rate: a replacement costs no more.
+            max_price_per_gpu_hour_micro=max_rate_micro,
+        ).placement(exclude=frozenset(n.device_id for n in self.nodes))
         chosen = placement.reserve(
             self.session, self.settings, spec, f"replacement for cluster {self.cluster.id}"
         )
         if chosen is None:
-            self.end(ClusterState.FAILED, f"no replacement for device {device.name} is available")
-            return
-        clusters.add_nodes(self.session, self.cluster, chosen, head=node.role == NodeRole.HEAD)
+            return False
         record(
             self.session,
             self.cluster,
             "replaced",
-            f"Replacing device {device.name} ({len(chosen)} device(s) booked).",
+            f"Booked {len(chosen)} device(s) to replace {gpus} GPU(s).",
         )
+        clusters.add_nodes(self.session, self.cluster, chosen, head=head)
+        return True
 
     def events(self) -> list[ClusterEvent]:
         return clusters.events_of(self.session, self.cluster.id)
@@ -425,11 +522,18 @@ def expire(engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uui
 
 
 def unfinished(session: Session) -> list[uuid.UUID]:
-    """Clusters the reconciler should advance: mid-way ones, and ended ones whose devices are not back."""
+    """Clusters the reconciler should advance: mid-way ones, running ones (to heal), and ended ones whose
+    devices are not back."""
     moving = session.exec(
         select(Cluster.id).where(
             col(Cluster.state).in_(
-                [ClusterState.PENDING, ClusterState.PROVISIONING, ClusterState.TERMINATING]
+                [
+                    ClusterState.PENDING,
+                    ClusterState.PROVISIONING,
+                    ClusterState.RUNNING,
+                    ClusterState.DEGRADED,
+                    ClusterState.TERMINATING,
+                ]
             )
         )
     ).all()
