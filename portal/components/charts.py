@@ -9,19 +9,24 @@ from portal.state.charts import ChartsState
 REFRESH_MS = 5000
 
 
+def range_picker(ranges: rx.Var, value: rx.Var, on_change: object, **props: object) -> rx.Component:
+    """How far back the charts go: 15m, 1h, 24h, 7d."""
+    return rx.segmented_control.root(
+        rx.foreach(ranges, lambda r: rx.segmented_control.item(r, value=r)),
+        value=value,
+        on_change=on_change,
+        size="1",
+        **props,
+    )
+
+
 def gpu_charts() -> rx.Component:
     return rx.card(
         rx.vstack(
             rx.hstack(
                 rx.heading("GPUs", size="4"),
                 rx.spacer(),
-                rx.segmented_control.root(
-                    rx.foreach(ChartsState.ranges, lambda r: rx.segmented_control.item(r, value=r)),
-                    value=ChartsState.range,
-                    on_change=ChartsState.pick_range,
-                    size="1",
-                    id="chart-range",
-                ),
+                range_picker(ChartsState.ranges, ChartsState.range, ChartsState.pick_range, id="chart-range"),
                 width="100%",
                 align="center",
             ),

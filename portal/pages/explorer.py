@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
+from portal.components.charts import range_picker
 from portal.components.layout import page_frame
 from portal.state.explorer import ExplorerState
 
@@ -23,12 +24,7 @@ def explorer_page() -> rx.Component:
                     on_change=ExplorerState.pick_grouping,
                     size="1",
                 ),
-                rx.segmented_control.root(
-                    rx.foreach(ExplorerState.ranges, lambda r: rx.segmented_control.item(r, value=r)),
-                    value=ExplorerState.range,
-                    on_change=ExplorerState.pick_range,
-                    size="1",
-                ),
+                range_picker(ExplorerState.ranges, ExplorerState.range, ExplorerState.pick_range),
                 width="100%",
                 align="center",
                 wrap="wrap",

@@ -22,7 +22,7 @@ from portal.config import Settings
 from portal.models import AccountKind, Cluster, ClusterNode, Device, UsageRecord
 from portal.models.base import utcnow
 from portal.services import escrow, ledger
-from portal.services.escrow import BPS, SECONDS_PER_HOUR
+from portal.services.escrow import SECONDS_PER_HOUR
 from portal.services.ledger import Leg
 
 
@@ -83,7 +83,7 @@ def next_period(
     total_seconds = done.seconds + seconds
     amount = node.rate_micro * node.gpu_count * total_seconds // SECONDS_PER_HOUR - done.amount_micro
     amount = min(amount, escrow.in_escrow(session, cluster))
-    fee = (done.amount_micro + amount) * settings.platform_fee_bps // BPS - done.fee_micro
+    fee = escrow.fee_of(done.amount_micro + amount, settings.platform_fee_bps) - done.fee_micro
     return Period(start, end, seconds, amount, fee)
 
 

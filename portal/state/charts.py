@@ -22,16 +22,22 @@ TITLES = {"util": "Utilization", "memory": "Memory used", "temperature": "Temper
 def _figure(metric: str, found: list[telemetry.Series]) -> go.Figure:
     unit = telemetry.METRICS[metric][1]
     figure = go.Figure([go.Scatter(x=one.times, y=one.values, mode="lines", name=one.label) for one in found])
+    return styled(figure, f"{TITLES[metric]} ({unit})", showlegend=len(found) > 1)
+
+
+def styled(figure: go.Figure, title: str, *, height: int = 230, **layout: object) -> go.Figure:
+    """The look every chart of the portal shares: a small title, tight margins, a transparent background
+    that follows the page's theme, a y axis from zero, the legend below."""
     figure.update_layout(
-        title={"text": f"{TITLES[metric]} ({unit})", "font": {"size": 14}},
+        title={"text": title, "font": {"size": 14}},
         margin={"l": 40, "r": 10, "t": 36, "b": 30},
-        height=230,
-        showlegend=len(found) > 1,
+        height=height,
         legend={"orientation": "h", "y": -0.25},
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",
         yaxis={"rangemode": "tozero"},
     )
+    figure.update_layout(**layout)
     return figure
 
 
@@ -53,15 +59,7 @@ def _series(
 
 def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:
     figure = go.Figure([go.Bar(x=[day for day, _ in days], y=[pct for _, pct in days], name="uptime")])
-    figure.update_layout(
-        title={"text": "Uptime per day, last 30 days (%)", "font": {"size": 14}},
-        margin={"l": 40, "r": 10, "t": 36, "b": 30},
-        height=230,
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-        yaxis={"range": [0, 100]},
-    )
-    return figure
+    return styled(figure, "Uptime per day, last 30 days (%)", yaxis={"range": [0, 100]})
 
 
 class ChartsState(SessionState):

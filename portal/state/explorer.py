@@ -12,22 +12,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.db import session_scope
 from portal.services import network_history
 from portal.services.telemetry import RANGES
+from portal.state.charts import styled
 from portal.state.session import for_anyone
 
 logger = logging.getLogger(__name__)
-
-
-def _layout(figure: go.Figure, title: str) -> go.Figure:
-    figure.update_layout(
-        title={"text": title, "font": {"size": 14}},
-        margin={"l": 40, "r": 10, "t": 36, "b": 30},
-        height=260,
-        legend={"orientation": "h", "y": -0.2},
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-        yaxis={"rangemode": "tozero"},
-    )
-    return figure
 
 
 def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, int]:
@@ -50,9 +38,9 @@ def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, in
     util = go.Figure([go.Scatter(x=t.times, y=t.util, name=t.key, mode="lines") for t in trends])
     points = sum(len(t.times) for t in trends)
     return (
-        _layout(online, "GPUs online"),
-        _layout(hired, "Hired share (%)"),
-        _layout(util, "Average GPU utilization (%)"),
+        styled(online, "GPUs online", height=260),
+        styled(hired, "Hired share (%)", height=260),
+        styled(util, "Average GPU utilization (%)", height=260),
         points,
     )
 
