@@ -79,6 +79,9 @@ def run(
         print_demo_logins(seed_demo_accounts(settings), settings)
         # Two local agents with simulated GPUs, unless told otherwise (PORTAL_DEMO_AGENTS=0).
         env.setdefault("PORTAL_DEMO_AGENTS", "2")
+        # Payouts within minutes of a demo cluster running, rather than at $10 once an hour.
+        env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
+        env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
     reflex = Path(sys.executable).with_name("reflex")
     typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
     os.chdir(PROJECT_ROOT)
@@ -161,12 +164,14 @@ def db_current() -> None:
 
 def seed_demo_accounts(settings: Settings) -> list:
     from portal.db import build_engine, session_scope
-    from portal.services.demo import seed_demo
+    from portal.services.demo import demo_deposit, seed_demo
 
     engine = build_engine(settings.sqlalchemy_url)
     try:
         with session_scope(engine) as session:
-            return seed_demo(session, settings.data_dir)
+            logins = seed_demo(session, settings.data_dir)
+            demo_deposit(session, settings)
+            return logins
     finally:
         engine.dispose()
 

@@ -67,6 +67,36 @@ class Settings(BaseSettings):
     solana_rpc_url: str | None = Field(
         default=None, description="Solana JSON-RPC URL; unset: in-process LiteSVM."
     )
+    solana_mint: str | None = Field(
+        default=None,
+        description="Base58 SPL mint customers deposit and providers are paid in (USDC-like); unset: a local "
+        "mint on LiteSVM.",
+    )
+    solana_token_decimals: Annotated[int, Field(ge=0, le=12)] = Field(
+        default=6, description="The mint's decimals; with 6, one token unit is one micro-USD."
+    )
+    solana_treasury_keypair: SecretStr | None = Field(
+        default=None, description="The treasury keypair as base58 or a JSON byte array (solana-keygen)."
+    )
+    solana_treasury_keypair_file: Path | None = Field(
+        default=None, description="A solana-keygen JSON file with the treasury keypair."
+    )
+    solana_explorer_url: str = Field(
+        default="https://explorer.solana.com/tx/{signature}?cluster=custom",
+        description="Link to a transaction, with {signature} in it.",
+    )
+    payout_threshold_micro: Annotated[int, Field(ge=1)] = Field(
+        default=10_000_000, description="Providers are paid once their unpaid earnings reach this."
+    )
+    settlement_interval_s: Annotated[int, Field(ge=5, le=86_400)] = Field(
+        default=3600, description="How often due payouts are made and sent."
+    )
+    deposit_scan_interval_s: Annotated[int, Field(ge=2, le=3600)] = Field(
+        default=15, description="How often deposit accounts are checked for new funds."
+    )
+    payout_batch_size: Annotated[int, Field(ge=1, le=20)] = Field(
+        default=10, description="Transfers packed into one transaction (fewer when it would not fit)."
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Signs tokens; unset in development: generated once into data_dir."
     )
@@ -169,6 +199,26 @@ class Settings(BaseSettings):
     def _http_scheme(cls, value: str | None) -> str | None:
         return _require_scheme(value, ("http://", "https://"), "an HTTP URL")
 
+    @field_validator("solana_mint")
+    @classmethod
+    def _mint_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from solders.pubkey import Pubkey
+
+        try:
+            Pubkey.from_string(value)
+        except ValueError:
+            raise ValueError("must be a base58 Solana address") from None
+        return value
+
+    @field_validator("solana_explorer_url")
+    @classmethod
+    def _explorer_link(cls, value: str) -> str:
+        if "{signature}" not in value:
+            raise ValueError("must contain {signature}")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -181,6 +231,17 @@ class Settings(BaseSettings):
     def _production_needs_a_secret(self) -> Settings:
         if self.environment is Environment.PRODUCTION and self.secret_key is None:
             raise ValueError("PORTAL_SECRET_KEY must be set when PORTAL_ENVIRONMENT=production")
+        return self
+
+    @model_validator(mode="after")
+    def _real_chain_needs_mint_and_treasury(self) -> Settings:
+        if self.solana_rpc_url and self.solana_mint is None:
+            raise ValueError("PORTAL_SOLANA_MINT must be set when PORTAL_SOLANA_RPC_URL is")
+        if self.solana_rpc_url and not (self.solana_treasury_keypair or self.solana_treasury_keypair_file):
+            raise ValueError(
+                "PORTAL_SOLANA_TREASURY_KEYPAIR or PORTAL_SOLANA_TREASURY_KEYPAIR_FILE must be set when "
+                "PORTAL_SOLANA_RPC_URL is"
+            )
         return self
 
     @property

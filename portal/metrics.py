@@ -81,3 +81,17 @@ def gpu_exposition(readings: Sequence[Any]) -> bytes:
             for label, reading in zip(labels, readings, strict=True)
         )
     return ("\n".join(lines) + "\n").encode()
+
+
+def payouts_exposition(totals: dict[str, tuple[int, int]]) -> bytes:
+    """Payouts by state (a gauge: they move between states) and the micro-USD paid out (a counter)."""
+    states = ("pending", "submitted", "confirmed", "failed")
+    lines = [
+        "# HELP portal_payouts Provider payouts, by state.",
+        "# TYPE portal_payouts gauge",
+        *(f'portal_payouts{{state="{state}"}} {float(totals.get(state, (0, 0))[0])!r}' for state in states),
+        "# HELP portal_payouts_paid_micro_total Micro-USD paid to providers, confirmed on chain.",
+        "# TYPE portal_payouts_paid_micro_total counter",
+        f"portal_payouts_paid_micro_total {float(totals.get('confirmed', (0, 0))[1])!r}",
+    ]
+    return ("\n".join(lines) + "\n").encode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from tasks import clusters
+from tasks import billing, clusters
 
 logger = logging.getLogger(__name__)
 
@@ -20,3 +20,11 @@ def send(actor_name: str, cluster_id: uuid.UUID) -> None:
         logger.exception(
             "could not send %s for cluster %s; the reconciler will take it", actor_name, cluster_id
         )
+
+
+def settle_soon() -> None:
+    """Best effort: the periodic settlement pass picks up anything this message misses."""
+    try:
+        billing.settle_payouts.send()
+    except Exception:
+        logger.exception("could not send settle_payouts; the next settlement pass will take it")

@@ -24,6 +24,8 @@ def periodic() -> list[tuple[dramatiq.Actor, float]]:
     settings = parts().settings
     return [
         (billing.meter_clusters, float(settings.metering_interval_s)),
+        (billing.settle_payouts, float(settings.settlement_interval_s)),
+        (billing.watch_deposits, float(settings.deposit_scan_interval_s)),
         (clusters.expire_clusters, 5.0),
         (clusters.reconcile_clusters, 5.0),
         (devices.reverify_devices, 60.0),

@@ -194,7 +194,7 @@ def rabbitmq_url() -> Iterator[str]:
 
 
 def settings_for(**values: object) -> Settings:
-    return Settings(data_dir=TEST_DATA_DIR, **values)  # type: ignore[arg-type]
+    return Settings(**{"data_dir": TEST_DATA_DIR, **values})  # type: ignore[arg-type]
 
 
 def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 20) -> None:

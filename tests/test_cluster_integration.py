@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from solders.keypair import Keypair
 from sqlmodel import select
 
 from portal import migrations
@@ -71,7 +71,7 @@ def seed(database_url: str) -> tuple[str, list[str]]:
             idempotency_key="test-credit",
         )
         provider = users.create_user(session, email="owner@example.com", password=None, roles=[Role.PROVIDER])
-        provider.wallet_address = f"wallet-{uuid.uuid4().hex[:16]}"
+        provider.wallet_address = str(Keypair().pubkey())
         tokens = [
             devices.add_device(
                 session,

@@ -33,7 +33,16 @@ GPU_JOB = (
 @pytest.fixture(scope="module")
 def demo_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
     """`portal run` as `make run` starts it: demo accounts and two agents with one simulated H100 each."""
-    running = start_portal(tmp_path_factory.mktemp("journey"), env={"PORTAL_DEMO_AGENTS": "2"})
+    running = start_portal(
+        tmp_path_factory.mktemp("journey"),
+        # Pay the provider as soon as anything is earned, so the journey sees a payout land.
+        env={
+            "PORTAL_DEMO_AGENTS": "2",
+            "PORTAL_PAYOUT_THRESHOLD_MICRO": "1000",
+            "PORTAL_SETTLEMENT_INTERVAL_S": "5",
+            "PORTAL_DEPOSIT_SCAN_INTERVAL_S": "2",
+        },
+    )
     yield running
     stop_process_group(running.process)
 
@@ -184,6 +193,18 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     expect(page.locator("#usage-table")).to_contain_text("demo-rig-2")
     expect(page.locator("#ledger-table")).to_contain_text("Escrow returned")
     expect(page.locator("#balance-escrow")).to_have_text("$0.00")
+    # The demo deposit on the local chain was swept and credited once.
+    expect(page.locator("#deposits-table")).to_contain_text("$25.00")
+    expect(page.locator("#deposits-table")).to_contain_text("confirmed")
+    expect(page.locator("#ledger-table")).to_contain_text("Deposit")
+    page.locator("#show-deposit-address").click()
+    expect(page.locator("#deposit-address")).to_have_text(re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"))
+    expect(page.get_by_alt_text("Deposit address QR code")).to_be_visible()
+    expect(page.get_by_text("Local development chain (LiteSVM)")).to_be_visible()
+    with page.expect_download() as download:
+        page.locator("#download-invoice").click()
+    invoice = download.value.path().read_text()
+    assert invoice.startswith("period_start,") and "demo-rig-1" in invoice
     # The provider sees what the devices earned.
     page.context.clear_cookies()
     page.goto(demo_portal.url + "/login?next=/earnings")
@@ -191,6 +212,11 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     page.locator("#password").fill(login["provider"]["password"])
     page.locator("#submit-sign-in").click()
     expect(page.locator("#earnings-devices")).to_contain_text("demo-rig-1")
+    # Paid on chain: the payout is confirmed with its transaction signature linked to an explorer.
+    expect(page.locator("#payouts-table")).to_contain_text("confirmed", timeout=60_000)
+    expect(page.locator("#payouts-table a")).to_have_attribute("href", re.compile(r"explorer"))
+    expect(page.locator("#earned-paid")).not_to_have_text("$0.00")
+    expect(page.locator("#chart-earnings .js-plotly-plot")).to_be_visible()
     # The public explorer draws the network's history (a picture a minute).
     page.goto(demo_portal.url + "/explorer")
     expect(page.locator("#explorer-online .js-plotly-plot")).to_be_visible(timeout=90_000)

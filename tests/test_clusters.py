@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from solders.keypair import Keypair
 from sqlmodel import Session, select
 
 from portal.db import session_scope
@@ -39,7 +40,7 @@ H100_PRICE = 2_000_000
 
 def market_with(session: Session, gpus_per_device: list[int], *, price: int | None = None) -> list[Device]:
     provider = make_user(session, Role.PROVIDER)
-    provider.wallet_address = f"wallet-{uuid.uuid4().hex[:20]}"
+    provider.wallet_address = str(Keypair().pubkey())
     session.add(provider)
     found = []
     for count in gpus_per_device:

@@ -1,22 +1,43 @@
 """Metering charges verified uptime to the micro-unit and never charges downtime; random sequences of
-heartbeats, downtime, metering passes, extensions and the end keep the books balanced."""
+deposits, heartbeats, downtime, metering passes, extensions, the end and payouts (with crashes between sign,
+persist, send and confirm) keep the books balanced and move every token on chain exactly once."""
 
+import contextlib
 import tempfile
 from datetime import timedelta
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+from solders.signature import Signature
 from sqlmodel import select
 
 from portal import migrations
 from portal.db import build_engine, session_scope
-from portal.models import AccountKind, Cluster, ClusterNode, Device, UsageRecord
-from portal.services import clusters, escrow, ledger, metering
+from portal.models import (
+    AccountKind,
+    Cluster,
+    ClusterNode,
+    Deposit,
+    Device,
+    Payout,
+    PayoutState,
+    UsageRecord,
+    User,
+)
+from portal.services import chain, clusters, deposits, escrow, ledger, metering, payouts
+from portal.services.chain import LiteSvmChain, Outcome
 from portal.services.errors import Conflict
+from portal.services.treasury import local_settlement
+from tests.conftest import settings_for
 from tests.test_clusters import H100_PRICE, SETTINGS, assert_charges_are_exact, run_to_running
+from tests.test_settlement import Crash, crash_at
 
 CREDIT = 100_000_000
+PAY_EVERYTHING = settings_for(payout_threshold_micro=1, payout_batch_size=10)
+CRASH_POINTS = st.sampled_from([None, "signed", "persisted", "sent"])
 
 
 def at(engine, cluster_id, seconds: float):
@@ -96,6 +117,13 @@ class MeteredCluster(RuleBasedStateMachine):
         self.ended = False
         for device in self.devices:
             beat_at(self.engine, device.id, at(self.engine, self.cluster_id, 0))
+        self.settlement = local_settlement(LiteSvmChain(), Keypair(), Keypair())
+        self.deposited = 0
+        with session_scope(self.engine) as session:
+            self.deposit_owner = Pubkey.from_string(
+                deposits.deposit_account(session, self.settlement.treasury, self.customer).owner_address
+            )
+            self.wallet = Pubkey.from_string(session.get(User, self.devices[0].owner_id).wallet_address)
 
     def teardown(self) -> None:
         self.engine.dispose()
@@ -183,6 +211,39 @@ class MeteredCluster(RuleBasedStateMachine):
             metering.settle(session, SETTINGS, clusters.lock_cluster(session, None, self.cluster_id))
             assert ledger.available_balance(session, self.customer) == before
 
+    @rule(amount=st.integers(1, 50_000_000))
+    def customer_deposits(self, amount: int) -> None:
+        keys = self.settlement.treasury
+        chain.mint_to(self.settlement.chain, keys.keypair, keys.mint, 6, self.deposit_owner, amount)
+        self.deposited += amount
+
+    @rule(crash=CRASH_POINTS)
+    def deposit_watch(self, crash: str | None) -> None:
+        with contextlib.suppress(Crash):
+            deposits.watch(self.engine, self.settlement, checkpoint=crash_at(crash or ""))
+
+    @rule(crash=CRASH_POINTS)
+    def settlement_pass(self, crash: str | None) -> None:
+        with contextlib.suppress(Crash):
+            payouts.settle(self.engine, PAY_EVERYTHING, self.settlement, checkpoint=crash_at(crash or ""))
+
+    @rule()
+    def blockhash_expires(self) -> None:
+        self.settlement.chain.expire_blockhash()
+
+    def landed(self, rows) -> int:
+        """What rows moved on chain: confirmed, or submitted with a transaction that landed."""
+        return sum(
+            row.amount_micro
+            for row in rows
+            if row.state == PayoutState.CONFIRMED
+            or (
+                row.state == PayoutState.SUBMITTED
+                and self.settlement.chain.status(Signature.from_string(row.tx_signature)).outcome
+                is Outcome.LANDED
+            )
+        )
+
     @invariant()
     def books_balance_and_no_money_is_made_or_lost(self) -> None:
         if not hasattr(self, "cluster_id"):
@@ -193,12 +254,28 @@ class MeteredCluster(RuleBasedStateMachine):
             available = ledger.available_balance(session, self.customer)
             held = escrow.in_escrow(session, cluster)
             charged = escrow.charged(session, cluster)
-            assert available + held + charged == CREDIT
+            made = session.exec(select(Deposit)).all()
+            credited = sum(d.amount_micro for d in made if d.state == PayoutState.CONFIRMED)
+            assert available + held + charged == CREDIT + credited
             earned = ledger.get_account(session, AccountKind.PROVIDER_EARNED, self.devices[0].owner_id)
+            in_flight = ledger.get_account(session, AccountKind.PAYOUTS_IN_FLIGHT)
+            paid = ledger.get_account(session, AccountKind.TREASURY)
             fees = ledger.get_account(session, AccountKind.PLATFORM_FEES)
-            assert earned.balance_micro + fees.balance_micro == charged
+            assert (
+                earned.balance_micro + in_flight.balance_micro + paid.balance_micro + fees.balance_micro
+                == (charged)
+            )
             if self.ended:
                 assert held == 0
+            # On chain every token moved once: the wallet holds exactly the payouts that landed, the
+            # deposit account what was not swept; a crashed step is finished by a later pass, never doubled.
+            sent = session.exec(select(Payout)).all()
+            on_chain = self.settlement.chain.token_balance
+            mint = self.settlement.treasury.mint
+            assert (on_chain(chain.token_account(self.wallet, mint)) or 0) == self.landed(sent)
+            assert sum(p.amount_micro for p in sent if p.state == PayoutState.CONFIRMED) == paid.balance_micro
+            left = on_chain(chain.token_account(self.deposit_owner, mint)) or 0
+            assert left + self.landed(made) == self.deposited
 
     @invariant()
     def charges_are_exact_and_within_uptime(self) -> None:

@@ -8,16 +8,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from portal.api.billing import payout_out
 from portal.api.clusters import StateFilter, cluster_out
 from portal.api.deps import SessionDep, SettingsDep
 from portal.api.users import user_out
+from portal.models import PayoutState
 from portal.schemas.auth import AuditEntryOut, UserOut
-from portal.schemas.billing import BalanceOut, CreditGrantIn
+from portal.schemas.billing import BalanceOut, CreditGrantIn, PayoutOut, PayoutRetryIn
 from portal.schemas.clusters import ClusterOut
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import audit, billing, clusters, ledger, users
+from portal.services import audit, billing, clusters, ledger, payouts, users
 from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -131,3 +133,40 @@ def grant_credits(
     )
     available, escrow = billing.balance(session, body.user_id)
     return BalanceOut(available_micro=available, escrow_micro=escrow)
+
+
+@router.get("/payouts", summary="Every payout, newest first; filter by state")
+def list_payouts(
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminCaller,
+    state: Annotated[PayoutState | None, Query()] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[PayoutOut]:
+    rows, total = payouts.list_payouts(session, None, state=state, limit=limit, offset=offset)
+    return Page(items=[payout_out(settings, row) for row in rows], total=total, limit=limit, offset=offset)
+
+
+@router.post("/payouts/{payout_id}/retry", summary="Send a failed payout again (audited)")
+def retry_payout(
+    payout_id: uuid.UUID,
+    body: PayoutRetryIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: AdminCaller,
+    origin: OriginDep,
+) -> PayoutOut:
+    payout = payouts.retry(session, payout_id, reason=body.reason)
+    audit.record(
+        session,
+        "payout.retry",
+        actor_id=f"user:{caller.user_id}",
+        origin=origin,
+        target_type="payout",
+        target_id=payout.id,
+        details={"amount_micro": payout.amount_micro, "reason": body.reason},
+    )
+    session.commit()
+    dispatch.settle_soon()
+    return payout_out(settings, payout)

@@ -14,9 +14,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.db import session_scope
-from portal.metrics import REGISTRY, actor_runs_exposition, gpu_exposition
+from portal.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
 from portal.security.access import OPEN
-from portal.services import telemetry
+from portal.services import payouts, telemetry
 from portal.services.health import check_readiness
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,14 @@ def _shared_exposition(parts: AppParts) -> bytes:
     try:
         with session_scope(parts.engine) as session:
             readings = telemetry.online_gpu_readings(session, parts.cache, parts.settings)
+            payout_totals = payouts.totals_by_state(session)
         actors = actor_runs_exposition(parts.cache, broker.get_declared_actors())
     except (SQLAlchemyError, RedisError):
         logger.warning(
             "GPU gauges and actor runs left out of /metrics: database or cache down", exc_info=True
         )
         return b""
-    return actors + gpu_exposition(readings)
+    return actors + payouts_exposition(payout_totals) + gpu_exposition(readings)
 
 
 @router.get("/metrics", summary="Prometheus text exposition", response_class=Response)

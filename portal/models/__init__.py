@@ -5,6 +5,8 @@ from sqlmodel import SQLModel
 from portal.models.auth import AuthSession, OAuthIdentity, RefreshToken
 from portal.models.billing import (
     AccountKind,
+    Deposit,
+    DepositAccount,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
@@ -39,6 +41,8 @@ __all__ = [
     "ClusterState",
     "CommandState",
     "ConnectivityTier",
+    "Deposit",
+    "DepositAccount",
     "Device",
     "DeviceCommand",
     "DeviceState",

@@ -28,6 +28,8 @@ class AccountKind(StrEnum):
     DEPOSITS = "deposits"
     # The source of credits granted by admins (and demo seeding): the books still balance.
     GRANTS = "grants"
+    # Earnings taken out of a provider's account for a payout that has not landed on chain yet.
+    PAYOUTS_IN_FLIGHT = "payouts_in_flight"
 
 
 class LedgerAccount(SQLModel, table=True):
@@ -101,6 +103,8 @@ class PayoutState(StrEnum):
 
 
 class Payout(SQLModel, table=True):
+    """One provider payment; several may share one transaction (and so one signature)."""
+
     __tablename__ = "payouts"
     __table_args__ = (sa.Index("ix_payouts_provider_created", "provider_id", "created_at"),)
 
@@ -109,9 +113,43 @@ class Payout(SQLModel, table=True):
     wallet_address: str = Field(sa_type=sa.String(64))
     amount_micro: int = money_field()
     state: str = state_field(PayoutState.PENDING)
+    state_reason: str = Field(default="", sa_type=sa.String(500))
     # Persisted before sending, so a restart looks the transaction up on chain before any resend.
-    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), unique=True)
+    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), index=True)
+    blockhash: str | None = Field(default=None, sa_type=sa.String(64))
     last_valid_block_height: int | None = Field(default=None, sa_type=sa.BigInteger)
+    attempts: int = Field(default=0)
+    error: str = Field(default="", sa_type=sa.String(1000))
+    created_at: datetime = created_at_field()
+    submitted_at: datetime | None = timestamp_field()
+    confirmed_at: datetime | None = timestamp_field()
+
+
+class DepositAccount(SQLModel, table=True):
+    """A customer's personal deposit wallet; its key is derived from the treasury's, never stored."""
+
+    __tablename__ = "deposit_accounts"
+
+    user_id: uuid.UUID = Field(foreign_key="users.id", primary_key=True)
+    owner_address: str = Field(sa_type=sa.String(64), unique=True)
+    token_account: str = Field(sa_type=sa.String(64), unique=True)
+    created_at: datetime = created_at_field()
+
+
+class Deposit(SQLModel, table=True):
+    """Tokens found on a deposit account, swept to the treasury and credited once the sweep landed."""
+
+    __tablename__ = "deposits"
+    __table_args__ = (sa.Index("ix_deposits_user_created", "user_id", "created_at"),)
+
+    id: uuid.UUID = id_field()
+    user_id: uuid.UUID = Field(foreign_key="users.id")
+    token_account: str = Field(sa_type=sa.String(64))
+    amount_micro: int = money_field()
+    state: str = state_field(PayoutState.PENDING)
+    state_reason: str = Field(default="", sa_type=sa.String(500))
+    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), index=True)
+    blockhash: str | None = Field(default=None, sa_type=sa.String(64))
     attempts: int = Field(default=0)
     error: str = Field(default="", sa_type=sa.String(1000))
     created_at: datetime = created_at_field()

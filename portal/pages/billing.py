@@ -1,4 +1,5 @@
-"""Billing (customers): balance, ledger, usage. Earnings (providers): accrued, pending, paid."""
+"""Billing (customers): balance, deposits, usage, invoices, ledger. Earnings (providers): accrued, pending,
+paid, a daily chart and payouts with their transaction signatures."""
 
 from __future__ import annotations
 
@@ -32,6 +33,114 @@ def usage_row(line: rx.Var) -> rx.Component:
     )
 
 
+def state_badge(state: rx.Var) -> rx.Component:
+    return rx.badge(
+        state,
+        color_scheme=rx.match(
+            state, ("confirmed", "green"), ("failed", "red"), ("submitted", "blue"), "gray"
+        ),
+    )
+
+
+def signature_link(row: rx.Var) -> rx.Component:
+    return rx.cond(
+        row["signature"] != "",
+        rx.link(rx.code(row["signature"].to(str) + "…", size="1"), href=row["link"], is_external=True),
+        rx.text("—", color_scheme="gray"),
+    )
+
+
+def deposit_section() -> rx.Component:
+    deposit = BillingState.deposit
+    return rx.vstack(
+        rx.heading("Deposit", size="4"),
+        rx.cond(
+            deposit.contains("address"),
+            rx.hstack(
+                rx.image(src=deposit["qr"], width="164px", height="164px", alt="Deposit address QR code"),
+                rx.vstack(
+                    rx.cond(
+                        deposit["local"] != "",
+                        rx.callout(
+                            "Local development chain (LiteSVM): these tokens are not real money.",
+                            icon="flask_conical",
+                            color_scheme="amber",
+                            size="1",
+                        ),
+                    ),
+                    rx.text("Send the credit token to your personal deposit address:", size="2"),
+                    rx.hstack(
+                        rx.code(deposit["address"], id="deposit-address"),
+                        rx.icon_button(
+                            rx.icon("copy", size=14),
+                            size="1",
+                            variant="soft",
+                            on_click=[
+                                rx.set_clipboard(deposit["address"]),
+                                rx.toast.success("Address copied"),
+                            ],
+                            aria_label="Copy the deposit address",
+                        ),
+                        align="center",
+                    ),
+                    rx.text(
+                        "Token (mint): ", rx.code(deposit["mint"], size="1"), size="1", color_scheme="gray"
+                    ),
+                    rx.text(
+                        "Credited once the transfer is confirmed on chain, usually within a minute. "
+                        "The address is yours alone: no memo needed.",
+                        size="1",
+                        color_scheme="gray",
+                    ),
+                    spacing="2",
+                ),
+                spacing="4",
+                align="start",
+            ),
+            rx.button(
+                rx.icon("qr_code", size=16),
+                "Show my deposit address",
+                variant="soft",
+                on_click=BillingState.show_deposit_address,
+                id="show-deposit-address",
+            ),
+        ),
+        rx.cond(
+            BillingState.summary["deposits"].to(list[dict]).length() > 0,
+            data_table(
+                ("When (UTC)", "Amount", "State", "Transaction"),
+                BillingState.summary["deposits"].to(list[dict]),
+                lambda d: rx.table.row(
+                    rx.table.cell(rx.code(d["at"], size="1")),
+                    rx.table.cell(d["amount"]),
+                    rx.table.cell(state_badge(d["state"])),
+                    rx.table.cell(signature_link(d)),
+                ),
+                id="deposits-table",
+            ),
+        ),
+        spacing="3",
+        width="100%",
+    )
+
+
+def invoice_picker() -> rx.Component:
+    return rx.hstack(
+        rx.select(
+            BillingState.months, value=BillingState.month, on_change=BillingState.choose_month, size="1"
+        ),
+        rx.button(
+            rx.icon("download", size=14),
+            "Invoice (CSV)",
+            size="1",
+            variant="soft",
+            on_click=BillingState.download_invoice,
+            id="download-invoice",
+        ),
+        align="center",
+    )
+
+
 def billing_page() -> rx.Component:
     summary = BillingState.summary
     return page_frame(
@@ -52,7 +161,8 @@ def billing_page() -> rx.Component:
                     size="2",
                     color_scheme="gray",
                 ),
-                rx.heading("Usage", size="4"),
+                deposit_section(),
+                rx.hstack(rx.heading("Usage", size="4"), rx.spacer(), invoice_picker(), width="100%"),
                 rx.cond(
                     summary["usage"].to(list[dict]).length() > 0,
                     data_table(
@@ -98,10 +208,51 @@ def earnings_page() -> rx.Component:
                     rx.grid(
                         stat_card("Earned, all time", earnings["accrued"], "coins", "earned-accrued"),
                         stat_card("Not paid out yet", earnings["pending"], "hourglass", "earned-pending"),
+                        stat_card("Being paid", earnings["in_flight"], "send", "earned-in-flight"),
                         stat_card("Paid out", earnings["paid"], "circle_check", "earned-paid"),
-                        columns=rx.breakpoints(initial="1", sm="3"),
+                        columns=rx.breakpoints(initial="1", sm="2", md="4"),
                         spacing="4",
                         width="100%",
+                    ),
+                    rx.cond(
+                        earnings["wallet"] != "",
+                        rx.text(
+                            "Paid in the credit token to ",
+                            rx.code(earnings["wallet"], size="1"),
+                            " once your unpaid earnings reach ",
+                            earnings["threshold"],
+                            ".",
+                            size="2",
+                            color_scheme="gray",
+                        ),
+                        rx.callout(
+                            rx.text(
+                                "Link a payout wallet to be paid: ",
+                                rx.link("Account", href="/account"),
+                                ".",
+                            ),
+                            icon="wallet",
+                            color_scheme="amber",
+                        ),
+                    ),
+                    rx.box(rx.plotly(data=BillingState.earnings_chart), id="chart-earnings", width="100%"),
+                    rx.heading("Payouts", size="4"),
+                    rx.cond(
+                        earnings["payouts"].to(list[dict]).length() > 0,
+                        data_table(
+                            ("When (UTC)", "Amount", "State", "Wallet", "Transaction", ""),
+                            earnings["payouts"].to(list[dict]),
+                            lambda p: rx.table.row(
+                                rx.table.cell(rx.code(p["at"], size="1")),
+                                rx.table.cell(p["amount"]),
+                                rx.table.cell(state_badge(p["state"])),
+                                rx.table.cell(rx.code(p["wallet"], size="1")),
+                                rx.table.cell(signature_link(p)),
+                                rx.table.cell(rx.text(p["why"], size="1", color_scheme="red")),
+                            ),
+                            id="payouts-table",
+                        ),
+                        rx.text("No payouts yet.", color_scheme="gray"),
                     ),
                     rx.heading("By device", size="4"),
                     data_table(
@@ -120,6 +271,7 @@ def earnings_page() -> rx.Component:
                             rx.table.cell(c["name"]), rx.table.cell(c["earned"]), rx.table.cell(c["since"])
                         ),
                     ),
+                    rx.moment(interval=REFRESH_MS, on_change=BillingState.tick_earnings, display="none"),
                     spacing="4",
                     width="100%",
                 ),

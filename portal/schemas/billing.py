@@ -40,9 +40,54 @@ class UsageLineOut(BaseModel):
 class EarningsOut(BaseModel):
     accrued_micro: int
     pending_micro: int
+    in_flight_micro: int
     paid_micro: int
+    payout_threshold_micro: int
+    wallet_address: str | None
     by_device: list[dict]
     by_cluster: list[dict]
+    by_day: list[dict]
+
+
+class DepositAddressOut(BaseModel):
+    deposit_address: str  # the wallet to send tokens to (wallets derive its token account)
+    token_account: str  # the associated token account itself, for raw transfers
+    memo: str
+    mint: str
+    decimals: int
+    network: str  # "local" is a development chain (LiteSVM): its tokens are not real
+
+
+class DepositOut(BaseModel):
+    id: uuid.UUID
+    amount_micro: int
+    state: str
+    state_reason: str
+    tx_signature: str | None
+    explorer_url: str | None
+    created_at: datetime
+    confirmed_at: datetime | None
+
+
+class PayoutOut(BaseModel):
+    id: uuid.UUID
+    provider_id: uuid.UUID
+    wallet_address: str
+    amount_micro: int
+    state: str
+    state_reason: str
+    tx_signature: str | None
+    explorer_url: str | None
+    attempts: int
+    error: str
+    created_at: datetime
+    submitted_at: datetime | None
+    confirmed_at: datetime | None
+
+
+class PayoutRetryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class CreditGrantIn(BaseModel):

@@ -19,6 +19,7 @@ SCOPES = {
     "clusters:read": "See clusters, their jobs, logs and metrics.",
     "clusters:write": "Deploy, extend and terminate clusters; submit jobs.",
     "billing:read": "See balance, ledger, usage and invoices.",
+    "billing:write": "Get a deposit address.",
     "devices:read": "See your devices and earnings (providers).",
     "devices:write": "Add, remove and rotate devices (providers).",
     "metrics:read": "Discover the agents' metrics endpoints for Prometheus (admins).",

@@ -12,13 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from solders.keypair import Keypair
+from solders.pubkey import Pubkey
 from sqlmodel import Session
 
 from portal.cache import get_cache
-from portal.models import Role
+from portal.config import Settings
+from portal.models import DepositAccount, Role
 from portal.security.passwords import verify_password
 from portal.security.principal import RequestOrigin
-from portal.services import devices, ledger, users
+from portal.services import chain, deposits, devices, ledger, treasury, users
 
 DEMO_CREDITS_MICRO = 500_000_000  # 500 USD of credits for the demo customer
 
@@ -42,6 +44,28 @@ def _saved_passwords(path: Path) -> dict[str, str]:
         return {row["email"]: row["password"] for row in json.loads(path.read_text())}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+DEMO_DEPOSIT_MICRO = 25_000_000  # 25 tokens sent to the demo customer's deposit address on a local chain
+
+
+def demo_deposit(session: Session, settings: Settings) -> bool:
+    """Send the demo customer a deposit on the local chain, once; the deposit watcher credits it."""
+    customer = users.get_user_by_email(session, DEMO_ACCOUNTS[1][1])
+    if customer is None or settings.solana_rpc_url is not None or session.get(DepositAccount, customer.id):
+        return False
+    local = treasury.settlement(settings)
+    account = deposits.deposit_account(session, local.treasury, customer.id)
+    keys = local.treasury
+    chain.mint_to(
+        local.chain,
+        keys.keypair,
+        keys.mint,
+        keys.decimals,
+        Pubkey.from_string(account.owner_address),
+        DEMO_DEPOSIT_MICRO,
+    )
+    return True
 
 
 def seed_demo(session: Session, data_dir: Path) -> list[DemoLogin]:

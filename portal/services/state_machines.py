@@ -6,7 +6,7 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from portal.models import ClusterState, DeviceState, NodeState, StateTransition
+from portal.models import ClusterState, DeviceState, NodeState, PayoutState, StateTransition
 from portal.services.errors import Conflict
 
 D = DeviceState
@@ -38,7 +38,21 @@ NODE_MOVES: dict[str, set[str]] = {
     N.LOST: {N.RELEASED},
     N.RELEASED: set(),
 }
-MACHINES = {"device": DEVICE_MOVES, "cluster": CLUSTER_MOVES, "node": NODE_MOVES}
+P = PayoutState
+# Deposits' sweeps follow the same moves: signed and persisted (submitted), then landed or not.
+TRANSFER_MOVES: dict[str, set[str]] = {
+    P.PENDING: {P.SUBMITTED, P.FAILED},
+    P.SUBMITTED: {P.CONFIRMED, P.FAILED, P.PENDING},  # pending again: expired unseen, safe to sign anew
+    P.FAILED: {P.PENDING},  # an admin's retry
+    P.CONFIRMED: set(),
+}
+MACHINES = {
+    "device": DEVICE_MOVES,
+    "cluster": CLUSTER_MOVES,
+    "node": NODE_MOVES,
+    "payout": TRANSFER_MOVES,
+    "deposit": TRANSFER_MOVES,
+}
 
 
 class HasState(Protocol):

@@ -1,22 +1,29 @@
-"""The customer's billing page and the provider's earnings page."""
+"""The customer's billing page (balance, deposits, invoices) and the provider's earnings page (payouts)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from typing import Any
 
+import plotly.graph_objects as go
 import reflex as rx
+import segno
 
+from portal.config import get_settings
 from portal.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
-from portal.services import billing
+from portal.services import billing, deposits, payouts, treasury
+from portal.state.charts import styled
 from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
 
 PAGE = 25
 KINDS = {
     "credit_grant": "Credit",
+    "deposit": "Deposit",
+    "payout": "Payout",
     "escrow_hold": "Escrow held",
     "escrow_release": "Escrow returned",
     "cluster_charge": "Usage",
@@ -29,7 +36,19 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
         available, escrow = billing.balance(session, caller.user_id)
         lines, total = billing.ledger_lines(session, caller.user_id, limit=PAGE, offset=offset)
         usage, _ = billing.usage_lines(session, caller.user_id, cluster_id=None, limit=PAGE, offset=0)
+        found, _ = deposits.list_deposits(session, caller.user_id, limit=10, offset=0)
+    settings = get_settings()
     return {
+        "deposits": [
+            {
+                "at": row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "amount": usd(row.amount_micro),
+                "state": row.state,
+                "signature": (row.tx_signature or "")[:16],
+                "link": payouts.explorer_url(settings, row.tx_signature) or "",
+            }
+            for row in found
+        ],
         "available": usd(available),
         "escrow": usd(escrow),
         "total": total,
@@ -57,13 +76,77 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
     }
 
 
-def _earnings(caller: Principal) -> dict[str, Any]:
+def _deposit_address(caller: Principal) -> dict[str, str]:
+    settings = get_settings()
+    keys = treasury.treasury_of(settings)
     with session_scope() as session:
-        found = billing.earnings(session, caller.user_id)
+        account = deposits.deposit_account(session, keys, caller.user_id)
+    # A Solana Pay link: a wallet that scans it sends the mint's tokens to this address.
+    link = f"solana:{account.owner_address}?spl-token={keys.mint}&label=GPU%20Portal%20credits"
+    return {
+        "address": account.owner_address,
+        "token_account": account.token_account,
+        "mint": str(keys.mint),
+        "local": "yes" if treasury.network_name(settings) == "local" else "",
+        "qr": segno.make(link, error="m").svg_data_uri(scale=4, border=2),
+    }
+
+
+def _invoice(caller: Principal, month: str) -> str:
+    with session_scope() as session:
+        return billing.invoice_csv(session, caller.user_id, date.fromisoformat(f"{month}-01"))
+
+
+def invoice_months(today: date | None = None, count: int = 12) -> list[str]:
+    """This month and the ones before it, newest first, as YYYY-MM."""
+    today = today or date.today()
+    year, month = today.year, today.month
+    months = []
+    for _ in range(count):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return months
+
+
+def _earnings_figure(by_day: list[dict]) -> go.Figure:
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=[d["day"] for d in by_day], y=[d["earned_micro"] / 1_000_000 for d in by_day], name="earned"
+            )
+        ]
+    )
+    return styled(
+        figure, "Earned per day, last 30 days (USD)", yaxis={"rangemode": "tozero", "tickprefix": "$"}
+    )
+
+
+def _earnings(caller: Principal) -> dict[str, Any]:
+    settings = get_settings()
+    with session_scope() as session:
+        found = billing.earnings(session, settings, caller.user_id)
+        paid_out, paid_total = payouts.list_payouts(session, caller.user_id, limit=PAGE, offset=0)
     return {
         "accrued": usd(found.accrued_micro),
         "pending": usd(found.pending_micro),
+        "in_flight": usd(found.in_flight_micro),
         "paid": usd(found.paid_micro),
+        "threshold": usd(found.payout_threshold_micro),
+        "wallet": found.wallet_address or "",
+        "payouts_total": paid_total,
+        "payouts": [
+            {
+                "at": row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "amount": usd(row.amount_micro),
+                "state": row.state,
+                "wallet": row.wallet_address[:6] + "…" + row.wallet_address[-4:],
+                "signature": (row.tx_signature or "")[:16],
+                "link": payouts.explorer_url(settings, row.tx_signature) or "",
+                "why": row.error if row.state == "failed" else "",
+            }
+            for row in paid_out
+        ],
+        "by_day": found.by_day,
         "devices": [
             {"name": d["name"], "earned": usd(d["earned_micro"]), "hours": f"{d['seconds'] / 3600:.2f}"}
             for d in found.by_device
@@ -79,12 +162,34 @@ class BillingState(SessionState):
     summary: dict[str, Any] = {}
     offset: int = 0
     earnings: dict[str, Any] = {}
+    earnings_chart: go.Figure = go.Figure()
     not_provider: bool = False
+    deposit: dict[str, str] = {}
+    months: list[str] = []
+    month: str = ""
+
+    @rx.event
+    @for_users()
+    async def show_deposit_address(self) -> None:
+        self.deposit = await asyncio.to_thread(_deposit_address, principal())
+
+    @rx.event
+    def choose_month(self, month: str) -> None:
+        self.month = month
+
+    @rx.event
+    @for_users()
+    async def download_invoice(self):  # noqa: ANN201 - an event that returns a download
+        month = self.month or invoice_months()[0]
+        text = await asyncio.to_thread(_invoice, principal(), month)
+        return rx.download(data=text, filename=f"gpu-portal-invoice-{month}.csv")
 
     @rx.event
     @for_users()
     async def load(self) -> None:
         self.offset = 0
+        self.months = invoice_months()
+        self.month = self.months[0]
         self.summary = await asyncio.to_thread(_billing, principal(), self.offset)
 
     @rx.event
@@ -103,4 +208,14 @@ class BillingState(SessionState):
     async def load_earnings(self) -> None:
         self.not_provider = Role.PROVIDER not in principal().roles
         if not self.not_provider:
-            self.earnings = await asyncio.to_thread(_earnings, principal())
+            await self._refresh_earnings()
+
+    @rx.event
+    @for_users()
+    async def tick_earnings(self, _now: str) -> None:
+        if not self.not_provider:
+            await self._refresh_earnings()
+
+    async def _refresh_earnings(self) -> None:
+        self.earnings = await asyncio.to_thread(_earnings, principal())
+        self.earnings_chart = _earnings_figure(self.earnings["by_day"])
