@@ -13,6 +13,8 @@
   same engine. Target: p99 under 50 ms. Skipped when PostgreSQL does not answer.
 - Telemetry (bench/telemetry.py): /metrics with 10,000 devices' GPUs, and a cluster dashboard's query from
   the portal's own store and from Prometheus, next to a bare Prometheus query.
+- Settlement (bench/settlement.py): one metering pass over 1,000,000 device-minutes against a bulk insert of
+  the same rows; 10,000 provider payouts settled on LiteSVM, batched and unbatched, against the chain alone.
 - Deploy (bench/deploy.py): deploy request to ``running`` for a 2-device Ray cluster on two local demo
   agents through a real ``portal run``, with its steps from the cluster's events, against the floor of
   starting the same two Ray nodes by hand. Target: at most 1.3x the floor.
@@ -37,6 +39,7 @@ from sqlalchemy import text
 
 from bench.deploy import bench_deploy
 from bench.placement import bench_placement
+from bench.settlement import bench_settlement
 from bench.telemetry import bench_telemetry
 from portal import migrations
 from portal.config import PROJECT_ROOT
@@ -313,5 +316,6 @@ if __name__ == "__main__":
     bench_task_round_trip()
     bench_http()
     bench_placement()
+    bench_settlement()
     bench_deploy()
     bench_telemetry()

@@ -39,7 +39,7 @@ def settle_payouts() -> None:
     p = parts()
     result = payouts.settle(p.engine, p.settings, treasury.settlement(p.settings))
     if any(result.values()):
-        logger.info("settlement pass", extra=result)
+        logger.info("settlement pass", extra={"payouts": result})
 
 
 @dramatiq.actor(max_retries=0, time_limit=300_000)
@@ -48,4 +48,4 @@ def watch_deposits() -> None:
     p = parts()
     result = deposits.watch(p.engine, treasury.settlement(p.settings))
     if any(result.values()):
-        logger.info("deposit watch pass", extra=result)
+        logger.info("deposit watch pass", extra={"deposits": result})

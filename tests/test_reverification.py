@@ -98,6 +98,9 @@ def test_each_periodic_tick_is_sent_once_whatever_the_number_of_processes():
         "meter_clusters",
         "prune_gpu_samples",
         "snapshot_network",
+        "settle_payouts",
+        "watch_deposits",
     }
     assert scheduler.tick(shared, now + 0.5) == []  # another process, same periods
-    assert set(scheduler.tick(shared, now + 5)) == every_5_s
+    # 1,000,005 s also begins a 15 s period of the deposit watcher.
+    assert set(scheduler.tick(shared, now + 5)) == every_5_s | {"watch_deposits"}

@@ -206,6 +206,32 @@ def test_a_payout_that_fails_on_chain_is_failed_until_an_admin_retries_it(engine
     books_balance(engine)
 
 
+def test_two_equal_payouts_to_one_wallet_under_one_blockhash_both_land(engine, settlement):
+    """Without a memo naming the payout they would be one transaction, and the chain would run it once."""
+    provider_id, wallet = provider_with_earnings(engine, 4_000_000)
+    keys = settlement.treasury
+    opened = [create_idempotent_associated_token_account(keys.address, wallet, keys.mint)]
+    chain.send_checked(
+        settlement.chain, chain.sign(opened, [keys.keypair], settlement.chain.latest_blockhash())
+    )
+    payouts.settle(engine, SETTINGS, settlement)
+    with session_scope(engine) as session:
+        ledger.post(
+            session,
+            kind="usage",
+            idempotency_key=f"earned-again:{provider_id}",
+            legs=[
+                Leg(ledger.get_account(session, AccountKind.GRANTS), -4_000_000),
+                Leg(ledger.get_account(session, AccountKind.PROVIDER_EARNED, provider_id), 4_000_000),
+            ],
+        )
+    assert payouts.settle(engine, SETTINGS, settlement)["confirmed"] == 1
+    assert paid(settlement, wallet) == 8_000_000
+    with session_scope(engine) as session:
+        assert len({p.tx_signature for p in session.exec(select(Payout)).all()}) == 2
+    books_balance(engine)
+
+
 def test_retry_refuses_a_payout_that_has_not_failed(engine, settlement):
     provider_with_earnings(engine, 3_000_000)
     payouts.settle(engine, SETTINGS, settlement)

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,9 @@ from solders.system_program import CreateAccountParams, create_account
 from solders.token.state import TokenAccount
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
+from spl.memo.constants import MEMO_PROGRAM_ID
+from spl.memo.instructions import create_memo
+from spl.memo.models import MemoParams
 from spl.token.constants import TOKEN_PROGRAM_ID
 from spl.token.instructions import (
     create_idempotent_associated_token_account,
@@ -115,6 +119,12 @@ def transfer_instructions(
     return instructions
 
 
+def memo(signer: Pubkey, text: str) -> Instruction:
+    """A memo, which also makes a transaction unique: two identical transfers signed with one blockhash
+    would have one signature, and the chain would run only the first."""
+    return create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=signer, message=text.encode()))
+
+
 def sign(
     instructions: Sequence[Instruction], signers: Sequence[Keypair], blockhash: Hash
 ) -> VersionedTransaction:
@@ -166,6 +176,7 @@ def mint_to(
 ) -> None:
     """Mint tokens to ``owner``'s associated account (development chains: the treasury is the authority)."""
     instructions = [
+        memo(authority.pubkey(), f"gpu-portal mint {secrets.token_hex(8)}"),  # two equal mints are two
         create_idempotent_associated_token_account(authority.pubkey(), owner, mint),
         mint_to_checked(
             MintToCheckedParams(

@@ -85,15 +85,18 @@ def submit_pending(engine: Engine, settlement: Settlement, *, checkpoint: Checkp
             owner = treasury.deposit_keypair(deposit.user_id)
             blockhash = settlement.chain.latest_blockhash()
             transaction = chain.sign(
-                chain.transfer_instructions(
-                    payer=treasury.address,
-                    source_owner=owner.pubkey(),
-                    mint=treasury.mint,
-                    decimals=treasury.decimals,
-                    recipient=treasury.address,
-                    amount=balance,
-                    create_recipient_account=False,
-                ),
+                [
+                    chain.memo(treasury.address, f"gpu-portal deposit {deposit.id} a{deposit.attempts + 1}"),
+                    *chain.transfer_instructions(
+                        payer=treasury.address,
+                        source_owner=owner.pubkey(),
+                        mint=treasury.mint,
+                        decimals=treasury.decimals,
+                        recipient=treasury.address,
+                        amount=balance,
+                        create_recipient_account=False,
+                    ),
+                ],
                 [treasury.keypair, owner],
                 blockhash,
             )

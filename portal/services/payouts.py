@@ -104,33 +104,36 @@ class _Batch:
 def _pack(
     payouts: Sequence[Payout], settlement: Settlement, blockhash: Hash, known_accounts: set[Pubkey]
 ) -> _Batch:
-    """The longest prefix of ``payouts`` whose transfers fit in one transaction (at least one)."""
+    """The longest prefix of ``payouts`` whose transfers fit in one transaction (at least one), with a memo
+    naming the first payout and its attempt, which no other transaction carries."""
     treasury = settlement.treasury
-    instructions: list[Instruction] = []
-    batch: list[Payout] = []
-    best: VersionedTransaction | None = None
+    transfers: list[list[Instruction]] = []
     for payout in payouts:
         wallet = Pubkey.from_string(payout.wallet_address)
         destination = chain.token_account(wallet, treasury.mint)
         if destination not in known_accounts and settlement.chain.account_exists(destination):
             known_accounts.add(destination)
-        more = chain.transfer_instructions(
-            payer=treasury.address,
-            source_owner=treasury.address,
-            mint=treasury.mint,
-            decimals=treasury.decimals,
-            recipient=wallet,
-            amount=payout.amount_micro,
-            create_recipient_account=destination not in known_accounts,
+        transfers.append(
+            chain.transfer_instructions(
+                payer=treasury.address,
+                source_owner=treasury.address,
+                mint=treasury.mint,
+                decimals=treasury.decimals,
+                recipient=wallet,
+                amount=payout.amount_micro,
+                create_recipient_account=destination not in known_accounts,
+            )
         )
-        candidate = chain.sign(instructions + more, [treasury.keypair], blockhash)
-        if best is not None and not chain.fits(candidate):
-            break
-        instructions += more
-        batch.append(payout)
-        best = candidate
-    assert best is not None
-    return _Batch(batch, best)
+    first = payouts[0]
+    note = chain.memo(
+        treasury.address, f"gpu-portal payout {first.id} +{len(payouts) - 1} a{first.attempts + 1}"
+    )
+    for count in range(len(payouts), 0, -1):
+        instructions = [note, *(i for transfer in transfers[:count] for i in transfer)]
+        transaction = chain.sign(instructions, [treasury.keypair], blockhash)
+        if chain.fits(transaction) or count == 1:
+            return _Batch(list(payouts[:count]), transaction)
+    raise AssertionError("unreachable")
 
 
 def submit_pending(

@@ -174,7 +174,8 @@ class BillingState(SessionState):
         self.deposit = await asyncio.to_thread(_deposit_address, principal())
 
     @rx.event
-    def choose_month(self, month: str) -> None:
+    @for_users()
+    async def choose_month(self, month: str) -> None:
         self.month = month
 
     @rx.event
