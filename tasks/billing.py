@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import dramatiq
 from sqlmodel import col, select
 
+from portal.api.deps import AppParts
 from portal.db import session_scope
 from portal.models import Cluster, ClusterState
 from portal.services import clusters, deposits, metering, payouts, treasury
@@ -15,22 +17,34 @@ from tasks.context import parts
 logger = logging.getLogger(__name__)
 
 
+METERED_PER_TRANSACTION = 200
+METERED_STATES = (ClusterState.RUNNING, ClusterState.DEGRADED)
+
+
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def meter_clusters() -> None:
-    """Charge every running cluster's uptime since the last pass, each in its own transaction."""
+    """Charge every running cluster's uptime since the last pass, a few hundred clusters per transaction;
+    a chunk that fails is metered again cluster by cluster, so one cluster's trouble leaves none unmetered."""
     p = parts()
     with session_scope(p.engine) as session:
-        running = session.exec(
-            select(Cluster.id).where(col(Cluster.state).in_([ClusterState.RUNNING, ClusterState.DEGRADED]))
-        ).all()
-    for cluster_id in running:
+        running = session.exec(select(Cluster.id).where(col(Cluster.state).in_(METERED_STATES))).all()
+    for start in range(0, len(running), METERED_PER_TRANSACTION):
+        chunk = running[start : start + METERED_PER_TRANSACTION]
         try:
-            with session_scope(p.engine) as session:
-                cluster = clusters.lock_cluster(session, None, cluster_id)
-                if cluster.state in (ClusterState.RUNNING, ClusterState.DEGRADED):
-                    metering.meter_cluster(session, p.settings, cluster)
-        except Exception:  # one cluster's trouble must not leave the others unmetered
-            logger.exception("metering cluster %s failed", cluster_id)
+            _meter(p, chunk)
+        except Exception:
+            logger.exception("metering %d clusters together failed; metering them one by one", len(chunk))
+            for cluster_id in chunk:
+                try:
+                    _meter(p, [cluster_id])
+                except Exception:
+                    logger.exception("metering cluster %s failed", cluster_id)
+
+
+def _meter(p: AppParts, cluster_ids: list[uuid.UUID]) -> None:
+    with session_scope(p.engine) as session:
+        locked = clusters.lock_clusters(session, cluster_ids)
+        metering.meter_clusters(session, p.settings, [c for c in locked if c.state in METERED_STATES])
 
 
 @dramatiq.actor(max_retries=0, time_limit=600_000)

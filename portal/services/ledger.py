@@ -7,13 +7,15 @@ transaction as the entries; the entries are the truth (``verify_books`` recomput
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, update
-from sqlmodel import Session, select
+from sqlalchemy import bindparam, func, insert
+from sqlmodel import Session, col, select
 
 from portal.models import AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction
+from portal.models.base import utcnow
 from portal.services.errors import InvalidInput
 
 # Accounts owned by a person; the others belong to the platform and have no owner.
@@ -40,6 +42,96 @@ def get_account(session: Session, kind: AccountKind, owner_id: uuid.UUID | None 
     return account
 
 
+@dataclass(frozen=True)
+class Posting:
+    """One balanced transaction to record: (account id, signed amount) legs summing to zero."""
+
+    kind: str
+    idempotency_key: str
+    legs: Sequence[tuple[int, int]]
+    description: str = ""
+    cluster_id: uuid.UUID | None = None
+    created_by: uuid.UUID | None = None
+
+
+def post_many(session: Session, postings: Sequence[Posting]) -> dict[str, int]:
+    """Record balanced transactions in a few statements; returns each key's transaction id.
+
+    A key posted before (or twice in ``postings``) is recorded once: its first transaction stands. Two
+    concurrent first postings of one key meet the unique index: one fails with an IntegrityError, and its
+    retry then finds the other's transaction. Balances are incremented in SQL, never overwritten, so
+    concurrent postings never lose an update of the cache.
+    """
+    if not postings:
+        return {}
+    session.flush()  # accounts made in this transaction must exist before their entries
+    keys = list(dict.fromkeys(p.idempotency_key for p in postings))
+    ids: dict[str, int] = {}
+    for chunk in _chunks(keys):
+        ids.update(
+            session.exec(
+                select(LedgerTransaction.idempotency_key, LedgerTransaction.id).where(
+                    col(LedgerTransaction.idempotency_key).in_(chunk)
+                )
+            ).all()
+        )
+    fresh: dict[str, Posting] = {}
+    for posting in postings:
+        if posting.idempotency_key in ids or posting.idempotency_key in fresh:
+            continue
+        if len(posting.legs) < 2 or sum(amount for _, amount in posting.legs) != 0:
+            raise ValueError("a ledger transaction needs two or more legs that sum to zero")
+        fresh[posting.idempotency_key] = posting
+    if not fresh:
+        return ids
+    now = utcnow()
+    table = LedgerTransaction.__table__
+    rows = session.execute(
+        insert(table).returning(table.c.idempotency_key, table.c.id, sort_by_parameter_order=True),
+        [
+            {
+                "kind": p.kind,
+                "idempotency_key": p.idempotency_key,
+                "description": p.description,
+                "created_by": p.created_by,
+                "cluster_id": p.cluster_id,
+                "created_at": now,
+            }
+            for p in fresh.values()
+        ],
+    ).all()
+    ids.update((key, transaction_id) for key, transaction_id in rows)
+    session.execute(
+        insert(LedgerEntry.__table__),
+        [
+            {"transaction_id": ids[key], "account_id": account, "amount_micro": amount, "created_at": now}
+            for key, p in fresh.items()
+            for account, amount in p.legs
+        ],
+    )
+    deltas: Counter[int] = Counter()
+    for p in fresh.values():
+        for account, amount in p.legs:
+            deltas[account] += amount
+    accounts = LedgerAccount.__table__
+    session.execute(
+        accounts.update()
+        .where(accounts.c.id == bindparam("account"))
+        .values(balance_micro=accounts.c.balance_micro + bindparam("delta")),
+        [{"account": account, "delta": delta} for account, delta in deltas.items()],
+    )
+    # Loaded accounts read their new balance on next use.
+    for loaded in list(session.identity_map.values()):
+        if isinstance(loaded, LedgerAccount) and loaded.id in deltas:
+            session.expire(loaded, ["balance_micro"])
+    return ids
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def post(
     session: Session,
     *,
@@ -50,42 +142,22 @@ def post(
     created_by: uuid.UUID | None = None,
     cluster_id: uuid.UUID | None = None,
 ) -> LedgerTransaction:
-    """Record one balanced transaction; posting the same idempotency key again returns the first one.
-
-    Two concurrent first postings of one key meet the unique index: one fails with an IntegrityError,
-    and its retry then finds the other's transaction.
-    """
-    existing = session.exec(
-        select(LedgerTransaction).where(LedgerTransaction.idempotency_key == idempotency_key)
-    ).first()
-    if existing is not None:
-        return existing
-    if len(legs) < 2 or sum(leg.amount_micro for leg in legs) != 0:
-        raise ValueError("a ledger transaction needs two or more legs that sum to zero")
-    transaction = LedgerTransaction(
-        kind=kind,
-        idempotency_key=idempotency_key,
-        description=description,
-        created_by=created_by,
-        cluster_id=cluster_id,
-    )
-    session.add(transaction)
-    session.flush()
-    for leg in legs:
-        session.add(
-            LedgerEntry(
-                transaction_id=transaction.id, account_id=leg.account.id, amount_micro=leg.amount_micro
+    """Record one balanced transaction; posting the same idempotency key again returns the first one."""
+    ids = post_many(
+        session,
+        [
+            Posting(
+                kind,
+                idempotency_key,
+                [(leg.account.id, leg.amount_micro) for leg in legs],  # type: ignore[misc]
+                description,
+                cluster_id,
+                created_by,
             )
-        )
-        # Incremented in SQL, not in Python, so concurrent postings never lose an update of the cache.
-        session.execute(
-            update(LedgerAccount)
-            .where(LedgerAccount.id == leg.account.id)
-            .values(balance_micro=LedgerAccount.balance_micro + leg.amount_micro)
-        )
-    session.flush()
-    for leg in legs:
-        session.refresh(leg.account)
+        ],
+    )
+    transaction = session.get(LedgerTransaction, ids[idempotency_key])
+    assert transaction is not None
     return transaction
 
 

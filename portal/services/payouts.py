@@ -35,7 +35,6 @@ from portal.models.base import utcnow
 from portal.services import chain, ledger, state_machines
 from portal.services.chain import Chain, ChainError, Outcome
 from portal.services.errors import Conflict, NotFound
-from portal.services.ledger import Leg
 from portal.services.treasury import Settlement
 
 # Named points between the steps of a submission, where tests inject crashes.
@@ -52,38 +51,41 @@ OPEN_STATES = (PayoutState.PENDING, PayoutState.SUBMITTED, PayoutState.FAILED)
 def create_due(session: Session, settings: Settings) -> list[Payout]:
     """A pending payout for every provider with a wallet whose unpaid earnings reached the threshold."""
     due = session.exec(
-        select(LedgerAccount.id, User.id, User.wallet_address)
+        select(LedgerAccount, User.wallet_address)
         .join(User, col(User.id) == LedgerAccount.owner_id)
         .where(
             LedgerAccount.kind == AccountKind.PROVIDER_EARNED,
             LedgerAccount.balance_micro >= settings.payout_threshold_micro,
             col(User.wallet_address).is_not(None),
         )
+        .order_by(col(LedgerAccount.id))
+        # Locked and read under the lock: a concurrent pass that paid a provider first leaves nothing due.
+        .with_for_update(of=LedgerAccount)
+        .execution_options(populate_existing=True)
     ).all()
-    made = []
-    in_flight = ledger.get_account(session, AccountKind.PAYOUTS_IN_FLIGHT)
-    for account_id, provider_id, wallet in due:
-        # Locked and read again: a concurrent pass that paid this provider first leaves nothing due here.
-        earned = session.exec(
-            select(LedgerAccount)
-            .where(LedgerAccount.id == account_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
-        amount = earned.balance_micro
-        if amount < settings.payout_threshold_micro or not _valid_address(wallet):
-            continue
-        payout = Payout(provider_id=provider_id, wallet_address=wallet, amount_micro=amount)
-        session.add(payout)
-        session.flush()
-        ledger.post(
-            session,
-            kind="payout",
-            idempotency_key=f"payout:{payout.id}",
-            legs=[Leg(earned, -amount), Leg(in_flight, amount)],
-            description=f"Payout to {wallet}",
-        )
-        made.append(payout)
+    made = [
+        Payout(provider_id=earned.owner_id, wallet_address=wallet, amount_micro=earned.balance_micro)
+        for earned, wallet in due
+        if _valid_address(wallet)
+    ]
+    if not made:
+        return []
+    session.add_all(made)
+    session.flush()
+    earned_ids = {earned.owner_id: earned.id for earned, _ in due}
+    in_flight = ledger.get_account(session, AccountKind.PAYOUTS_IN_FLIGHT).id
+    ledger.post_many(
+        session,
+        [
+            ledger.Posting(
+                "payout",
+                f"payout:{payout.id}",
+                [(earned_ids[payout.provider_id], -payout.amount_micro), (in_flight, payout.amount_micro)],
+                f"Payout to {payout.wallet_address}",
+            )
+            for payout in made
+        ],
+    )
     return made
 
 
@@ -227,35 +229,44 @@ def reconcile(engine: Engine, settlement: Settlement) -> dict[str, int]:
                 .where(Payout.tx_signature == signature, Payout.state == PayoutState.SUBMITTED)
                 .with_for_update()
             ).all()
-            for payout in payouts:
-                _apply(session, payout, resolution, error)
+            _apply(session, payouts, resolution, error)
             counts[resolution] += len(payouts)
     return counts
 
 
-def _apply(session: Session, payout: Payout, resolution: str, error: str) -> None:
+def _apply(session: Session, payouts: Sequence[Payout], resolution: str, error: str) -> None:
     if resolution == Resolution.LANDED:
-        payout.confirmed_at = utcnow()
-        state_machines.move(session, "payout", payout, PayoutState.CONFIRMED, "landed on chain")
-        in_flight = ledger.get_account(session, AccountKind.PAYOUTS_IN_FLIGHT)
-        treasury = ledger.get_account(session, AccountKind.TREASURY)
-        ledger.post(
-            session,
-            kind="payout_confirmed",
-            idempotency_key=f"payout-confirmed:{payout.id}",
-            legs=[Leg(in_flight, -payout.amount_micro), Leg(treasury, payout.amount_micro)],
-            description=f"Paid to {payout.wallet_address} in {payout.tx_signature}",
-        )
-    elif resolution == Resolution.FAILED:
-        payout.error = error[:1000]
-        state_machines.move(session, "payout", payout, PayoutState.FAILED, f"failed on chain: {error}")
-    elif resolution == Resolution.EXPIRED:
-        payout.error = f"attempt {payout.attempts}: {payout.tx_signature} expired unseen"
-        payout.tx_signature = None
-        payout.blockhash = None
-        state_machines.move(
-            session, "payout", payout, PayoutState.PENDING, "not seen on chain before its blockhash expired"
-        )
+        in_flight = ledger.get_account(session, AccountKind.PAYOUTS_IN_FLIGHT).id
+        treasury = ledger.get_account(session, AccountKind.TREASURY).id
+        postings = []
+        for payout in payouts:
+            payout.confirmed_at = utcnow()
+            state_machines.move(session, "payout", payout, PayoutState.CONFIRMED, "landed on chain")
+            postings.append(
+                ledger.Posting(
+                    "payout_confirmed",
+                    f"payout-confirmed:{payout.id}",
+                    [(in_flight, -payout.amount_micro), (treasury, payout.amount_micro)],
+                    f"Paid to {payout.wallet_address} in {payout.tx_signature}",
+                )
+            )
+        ledger.post_many(session, postings)
+        return
+    for payout in payouts:
+        if resolution == Resolution.FAILED:
+            payout.error = error[:1000]
+            state_machines.move(session, "payout", payout, PayoutState.FAILED, f"failed on chain: {error}")
+        elif resolution == Resolution.EXPIRED:
+            payout.error = f"attempt {payout.attempts}: {payout.tx_signature} expired unseen"
+            payout.tx_signature = None
+            payout.blockhash = None
+            state_machines.move(
+                session,
+                "payout",
+                payout,
+                PayoutState.PENDING,
+                "not seen on chain before its blockhash expired",
+            )
 
 
 def settle(
