@@ -15,6 +15,8 @@
   the portal's own store and from Prometheus, next to a bare Prometheus query.
 - Settlement (bench/settlement.py): one metering pass over 1,000,000 device-minutes against a bulk insert of
   the same rows; 10,000 provider payouts settled on LiteSVM, batched and unbatched, against the chain alone.
+- Self-healing (bench/heal.py): a worker's agent killed under a running 2-node cluster, from the kill to
+  ``node_lost`` and from ``node_lost`` to ``running`` again, against deploying one node. Target: 30 s.
 - Deploy (bench/deploy.py): deploy request to ``running`` for a 2-device Ray cluster on two local demo
   agents through a real ``portal run``, with its steps from the cluster's events, against the floor of
   starting the same two Ray nodes by hand. Target: at most 1.3x the floor.
@@ -38,6 +40,7 @@ import httpx
 from sqlalchemy import text
 
 from bench.deploy import bench_deploy
+from bench.heal import bench_heal
 from bench.placement import bench_placement
 from bench.settlement import bench_settlement
 from bench.telemetry import bench_telemetry
@@ -318,4 +321,5 @@ if __name__ == "__main__":
     bench_placement()
     bench_settlement()
     bench_deploy()
+    bench_heal()
     bench_telemetry()

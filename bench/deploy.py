@@ -139,14 +139,14 @@ def measure_floor(runs: int) -> tuple[list[float], list[float]]:
 # --- the portal -------------------------------------------------------------------------------------
 
 
-def start_portal(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """``portal run`` with the demo accounts and two demo agents, as tests/conftest.py starts it."""
+def start_portal(data_dir: Path, agents: int = 2) -> tuple[subprocess.Popen, str]:
+    """``portal run`` with the demo accounts and demo agents, as tests/conftest.py starts it."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_")}
     env |= {
         "PORTAL_DATA_DIR": str(data_dir),
         "PORTAL_PORT": str(port),
-        "PORTAL_DEMO_AGENTS": "2",
+        "PORTAL_DEMO_AGENTS": str(agents),
         "PORTAL_LOG_LEVEL": "WARNING",
         "PORTAL_RATE_LIMIT_PER_MINUTE": "1000000",
     }
@@ -201,9 +201,9 @@ def sign_in(url: str, data_dir: Path, role: str) -> httpx.Client:
     return client
 
 
-def devices_ready(provider: httpx.Client) -> bool:
+def devices_ready(provider: httpx.Client, count: int = 2) -> bool:
     devices = provider.get("/devices").json()
-    return len(devices) == 2 and all(device["state"] == "ready" for device in devices)
+    return len(devices) == count and all(device["state"] == "ready" for device in devices)
 
 
 def milestones(requested_at: datetime, events: list[dict[str, Any]]) -> dict[str, float]:

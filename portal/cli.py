@@ -77,8 +77,9 @@ def run(
     env = reflex_environment(settings)
     if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
         print_demo_logins(seed_demo_accounts(settings), settings)
-        # Two local agents with simulated GPUs, unless told otherwise (PORTAL_DEMO_AGENTS=0).
-        env.setdefault("PORTAL_DEMO_AGENTS", "2")
+        # Three local agents with simulated GPUs (two for a cluster, one to heal it), unless told
+        # otherwise (PORTAL_DEMO_AGENTS=0).
+        env.setdefault("PORTAL_DEMO_AGENTS", "3")
         # Payouts within minutes of a demo cluster running, rather than at $10 once an hour.
         env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
         env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
@@ -180,6 +181,32 @@ def print_demo_logins(logins: list, settings: Settings) -> None:
     typer.secho(f"Demo logins (kept in {settings.data_dir / 'demo_logins.json'}):", bold=True)
     for login in logins:
         typer.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
+
+
+@demo_app.command("kill-agent")
+def demo_kill_agent(
+    device: Annotated[str, typer.Argument(help="The demo device's name, e.g. demo-rig-2.")],
+) -> None:
+    """Kill a local demo agent and its Ray node at once, as if its machine died: watch its cluster heal."""
+    settings = settings_or_exit()
+    from sqlmodel import select
+
+    from portal.db import build_engine, session_scope
+    from portal.demo_agents import kill_agent
+    from portal.models import Device
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            found = session.exec(select(Device.token_hash).where(Device.name == device)).all()
+    finally:
+        engine.dispose()
+    if len(found) != 1:
+        raise fail(f"no single device named {device!r}")
+    killed = kill_agent(found[0])
+    if not killed:
+        raise fail(f"no agent of {device} runs on this machine")
+    typer.echo(f"killed the agent of {device} and its Ray node (pids {', '.join(map(str, killed))})")
 
 
 @demo_app.command("seed")

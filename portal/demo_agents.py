@@ -4,6 +4,7 @@ network at once. Development only: never in production, never with several porta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -59,3 +60,28 @@ async def demo_agents() -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(_stop, processes)
+
+
+def kill_agent(token_hash: str) -> list[int]:
+    """SIGKILL the local agent whose device token hashes to ``token_hash``, and its Ray node with it, as if
+    its machine died; returns the process ids killed (none when no such agent runs here)."""
+    import psutil
+
+    from portal.security.secrets import keyed_hash
+
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = process.info["cmdline"] or []
+            if not any(part.endswith("gpu-pool") for part in cmdline) or "worker" not in cmdline:
+                continue
+            token = process.environ().get("GPU_POOL_TOKEN", "")
+            if not token or keyed_hash(token) != token_hash:
+                continue
+            doomed = [process, *process.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for victim in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victim.kill()
+        return [victim.pid for victim in doomed]
+    return []

@@ -7,7 +7,7 @@ import dramatiq
 
 from portal.db import session_scope
 from portal.models import Device
-from portal.services import commands, faults, network_history, telemetry, verification
+from portal.services import commands, faults, network_history, reliability, telemetry, verification
 from tasks.context import parts
 
 
@@ -50,3 +50,13 @@ def snapshot_network() -> None:
     with session_scope(p.engine) as session:
         network_history.take_snapshot(session, p.settings)
         network_history.prune(session)
+
+
+@dramatiq.actor(max_retries=0, time_limit=300_000)
+def refresh_reliability() -> None:
+    """Every device's reliability score from its uptime and faults over the last 30 days."""
+    p = parts()
+    with session_scope(p.engine) as session:
+        scores = reliability.changed_scores(session)
+    with session_scope(p.engine) as session:
+        reliability.store_scores(session, scores)

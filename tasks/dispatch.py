@@ -28,3 +28,11 @@ def settle_soon() -> None:
         billing.settle_payouts.send()
     except Exception:
         logger.exception("could not send settle_payouts; the next settlement pass will take it")
+
+
+def reconcile_soon() -> None:
+    """Best effort: the reconciler runs every few seconds anyway."""
+    try:
+        clusters.reconcile_clusters.send()
+    except Exception:
+        logger.exception("could not send reconcile_clusters; its next periodic pass will run")

@@ -25,17 +25,17 @@ def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tm
         logins = re.findall(r"^\s+(admin|customer|provider)\s+(\S+@\S+)\s+(\S+)$", log, flags=re.MULTILINE)
         assert [role for role, _, _ in logins] == ["admin", "customer", "provider"]
         assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
-        # Two local agents with simulated GPUs connect and prove themselves: the network is live at once.
+        # Three local agents with simulated GPUs connect and prove themselves: the network is live at once.
         engine = build_engine(running.database_url)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with session_scope(engine) as session:
                 devices = session.exec(select(Device)).all()
-            if len(devices) == 2 and all(d.state == DeviceState.READY and d.simulated for d in devices):
+            if len(devices) == 3 and all(d.state == DeviceState.READY and d.simulated for d in devices):
                 break
             time.sleep(0.5)
         engine.dispose()
-        assert [d.state for d in devices] == [DeviceState.READY] * 2
+        assert [d.state for d in devices] == [DeviceState.READY] * 3
         started = psutil.Process(running.process.pid)
         family = [started, *started.children(recursive=True)]
         # Ctrl-C in a terminal sends SIGINT to the whole foreground process group.

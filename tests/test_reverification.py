@@ -100,6 +100,7 @@ def test_each_periodic_tick_is_sent_once_whatever_the_number_of_processes():
         "snapshot_network",
         "settle_payouts",
         "watch_deposits",
+        "refresh_reliability",
     }
     assert scheduler.tick(shared, now + 0.5) == []  # another process, same periods
     # 1,000,005 s also begins a 15 s period of the deposit watcher.

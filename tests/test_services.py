@@ -177,7 +177,7 @@ def test_demo_devices_are_made_once_and_get_fresh_tokens(engine, tmp_path):
         stored = {d.name: d for d in session.exec(select(Device)).all()}
         provider = users.get_user_by_email(session, "provider@demo.gpu-portal.test")
     assert sorted(stored) == ["demo-rig-1", "demo-rig-2", "demo-rig-3", "demo-rig-4"]
-    assert [spec for _, spec in again] == ["1xH100-80GB", "1xH100-80GB", "2xA100-80GB", "1xH100-80GB"]
+    assert [spec for _, spec in again] == ["1xH100-80GB", "1xH100-80GB", "1xH100-80GB", "2xA100-80GB"]
     assert {keyed_hash(token) for token, _ in again} == {d.token_hash for d in stored.values()}
     assert not {token for token, _ in first} & {token for token, _ in again}
     assert provider.wallet_address is not None

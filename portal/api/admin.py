@@ -1,4 +1,4 @@
-"""Admin routes: people, clusters and the audit log (more arrive with faults and billing)."""
+"""Admin routes: people, devices and their faults, clusters, credits, payouts and the audit log."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from fastapi import APIRouter, Depends, Query
 
 from portal.api.billing import payout_out
 from portal.api.clusters import StateFilter, cluster_out
-from portal.api.deps import SessionDep, SettingsDep
+from portal.api.deps import SessionDep, SettingsDep, WakeupsDep
+from portal.api.devices import device_out
 from portal.api.users import user_out
-from portal.models import PayoutState
+from portal.models import DeviceState, PayoutState
 from portal.schemas.auth import AuditEntryOut, UserOut
 from portal.schemas.billing import BalanceOut, CreditGrantIn, PayoutOut, PayoutRetryIn
 from portal.schemas.clusters import ClusterOut
 from portal.schemas.common import Limit, Offset, Page
+from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import audit, billing, clusters, ledger, payouts, users
+from portal.services import audit, billing, clusters, commands, device_admin, ledger, payouts, users
 from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -170,3 +172,90 @@ def retry_payout(
     session.commit()
     dispatch.settle_soon()
     return payout_out(settings, payout)
+
+
+@router.get(
+    "/devices", summary="Every provider's devices, newest first; filter by state, name or owner email"
+)
+def list_devices(
+    session: SessionDep,
+    settings: SettingsDep,
+    _: AdminCaller,
+    state: Annotated[DeviceState | None, Query()] = None,
+    q: Annotated[str | None, Query(max_length=100, description="Part of the name or owner email.")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[AdminDeviceOut]:
+    rows, total = device_admin.search_devices(session, state=state, text=q, limit=limit, offset=offset)
+    items = [
+        AdminDeviceOut(
+            **device_out(session, device, settings).model_dump(), owner_id=device.owner_id, owner_email=email
+        )
+        for device, email in rows
+    ]
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post(
+    "/devices/{device_id}/block", summary="Take a device off the market, with the reason its owner sees"
+)
+def block_device(
+    device_id: uuid.UUID,
+    body: BlockIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: AdminCaller,
+    origin: OriginDep,
+) -> AdminDeviceOut:
+    device = device_admin.block(session, device_id, body.reason, admin_id=caller.user_id, origin=origin)
+    session.commit()
+    dispatch.reconcile_soon()  # a cluster it serves replaces it now, not at the next pass
+    return AdminDeviceOut(
+        **device_out(session, device, settings).model_dump(), owner_id=device.owner_id, owner_email=None
+    )
+
+
+@router.post("/devices/{device_id}/unblock", summary="Let a blocked device prove its compute and return")
+def unblock_device(
+    device_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    wakeups: WakeupsDep,
+    caller: AdminCaller,
+    origin: OriginDep,
+) -> AdminDeviceOut:
+    device = device_admin.unblock(session, device_id, admin_id=caller.user_id, origin=origin)
+    session.commit()
+    commands.wake(wakeups, device.id)
+    return AdminDeviceOut(
+        **device_out(session, device, settings).model_dump(), owner_id=device.owner_id, owner_email=None
+    )
+
+
+@router.get("/faults", summary="Fault events across the network, newest first, with filters")
+def list_faults(
+    session: SessionDep,
+    _: AdminCaller,
+    device_id: uuid.UUID | None = None,
+    cluster_id: uuid.UUID | None = None,
+    kind: Annotated[str | None, Query(max_length=40)] = None,
+    severity: Annotated[str | None, Query(pattern="^(info|warning|error|critical)$")] = None,
+    since: datetime | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[FaultOut]:
+    rows, total = device_admin.search_faults(
+        session,
+        device_id=device_id,
+        cluster_id=cluster_id,
+        kind=kind,
+        severity=severity,
+        since=since,
+        limit=limit,
+        offset=offset,
+    )
+    items = [
+        FaultOut(**fault.model_dump(exclude={"details", "resolved_at"}), device_name=name)
+        for fault, name in rows
+    ]
+    return Page(items=items, total=total, limit=limit, offset=offset)

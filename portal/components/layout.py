@@ -51,6 +51,10 @@ def account_menu() -> rx.Component:
                 rx.cond(
                     SessionState.is_admin, rx.menu.item("Audit log", on_click=rx.redirect("/admin/audit"))
                 ),
+                rx.cond(
+                    SessionState.is_admin,
+                    rx.menu.item("Devices and faults", on_click=rx.redirect("/admin/devices")),
+                ),
                 rx.menu.separator(),
                 rx.menu.item("Sign out", color="red", on_click=SessionState.sign_out),
             ),

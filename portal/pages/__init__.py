@@ -7,6 +7,7 @@ import reflex as rx
 from portal.pages import (
     account,
     admin_audit,
+    admin_devices,
     areas,
     auth,
     billing,
@@ -24,6 +25,7 @@ def register_pages(app: rx.App) -> None:
     auth.register(app)
     account.register(app)
     admin_audit.register(app)
+    admin_devices.register(app)
     devices.register(app)
     market.register(app)
     clusters.register(app)

@@ -107,6 +107,10 @@ def admin() -> rx.Component:
             ("Audit log", "Who did what, from where, and whether it worked."),
         ],
         "area-admin",
+        rx.hstack(
+            link_button("server", "Devices and faults", "/admin/devices"),
+            link_button("scroll_text", "Audit log", "/admin/audit", soft=True),
+        ),
     )
 
 

@@ -218,6 +218,10 @@ def device_detail() -> rx.Component:
                             rx.data_list.value(detail["verified"], id="device-verified"),
                         ),
                         rx.data_list.item(
+                            rx.data_list.label("Reliability"),
+                            rx.data_list.value(detail["reliability"], id="device-reliability"),
+                        ),
+                        rx.data_list.item(
                             rx.data_list.label("Token"),
                             rx.data_list.value(rx.code(detail["token_prefix"].to(str) + "…")),
                         ),

@@ -163,3 +163,24 @@ class ChallengeReplyOut(BaseModel):
     passed: bool | None = None
     reason: str = ""
     tflops: float | None = None
+
+
+class AdminDeviceOut(DeviceOut):
+    owner_id: uuid.UUID
+    owner_email: str | None
+
+
+class BlockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, Field(min_length=3, max_length=400)]
+
+
+class FaultOut(BaseModel):
+    id: int
+    at: datetime
+    device_id: uuid.UUID | None
+    device_name: str | None
+    cluster_id: uuid.UUID | None
+    kind: str
+    severity: str
+    message: str

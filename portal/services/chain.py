@@ -13,6 +13,7 @@ resend safe; a blockhash is valid for ``BLOCKHASH_TTL_S`` on LiteSVM, like ~150 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
@@ -22,11 +23,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from solders.account import Account
 from solders.hash import Hash
@@ -54,6 +55,7 @@ from spl.token.instructions import (
 from spl.token.models import InitializeMintParams, MintToCheckedParams, TransferCheckedParams
 
 BLOCKHASH_TTL_S = 60.0
+T = TypeVar("T")
 MAX_TRANSACTION_BYTES = 1232  # a Solana packet
 MINT_SIZE = 82
 
@@ -362,13 +364,15 @@ class LiteSvmChain:
             error = self._signatures[key]
             return Status(Outcome.LANDED) if error is None else Status(Outcome.FAILED, error)
 
-    def token_balance(self, token_account: Pubkey) -> int | None:
+    def get_account(self, address: Pubkey) -> Account | None:
         with self._state():
-            return _token_amount(self._svm.get_account(token_account))
+            return self._svm.get_account(address)
+
+    def token_balance(self, token_account: Pubkey) -> int | None:
+        return _token_amount(self.get_account(token_account))
 
     def account_exists(self, address: Pubkey) -> bool:
-        with self._state():
-            return self._svm.get_account(address) is not None
+        return self.get_account(address) is not None
 
     def airdrop(self, address: Pubkey, lamports: int) -> None:
         with self._state():
@@ -380,42 +384,59 @@ class LiteSvmChain:
 
 
 class RpcChain:
-    """A Solana cluster through its JSON-RPC endpoint."""
+    """A Solana cluster through its JSON-RPC endpoint (solana-py's async client, driven from a loop of its
+    own so that any thread, with or without an event loop, can call it)."""
 
-    def __init__(self, url: str) -> None:
-        from solana.rpc.api import Client
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+        from solana.rpc.async_api import AsyncClient
         from solana.rpc.commitment import Confirmed
 
-        self._client = Client(url, commitment=Confirmed)
+        self._timeout_s = timeout_s
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="solana-rpc", daemon=True).start()
+
+        async def connect() -> AsyncClient:
+            return AsyncClient(url, commitment=Confirmed, timeout=timeout_s)
+
+        self._client = self._run(connect())
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(self._timeout_s + 5)
 
     def latest_blockhash(self) -> Hash:
-        return self._client.get_latest_blockhash().value.blockhash
+        return self._run(self._client.get_latest_blockhash()).value.blockhash
 
     def blockhash_valid(self, blockhash: Hash) -> bool:
-        return bool(self._client.is_blockhash_valid(blockhash).value)
+        from solders.rpc.requests import IsBlockhashValid
+        from solders.rpc.responses import IsBlockhashValidResp
+
+        # solana-py's client has no method for it; its provider sends any solders request.
+        request = IsBlockhashValid(blockhash)
+        return bool(self._run(self._client._provider.make_request(request, IsBlockhashValidResp)).value)
 
     def send(self, transaction: VersionedTransaction) -> None:
         from solana.exceptions import SolanaRpcException
-        from solana.rpc.core import RPCException
+        from solana.rpc.core import RPCException, RPCNoResultException
 
         try:
-            self._client.send_transaction(transaction)
-        except (RPCException, SolanaRpcException) as error:
+            self._run(self._client.send_transaction(transaction))
+        except (RPCException, RPCNoResultException, SolanaRpcException) as error:
             raise ChainError(str(error)) from error
 
     def status(self, signature: Signature) -> Status:
-        found = self._client.get_signature_statuses([signature], search_transaction_history=True).value[0]
-        if found is None or found.confirmation_status is None:
+        found = self._run(self._client.get_signature_statuses([signature], search_transaction_history=True))
+        value = found.value[0]
+        if value is None:
             return Status(Outcome.UNKNOWN)
-        if found.err is not None:
-            return Status(Outcome.FAILED, describe_error(str(found.err)))
+        if value.err is not None:
+            return Status(Outcome.FAILED, describe_error(str(value.err)))
         return Status(Outcome.LANDED)
 
     def token_balance(self, token_account: Pubkey) -> int | None:
-        return _token_amount(self._client.get_account_info(token_account).value)
+        return _token_amount(self._run(self._client.get_account_info(token_account)).value)
 
     def account_exists(self, address: Pubkey) -> bool:
-        return self._client.get_account_info(address).value is not None
+        return self._run(self._client.get_account_info(address)).value is not None
 
     def airdrop(self, address: Pubkey, lamports: int) -> None:
-        self._client.request_airdrop(address, lamports)
+        self._run(self._client.request_airdrop(address, lamports))

@@ -96,8 +96,9 @@ def seed_demo(session: Session, data_dir: Path) -> list[DemoLogin]:
     return logins
 
 
-# Country and simulated GPUs of the demo devices, in turn: the first two make a 2-node H100 cluster.
-DEMO_DEVICES = (("DE", "1xH100-80GB"), ("NL", "1xH100-80GB"), ("US", "2xA100-80GB"))
+# Country and simulated GPUs of the demo devices, in turn: the first two make a 2-node H100 cluster and
+# the third can replace either when its agent dies (`portal demo kill-agent`).
+DEMO_DEVICES = (("DE", "1xH100-80GB"), ("NL", "1xH100-80GB"), ("FR", "1xH100-80GB"), ("US", "2xA100-80GB"))
 
 
 def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:

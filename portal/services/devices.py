@@ -245,7 +245,7 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
         Check(
             "not_blocked",
             device.state != DeviceState.BLOCKED,
-            "Not blocked." if device.state != DeviceState.BLOCKED else f"Blocked: {device.state_reason}",
+            "Not blocked." if device.state != DeviceState.BLOCKED else _blocked_because(device.state_reason),
         ),
         Check(
             "real_gpus",
@@ -262,6 +262,12 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
             else "Link a payout wallet in your account to be paid.",
         ),
     ]
+
+
+def _blocked_because(reason: str) -> str:
+    if reason.lower().startswith("blocked"):
+        return reason[:1].upper() + reason[1:]
+    return f"Blocked: {reason}"
 
 
 def is_hireable(checks: list[Check]) -> bool:

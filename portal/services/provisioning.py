@@ -226,13 +226,15 @@ class _Steps:
                 continue
             device = self.session.get(Device, node.device_id)
             assert device is not None
-            if devices.is_online(device, self.settings) and device.ray_state != "failed":
+            online = devices.is_online(device, self.settings)
+            if device.state == DeviceState.BLOCKED:
+                why = f"was {device.state_reason}"  # "blocked by an admin: <reason>"
+            elif not online:
+                why = "stopped heartbeating"
+            elif device.ray_state == "failed":
+                why = "lost its Ray node"
+            else:
                 continue
-            why = (
-                "stopped heartbeating"
-                if not devices.is_online(device, self.settings)
-                else "lost its Ray node"
-            )
             self.lose(node, device, why)
             if node.role == NodeRole.HEAD:
                 self.end(

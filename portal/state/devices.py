@@ -15,7 +15,7 @@ from portal.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
-from portal.services import devices
+from portal.services import devices, reliability
 from portal.services.errors import DomainError, InvalidInput
 from portal.state.session import SessionState, for_users, principal
 
@@ -96,6 +96,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             if device.agent_version
             else "not connected yet",
             "token_prefix": device.token_prefix,
+            "reliability": reliability.assess(session, device).explained(),
             "checks": [{"ok": c.ok, "message": c.message} for c in checks],
             "hireable": devices.is_hireable(checks),
             "gpu_rows": [

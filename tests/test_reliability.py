@@ -1,0 +1,75 @@
+"""Reliability: uptime over 30 days lowered by each serious fault, 0 until a device proves its compute;
+stored by the periodic actor, explained in words, and preferred by placement at equal price."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from portal.db import session_scope
+from portal.models import Device, DeviceState, FaultEvent, StateTransition
+from portal.services import placement, reliability
+from tasks import context
+from tasks import devices as device_actors
+from tests.test_clusters import SETTINGS, market_with, spec
+
+
+def up_since(session, device: Device, days: float) -> None:
+    """The device was added ``days`` ago and has been ready since."""
+    device.created_at = device.created_at - timedelta(days=days)
+    session.add(device)
+    session.add(
+        StateTransition(
+            entity_type="device",
+            entity_id=str(device.id),
+            from_state=DeviceState.REGISTERED,
+            to_state=DeviceState.READY,
+            reason="test",
+            at=device.created_at,
+        )
+    )
+
+
+def fault(session, device: Device, severity: str = "error") -> None:
+    session.add(FaultEvent(device_id=device.id, kind="node_lost", severity=severity, message="lost"))
+
+
+def test_the_score_is_uptime_lowered_by_each_serious_fault(engine):
+    with session_scope(engine) as session:
+        steady, flaky, fresh = market_with(session, [1, 1, 1])
+        for device in (steady, flaky):
+            up_since(session, device, 3)
+        fault(session, flaky)
+        fault(session, flaky)
+        fault(session, flaky, severity="warning")  # not serious: not counted
+        fresh.verified_at = None
+    with session_scope(engine) as session:
+        steady_score = reliability.assess(session, session.get(Device, steady.id))
+        flaky_score = reliability.assess(session, session.get(Device, flaky.id))
+        fresh_score = reliability.assess(session, session.get(Device, fresh.id))
+    assert steady_score.uptime == pytest.approx(1.0) and steady_score.score == pytest.approx(1.0)
+    assert flaky_score.faults == 2 and flaky_score.score == pytest.approx(0.81)
+    assert flaky_score.explained() == (
+        "0.81 = 100% uptime over 30 days x 0.9 per fault (2 serious faults in that time)."
+    )
+    assert fresh_score.score == 0.0 and "not proved" in fresh_score.explained()
+
+
+def test_the_actor_stores_scores_and_placement_prefers_the_reliable_device_at_equal_price(parts):
+    with session_scope(parts.engine) as session:
+        flaky, steady = market_with(session, [1, 1])
+        for device in (flaky, steady):
+            up_since(session, device, 2)
+        fault(session, flaky)
+    context.use(parts)
+    try:
+        device_actors.refresh_reliability.fn()
+    finally:
+        context.use(None)
+    with session_scope(parts.engine) as session:
+        stored = dict(session.exec(select(Device.id, Device.reliability)).all())
+        assert stored[steady.id] == pytest.approx(1.0) and stored[flaky.id] == pytest.approx(0.9)
+        chosen = placement.reserve(session, SETTINGS, spec(1).placement(), "test")
+    assert [candidate.device_id for candidate in chosen or []] == [steady.id]
