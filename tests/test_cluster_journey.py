@@ -220,3 +220,7 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     # The public explorer draws the network's history (a picture a minute).
     page.goto(demo_portal.url + "/explorer")
     expect(page.locator("#explorer-online .js-plotly-plot")).to_be_visible(timeout=90_000)
+    # ...and its figures now, as /api/v1/stats/network serves them.
+    expect(page.locator("#stat-gpus-online")).to_have_text("2")
+    expect(page.locator("#explorer-countries")).to_contain_text("NL")
+    expect(page.locator("#stat-paid")).not_to_have_text("$0.00")

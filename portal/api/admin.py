@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
 
 from portal.api.billing import payout_out
 from portal.api.clusters import StateFilter, cluster_out
@@ -21,7 +22,17 @@ from portal.schemas.common import Limit, Offset, Page
 from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import audit, billing, clusters, commands, device_admin, ledger, payouts, users
+from portal.services import (
+    analytics,
+    audit,
+    billing,
+    clusters,
+    commands,
+    device_admin,
+    ledger,
+    payouts,
+    users,
+)
 from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -259,3 +270,25 @@ def list_faults(
         for fault, name in rows
     ]
     return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+ANALYTICS_TABLES = {"revenue": analytics.revenue_by_day, "cohorts": analytics.customer_cohorts}
+
+
+@router.get("/analytics", summary="Revenue, fees and earnings per day (30 days) and customer cohorts")
+def analytics_tables(session: SessionDep, _: AdminCaller) -> dict[str, list[dict]]:
+    return {name: table(session).to_dict(orient="records") for name, table in ANALYTICS_TABLES.items()}
+
+
+@router.get(
+    "/analytics/{table}.csv",
+    summary="One analytics table as CSV: revenue or cohorts",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def analytics_csv(table: Literal["revenue", "cohorts"], session: SessionDep, _: AdminCaller) -> Response:
+    return Response(
+        ANALYTICS_TABLES[table](session).to_csv(index=False),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="gpu-portal-{table}.csv"'},
+    )

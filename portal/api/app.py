@@ -11,7 +11,19 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from portal import __version__
-from portal.api import admin, auth, billing, clusters, devices, health, market, monitoring, users, worker
+from portal.api import (
+    admin,
+    auth,
+    billing,
+    clusters,
+    devices,
+    health,
+    market,
+    monitoring,
+    stats,
+    users,
+    worker,
+)
 from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
@@ -51,6 +63,7 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
         devices.router,
         worker.router,
         market.router,
+        stats.router,
         clusters.router,
         billing.router,
         monitoring.router,

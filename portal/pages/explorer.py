@@ -5,7 +5,8 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.charts import range_picker
-from portal.components.layout import page_frame
+from portal.components.layout import page_frame, stat_card
+from portal.components.tables import data_table
 from portal.state.explorer import ExplorerState
 
 REFRESH_MS = 30_000
@@ -34,6 +35,26 @@ def explorer_page() -> rx.Component:
                 color_scheme="gray",
             ),
             rx.cond(
+                ExplorerState.summary.contains("gpus_online"),
+                rx.grid(
+                    stat_card("GPUs online", ExplorerState.summary["gpus_online"], "cpu", "stat-gpus-online"),
+                    stat_card(
+                        "Hired now", ExplorerState.summary["hired_share"], "activity", "stat-hired-share"
+                    ),
+                    stat_card(
+                        "Utilization", ExplorerState.summary["utilization"], "gauge", "stat-utilization"
+                    ),
+                    stat_card(
+                        "GPU-hours served", ExplorerState.summary["compute_hours"], "clock", "stat-hours"
+                    ),
+                    stat_card("Paid to providers", ExplorerState.summary["paid"], "coins", "stat-paid"),
+                    columns=rx.breakpoints(initial="2", md="5"),
+                    spacing="3",
+                    width="100%",
+                ),
+            ),
+            rx.text(ExplorerState.summary["simulated"], size="1", color_scheme="amber"),
+            rx.cond(
                 ExplorerState.error != "",
                 rx.callout(ExplorerState.error, icon="triangle_alert", color_scheme="red"),
             ),
@@ -56,6 +77,27 @@ def explorer_page() -> rx.Component:
                     ),
                     rx.spinner(),
                 ),
+            ),
+            rx.heading("Online by country", size="4"),
+            data_table(
+                ("Country", "Devices", "GPUs", "Hired"),
+                ExplorerState.summary["countries"].to(list[dict]),
+                lambda c: rx.table.row(
+                    rx.table.cell(c["country"]),
+                    rx.table.cell(c["devices"]),
+                    rx.table.cell(c["gpus"]),
+                    rx.table.cell(c["hired"]),
+                ),
+                id="explorer-countries",
+            ),
+            rx.text(
+                "The same figures as JSON: ",
+                rx.link(rx.code("GET /api/v1/stats/network"), href="/api/v1/stats/network"),
+                ", or through GraphQL: ",
+                rx.code("POST /api/v1/graphql"),
+                ".",
+                size="1",
+                color_scheme="gray",
             ),
             rx.moment(interval=REFRESH_MS, on_change=ExplorerState.tick, display="none"),
             spacing="4",

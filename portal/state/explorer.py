@@ -9,10 +9,12 @@ import plotly.graph_objects as go
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
+from portal.cache import get_cache
 from portal.db import session_scope
-from portal.services import network_history
+from portal.services import analytics, network_history
 from portal.services.telemetry import RANGES
 from portal.state.charts import styled
+from portal.state.market import usd
 from portal.state.session import for_anyone
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,24 @@ def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, in
     )
 
 
+def _summary() -> dict:
+    with session_scope() as session:
+        stats = analytics.network_stats(session, get_cache())
+    return {
+        "devices_online": f"{stats.devices_online:,}",
+        "gpus_online": f"{stats.gpus_online:,}",
+        "simulated": f"{stats.simulated_gpus_online:,} simulated" if stats.simulated_gpus_online else "",
+        "hired_share": f"{stats.hired_share:.0%}",
+        "utilization": f"{stats.utilization_avg:.0f}%" if stats.utilization_avg is not None else "n/a",
+        "compute_hours": f"{stats.compute_hours:,.1f}",
+        "paid": usd(stats.earnings_paid_micro),
+        "countries": [
+            {"country": g.key, "devices": g.devices, "gpus": g.gpus, "hired": g.gpus_hired}
+            for g in stats.by_country
+        ],
+    }
+
+
 class ExplorerState(rx.State):
     range: str = "24h"
     by: str = "gpu_model"
@@ -52,6 +72,7 @@ class ExplorerState(rx.State):
     hired: go.Figure = go.Figure()
     util: go.Figure = go.Figure()
     points: int = 0
+    summary: dict = {}
     loaded: bool = False
     error: str = ""
 
@@ -67,6 +88,7 @@ class ExplorerState(rx.State):
             self.online, self.hired, self.util, self.points = await asyncio.to_thread(
                 _figures, minutes, self.by
             )
+            self.summary = await asyncio.to_thread(_summary)
             self.loaded, self.error = True, ""
         except SQLAlchemyError:
             logger.exception("network history unavailable")

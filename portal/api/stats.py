@@ -1,0 +1,94 @@
+"""Public network statistics: ``GET /stats/network`` and the same through GraphQL (``POST /graphql``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import strawberry
+from fastapi import APIRouter, Depends
+from graphql import GraphQLError
+from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter
+from strawberry.fastapi import GraphQLRouter
+from strawberry.types import ExecutionContext
+
+from portal.api.deps import CacheDep, SessionDep
+from portal.security.access import PUBLIC
+from portal.services import analytics
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["network"], dependencies=[Depends(PUBLIC)])
+
+
+@router.get(
+    "/stats/network", summary="Devices and GPUs by state, model and country; hired share; utilization"
+)
+def network(session: SessionDep, cache: CacheDep) -> analytics.NetworkStats:
+    return analytics.network_stats(session, cache)
+
+
+@strawberry.type(description="Devices and GPUs sharing a state, a GPU model or a country.")
+class Group:
+    key: str
+    devices: int
+    gpus: int
+    gpus_hired: int
+    simulated_gpus: int
+
+
+@strawberry.type(description="The network now (cached for up to 30 s).")
+class Network:
+    at: str
+    devices: int
+    gpus: int
+    devices_online: int
+    gpus_online: int
+    gpus_hired: int
+    simulated_gpus_online: int
+    hired_share: float
+    utilization_avg: float | None
+    compute_hours: float
+    earnings_paid_micro: strawberry.scalars.JSON  # may pass 2^53: JSON numbers, not GraphQL's 32-bit Int
+    by_state: list[Group]
+    by_model: list[Group]
+    by_country: list[Group]
+
+
+def _network(stats: analytics.NetworkStats) -> Network:
+    data: dict[str, Any] = asdict(stats)
+    for name in ("by_state", "by_model", "by_country"):
+        data[name] = [Group(**group) for group in data[name]]
+    return Network(**data)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The network's statistics, as GET /api/v1/stats/network.")
+    def network(self, info: strawberry.Info) -> Network:
+        context = info.context
+        return _network(analytics.network_stats(context["session"], context["cache"]))
+
+
+async def _context(session: SessionDep, cache: CacheDep) -> dict[str, Any]:
+    return {"session": session, "cache": cache}
+
+
+class Schema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # A client's bad query is the client's business: noted, not logged as the portal's error.
+        for error in errors:
+            logger.info("graphql query refused: %s", error.message)
+
+
+schema = Schema(
+    query=Query,
+    extensions=[lambda: QueryDepthLimiter(max_depth=6), lambda: MaxTokensLimiter(max_token_count=2000)],
+)
+# No GET and no in-browser IDE: queries come as POST, and the portal loads nothing from a CDN.
+graphql_router = GraphQLRouter(
+    schema, path="/graphql", context_getter=_context, graphql_ide=None, allow_queries_via_get=False
+)
+router.include_router(graphql_router)
