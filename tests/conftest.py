@@ -219,9 +219,12 @@ class RunningPortal:
     log: Path
 
 
-def start_portal(data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> RunningPortal:
-    """``portal run`` as a user starts it, on a free loopback port with its own SQLite database."""
-    port = free_port()
+def start_portal(
+    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> RunningPortal:
+    """``portal run`` as a user starts it, on a free loopback port (or ``port``: a restart) with its own
+    SQLite database."""
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "portal.log"
     process_env = {

@@ -3,6 +3,8 @@ with `portal worker` processes, two `gpu-pool worker` agents running real Ray no
 
 A task worker killed with SIGKILL while the cluster is provisioning loses nothing: RabbitMQ hands its
 unacknowledged messages to the next worker and the reconciler finishes the cluster, booking no device twice.
+The portal process restarted while the cluster runs loses no cluster: the agents keep their Ray nodes and
+reconnect, and the task workers (which run on) declare no node lost for the portal's own silence.
 """
 
 import os
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -21,6 +24,7 @@ from portal import migrations
 from portal.config import get_settings
 from portal.db import build_engine, session_scope
 from portal.models import ClusterNode, Device, Role
+from portal.models.base import utcnow
 from portal.security.principal import RequestOrigin
 from portal.services import devices, ledger, users
 from tests.conftest import PROJECT_ROOT, VENV_BIN, start_portal, stop_process_group
@@ -111,6 +115,13 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
             with session_scope(engine) as session:
                 return sum(d.state == "ready" for d in session.exec(select(Device)).all())
 
+        def ready_or_hired() -> int:
+            """Devices whose agent is heard (heartbeating within the last 10 s) and not offline."""
+            with session_scope(engine) as session:
+                found = session.exec(select(Device)).all()
+            fresh = utcnow() - timedelta(seconds=10)
+            return sum(d.state in ("ready", "hired") and d.last_heartbeat_at > fresh for d in found)
+
         wait_for(ready_devices, lambda n: n == 2, timeout_s=90)
         api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30)
         token = api.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["access_token"]
@@ -141,6 +152,20 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         with session_scope(engine) as session:
             booked = [n.device_id for n in session.exec(select(ClusterNode)).all()]
         assert len(booked) == len(set(booked)) == 2
+
+        # The portal goes down for longer than three heartbeats and comes back.
+        stop_process_group(portal.process)
+        time.sleep(25)
+        portal = start_portal(
+            tmp_path / "portal", "--no-demo", env=services_env, port=int(portal.url.rsplit(":", 1)[1])
+        )
+        api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30, headers=api.headers)
+        wait_for(ready_or_hired, lambda n: n == 2, timeout_s=60)
+        time.sleep(10)  # several reconciler passes with every agent heard again
+        after = api.get(f"/clusters/{cluster_id}").json()
+        assert after["state"] == "running", after["events"]
+        assert "node_lost" not in [e["kind"] for e in after["events"]]
+        assert sorted(n["state"] for n in after["nodes"]) == ["joined", "joined"]
 
         assert api.delete(f"/clusters/{cluster_id}").status_code == 202
         wait_for(lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "terminated", 60)

@@ -549,6 +549,19 @@ def test_a_lost_worker_is_replaced_and_the_cluster_heals(engine):
     ]
 
 
+def test_while_the_portal_hears_no_agent_at_all_no_node_is_declared_lost(engine):
+    """Its own restart or outage silences every agent at once: that is not every device failing."""
+    cluster_id, _, devices = run_to_running(engine, [1, 1], 2)
+    for device in devices:
+        silence(engine, device.id)
+    assert advance(engine, cluster_id) == ClusterState.RUNNING
+    assert all(node.state == NodeState.JOINED for node in nodes(engine, cluster_id))
+    # Heard again: the head's agent beats, the worker's does not. The worker is lost.
+    head_node, _ = nodes(engine, cluster_id)
+    beat(engine, [d for d in devices if d.id == head_node.device_id])
+    assert advance(engine, cluster_id) == ClusterState.DEGRADED
+
+
 def test_with_no_replacement_the_cluster_stays_degraded_and_says_so_once(engine):
     cluster_id, _, _ = run_to_running(engine, [1, 1], 2)
     _, worker_node = nodes(engine, cluster_id)

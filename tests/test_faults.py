@@ -5,7 +5,7 @@ from datetime import timedelta
 from sqlmodel import select
 
 from portal.db import session_scope
-from portal.models import Device, DeviceState, FaultEvent
+from portal.models import Device, DeviceState, FaultEvent, HearingGap
 from portal.models.base import utcnow
 from portal.services import faults, worker
 from tasks import context, devices
@@ -32,3 +32,28 @@ def test_a_silent_idle_device_goes_offline_and_comes_back_with_its_next_beat(par
     with session_scope(parts.engine) as session:
         state, _ = worker.heartbeat(session, parts.cache, silent.id, samples=[], ray={"state": "none"})
     assert state == DeviceState.READY
+
+
+def test_the_portals_own_deafness_is_no_devices_silence(parts):
+    """A portal restart silences every agent at once: that time is recorded as a gap and forgiven."""
+    long_ago = utcnow() - timedelta(seconds=80)
+    with session_scope(parts.engine) as session:
+        first, second = market_with(session, [1, 1])
+        first.last_heartbeat_at = second.last_heartbeat_at = long_ago
+        session.add_all([first, second])
+    with session_scope(parts.engine) as session:
+        assert faults.silent_devices(session, SETTINGS) == []  # nobody heard: the portal is deaf
+    with session_scope(parts.engine) as session:
+        worker.heartbeat(session, parts.cache, first.id, samples=[], ray={"state": "none"})
+    with session_scope(parts.engine) as session:
+        (gap,) = session.exec(select(HearingGap)).all()
+        assert abs((gap.started_at - long_ago).total_seconds()) < 1 and gap.ended_at > long_ago
+        assert faults.silent_devices(session, SETTINGS) == []  # the second agent gets its time to return
+        # 20 s after the portal heard again, the second agent is still silent: that is its own silence.
+        gap.started_at -= timedelta(seconds=20)
+        gap.ended_at -= timedelta(seconds=20)
+        device = session.get(Device, second.id)
+        device.last_heartbeat_at -= timedelta(seconds=20)
+        session.add_all([gap, device])
+    with session_scope(parts.engine) as session:
+        assert faults.silent_devices(session, SETTINGS) == [second.id]

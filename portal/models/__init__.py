@@ -25,7 +25,14 @@ from portal.models.clusters import (
     NodeState,
 )
 from portal.models.devices import CommandState, ConnectivityTier, Device, DeviceCommand, DeviceState, Gpu
-from portal.models.monitoring import AuditLog, FaultEvent, GpuSample, NetworkSnapshot, StateTransition
+from portal.models.monitoring import (
+    AuditLog,
+    FaultEvent,
+    GpuSample,
+    HearingGap,
+    NetworkSnapshot,
+    StateTransition,
+)
 from portal.models.users import ApiKey, Role, User, UserRole
 
 metadata = SQLModel.metadata
@@ -49,6 +56,7 @@ __all__ = [
     "FaultEvent",
     "Gpu",
     "GpuSample",
+    "HearingGap",
     "Job",
     "JobStatus",
     "LedgerAccount",

@@ -99,3 +99,14 @@ class NetworkSnapshot(SQLModel, table=True):
     gpus_hired: int
     # Average GPU utilization over the last minutes' samples (None where no samples are stored).
     util_avg: float | None = Field(default=None)
+
+
+class HearingGap(SQLModel, table=True):
+    """A time the portal heard no agent at all (its own restart or outage): silence within it is the
+    portal's, not the devices', and never makes a device offline or a node lost."""
+
+    __tablename__ = "hearing_gaps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime = Field(sa_type=UTCDateTime, index=True)

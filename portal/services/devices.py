@@ -8,9 +8,9 @@ import re
 import shlex
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, func
 from sqlmodel import Session, col, select
 
 from portal.cache import Cache
@@ -23,6 +23,7 @@ from portal.models import (
     DeviceState,
     FaultEvent,
     Gpu,
+    HearingGap,
     User,
 )
 from portal.models.base import utcnow
@@ -32,6 +33,7 @@ from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.gpu_catalog import list_price
+from portal.services.liveness import HEARING_GAP_S
 
 logger = logging.getLogger(__name__)
 # A device is online while its last heartbeat is younger than this many intervals.
@@ -209,11 +211,47 @@ def remove_device(
     session.delete(device)
 
 
-def is_online(device: Device, settings: Settings) -> bool:
+@dataclass(frozen=True)
+class Hearing:
+    """What the portal heard lately: silence inside a gap (no agent at all heard: the portal's own restart
+    or outage, a network split on its side) is the portal's, not a device's."""
+
+    now: datetime
+    gaps: tuple[tuple[datetime, datetime], ...] = ()
+
+    def silence(self, last_beat: datetime) -> timedelta:
+        deaf = sum(
+            ((min(end, self.now) - max(start, last_beat)) for start, end in self.gaps if end > last_beat),
+            timedelta(),
+        )
+        return self.now - last_beat - max(deaf, timedelta())
+
+
+def hearing(session: Session) -> Hearing:
+    """The gaps of the last hour, and the one going on while no agent at all is heard now."""
+    now = utcnow()
+    gaps = [
+        (start, end)
+        for start, end in session.exec(
+            select(HearingGap.started_at, HearingGap.ended_at).where(
+                HearingGap.ended_at >= now - timedelta(hours=1)
+            )
+        ).all()
+    ]
+    newest = session.exec(select(func.max(Device.last_heartbeat_at))).one()
+    if newest is not None and (now - newest).total_seconds() > HEARING_GAP_S:
+        gaps.append((newest, now))
+    return Hearing(now, tuple(gaps))
+
+
+def is_online(device: Device, settings: Settings, heard: Hearing | None = None) -> bool:
+    """Heartbeating within the last ``MISSED_HEARTBEATS_OFFLINE`` intervals (of the portal's hearing, when
+    ``heard`` is given: where a loss would have consequences)."""
     if device.last_heartbeat_at is None:
         return False
     allowed = timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
-    return utcnow() - device.last_heartbeat_at < allowed
+    silence = (heard or Hearing(utcnow())).silence(device.last_heartbeat_at)
+    return silence < allowed
 
 
 def eligibility(session: Session, device: Device, settings: Settings) -> list[Check]:

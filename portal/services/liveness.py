@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from portal.cache import Cache, Operation
-from portal.models import Device, DeviceState, GpuSample
+from portal.models import Device, DeviceState, GpuSample, HearingGap
 from portal.services import state_machines
 
 BEATS = "beats"
@@ -73,6 +73,18 @@ def record(
     return Noted(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
 
 
+# No agent at all heard for longer than this: the portal was deaf (see ``devices.Hearing``), a gap.
+HEARING_GAP_S = 10.0
+
+
+def _note_gap(session: Session, first_beat: datetime) -> None:
+    """Record the time no agent at all was heard before this batch (the portal's restart or outage), so
+    that it never counts as a device's silence (``devices.Hearing``)."""
+    newest = session.exec(select(func.max(Device.last_heartbeat_at))).one()
+    if newest is not None and (first_beat - newest).total_seconds() > HEARING_GAP_S:
+        session.add(HearingGap(started_at=newest, ended_at=first_beat))
+
+
 def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict[uuid.UUID, str]:
     """Write the beats noted since the last flush (and their GPU samples, for the portal's own sample store
     when no Prometheus keeps them); returns the states of the devices that beat.
@@ -95,6 +107,7 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
         if device_id in known
     ]
     if rows:
+        _note_gap(session, min(row["last_heartbeat_at"] for row in rows))
         # The ORM's bulk UPDATE by primary key: one executemany for the whole batch.
         session.execute(update(Device), rows)
     if store_samples:

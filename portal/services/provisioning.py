@@ -221,12 +221,13 @@ class _Steps:
         """A running cluster that loses a worker goes degraded, books a device that fits, starts a worker on
         it joining the same head, and is running again once the head sees it. Losing the head ends the
         cluster: a Ray cluster does not outlive its head (its GCS holds the cluster's state)."""
+        heard = devices.hearing(self.session)
         for node in self.active_nodes():
             if node.state != NodeState.JOINED:
                 continue
             device = self.session.get(Device, node.device_id)
             assert device is not None
-            online = devices.is_online(device, self.settings)
+            online = devices.is_online(device, self.settings, heard)
             if device.state == DeviceState.BLOCKED:
                 why = f"was {device.state_reason}"  # "blocked by an admin: <reason>"
             elif not online:
