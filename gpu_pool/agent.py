@@ -61,7 +61,11 @@ class Agent:
         return self.gpus.describe() if self.gpus else []
 
     def sample(self) -> list[GpuSample]:
-        return self.gpus.sample() if self.gpus else []
+        if not self.gpus:
+            return []
+        if self.gpus.simulated:  # simulated GPUs are busy only while a Ray node runs on them
+            return self.gpus.sample(busy=self.ray_status()["state"] == "running")
+        return self.gpus.sample()
 
     def report(self) -> dict[str, Any]:
         return {

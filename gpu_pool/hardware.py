@@ -158,11 +158,13 @@ class SimulatedGpus:
     def describe(self) -> list[GpuInfo]:
         return list(self._gpus)
 
-    def sample(self) -> list[GpuSample]:
+    def sample(self, busy: bool = True) -> list[GpuSample]:
+        """Readings that follow a slow wave under load, and stay near zero while idle (no Ray node)."""
         phase = time.time() / 60
         samples = []
         for gpu in self._gpus:
-            load = max(0.0, min(100.0, 50 + 40 * math.sin(phase + gpu.index) + self._rng.uniform(-5, 5)))
+            wave = 50 + 40 * math.sin(phase + gpu.index) if busy else 1.0
+            load = max(0.0, min(100.0, wave + self._rng.uniform(-5, 5) * (1 if busy else 0.2)))
             samples.append(
                 GpuSample(
                     index=gpu.index,

@@ -60,3 +60,11 @@ def refresh_reliability() -> None:
         scores = reliability.changed_scores(session)
     with session_scope(p.engine) as session:
         reliability.store_scores(session, scores)
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def detect_gpu_faults() -> None:
+    """XID errors and GPUs busy on unhired devices, from the latest heartbeats."""
+    p = parts()
+    with session_scope(p.engine) as session:
+        faults.gpu_faults(session, p.cache, p.settings)

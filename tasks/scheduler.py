@@ -30,6 +30,7 @@ def periodic() -> list[tuple[dramatiq.Actor, float]]:
         (clusters.reconcile_clusters, 5.0),
         (devices.reverify_devices, 60.0),
         (devices.mark_silent_devices_offline, 5.0),
+        (devices.detect_gpu_faults, 5.0),
         (devices.prune_gpu_samples, 600.0),
         (devices.snapshot_network, 60.0),
         (devices.refresh_reliability, 300.0),

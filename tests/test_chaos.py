@@ -174,3 +174,12 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
     assert "Blocked by an admin: GPU busy while idle: double-renting" in [
         c["message"] for c in mine["eligibility"]
     ]
+    # The owner's device page lists the fault and explains the reliability score.
+    owner = next(x for x in logins if x["role"] == "provider")
+    page.context.clear_cookies()
+    page.goto(portal.url + f"/login?next=/device/{mine['id']}")
+    page.locator("#email").fill(owner["email"])
+    page.locator("#password").fill(owner["password"])
+    page.locator("#submit-sign-in").click()
+    expect(page.locator("#device-faults")).to_contain_text("Blocked by an admin", timeout=15_000)
+    expect(page.locator("#device-reliability")).to_contain_text("uptime over 30 days")

@@ -57,3 +57,38 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
         session.add_all([gap, device])
     with session_scope(parts.engine) as session:
         assert faults.silent_devices(session, SETTINGS) == [second.id]
+
+
+def busy(util: float, xid: int = 0) -> list[dict]:
+    return [
+        {"index": 0, "util_pct": util, "mem_used_mb": 1000, "temp_c": 60, "power_w": 300, "xid_errors": xid}
+    ]
+
+
+def sweep(parts, device_id, samples: list[dict]) -> list[str]:
+    with session_scope(parts.engine) as session:
+        worker.heartbeat(session, parts.cache, device_id, samples=samples, ray={"state": "none"})
+    with session_scope(parts.engine) as session:
+        return [fault.kind for fault in faults.gpu_faults(session, parts.cache, SETTINGS)]
+
+
+def test_gpus_busy_on_an_unhired_device_raise_one_double_renting_fault(parts):
+    with session_scope(parts.engine) as session:
+        idle, hired = market_with(session, [1, 1])
+        hired.state = DeviceState.HIRED
+        session.add(hired)
+    assert [sweep(parts, idle.id, busy(90)) for _ in range(4)] == [[], [], ["gpu_busy_while_idle"], []]
+    assert sweep(parts, idle.id, busy(2)) == []  # quiet again: the count starts over
+    assert [sweep(parts, hired.id, busy(95)) for _ in range(4)] == [[], [], [], []]  # its own cluster's work
+    with session_scope(parts.engine) as session:
+        (fault,) = session.exec(select(FaultEvent)).all()
+        assert fault.device_id == idle.id and "double-renting" in fault.message
+
+
+def test_a_rising_xid_error_count_raises_a_fault_once_per_new_value(parts):
+    with session_scope(parts.engine) as session:
+        (device,) = market_with(session, [1])
+    assert sweep(parts, device.id, busy(1, xid=0)) == []
+    assert sweep(parts, device.id, busy(1, xid=43)) == ["gpu_xid"]
+    assert sweep(parts, device.id, busy(1, xid=43)) == []
+    assert sweep(parts, device.id, busy(1, xid=79)) == ["gpu_xid"]

@@ -92,7 +92,7 @@ def test_each_periodic_tick_is_sent_once_whatever_the_number_of_processes():
     shared = MemoryCache()
     now = 1_000_000.0
     first = scheduler.tick(shared, now)
-    every_5_s = {"expire_clusters", "reconcile_clusters", "mark_silent_devices_offline"}
+    every_5_s = {"expire_clusters", "reconcile_clusters", "mark_silent_devices_offline", "detect_gpu_faults"}
     assert set(first) == every_5_s | {
         "reverify_devices",
         "meter_clusters",

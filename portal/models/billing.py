@@ -102,7 +102,22 @@ class PayoutState(StrEnum):
     FAILED = "failed"
 
 
-class Payout(SQLModel, table=True):
+class ChainTransfer(SQLModel):
+    """What a transfer the portal signs and sends keeps (payouts, deposit sweeps): its state and, persisted
+    before sending, its signature and blockhash, so a restart looks it up on chain before any resend."""
+
+    state: str = state_field(PayoutState.PENDING)
+    state_reason: str = Field(default="", sa_type=sa.String(500))
+    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), index=True)
+    blockhash: str | None = Field(default=None, sa_type=sa.String(64))
+    attempts: int = Field(default=0)
+    error: str = Field(default="", sa_type=sa.String(1000))
+    created_at: datetime = created_at_field()
+    submitted_at: datetime | None = timestamp_field()
+    confirmed_at: datetime | None = timestamp_field()
+
+
+class Payout(ChainTransfer, table=True):
     """One provider payment; several may share one transaction (and so one signature)."""
 
     __tablename__ = "payouts"
@@ -112,17 +127,7 @@ class Payout(SQLModel, table=True):
     provider_id: uuid.UUID = Field(foreign_key="users.id")
     wallet_address: str = Field(sa_type=sa.String(64))
     amount_micro: int = money_field()
-    state: str = state_field(PayoutState.PENDING)
-    state_reason: str = Field(default="", sa_type=sa.String(500))
-    # Persisted before sending, so a restart looks the transaction up on chain before any resend.
-    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), index=True)
-    blockhash: str | None = Field(default=None, sa_type=sa.String(64))
     last_valid_block_height: int | None = Field(default=None, sa_type=sa.BigInteger)
-    attempts: int = Field(default=0)
-    error: str = Field(default="", sa_type=sa.String(1000))
-    created_at: datetime = created_at_field()
-    submitted_at: datetime | None = timestamp_field()
-    confirmed_at: datetime | None = timestamp_field()
 
 
 class DepositAccount(SQLModel, table=True):
@@ -136,7 +141,7 @@ class DepositAccount(SQLModel, table=True):
     created_at: datetime = created_at_field()
 
 
-class Deposit(SQLModel, table=True):
+class Deposit(ChainTransfer, table=True):
     """Tokens found on a deposit account, swept to the treasury and credited once the sweep landed."""
 
     __tablename__ = "deposits"
@@ -146,12 +151,3 @@ class Deposit(SQLModel, table=True):
     user_id: uuid.UUID = Field(foreign_key="users.id")
     token_account: str = Field(sa_type=sa.String(64))
     amount_micro: int = money_field()
-    state: str = state_field(PayoutState.PENDING)
-    state_reason: str = Field(default="", sa_type=sa.String(500))
-    tx_signature: str | None = Field(default=None, sa_type=sa.String(100), index=True)
-    blockhash: str | None = Field(default=None, sa_type=sa.String(64))
-    attempts: int = Field(default=0)
-    error: str = Field(default="", sa_type=sa.String(1000))
-    created_at: datetime = created_at_field()
-    submitted_at: datetime | None = timestamp_field()
-    confirmed_at: datetime | None = timestamp_field()

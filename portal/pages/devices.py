@@ -231,6 +231,22 @@ def device_detail() -> rx.Component:
                         detail["gpu_rows"].to(list[dict]),
                         gpu_row,
                     ),
+                    rx.heading("Faults", size="4"),
+                    rx.cond(
+                        detail["faults"].to(list[dict]).length() > 0,
+                        data_table(
+                            ("When (UTC)", "Kind", "Severity", "What happened"),
+                            detail["faults"].to(list[dict]),
+                            lambda f: rx.table.row(
+                                rx.table.cell(rx.code(f["at"], size="1")),
+                                rx.table.cell(rx.code(f["kind"], size="1")),
+                                rx.table.cell(f["severity"]),
+                                rx.table.cell(rx.text(f["message"], size="1")),
+                            ),
+                            id="device-faults",
+                        ),
+                        rx.text("No faults recorded.", color_scheme="gray", size="2"),
+                    ),
                     gpu_charts(),
                     confirm_button(
                         "Remove device",

@@ -1,4 +1,6 @@
-"""Fault monitoring: devices that stopped heartbeating go offline, with a fault event their owner sees."""
+"""Fault monitoring: devices that stopped heartbeating go offline, GPUs report XID errors, GPUs busy on a
+device nobody hired (a sign of double-renting): each a fault event its owner, admins and (for a hired
+device) the customer see."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
+from portal.cache import Cache
 from portal.config import Settings
 from portal.models import Device, DeviceState, FaultEvent
 from portal.models.base import utcnow
-from portal.services import devices, state_machines
+from portal.services import devices, state_machines, telemetry
 from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
 
 # Hired devices are left to cluster healing, which must also act on the cluster they serve.
@@ -49,3 +52,56 @@ def mark_offline(session: Session, settings: Settings, device_id: uuid.UUID) -> 
         )
     )
     return True
+
+
+BUSY_WHILE_IDLE_PCT = 30.0
+BUSY_SWEEPS = 3  # consecutive sweeps (5 s apart) before a busy idle device is a fault
+FAULT_REPEAT_S = 600  # the same GPU fault of a device is raised at most this often
+
+
+def gpu_faults(session: Session, cache: Cache, settings: Settings) -> list[FaultEvent]:
+    """Fault events for the latest GPU readings: an XID error count that rose, or GPUs busy for
+    ``BUSY_SWEEPS`` sweeps in a row on a device that is ready but not hired."""
+    readings = telemetry.online_gpu_readings(session, cache, settings)
+    by_device: dict[uuid.UUID, list[telemetry.GpuReading]] = {}
+    for reading in readings:
+        by_device.setdefault(uuid.UUID(reading.labels["portal_device"]), []).append(reading)
+    if not by_device:
+        return []
+    states = dict(
+        session.exec(select(Device.id, Device.state).where(col(Device.id).in_(list(by_device)))).all()
+    )
+    raised = []
+    for device_id, found in by_device.items():
+        for reading in found:
+            xid = int(reading.sample.get("xid_errors", 0) or 0)
+            key = f"xid:{device_id}:{reading.labels['gpu']}"
+            if xid and cache.get(key) != str(xid):
+                cache.set(key, str(xid), ttl_s=86_400)
+                raised.append(
+                    FaultEvent(
+                        device_id=device_id,
+                        kind="gpu_xid",
+                        severity="error",
+                        message=f"GPU {reading.labels['gpu']} reported XID error {xid}.",
+                    )
+                )
+        busiest = max(float(r.sample.get("util_pct", 0) or 0) for r in found)
+        counter = f"busy-idle:{device_id}"
+        if states.get(device_id) != DeviceState.READY or busiest <= BUSY_WHILE_IDLE_PCT:
+            cache.delete(counter)
+            continue
+        if cache.incr(counter, ttl_s=60) >= BUSY_SWEEPS and cache.add(
+            f"{counter}:raised", "1", FAULT_REPEAT_S
+        ):
+            raised.append(
+                FaultEvent(
+                    device_id=device_id,
+                    kind="gpu_busy_while_idle",
+                    severity="warning",
+                    message=f"GPUs at {busiest:.0f}% while the device is not hired: another workload "
+                    "is using them (double-renting?).",
+                )
+            )
+    session.add_all(raised)
+    return raised

@@ -15,7 +15,7 @@ from portal.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
-from portal.services import devices, reliability
+from portal.services import device_admin, devices, reliability
 from portal.services.errors import DomainError, InvalidInput
 from portal.state.session import SessionState, for_users, principal
 
@@ -87,6 +87,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
     with session_scope() as session:
         device = devices.get_device(session, caller.user_id, uuid.UUID(device_id))
         checks = devices.eligibility(session, device, get_settings())
+        recent, _ = device_admin.search_faults(session, device_id=device.id, limit=10, offset=0)
         return {
             **_row(session, device),
             "verified": f"{device.verified_tflops:.3f} TFLOPS measured"
@@ -97,6 +98,15 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             else "not connected yet",
             "token_prefix": device.token_prefix,
             "reliability": reliability.assess(session, device).explained(),
+            "faults": [
+                {
+                    "at": f"{fault.at:%Y-%m-%d %H:%M:%S}",
+                    "kind": fault.kind,
+                    "severity": fault.severity,
+                    "message": fault.message,
+                }
+                for fault, _ in recent
+            ],
             "checks": [{"ok": c.ok, "message": c.message} for c in checks],
             "hireable": devices.is_hireable(checks),
             "gpu_rows": [
