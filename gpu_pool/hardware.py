@@ -89,6 +89,16 @@ class NvmlGpus:
         self._nvml = pynvml
         pynvml.nvmlInit()
         self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        # The last XID error of each GPU (dcgm-exporter's DCGM_FI_DEV_XID_ERRORS), from NVML's event set.
+        self._last_xid = [0] * len(self._handles)
+        self._xid_events = None
+        try:
+            events = pynvml.nvmlEventSetCreate()
+            for handle in self._handles:
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, events)
+            self._xid_events = events
+        except pynvml.NVMLError:
+            pass  # boards or drivers without XID events: reported as 0
 
     def _text(self, value: bytes | str) -> str:
         return value.decode() if isinstance(value, bytes) else value
@@ -110,8 +120,22 @@ class NvmlGpus:
             for i, handle in enumerate(self._handles)
         ]
 
+    def _drain_xid_events(self) -> None:
+        nvml = self._nvml
+        if self._xid_events is None:
+            return
+        while True:
+            try:
+                event = nvml.nvmlEventSetWait_v2(self._xid_events, 0)
+            except nvml.NVMLError:  # NVML_ERROR_TIMEOUT: nothing pending
+                return
+            for i, handle in enumerate(self._handles):
+                if nvml.nvmlDeviceGetUUID(handle) == nvml.nvmlDeviceGetUUID(event.device):
+                    self._last_xid[i] = int(event.eventData)
+
     def sample(self) -> list[GpuSample]:
         nvml = self._nvml
+        self._drain_xid_events()
         samples = []
         for i, handle in enumerate(self._handles):
             try:
@@ -125,11 +149,14 @@ class NvmlGpus:
                     mem_used_mb=nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20,
                     temp_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
                     power_w=power,
+                    xid_errors=self._last_xid[i],
                 )
             )
         return samples
 
     def close(self) -> None:
+        if self._xid_events is not None:
+            self._nvml.nvmlEventSetFree(self._xid_events)
         self._nvml.nvmlShutdown()
 
 

@@ -1,0 +1,72 @@
+"""The agent's NVML path against a stand-in for the NVML library (these machines have no NVIDIA driver; on a
+GPU machine `scripts/gpu_check.sh` runs the real one): readings, and XID errors from NVML's event set."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from gpu_pool.hardware import NvmlGpus
+
+
+class NVMLError(Exception):
+    pass
+
+
+def fake_nvml(xid_events: list[tuple[int, int]]) -> types.ModuleType:
+    """Two A100s; ``xid_events`` are (GPU index, XID) pairs waiting in the event set."""
+    handles = ["gpu0", "gpu1"]
+    nvml = types.ModuleType("pynvml")
+    nvml.NVMLError = NVMLError
+    nvml.NVML_TEMPERATURE_GPU = 0
+    nvml.nvmlEventTypeXidCriticalError = 8
+    nvml.nvmlInit = nvml.nvmlShutdown = lambda: None
+    nvml.nvmlDeviceGetCount = lambda: len(handles)
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: handles[i]
+    nvml.nvmlDeviceGetUUID = lambda h: f"GPU-{h}"
+    nvml.nvmlDeviceGetName = lambda h: b"NVIDIA A100-SXM4-80GB"
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * 2**30, used=2**30)
+    nvml.nvmlSystemGetDriverVersion = lambda: "550.54"
+    nvml.nvmlSystemGetCudaDriverVersion_v2 = lambda: 12040
+    nvml.nvmlDeviceGetPowerUsage = lambda h: 250_000
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=37)
+    nvml.nvmlDeviceGetTemperature = lambda h, sensor: 61
+    nvml.nvmlEventSetCreate = lambda: "events"
+    nvml.nvmlDeviceRegisterEvents = lambda handle, kinds, events: None
+    nvml.nvmlEventSetFree = lambda events: None
+
+    def wait(events: str, timeout_ms: int) -> types.SimpleNamespace:
+        if not xid_events:
+            raise NVMLError("timeout")
+        index, xid = xid_events.pop(0)
+        return types.SimpleNamespace(device=handles[index], eventData=xid)
+
+    nvml.nvmlEventSetWait_v2 = wait
+    return nvml
+
+
+def test_nvml_readings_and_the_last_xid_error_of_each_gpu(monkeypatch: pytest.MonkeyPatch):
+    pending = [(1, 79)]
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(pending))
+    gpus = NvmlGpus()
+    (first, second) = gpus.describe()
+    assert (first.model, first.memory_mb, first.driver, first.cuda) == (
+        "NVIDIA A100-SXM4-80GB",
+        81920,
+        "550.54",
+        "12.4",
+    )
+    samples = gpus.sample()
+    assert [s.xid_errors for s in samples] == [0, 79] and not pending
+    assert (samples[0].util_pct, samples[0].temp_c, samples[0].power_w, samples[0].mem_used_mb) == (
+        37.0,
+        61.0,
+        250.0,
+        1024.0,
+    )
+    pending.extend([(0, 43), (1, 13)])
+    assert [s.xid_errors for s in gpus.sample()] == [43, 13]
+    assert [s.xid_errors for s in gpus.sample()] == [43, 13]  # the last XID stays until another comes
+    gpus.close()
