@@ -51,7 +51,7 @@ def test_nvml_readings_and_the_last_xid_error_of_each_gpu(monkeypatch: pytest.Mo
     pending = [(1, 79)]
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(pending))
     gpus = NvmlGpus()
-    (first, second) = gpus.describe()
+    first, _ = gpus.describe()
     assert (first.model, first.memory_mb, first.driver, first.cuda) == (
         "NVIDIA A100-SXM4-80GB",
         81920,
