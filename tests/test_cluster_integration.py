@@ -3,6 +3,7 @@ with `portal worker` processes, two `gpu-pool worker` agents running real Ray no
 
 A task worker killed with SIGKILL while the cluster is provisioning loses nothing: RabbitMQ hands its
 unacknowledged messages to the next worker and the reconciler finishes the cluster, booking no device twice.
+RabbitMQ closing every connection of the portal's virtual host meanwhile loses no message either.
 The portal process restarted while the cluster runs loses no cluster: the agents keep their Ray nodes and
 reconnect, and the task workers (which run on) declare no node lost for the portal's own silence.
 """
@@ -57,6 +58,20 @@ def services_env(postgres_url, redis_url, rabbitmq_url, cache_prefix, tmp_path) 
         # The tokens this test makes must hash the same in the portal and worker processes.
         "PORTAL_SECRET_KEY": get_settings().signing_key(),
     }
+
+
+def drop_broker_connections(vhost: str) -> int:
+    """Close every RabbitMQ connection to ``vhost`` from the broker's side; returns how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "name", "vhost"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = [line.split("\t")[0] for line in listed.splitlines() if line.rstrip().endswith("\t" + vhost)]
+    for name in names:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", name, "chaos test"], capture_output=True)
+    return len(names)
 
 
 def seed(database_url: str) -> tuple[str, list[str]]:
@@ -141,6 +156,10 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         workers[0].wait(timeout=10)
         time.sleep(3)
         assert api.get(f"/clusters/{cluster_id}").json()["state"] == "provisioning"
+        # The broker drops every connection of this test's virtual host (the portal's publisher among them);
+        # other users of the shared broker are left alone, so the broker itself is not restarted.
+        assert drop_broker_connections(services_env["PORTAL_BROKER_URL"].rsplit("/", 1)[1]) >= 1
+        time.sleep(2)
 
         workers.append(start_task_worker(services_env, tmp_path / "worker-2.log"))
         cluster = wait_for(
