@@ -45,9 +45,6 @@ def no_checkpoint(_: str) -> None:
     return None
 
 
-OPEN_STATES = (PayoutState.PENDING, PayoutState.SUBMITTED, PayoutState.FAILED)
-
-
 def create_due(session: Session, settings: Settings) -> list[Payout]:
     """A pending payout for every provider with a wallet whose unpaid earnings reached the threshold."""
     due = session.exec(
