@@ -5,7 +5,9 @@ A task worker killed with SIGKILL while the cluster is provisioning loses nothin
 unacknowledged messages to the next worker and the reconciler finishes the cluster, booking no device twice.
 RabbitMQ closing every connection of the portal's virtual host meanwhile loses no message either.
 The portal process restarted while the cluster runs loses no cluster: the agents keep their Ray nodes and
-reconnect, and the task workers (which run on) declare no node lost for the portal's own silence.
+reconnect, and the task workers (which run on) declare no node lost for the portal's own silence. A worker's
+machine dying then degrades the cluster, and the task worker killed while healing it leaves the healing to
+the next one.
 """
 
 import os
@@ -75,7 +77,7 @@ def drop_broker_connections(vhost: str) -> int:
 
 
 def seed(database_url: str) -> tuple[str, list[str]]:
-    """A customer with credit, and a provider (with a payout wallet) with two devices; their tokens."""
+    """A customer with credit, and a provider (with a payout wallet) with three devices; their tokens."""
     migrations.upgrade(database_url)
     engine = build_engine(database_url)
     with session_scope(engine) as session:
@@ -101,7 +103,7 @@ def seed(database_url: str) -> tuple[str, list[str]]:
                 price_per_gpu_hour_micro=None,
                 origin=RequestOrigin(),
             )[1]
-            for n in range(2)
+            for n in range(3)
         ]
     engine.dispose()
     return "renter@example.com", tokens
@@ -137,7 +139,7 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
             fresh = utcnow() - timedelta(seconds=10)
             return sum(d.state in ("ready", "hired") and d.last_heartbeat_at > fresh for d in found)
 
-        wait_for(ready_devices, lambda n: n == 2, timeout_s=90)
+        wait_for(ready_devices, lambda n: n == 3, timeout_s=90)
         api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30)
         token = api.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["access_token"]
         api.headers["Authorization"] = f"Bearer {token}"
@@ -170,7 +172,7 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         assert cluster["state"] == "running", cluster["events"]
         with session_scope(engine) as session:
             booked = [n.device_id for n in session.exec(select(ClusterNode)).all()]
-        assert len(booked) == len(set(booked)) == 2
+        assert len(booked) == len(set(booked)) == 2  # never one device twice
 
         # The portal goes down for longer than three heartbeats and comes back.
         stop_process_group(portal.process)
@@ -179,16 +181,34 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
             tmp_path / "portal", "--no-demo", env=services_env, port=int(portal.url.rsplit(":", 1)[1])
         )
         api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30, headers=api.headers)
-        wait_for(ready_or_hired, lambda n: n == 2, timeout_s=60)
+        wait_for(ready_or_hired, lambda n: n == 3, timeout_s=60)
         time.sleep(10)  # several reconciler passes with every agent heard again
         after = api.get(f"/clusters/{cluster_id}").json()
         assert after["state"] == "running", after["events"]
         assert "node_lost" not in [e["kind"] for e in after["events"]]
         assert sorted(n["state"] for n in after["nodes"]) == ["joined", "joined"]
 
+        # The worker's machine dies; once the cluster is degraded the task worker healing it is killed too,
+        # and the next one finishes the healing on the spare device.
+        worker_device = next(n["device_name"] for n in after["nodes"] if n["role"] == "worker")
+        os.killpg(agents[int(worker_device.rsplit("-", 1)[1])].pid, signal.SIGKILL)
+        wait_for(
+            lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "degraded", 90, 0.1
+        )
+        os.killpg(workers[-1].pid, signal.SIGKILL)
+        workers[-1].wait(timeout=10)
+        workers.append(start_task_worker(services_env, tmp_path / "worker-3.log"))
+        healed = wait_for(
+            lambda: api.get(f"/clusters/{cluster_id}").json(),
+            lambda c: c["state"] == "running" and c["events"][-1]["kind"] == "running",
+            timeout_s=120,
+        )
+        joined = sorted(n["device_name"] for n in healed["nodes"] if n["state"] == "joined")
+        assert worker_device not in joined and len(joined) == 2, healed["events"]
+
         assert api.delete(f"/clusters/{cluster_id}").status_code == 202
         wait_for(lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "terminated", 60)
-        wait_for(ready_devices, lambda n: n == 2, timeout_s=60)
+        wait_for(ready_devices, lambda n: n == 2, timeout_s=60)  # the dead machine's device stays offline
         with session_scope(engine) as session:
             assert ledger.verify_books(session) == []
     finally:
