@@ -49,11 +49,12 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
         (gap,) = session.exec(select(HearingGap)).all()
         assert abs((gap.started_at - long_ago).total_seconds()) < 1 and gap.ended_at > long_ago
         assert faults.silent_devices(session, SETTINGS) == []  # the second agent gets its time to return
-        # 20 s after the portal heard again, the second agent is still silent: that is its own silence.
-        gap.started_at -= timedelta(seconds=20)
-        gap.ended_at -= timedelta(seconds=20)
+        # A minute after the portal heard again (past the agents' retry backoff), the second agent is still
+        # silent: that is its own silence.
+        gap.started_at -= timedelta(seconds=60)
+        gap.ended_at -= timedelta(seconds=60)
         device = session.get(Device, second.id)
-        device.last_heartbeat_at -= timedelta(seconds=20)
+        device.last_heartbeat_at -= timedelta(seconds=60)
         session.add_all([gap, device])
     with session_scope(parts.engine) as session:
         assert faults.silent_devices(session, SETTINGS) == [second.id]

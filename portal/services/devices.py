@@ -33,7 +33,7 @@ from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.gpu_catalog import list_price
-from portal.services.liveness import HEARING_GAP_S
+from portal.services.liveness import AGENT_RETRY_MAX_S, HEARING_GAP_S
 
 logger = logging.getLogger(__name__)
 # A device is online while its last heartbeat is younger than this many intervals.
@@ -230,8 +230,10 @@ class Hearing:
 def hearing(session: Session) -> Hearing:
     """The gaps of the last hour, and the one going on while no agent at all is heard now."""
     now = utcnow()
+    # Agents back off up to ``AGENT_RETRY_MAX_S`` while the portal is away: each gets that long to return.
+    grace = timedelta(seconds=AGENT_RETRY_MAX_S)
     gaps = [
-        (start, end)
+        (start, end + grace)
         for start, end in session.exec(
             select(HearingGap.started_at, HearingGap.ended_at).where(
                 HearingGap.ended_at >= now - timedelta(hours=1)
