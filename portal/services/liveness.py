@@ -80,12 +80,23 @@ HEARING_GAP_S = 10.0
 AGENT_RETRY_MAX_S = 35.0
 
 
-def _note_gap(session: Session, first_beat: datetime) -> None:
+NEWEST_BEAT = "liveness:newest-beat"
+
+
+def _note_gap(session: Session, cache: Cache, first_beat: datetime, last_beat: datetime) -> None:
     """Record the time no agent at all was heard before this batch (the portal's restart or outage), so
-    that it never counts as a device's silence (``devices.Hearing``)."""
-    newest = session.exec(select(func.max(Device.last_heartbeat_at))).one()
+    that it never counts as a device's silence (``devices.Hearing``). The newest beat flushed so far is
+    kept in the cache (the flush runs every second); the database answers only when the cache lost it."""
+    known = cache.get(NEWEST_BEAT)
+    newest = (
+        datetime.fromisoformat(known)
+        if known
+        else session.exec(select(func.max(Device.last_heartbeat_at))).one()
+    )
     if newest is not None and (first_beat - newest).total_seconds() > HEARING_GAP_S:
         session.add(HearingGap(started_at=newest, ended_at=first_beat))
+    if newest is None or last_beat > newest:
+        cache.set(NEWEST_BEAT, last_beat.isoformat(), ttl_s=86_400)
 
 
 def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict[uuid.UUID, str]:
@@ -110,7 +121,8 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
         if device_id in known
     ]
     if rows:
-        _note_gap(session, min(row["last_heartbeat_at"] for row in rows))
+        beats_at = [row["last_heartbeat_at"] for row in rows]
+        _note_gap(session, cache, min(beats_at), max(beats_at))
         # The ORM's bulk UPDATE by primary key: one executemany for the whole batch.
         session.execute(update(Device), rows)
     if store_samples:
