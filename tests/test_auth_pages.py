@@ -67,7 +67,7 @@ def test_sign_up_sign_in_create_and_revoke_a_key_and_sign_out(portal, page: Page
 
 def test_a_wrong_password_is_explained_on_the_page(portal, page: Page):
     sign_in(page, portal, "nobody@example.com", "not the password")
-    expect(page.locator("#auth-error")).to_have_text("Wrong email or password.")
+    expect(page.locator("#auth-error")).to_have_text("Wrong email or password.", timeout=20_000)
     expect(page).to_have_url(re.compile(r"/login"))
 
 

@@ -25,6 +25,9 @@ ANY = "any"
 
 
 def usd(micro: int) -> str:
+    """Dollars to the cent; an amount under a cent shows its exact digits rather than a misleading $0.00."""
+    if 0 < abs(micro) < 10_000:
+        return ("-" if micro < 0 else "") + "$" + f"{abs(micro) / 1_000_000:.6f}".rstrip("0")
     return f"${micro / 1_000_000:,.2f}"
 
 
