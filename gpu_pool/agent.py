@@ -138,6 +138,14 @@ class Agent:
         resources = {f"device_{self.device_id}": 1.0}
         if gpus:
             resources[f"gpu_model_{gpus[0].model}"] = float(len(gpus))
+        env = {}
+        if payload.get("node_id"):
+            # Ray's autoscaler knows a node by the portal's node id, not by its IP (shared by local agents).
+            node_type = ray_node.HEAD_TYPE if role == "head" else ray_node.WORKER_TYPE
+            env = {"RAY_CLOUD_INSTANCE_ID": str(payload["node_id"]), "RAY_NODE_TYPE_NAME": node_type}
+        autoscaling = payload.get("autoscaling") if role == "head" else None
+        if autoscaling:
+            env["RAY_enable_autoscaler_v2"] = "1"
         return ray_node.NodeSpec(
             role=role,
             num_gpus=len(gpus),
@@ -146,6 +154,24 @@ class Agent:
             head_address=payload.get("head_address"),
             dashboard=bool(payload.get("dashboard", False)),
             num_cpus=payload.get("num_cpus"),
+            env=env,
+            autoscaling=self._autoscaling(payload, autoscaling) if autoscaling else None,
+            autoscaler_token=self.client.token if autoscaling else None,
+        )
+
+    def _autoscaling(self, payload: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+        """Ray's autoscaler config for the head of an autoscaled cluster; its provider asks this agent's
+        portal for nodes with this device's token."""
+        from gpu_pool import autoscaler  # imports Ray's autoscaler: only heads of autoscaled clusters need it
+
+        return autoscaler.config(
+            cluster_id=str(payload["cluster_id"]),
+            portal_url=self.client.portal_url,
+            min_workers=int(wanted["min_workers"]),
+            max_workers=int(wanted["max_workers"]),
+            idle_timeout_s=float(wanted["idle_timeout_s"]),
+            head_resources={k: float(v) for k, v in wanted["head_resources"].items()},
+            worker_resources={k: float(v) for k, v in wanted["worker_resources"].items()},
         )
 
     def handle(self, command: dict[str, Any]) -> tuple[bool, str]:

@@ -25,7 +25,8 @@ class Rejected(PortalError):
 
 class PortalClient:
     def __init__(self, portal_url: str, token: str, *, timeout_s: float = 10) -> None:
-        self.base = portal_url.rstrip("/") + "/api/v1/worker"
+        self.portal_url, self.token = portal_url.rstrip("/"), token
+        self.base = self.portal_url + "/api/v1/worker"
         self._http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
 
     def _call(

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import yaml
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 5
 OBJECT_STORE_BYTES = 80 * 2**20
 WORKER_PORTS = 60
+HEAD_TYPE, WORKER_TYPE = "head", "gpu_worker"  # node types as Ray's autoscaler knows them
 PORT_NAMES = (
     "gcs",
     "client",
@@ -62,6 +64,9 @@ class NodeSpec:
     head_address: str | None = None  # workers: "ip:port" of the head's GCS
     dashboard: bool = False
     num_cpus: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # e.g. the autoscaler's instance id for this node
+    autoscaling: dict | None = None  # an autoscaled cluster's head runs Ray's autoscaler with this config
+    autoscaler_token: str | None = field(default=None, repr=False)  # its provider's credential
 
 
 @dataclass
@@ -171,6 +176,8 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
             f"--dashboard-host={spec.node_ip}",
             f"--dashboard-port={ports['dashboard']}",
         ]
+        if spec.autoscaling is not None:
+            args.append(f"--autoscaling-config={_write_autoscaling(spec, temp_dir)}")
     else:
         if not spec.head_address:
             raise RayNodeError("a worker node needs the head's address")
@@ -178,7 +185,7 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
     log_path = temp_dir / "agent-ray.log"
     # Jobs' `python` is the agent's own (its virtual environment holds Ray), whatever PATH it was given.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **spec.env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -194,6 +201,19 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
         time.sleep(0.2)
     node.stop()
     raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {_tail(log_path)}")
+
+
+def _write_autoscaling(spec: NodeSpec, temp_dir: Path) -> Path:
+    """The autoscaler's config in the node's temp dir (mode 700), its token in a file of its own: Ray logs
+    the config, never the token."""
+    assert spec.autoscaling is not None
+    token_file = temp_dir / "autoscaler-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(spec.autoscaler_token or "")
+    config = {**spec.autoscaling, "provider": {**spec.autoscaling["provider"], "token_file": str(token_file)}}
+    path = temp_dir / "autoscaling.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def _node_id(temp_dir: Path) -> str | None:

@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     node_start_timeout_s: Annotated[int, Field(ge=10, le=3600)] = Field(
         default=120, description="Time a device has to start its Ray node before another replaces it."
     )
+    autoscale_idle_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = Field(
+        default=120, description="An autoscaled cluster releases a worker idle this long (min_workers stay)."
+    )
     max_node_replacements: Annotated[int, Field(ge=0, le=20)] = Field(
         default=3, description="Devices tried in place of failed ones before a deploy fails."
     )

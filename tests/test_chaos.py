@@ -60,8 +60,8 @@ def event_time(cluster: dict, kind: str) -> float:
     return datetime.fromisoformat(at).timestamp()
 
 
-def run_job(customer: httpx.Client, cluster_id: str) -> str:
-    job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": GPU_JOB})
+def run_job(customer: httpx.Client, cluster_id: str, entrypoint: str = GPU_JOB) -> str:
+    job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": entrypoint})
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
     wait_for(

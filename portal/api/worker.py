@@ -1,4 +1,5 @@
-"""The worker agent's routes (device token only): register, heartbeat, commands, proof of compute."""
+"""The worker agent's routes (device token only): register, heartbeat, commands, proof of compute, and
+the Ray autoscaler of a cluster whose head the device hosts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from portal.db import session_scope
 from portal.metrics import HEARTBEATS
 from portal.models import Device
 from portal.schemas.devices import (
+    AutoscaledNodesOut,
+    AutoscalerNodeOut,
     ChallengeAnswerIn,
     ChallengeOut,
     ChallengeReplyOut,
@@ -23,10 +26,11 @@ from portal.schemas.devices import (
     HeartbeatOut,
     RegisterIn,
     RegisterOut,
+    ScaleUpIn,
 )
 from portal.security.access import BEATING_DEVICE, DEVICE
 from portal.security.principal import Principal
-from portal.services import commands, devices, verification, worker
+from portal.services import autoscaling, commands, devices, verification, worker
 from portal.services.errors import InvalidInput
 from tasks import dispatch
 
@@ -158,3 +162,37 @@ def answer_challenge(
             phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops
         )
     raise InvalidInput("Send row_hashes (to commit) or rows (to reveal).")
+
+
+@router.get(
+    "/autoscaler/nodes", summary="The live nodes of the autoscaled cluster whose head this device hosts"
+)
+def autoscaler_nodes(session: SessionDep, caller: Agent) -> AutoscaledNodesOut:
+    assert caller.device_id is not None
+    return _nodes_out(autoscaling.nodes(session, caller.device_id))
+
+
+def _nodes_out(found: autoscaling.Nodes) -> AutoscaledNodesOut:
+    return AutoscaledNodesOut(
+        cluster_id=found.cluster_id,
+        min_workers=found.min_workers,
+        max_workers=found.max_workers,
+        nodes=[AutoscalerNodeOut(**node.__dict__) for node in found.nodes],
+    )
+
+
+@router.post(
+    "/autoscaler/nodes",
+    status_code=201,
+    summary="Add one-GPU workers (within max_workers, at the quoted rate, escrow held); 409 says why not",
+)
+def autoscaler_scale_up(body: ScaleUpIn, parts: PartsDep, caller: Agent) -> AutoscaledNodesOut:
+    assert caller.device_id is not None
+    added = autoscaling.scale_up(parts.engine, parts.settings, parts.wakeups, caller.device_id, body.count)
+    return _nodes_out(added)
+
+
+@router.delete("/autoscaler/nodes/{node_id}", status_code=204, summary="Release an idle worker")
+def autoscaler_scale_down(node_id: uuid.UUID, parts: PartsDep, caller: Agent) -> None:
+    assert caller.device_id is not None
+    autoscaling.scale_down(parts.engine, parts.settings, parts.wakeups, caller.device_id, node_id)

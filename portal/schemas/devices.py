@@ -184,3 +184,21 @@ class FaultOut(BaseModel):
     kind: str
     severity: str
     message: str
+
+
+class ScaleUpIn(BaseModel):
+    count: Annotated[int, Field(ge=1, le=64, description="Workers the autoscaler asks for")] = 1
+
+
+class AutoscalerNodeOut(BaseModel):
+    id: uuid.UUID
+    role: str
+    state: str
+    gpu_count: int
+
+
+class AutoscaledNodesOut(BaseModel):
+    cluster_id: uuid.UUID
+    min_workers: int
+    max_workers: int
+    nodes: list[AutoscalerNodeOut]

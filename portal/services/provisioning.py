@@ -114,12 +114,26 @@ def _locked(
                     yield session, None
                     return
             try:
-                yield session, clusters.lock_cluster(session, None, cluster_id)
+                cluster = clusters.lock_cluster(session, None, cluster_id)
             except NotFound:
-                yield session, None
+                cluster = None
+            yield session, cluster
     finally:
         if sqlite:
             _sqlite_clusters.release()
+
+
+@contextmanager
+def stepping(
+    engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID, *, wait: bool = True
+) -> Iterator[Steps | None]:
+    """The cluster's steps under its lock (None as in ``_locked``); the agents of the devices the steps
+    sent commands to are woken once the transaction has committed."""
+    woken: set[uuid.UUID] = set()
+    with _locked(engine, cluster_id, wait=wait) as (session, cluster):
+        yield Steps(session, settings, cluster, woken) if cluster is not None else None
+    for device_id in woken:
+        commands.wake(wakeups, device_id)
 
 
 def advance(
@@ -133,19 +147,14 @@ def advance(
 ) -> str | None:
     """Take the cluster's next steps; returns its state afterwards (None when there is no such cluster, or
     it is busy and ``wait`` is False)."""
-    woken: set[uuid.UUID] = set()
-    with _locked(engine, cluster_id, wait=wait) as (session, cluster):
-        if cluster is None:
+    with stepping(engine, settings, wakeups, cluster_id, wait=wait) as steps:
+        if steps is None:
             return None
-        steps = _Steps(session, settings, cluster, woken)
         steps.run(probe)
-        state = cluster.state
-    for device_id in woken:
-        commands.wake(wakeups, device_id)
-    return state
+        return steps.cluster.state
 
 
-class _Steps:
+class Steps:
     def __init__(self, session: Session, settings: Settings, cluster: Cluster, woken: set[uuid.UUID]) -> None:
         self.session, self.settings, self.cluster, self.woken = session, settings, cluster, woken
 
@@ -211,9 +220,27 @@ class _Steps:
             if node.state != NodeState.ASSIGNED:
                 continue
             if node.role == NodeRole.HEAD:
-                self.start(node, "start_ray_head", {"dashboard": True})
+                self.start(node, "start_ray_head", {"dashboard": True, **self.autoscaling(node)})
             elif head is not None and head.state == NodeState.JOINED and self.cluster.ray_address:
                 self.start(node, "start_ray_worker", {"head_address": self.cluster.ray_address})
+
+    def autoscaling(self, head: ClusterNode) -> dict:
+        """What the head of an autoscaled cluster needs to run Ray's autoscaler: the bounds, the idle
+        timeout, and the shape of a node (workers are one-GPU devices of the cluster's model)."""
+        cluster = self.cluster
+        if cluster.min_workers is None or cluster.max_workers is None:
+            return {}
+        device = self.session.get(Device, head.device_id)
+        cpus = float(device.cpu_count or 1) if device else 1.0
+        return {
+            "autoscaling": {
+                "min_workers": cluster.min_workers,
+                "max_workers": cluster.max_workers,
+                "idle_timeout_s": self.settings.autoscale_idle_timeout_s,
+                "head_resources": {"CPU": cpus, "GPU": float(head.gpu_count)},
+                "worker_resources": {"CPU": cpus, "GPU": 1.0},
+            }
+        }
 
     # --- healing -----------------------------------------------------------------------------------
 
@@ -245,9 +272,15 @@ class _Steps:
                 return
             if self.cluster.state == ClusterState.RUNNING:
                 self.move(ClusterState.DEGRADED, f"device {device.name} {why}")
+        timeout = timedelta(seconds=self.settings.node_start_timeout_s)
+        if self.cluster.state == ClusterState.RUNNING:
+            # Workers the autoscaler asked for start while the cluster runs; one that fails is dropped
+            # (its GPUs leave the cluster's size) and the autoscaler asks again if the load still needs it.
+            self.progress(utcnow(), timeout, self.drop_added)
+            self.start_assigned()
+            return
         if self.cluster.state != ClusterState.DEGRADED:
             return
-        timeout = timedelta(seconds=self.settings.node_start_timeout_s)
         self.progress(
             utcnow(),
             timeout,
@@ -271,6 +304,12 @@ class _Steps:
         active = self.active_nodes()
         if missing <= 0 and active and all(node.state == NodeState.JOINED for node in active):
             self.confirm_running(active, probe)
+
+    def drop_added(self, node: ClusterNode, reason: str) -> None:
+        device = self.session.get(Device, node.device_id)
+        self.lose(node, device, reason)
+        self.cluster.gpu_count -= node.gpu_count
+        self.session.add(self.cluster)
 
     def lose(self, node: ClusterNode, device: Device | None, why: str) -> None:
         """A node that stopped serving: its billing stops, its device is told to stop, a fault is raised."""
@@ -510,18 +549,16 @@ def expired(session: Session) -> list[uuid.UUID]:
 
 
 def expire(engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID) -> str | None:
-    with _locked(engine, cluster_id) as (session, cluster):
-        if cluster is None or cluster.state not in (ClusterState.RUNNING, ClusterState.DEGRADED):
-            return cluster.state if cluster else None
+    with stepping(engine, settings, wakeups, cluster_id) as steps:
+        if steps is None:
+            return None
+        cluster = steps.cluster
+        if cluster.state not in (ClusterState.RUNNING, ClusterState.DEGRADED):
+            return cluster.state
         if cluster.expires_at is None or cluster.expires_at > utcnow():
             return cluster.state
-        woken: set[uuid.UUID] = set()
-        steps = _Steps(session, settings, cluster, woken)
         steps.end(ClusterState.EXPIRED, f"its {cluster.duration_hours} h ran out")
-        state = cluster.state
-    for device_id in woken:
-        commands.wake(wakeups, device_id)
-    return state
+        return cluster.state
 
 
 def unfinished(session: Session) -> list[uuid.UUID]:
