@@ -55,6 +55,7 @@ class GpuSample:
     temp_c: float
     power_w: float
     xid_errors: int = 0
+    ecc_uncorrected: int = 0  # uncorrectable (double-bit) ECC errors since the driver loaded
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,9 +151,21 @@ class NvmlGpus:
                     temp_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
                     power_w=power,
                     xid_errors=self._last_xid[i],
+                    ecc_uncorrected=self._ecc_uncorrected(handle),
                 )
             )
         return samples
+
+    def _ecc_uncorrected(self, handle: object) -> int:
+        nvml = self._nvml
+        try:
+            return int(
+                nvml.nvmlDeviceGetTotalEccErrors(
+                    handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC
+                )
+            )
+        except nvml.NVMLError:
+            return 0  # ECC off or not supported (consumer boards): nothing to count
 
     def close(self) -> None:
         if self._xid_events is not None:

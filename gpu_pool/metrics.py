@@ -35,6 +35,11 @@ class DcgmCollector(Collector):
             "temp": GaugeMetricFamily("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", labels=LABELS),
             "power": GaugeMetricFamily("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", labels=LABELS),
             "xid": GaugeMetricFamily("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error.", labels=LABELS),
+            "ecc": GaugeMetricFamily(
+                "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+                "Total number of double-bit volatile ECC errors.",
+                labels=LABELS,
+            ),
         }
         info = {gpu.index: gpu for gpu in self._gpus()}
         for sample in self._samples():
@@ -55,6 +60,7 @@ class DcgmCollector(Collector):
             families["temp"].add_metric(labels, sample.temp_c)
             families["power"].add_metric(labels, sample.power_w)
             families["xid"].add_metric(labels, sample.xid_errors)
+            families["ecc"].add_metric(labels, sample.ecc_uncorrected)
         yield from families.values()
 
 

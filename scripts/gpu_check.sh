@@ -22,7 +22,8 @@ for gpu in described:
     print(f"gpu {gpu.index}: {gpu.model} {gpu.memory_mb} MiB uuid={gpu.uuid} driver={gpu.driver} cuda={gpu.cuda}")
 for sample in gpus.sample():
     print(f"sample {sample.index}: util={sample.util_pct}% mem={sample.mem_used_mb:.0f} MiB "
-          f"temp={sample.temp_c} C power={sample.power_w:.1f} W")
+          f"temp={sample.temp_c} C power={sample.power_w:.1f} W xid={sample.xid_errors} "
+          f"ecc_uncorrected={sample.ecc_uncorrected}")
 
 # One verification round, judged the way the portal judges it.
 try:

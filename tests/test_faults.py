@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from portal.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, HearingGap
@@ -60,9 +60,17 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
         assert faults.silent_devices(session, SETTINGS) == [second.id]
 
 
-def busy(util: float, xid: int = 0) -> list[dict]:
+def busy(util: float, xid: int = 0, ecc: int = 0) -> list[dict]:
     return [
-        {"index": 0, "util_pct": util, "mem_used_mb": 1000, "temp_c": 60, "power_w": 300, "xid_errors": xid}
+        {
+            "index": 0,
+            "util_pct": util,
+            "mem_used_mb": 1000,
+            "temp_c": 60,
+            "power_w": 300,
+            "xid_errors": xid,
+            "ecc_uncorrected": ecc,
+        }
     ]
 
 
@@ -93,3 +101,19 @@ def test_a_rising_xid_error_count_raises_a_fault_once_per_new_value(parts):
     assert sweep(parts, device.id, busy(1, xid=43)) == ["gpu_xid"]
     assert sweep(parts, device.id, busy(1, xid=43)) == []
     assert sweep(parts, device.id, busy(1, xid=79)) == ["gpu_xid"]
+
+
+def test_a_rising_uncorrectable_ecc_count_raises_a_fault_for_the_new_errors(parts):
+    with session_scope(parts.engine) as session:
+        (device,) = market_with(session, [1])
+    assert sweep(parts, device.id, busy(1, ecc=0)) == []
+    assert sweep(parts, device.id, busy(1, ecc=2)) == ["gpu_ecc"]
+    assert sweep(parts, device.id, busy(1, ecc=2)) == []
+    assert sweep(parts, device.id, busy(1, ecc=0)) == []  # the driver reloaded: the count starts over
+    assert sweep(parts, device.id, busy(1, ecc=1)) == ["gpu_ecc"]
+    with session_scope(parts.engine) as session:
+        messages = [f.message for f in session.exec(select(FaultEvent).order_by(col(FaultEvent.id))).all()]
+    assert messages == [
+        "GPU 0 reported 2 uncorrectable ECC error(s) (2 since its driver loaded): its memory is failing.",
+        "GPU 0 reported 1 uncorrectable ECC error(s) (1 since its driver loaded): its memory is failing.",
+    ]

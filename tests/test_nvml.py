@@ -1,5 +1,6 @@
 """The agent's NVML path against a stand-in for the NVML library (these machines have no NVIDIA driver; on a
-GPU machine `scripts/gpu_check.sh` runs the real one): readings, and XID errors from NVML's event set."""
+GPU machine `scripts/gpu_check.sh` runs the real one): readings, XID errors from NVML's event set, and
+uncorrectable ECC counts."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def fake_nvml(xid_events: list[tuple[int, int]]) -> types.ModuleType:
         return types.SimpleNamespace(device=handles[index], eventData=xid)
 
     nvml.nvmlEventSetWait_v2 = wait
+    nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC = 1, 0
+
+    def ecc(handle: str, error_type: int, counter: int) -> int:
+        if handle == "gpu0":
+            raise NVMLError("Not Supported")  # ECC off on this board
+        assert (error_type, counter) == (1, 0)  # uncorrectable, since the driver loaded
+        return 3
+
+    nvml.nvmlDeviceGetTotalEccErrors = ecc
     return nvml
 
 
@@ -60,6 +70,7 @@ def test_nvml_readings_and_the_last_xid_error_of_each_gpu(monkeypatch: pytest.Mo
     )
     samples = gpus.sample()
     assert [s.xid_errors for s in samples] == [0, 79] and not pending
+    assert [s.ecc_uncorrected for s in samples] == [0, 3]
     assert (samples[0].util_pct, samples[0].temp_c, samples[0].power_w, samples[0].mem_used_mb) == (
         37.0,
         61.0,

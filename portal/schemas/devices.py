@@ -108,6 +108,7 @@ class GpuSampleIn(BaseModel):
     temp_c: Annotated[float, Field(ge=-50, le=200)]
     power_w: Annotated[float, Field(ge=0, le=10_000)]
     xid_errors: Annotated[int, Field(ge=0)] = 0
+    ecc_uncorrected: Annotated[int, Field(ge=0, le=2**40)] = 0
 
 
 class RayStatusIn(BaseModel):

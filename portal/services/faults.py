@@ -59,6 +59,25 @@ BUSY_SWEEPS = 3  # consecutive sweeps (5 s apart) before a busy idle device is a
 FAULT_REPEAT_S = 600  # the same GPU fault of a device is raised at most this often
 
 
+def _ecc_fault(cache: Cache, device_id: uuid.UUID, reading: telemetry.GpuReading) -> FaultEvent | None:
+    """A fault when the GPU's uncorrectable ECC count rose since the last reading the portal kept."""
+    count = int(reading.sample.get("ecc_uncorrected", 0) or 0)
+    key = f"ecc:{device_id}:{reading.labels['gpu']}"
+    seen = int(cache.get(key) or 0)
+    if count == seen:
+        return None
+    cache.set(key, str(count), ttl_s=86_400)
+    if count < seen:
+        return None  # the driver reloaded and its count started over
+    return FaultEvent(
+        device_id=device_id,
+        kind="gpu_ecc",
+        severity="error",
+        message=f"GPU {reading.labels['gpu']} reported {count - seen} uncorrectable ECC error(s) "
+        f"({count} since its driver loaded): its memory is failing.",
+    )
+
+
 def gpu_faults(session: Session, cache: Cache, settings: Settings) -> list[FaultEvent]:
     """Fault events for the latest GPU readings: an XID error count that rose, or GPUs busy for
     ``BUSY_SWEEPS`` sweeps in a row on a device that is ready but not hired."""
@@ -86,6 +105,9 @@ def gpu_faults(session: Session, cache: Cache, settings: Settings) -> list[Fault
                         message=f"GPU {reading.labels['gpu']} reported XID error {xid}.",
                     )
                 )
+            ecc_fault = _ecc_fault(cache, device_id, reading)
+            if ecc_fault is not None:
+                raised.append(ecc_fault)
         busiest = max(float(r.sample.get("util_pct", 0) or 0) for r in found)
         counter = f"busy-idle:{device_id}"
         if states.get(device_id) != DeviceState.READY or busiest <= BUSY_WHILE_IDLE_PCT:
