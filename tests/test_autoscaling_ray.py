@@ -7,14 +7,18 @@ running, the devices are back in the pool, and the added nodes were charged like
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Page, expect
 
 from tests.conftest import RunningPortal, start_portal, stop_process_group
 from tests.test_chaos import run_job
 from tests.test_cluster_journey import sign_in, wait_for
 
+pytestmark = pytest.mark.browser
 IDLE_TIMEOUT_S = 15
 # Three one-GPU bundles on three distinct nodes, on a one-node cluster: the autoscaler must add two
 # one-GPU workers, and a task in each bundle reports its node.
@@ -54,21 +58,27 @@ def active(cluster: dict) -> list[dict]:
     return [n for n in cluster["nodes"] if n["state"] in ("assigned", "starting", "joined")]
 
 
-def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal):
+def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal, page: Page):
     customer, provider = sign_in(portal, "customer"), sign_in(portal, "provider")
-    reply = customer.post(
-        "/clusters",
-        json={
-            "name": "elastic",
-            "gpu_model": "H100-80GB",
-            "gpu_count": 1,
-            "duration_hours": 1,
-            "min_workers": 0,
-            "max_workers": 2,
-        },
-    )
-    assert reply.status_code == 202, reply.text
-    cluster_id = reply.json()["id"]
+    # Deployed from the wizard: one GPU, autoscaling between 0 and 2 workers.
+    logins = {
+        login["role"]: login for login in json.loads((portal.data_dir / "demo_logins.json").read_text())
+    }
+    page.goto(portal.url + "/login?next=/deploy")
+    page.locator("#email").fill(logins["customer"]["email"])
+    page.locator("#password").fill(logins["customer"]["password"])
+    page.locator("#submit-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/deploy/?$"))
+    expect(page.locator("#quote-total")).to_have_text("$4.00")  # the wizard's default: 2 GPUs, 1 h
+    page.locator("#deploy-name").fill("elastic")
+    page.locator("#deploy-gpus").fill("1")
+    page.locator("#deploy-autoscale").click()
+    page.locator("#deploy-max-workers").fill("2")
+    expect(page.locator("#quote-total")).to_have_text("$2.00")
+    page.locator("#deploy-button").click()
+    expect(page).to_have_url(re.compile(r"/cluster/[0-9a-f-]+/?$"), timeout=15_000)
+    expect(page.locator("#cluster-autoscaling")).to_have_text("0 to 2 workers, with the Ray load")
+    cluster_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     fetch = lambda: customer.get(f"/clusters/{cluster_id}").json()  # noqa: E731
     cluster = wait_for(fetch, lambda c: c["state"] == "running", timeout_s=120, every_s=1)
     assert len(active(cluster)) == 1
@@ -92,6 +102,7 @@ def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal):
         lambda devices: sorted(d["state"] for d in devices) == ["hired", "ready", "ready"],
         timeout_s=60,
     )
+    expect(page.locator("#cluster-log")).to_contain_text("released an idle worker", timeout=15_000)
 
     # The added workers were metered like any other node: their devices have usage lines.
     assert customer.delete(f"/clusters/{cluster_id}").status_code in (200, 202)

@@ -198,6 +198,10 @@ def info() -> rx.Component:
     return rx.data_list.root(
         rx.data_list.item(rx.data_list.label("GPUs"), rx.data_list.value(detail["gpus"])),
         rx.data_list.item(
+            rx.data_list.label("Autoscaling"),
+            rx.data_list.value(detail["autoscaling"], id="cluster-autoscaling"),
+        ),
+        rx.data_list.item(
             rx.data_list.label("Ray client address"),
             rx.data_list.value(rx.code(detail["client_address"], id="client-address")),
         ),

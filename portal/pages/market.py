@@ -264,6 +264,7 @@ def deploy_form() -> rx.Component:
                 spacing="4",
                 width="100%",
             ),
+            autoscaling_fields(),
             rx.cond(
                 DeployState.error != "",
                 rx.callout(
@@ -295,6 +296,60 @@ def deploy_form() -> rx.Component:
             width="100%",
         ),
         width="100%",
+    )
+
+
+def autoscaling_fields() -> rx.Component:
+    return rx.vstack(
+        rx.hstack(
+            rx.switch(
+                checked=DeployState.autoscale, on_change=DeployState.set_autoscale, id="deploy-autoscale"
+            ),
+            rx.text("Grow and shrink with the Ray load", size="2", weight="medium"),
+            align="center",
+        ),
+        rx.cond(
+            DeployState.autoscale,
+            rx.vstack(
+                rx.grid(
+                    labelled(
+                        "Fewest workers",
+                        rx.input(
+                            value=DeployState.min_workers,
+                            type="number",
+                            min=0,
+                            max=64,
+                            on_change=lambda v: DeployState.set_field("min_workers", v),
+                            id="deploy-min-workers",
+                        ),
+                    ),
+                    labelled(
+                        "Most workers",
+                        rx.input(
+                            value=DeployState.max_workers,
+                            type="number",
+                            min=0,
+                            max=64,
+                            on_change=lambda v: DeployState.set_field("max_workers", v),
+                            id="deploy-max-workers",
+                        ),
+                    ),
+                    columns="2",
+                    spacing="4",
+                    width="100%",
+                ),
+                rx.text(
+                    "Ray's autoscaler adds one-GPU workers of this model when tasks wait for GPUs, and "
+                    "releases them once idle. Each added worker is charged per second at no more than the "
+                    "quoted rate; escrow for its remaining time is held when it is added.",
+                    size="1",
+                    color_scheme="gray",
+                ),
+                width="100%",
+            ),
+        ),
+        width="100%",
+        spacing="2",
     )
 
 

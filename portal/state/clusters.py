@@ -73,6 +73,11 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
             "ray_address": cluster.ray_address or "—",
             "dashboard_url": cluster.dashboard_url or "",
             "hours": cluster.duration_hours,
+            "autoscaling": (
+                f"{cluster.min_workers} to {cluster.max_workers} workers, with the Ray load"
+                if cluster.max_workers is not None
+                else "off"
+            ),
             "nodes": [
                 {
                     "device": device.name,

@@ -152,6 +152,9 @@ class DeployState(SessionState):
     countries: str = ""
     tier: str = ANY
     hours: str = "1"
+    autoscale: bool = False
+    min_workers: str = "0"
+    max_workers: str = "2"
     quote: dict[str, Any] = {}
     error: str = ""
     alternatives: list[str] = []
@@ -180,6 +183,8 @@ class DeployState(SessionState):
                 duration_hours=_number(self.hours) or 0,
                 countries=tuple(c for c in self.countries.replace(",", " ").split() if c),
                 connectivity_tier=None if self.tier == ANY else self.tier,
+                min_workers=(_number(self.min_workers) or 0) if self.autoscale else None,
+                max_workers=(_number(self.max_workers) or 0) if self.autoscale else None,
             )
         )
 
@@ -205,8 +210,24 @@ class DeployState(SessionState):
     @rx.event
     @for_users()
     async def set_field(self, name: str, value: str) -> None:
-        if name in ("name", "purpose", "gpu_model", "gpu_count", "countries", "tier", "hours"):
+        if name in (
+            "name",
+            "purpose",
+            "gpu_model",
+            "gpu_count",
+            "countries",
+            "tier",
+            "hours",
+            "min_workers",
+            "max_workers",
+        ):
             setattr(self, name, value)
+        await self._requote()
+
+    @rx.event
+    @for_users()
+    async def set_autoscale(self, value: bool) -> None:
+        self.autoscale = value
         await self._requote()
 
     @rx.event
