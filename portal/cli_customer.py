@@ -327,6 +327,13 @@ def create_cluster(
     tier: Annotated[Tier | None, typer.Option(help="The slowest connectivity tier accepted.")] = None,
     max_price: Annotated[float | None, typer.Option(help="The most USD per GPU-hour to pay.")] = None,
     purpose: Annotated[Purpose | None, typer.Option(help="What it is for (default general).")] = None,
+    autoscale: Annotated[
+        tuple[int, int] | None,
+        typer.Option(
+            metavar="MIN MAX",
+            help="Grow and shrink with the Ray load between MIN and MAX one-GPU workers.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Show its progress until it runs (or fails).")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -345,6 +352,8 @@ def create_cluster(
         request["max_price_per_gpu_hour_micro"] = micro_from_usd(max_price)
     if purpose is not None:
         request["purpose"] = purpose.value
+    if autoscale is not None:
+        request["min_workers"], request["max_workers"] = autoscale
     # With --json, stdout carries the JSON alone and the progress goes to stderr.
     out = console(stderr=as_json)
     with signed_in() as portal:

@@ -103,6 +103,8 @@ class ClusterRequest(TypedDict):
     countries: NotRequired[list[str]]
     connectivity_tier: NotRequired[str]
     max_price_per_gpu_hour_micro: NotRequired[int]
+    min_workers: NotRequired[int]
+    max_workers: NotRequired[int]
 
 
 class Quote(TypedDict):

@@ -8,8 +8,10 @@ Agents are played as in ``test_clusters.py``: their commands are answered as an 
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import httpx
 import pytest
 from sqlmodel import select
 
@@ -268,3 +270,60 @@ def test_the_routes_answer_the_head_device_only(parts, api_client):
     gone = api_client.delete(f"/api/v1/worker/autoscaler/nodes/{node['id']}", headers=headers)
     assert gone.status_code == 204
     assert api_client.delete("/api/v1/worker/autoscaler/nodes/nope", headers=headers).status_code == 422
+
+
+def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_outage(portal_api, tmp_path):
+    """Ray's autoscaler sees the cluster through ``PortalNodeProvider``: the head and the workers with
+    their kinds and types, nodes it creates and terminates; while the portal is down it keeps the last
+    list (an empty one would read as every node gone) and a launch fails with the reason."""
+    from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE
+
+    from gpu_pool import autoscaler
+
+    server, parts = portal_api
+    _, _, head_device, _, start = autoscaled(parts.engine, [1, 1])
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    with session_scope(parts.engine) as session:
+        device = session.get(Device, head_device)
+        device.token_hash = keyed_hash(token)
+        session.add(device)
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    # The provider section as the agent writes it, with the token file ray_node puts beside the node.
+    provider_config = autoscaler.config(
+        cluster_id=start["cluster_id"],
+        portal_url=server.url,
+        min_workers=0,
+        max_workers=2,
+        idle_timeout_s=60,
+        head_resources={"CPU": 1, "GPU": 1},
+        worker_resources={"CPU": 1, "GPU": 1},
+    )["provider"] | {"token_file": str(token_file)}
+    provider = autoscaler.PortalNodeProvider(provider_config, "test")
+
+    (head_id,) = provider.non_terminated_nodes({})
+    assert provider.node_tags(head_id) == {
+        TAG_RAY_NODE_KIND: "head",
+        TAG_RAY_USER_NODE_TYPE: "head",
+        TAG_RAY_NODE_STATUS: "up-to-date",
+    }
+    created = provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+    (worker_id,) = created
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "worker"}) == [worker_id]
+    assert provider.node_tags(worker_id)[TAG_RAY_NODE_STATUS] == "uninitialized"  # starting, not joined
+    assert provider.is_running(worker_id) and not provider.is_terminated(worker_id)
+
+    server.stop()
+    try:
+        time.sleep(autoscaler.LIST_TTL_S + 0.1)
+        assert sorted(provider.non_terminated_nodes({})) == sorted([head_id, worker_id])
+        with pytest.raises(httpx.HTTPError):
+            provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+    finally:
+        server.start()
+
+    with pytest.raises(RuntimeError, match="no H100-80GB device is available"):
+        provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+    provider.terminate_node(worker_id)
+    assert provider.non_terminated_nodes({}) == [head_id]
+    assert provider.is_terminated(worker_id)

@@ -258,6 +258,7 @@ def test_create_list_get_extend_and_delete_a_cluster(cli, signed_in, parts):
     assert kept.exit_code == 1 and clusters_in_db(parts)[0].state == ClusterState.PENDING
     deleted = cli("clusters", "delete", str(cluster.id), "--yes")
     assert deleted.exit_code == 0, deleted.output
+
     assert "Cluster demo is terminating" in deleted.stdout
     assert clusters_in_db(parts)[0].state == ClusterState.TERMINATING
 
@@ -478,3 +479,21 @@ def test_new_output_follows_a_log_whose_start_the_portal_has_dropped():
     shown = "".join(f"step {i}\n" for i in range(1000))
     assert cli_customer.new_output(shown, shown[3000:] + "step 1000\n") == "step 1000\n"
     assert cli_customer.usd(1_234_565_000) == "1,234.57 USD"
+
+
+def test_create_with_autoscaling_bounds(cli, signed_in, parts):
+    with session_scope(parts.engine) as session:
+        market_with(session, [1])
+    created = cli(
+        "clusters", "create", "--name", "elastic", "--gpu-model", "H100-80GB", "--gpus", "1", "--hours", "1",
+        "--autoscale", "0", "3", "--no-wait", "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert (json.loads(created.stdout)["min_workers"], json.loads(created.stdout)["max_workers"]) == (0, 3)
+    (cluster,) = clusters_in_db(parts)
+    assert (cluster.min_workers, cluster.max_workers) == (0, 3)
+    refused = cli(
+        "clusters", "create", "--name", "bad", "--gpu-model", "H100-80GB", "--gpus", "1", "--hours", "1",
+        "--autoscale", "3", "1", "--no-wait",
+    )  # fmt: skip
+    assert refused.exit_code != 0 and "min_workers <= max_workers" in refused.output

@@ -114,6 +114,8 @@ class ClusterOut(BaseModel):
     started_at: datetime | None
     expires_at: datetime | None
     ended_at: datetime | None
+    min_workers: int | None = None  # autoscaling bounds, when the cluster autoscales
+    max_workers: int | None = None
     spent_micro: int
     escrow_micro: int
     simulated: bool
