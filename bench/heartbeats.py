@@ -195,7 +195,9 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_until_serving(f"http://127.0.0.1:{port}/healthz", server)
+        # The pages too: the frontend build that `portal run` starts would otherwise share the CPUs with
+        # the swarm (the API answers /healthz long before the pages are built).
+        wait_until_serving(f"http://127.0.0.1:{port}/", server)
         # Agents beat all the time: one pass over every device first (untimed) leaves the portal in its
         # steady state, each device's token and state cached, as it is a minute after a restart.
         warm_s = time.perf_counter()

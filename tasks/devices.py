@@ -29,11 +29,10 @@ def reverify_devices() -> None:
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def mark_silent_devices_offline() -> None:
     p = parts()
-    with session_scope(p.engine) as session:
-        silent = faults.silent_devices(session, p.settings)
-    for device_id in silent:
+    moved = faults.OFFLINE_BATCH
+    while moved == faults.OFFLINE_BATCH:  # a batch per transaction, until one is not full
         with session_scope(p.engine) as session:
-            faults.mark_offline(session, p.settings, device_id)
+            moved = faults.mark_silent_offline(session, p.settings)
 
 
 @dramatiq.actor(max_retries=0, time_limit=300_000)

@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from portal.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, StateTransition
+from portal.models.base import utcnow
 from portal.services import placement, reliability
 from tasks import context
 from tasks import devices as device_actors
@@ -73,3 +74,45 @@ def test_the_actor_stores_scores_and_placement_prefers_the_reliable_device_at_eq
         assert stored[steady.id] == pytest.approx(1.0) and stored[flaky.id] == pytest.approx(0.9)
         chosen = placement.reserve(session, SETTINGS, spec(1).placement(), "test")
     assert [candidate.device_id for candidate in chosen or []] == [steady.id]
+
+
+def move(session, device: Device, to_state: str, days_ago: float) -> None:
+    session.add(
+        StateTransition(
+            entity_type="device",
+            entity_id=str(device.id),
+            from_state="",
+            to_state=to_state,
+            reason="test",
+            at=utcnow() - timedelta(days=days_ago),
+        )
+    )
+
+
+def test_the_periodic_scores_of_all_devices_equal_each_device_assessed_alone(engine):
+    """``changed_scores`` reads every device at once (three queries, not two per device); it must say
+    what ``assess`` says of each, across the window's edge, outages, faults and unverified devices."""
+    with session_scope(engine) as session:
+        old, flapping, recent, unproved = market_with(session, [1, 1, 1, 1])
+        for device in (old, flapping, unproved):
+            device.created_at -= timedelta(days=60)
+        recent.created_at -= timedelta(days=2)
+        move(session, old, DeviceState.READY, 45)  # ready since before the window opened
+        move(session, flapping, DeviceState.READY, 50)
+        move(session, flapping, DeviceState.OFFLINE, 40)  # offline when the window opens
+        move(session, flapping, DeviceState.READY, 20)
+        move(session, flapping, DeviceState.OFFLINE, 5.5)
+        move(session, flapping, DeviceState.HIRED, 5)
+        move(session, recent, DeviceState.VERIFYING, 2)
+        move(session, recent, DeviceState.READY, 1.9)
+        fault(session, flapping)
+        fault(session, recent, severity="critical")
+        unproved.verified_at = None
+        for device in (old, flapping, recent, unproved):
+            device.reliability = 0.5  # stale: every score changes
+            session.add(device)
+    with session_scope(engine) as session:
+        alone = {d.id: reliability.assess(session, d).score for d in session.exec(select(Device)).all()}
+        together = reliability.changed_scores(session)
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert together[unproved.id] == 0.0 and 0.0 < together[flapping.id] < together[old.id] == 1.0

@@ -20,38 +20,59 @@ from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
 WATCHED = (DeviceState.VERIFYING, DeviceState.READY)
 
 
+OFFLINE_BATCH = 1000
+
+
+def _silent_candidates(session: Session, settings: Settings, *, limit: int, lock: bool) -> list[Device]:
+    silent_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    query = (
+        select(Device)
+        .where(col(Device.state).in_(WATCHED), col(Device.last_heartbeat_at) < silent_since)
+        .order_by(col(Device.last_heartbeat_at))
+        .limit(limit)
+    )
+    if lock and session.get_bind().dialect.name == "postgresql":
+        # Rows a heartbeat flush holds are skipped: they are not silent.
+        query = query.with_for_update(skip_locked=True)
+    return list(session.exec(query).all())
+
+
 def silent_devices(session: Session, settings: Settings) -> list[uuid.UUID]:
     """Idle devices whose agent has missed ``MISSED_HEARTBEATS_OFFLINE`` heartbeats in a row while the
     portal was hearing (its own deafness is no device's fault)."""
-    silent_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
-    candidates = session.exec(
-        select(Device).where(col(Device.state).in_(WATCHED), col(Device.last_heartbeat_at) < silent_since)
-    ).all()
+    candidates = _silent_candidates(session, settings, limit=OFFLINE_BATCH, lock=False)
     if not candidates:
         return []
     heard = devices.hearing(session)
     return [device.id for device in candidates if not devices.is_online(device, settings, heard)]
 
 
-def mark_offline(session: Session, settings: Settings, device_id: uuid.UUID) -> bool:
-    """Move a silent device offline (it comes back with its next heartbeat); False when it spoke meanwhile."""
-    device = session.get(Device, device_id, with_for_update=True)
-    if device is None or device.state not in WATCHED or device.last_heartbeat_at is None:
-        return False
-    silent_s = int(devices.hearing(session).silence(device.last_heartbeat_at).total_seconds())
-    if silent_s < settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE:
-        return False
-    reason = f"no heartbeat for {silent_s} s ({MISSED_HEARTBEATS_OFFLINE} missed)"
-    state_machines.move(session, "device", device, DeviceState.OFFLINE, reason)
-    session.add(
-        FaultEvent(
-            device_id=device.id,
-            kind="missed_heartbeats",
-            severity="warning",
-            message=f"Agent silent: {reason}.",
+def mark_silent_offline(session: Session, settings: Settings) -> int:
+    """Move up to ``OFFLINE_BATCH`` silent devices offline in one transaction (they come back with their
+    next heartbeat), each with a fault event; returns how many went. One look at the portal's hearing
+    serves the whole batch."""
+    candidates = _silent_candidates(session, settings, limit=OFFLINE_BATCH, lock=True)
+    if not candidates:
+        return 0
+    heard = devices.hearing(session)
+    moved = 0
+    for device in candidates:
+        assert device.last_heartbeat_at is not None
+        silent_s = int(heard.silence(device.last_heartbeat_at).total_seconds())
+        if silent_s < settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE:
+            continue
+        reason = f"no heartbeat for {silent_s} s ({MISSED_HEARTBEATS_OFFLINE} missed)"
+        state_machines.move(session, "device", device, DeviceState.OFFLINE, reason)
+        session.add(
+            FaultEvent(
+                device_id=device.id,
+                kind="missed_heartbeats",
+                severity="warning",
+                message=f"Agent silent: {reason}.",
+            )
         )
-    )
-    return True
+        moved += 1
+    return moved
 
 
 BUSY_WHILE_IDLE_PCT = 30.0

@@ -258,6 +258,14 @@ def daily_uptime(session: Session, device: Device, days: int = 30) -> list[tuple
     ).all()
     # The state at each moment: registered until the first move, then each move's target.
     timeline = [(device.created_at, str(DeviceState.REGISTERED)), *((at, str(state)) for at, state in moves)]
+    return uptime_by_day(timeline, start, now)
+
+
+def uptime_by_day(
+    timeline: list[tuple[datetime, str]], start: datetime, now: datetime
+) -> list[tuple[datetime, float]]:
+    """Percent of each day from ``start`` to ``now`` spent in an online state, given the states the device
+    entered in time order (the first one holding from ``start`` at the latest)."""
     days_out = []
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     while day < now:
