@@ -140,13 +140,12 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
             if device_id in known
             for gpu in beat.get("gpus", [])
         )
-    for device_id, state in known.items():
-        if state == DeviceState.OFFLINE:
-            device = session.get(Device, device_id)
-            assert device is not None
+    returning = [device_id for device_id, state in known.items() if state == DeviceState.OFFLINE]
+    if returning:  # one query for all of them: after an outage, that can be every device
+        for device in session.exec(select(Device).where(col(Device.id).in_(returning))).all():
             back = DeviceState.READY if device.verified_at is not None else DeviceState.VERIFYING
             state_machines.move(session, "device", device, back, "heartbeats resumed")
-            known[device_id] = device.state
+            known[device.id] = device.state
     cache.batch(
         [("set", state_key(device_id), str(state), STATE_TTL_S) for device_id, state in known.items()]
     )
