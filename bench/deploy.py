@@ -139,7 +139,9 @@ def measure_floor(runs: int) -> tuple[list[float], list[float]]:
 # --- the portal -------------------------------------------------------------------------------------
 
 
-def start_portal(data_dir: Path, agents: int = 2) -> tuple[subprocess.Popen, str]:
+def start_portal(
+    data_dir: Path, agents: int = 2, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """``portal run`` with the demo accounts and demo agents, as tests/conftest.py starts it."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_")}
@@ -149,7 +151,7 @@ def start_portal(data_dir: Path, agents: int = 2) -> tuple[subprocess.Popen, str
         "PORTAL_DEMO_AGENTS": str(agents),
         "PORTAL_LOG_LEVEL": "WARNING",
         "PORTAL_RATE_LIMIT_PER_MINUTE": "1000000",
-    }
+    } | (extra_env or {})
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("portal")), "run"],
         cwd=PROJECT_ROOT,

@@ -8,6 +8,9 @@ On a real ``portal run`` with three demo agents (one simulated H100 each):
   the reconciler's period) and healing (``node_lost`` until ``running`` again on the third device, which
   books it, starts a Ray worker joining the same head and waits for the head to see it). Target: running
   again within 30 s of detection.
+- autoscale: a 1-GPU cluster autoscaled between 0 and 2 workers gets a Ray job whose placement group needs
+  three GPUs on three nodes: from the job's submission until both workers joined, and from the job's end
+  until the autoscaler released both (idle timeout 15 s here).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from pathlib import Path
 from bench.deploy import devices_ready, serving, sign_in, start_portal, stop_portal, wait_for
 
 ONE_NODE_RUNS = 3
+IDLE_TIMEOUT_S = 15
+THREE_NODE_JOB = (
+    'python -c "import ray; from ray.util.placement_group import placement_group; ray.init(); '
+    "g = placement_group([{'GPU': 1, 'CPU': 1}] * 3, strategy='STRICT_SPREAD'); ray.get(g.ready())\""
+)
 
 
 def _until(customer, cluster_id: str, done, timeout_s: float = 180) -> dict:
@@ -54,10 +62,54 @@ def _deploy(customer, gpus: int) -> tuple[str, float]:
     return cluster_id, time.perf_counter() - started
 
 
+def _autoscale(customer) -> tuple[float, float]:
+    """Seconds from a job's submission until the autoscaler's two workers joined, and from the job's end
+    until both were released."""
+    reply = customer.post(
+        "/clusters",
+        json={
+            "name": "autoscale-bench",
+            "gpu_model": "H100-80GB",
+            "gpu_count": 1,
+            "duration_hours": 1,
+            "min_workers": 0,
+            "max_workers": 2,
+        },
+    )
+    reply.raise_for_status()
+    cluster_id = reply.json()["id"]
+    _until(customer, cluster_id, lambda c: c["state"] == "running")
+    submitted = time.time()
+    job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": THREE_NODE_JOB})
+    job.raise_for_status()
+    job_id = job.json()["id"]
+    deadline = time.monotonic() + 180
+    while customer.get(f"/clusters/{cluster_id}/jobs/{job_id}").json()["status"] not in (
+        "succeeded",
+        "failed",
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the autoscaling job did not finish")
+        time.sleep(0.2)
+    done = time.time()
+    cluster = _until(
+        customer, cluster_id, lambda c: sum(e["kind"] == "scaled_down" for e in c["events"]) == 2
+    )
+    joined = sorted(
+        datetime.fromisoformat(e["at"]).timestamp()
+        for e in cluster["events"]
+        if e["kind"] == "node_joined" and "worker" in e["message"]
+    )
+    customer.delete(f"/clusters/{cluster_id}")
+    return joined[-1] - submitted, _at(cluster, "scaled_down") - done
+
+
 def bench_heal() -> None:
     print("Self-healing on `portal run` with three demo agents (simulated H100s, real Ray nodes)")
     data_dir = Path(tempfile.mkdtemp(prefix="portal-bench-heal-"))
-    process, url = start_portal(data_dir, agents=3)
+    process, url = start_portal(
+        data_dir, agents=3, extra_env={"PORTAL_AUTOSCALE_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)}
+    )
     try:
         if not wait_for(lambda: serving(url, process), 240, every_s=0.5):
             raise RuntimeError("the portal did not start")
@@ -70,6 +122,8 @@ def bench_heal() -> None:
             one_node.append(seconds)
             customer.delete(f"/clusters/{cluster_id}")
             wait_for(lambda: devices_ready(provider, 3), 60)
+        grown, released = _autoscale(customer)
+        wait_for(lambda: devices_ready(provider, 3), 60)
         cluster_id, _ = _deploy(customer, 2)
         cluster = customer.get(f"/clusters/{cluster_id}").json()
         worker = next(n["device_name"] for n in cluster["nodes"] if n["role"] == "worker")
@@ -99,6 +153,11 @@ def bench_heal() -> None:
         )
         print(
             f"  kill -9 to running again                         {_at(healed, 'running') - killed_at:13.2f} s"
+        )
+        print(f"  autoscale: job submitted to 2 workers joined      {grown:13.2f} s")
+        print(
+            f"  autoscale: job done to both workers released      {released:13.2f} s"
+            f"   (idle timeout {IDLE_TIMEOUT_S} s)"
         )
     finally:
         stop_portal(process)
