@@ -49,7 +49,11 @@ class Agent:
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._handled: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields above; held only for moments
+        # Starting and stopping the Ray node take seconds: they queue on a lock of their own, so that the
+        # heartbeat (which reads the node's status) never waits for them.
+        self._node_lock = threading.Lock()
+        self._starting = False
 
     # --- what the machine is -----------------------------------------------------------------------
 
@@ -131,7 +135,9 @@ class Agent:
 
     def ray_status(self) -> dict[str, Any]:
         with self._lock:
-            return self.node.status() if self.node else {"state": "none"}
+            if self.node:
+                return self.node.status()
+            return {"state": "starting" if self._starting else "none"}
 
     def _node_spec(self, role: str, payload: dict[str, Any]) -> ray_node.NodeSpec:
         gpus = self.describe()
@@ -178,16 +184,7 @@ class Agent:
         kind, payload = command["kind"], command.get("payload") or {}
         try:
             if kind in ("start_ray_head", "start_ray_worker"):
-                with self._lock:
-                    cluster = payload.get("cluster_id")
-                    if self.node and self.node.alive():
-                        if cluster == self.node_cluster:
-                            return True, json.dumps(self.node.status())  # already running: a redelivery
-                        self.node.stop()  # a node of an earlier cluster whose stop never arrived
-                    role = "head" if kind == "start_ray_head" else "worker"
-                    self.node = ray_node.start(self._node_spec(role, payload), self.workdir)
-                    self.node_cluster = cluster
-                    return True, json.dumps(self.node.status())
+                return self.start_ray("head" if kind == "start_ray_head" else "worker", payload)
             if kind == "stop_ray":
                 self.stop_ray()
                 return True, "stopped"
@@ -198,7 +195,31 @@ class Agent:
         except ray_node.RayNodeError as error:
             return False, str(error)
 
+    def start_ray(self, role: str, payload: dict[str, Any]) -> tuple[bool, str]:
+        cluster = payload.get("cluster_id")
+        with self._node_lock:
+            with self._lock:
+                running = self.node if self.node and self.node.alive() else None
+                if running and cluster == self.node_cluster:
+                    return True, json.dumps(running.status())  # already running: a redelivery
+                self._starting = True
+            try:
+                if running:
+                    self._stop_node()  # a node of an earlier cluster whose stop never arrived
+                node = ray_node.start(self._node_spec(role, payload), self.workdir)
+            finally:
+                with self._lock:
+                    self._starting = False
+            with self._lock:
+                self.node, self.node_cluster = node, cluster
+            return True, json.dumps(node.status())
+
     def stop_ray(self) -> None:
+        with self._node_lock:
+            self._stop_node()
+
+    def _stop_node(self) -> None:
+        """Stop the node; the caller holds ``_node_lock``."""
         with self._lock:
             node, self.node = self.node, None
         if node:

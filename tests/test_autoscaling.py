@@ -68,6 +68,16 @@ def autoscaled(engine, gpus_per_device: list[int], *, min_workers=0, max_workers
     return cluster.id, customer, head_node.device_id, head, start
 
 
+def token_of(engine, device_id) -> str:
+    """A fresh token for the device, as its agent holds it (the database keeps only its hash)."""
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    with session_scope(engine) as session:
+        device = session.get(Device, device_id)
+        device.token_hash = keyed_hash(token)
+        session.add(device)
+    return token
+
+
 def scale_up(engine, device_id, count=1):
     return autoscaling.scale_up(engine, SETTINGS, MemoryWakeups(), device_id, count)
 
@@ -250,11 +260,7 @@ def test_an_added_worker_that_fails_to_start_is_dropped_without_degrading_the_cl
 
 def test_the_routes_answer_the_head_device_only(parts, api_client):
     cluster_id, _, head_device, _, _ = autoscaled(parts.engine, [1, 1])
-    token = new_token(DEVICE_TOKEN_PREFIX)
-    with session_scope(parts.engine) as session:
-        device = session.get(Device, head_device)
-        device.token_hash = keyed_hash(token)
-        session.add(device)
+    token = token_of(parts.engine, head_device)
     headers = {"Authorization": f"Bearer {token}"}
     listed = api_client.get("/api/v1/worker/autoscaler/nodes", headers=headers)
     assert listed.status_code == 200 and listed.json()["cluster_id"] == str(cluster_id)
@@ -282,11 +288,7 @@ def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_ou
 
     server, parts = portal_api
     _, _, head_device, _, start = autoscaled(parts.engine, [1, 1])
-    token = new_token(DEVICE_TOKEN_PREFIX)
-    with session_scope(parts.engine) as session:
-        device = session.get(Device, head_device)
-        device.token_hash = keyed_hash(token)
-        session.add(device)
+    token = token_of(parts.engine, head_device)
     token_file = tmp_path / "token"
     token_file.write_text(token)
     # The provider section as the agent writes it, with the token file ray_node puts beside the node.

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import RunningPortal, start_portal, stop_process_group
-from tests.test_chaos import run_job
+from tests.conftest import RunningPortal
+from tests.test_chaos import run_job, three_agent_portal
 from tests.test_cluster_journey import sign_in, wait_for
 
 pytestmark = pytest.mark.browser
@@ -34,24 +34,9 @@ SPREAD_JOB = (
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
-    running = start_portal(
-        tmp_path_factory.mktemp("autoscaling"),
-        env={
-            "PORTAL_DEMO_AGENTS": "3",
-            "PORTAL_AUTOSCALE_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
-            "PORTAL_METERING_INTERVAL_S": "5",
-        },
-    )
-    try:
-        provider = sign_in(running, "provider")
-        wait_for(
-            lambda: provider.get("/devices").json(),
-            lambda devices: len(devices) == 3 and all(d["state"] == "ready" for d in devices),
-            timeout_s=120,
-        )
+    idle = {"PORTAL_AUTOSCALE_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S)}
+    with three_agent_portal(tmp_path_factory.mktemp("autoscaling"), idle) as running:
         yield running
-    finally:
-        stop_process_group(running.process)
 
 
 def active(cluster: dict) -> list[dict]:

@@ -12,7 +12,9 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,11 +39,11 @@ def kill_agent(portal: RunningPortal, device_name: str) -> float:
     return killed_at
 
 
-@pytest.fixture(scope="module")
-def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
-    """`portal run` as `make run` starts it: three demo agents with one simulated H100 each."""
+@contextmanager
+def three_agent_portal(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[RunningPortal]:
+    """`portal run` as `make run` starts it: three demo agents with one simulated H100 each, all ready."""
     running = start_portal(
-        tmp_path_factory.mktemp("chaos"), env={"PORTAL_DEMO_AGENTS": "3", "PORTAL_METERING_INTERVAL_S": "5"}
+        data_dir, env={"PORTAL_DEMO_AGENTS": "3", "PORTAL_METERING_INTERVAL_S": "5", **(env or {})}
     )
     try:
         provider = sign_in(running, "provider")
@@ -53,6 +55,12 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
         yield running
     finally:
         stop_process_group(running.process)
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPortal]:
+    with three_agent_portal(tmp_path_factory.mktemp("chaos")) as running:
+        yield running
 
 
 def event_time(cluster: dict, kind: str) -> float:

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlmodel import select
@@ -276,11 +276,19 @@ def test_the_cli_agent_connects_and_stops_on_ctrl_c(portal_api):
 
 
 def command_and_wait(
-    parts: AppParts, device_id: str, kind: str, payload: dict, timeout_s: float = 120
+    parts: AppParts,
+    device_id: str,
+    kind: str,
+    payload: dict,
+    timeout_s: float = 120,
+    meanwhile: Callable[[], object] | None = None,
 ) -> DeviceCommand:
+    """Queue a command for the device and wait for its agent's result; ``meanwhile`` runs while it waits."""
     with session_scope(parts.engine) as session:
         command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), kind, payload)
     commands.wake(parts.wakeups, command.device_id)
+    if meanwhile is not None:
+        meanwhile()
 
     def finished() -> bool:
         with session_scope(parts.engine) as session:
@@ -303,7 +311,14 @@ def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api
     )
     with RunningAgent(head_agent), RunningAgent(worker_agent):
         wait_until(lambda: all(device_row(parts, d).state == DeviceState.READY for d in (head_id, worker_id)))
-        head = command_and_wait(parts, head_id, "start_ray_head", {"num_cpus": 1})
+        # The agent keeps heartbeating while its node starts (seconds): the portal hears "starting".
+        head = command_and_wait(
+            parts,
+            head_id,
+            "start_ray_head",
+            {"num_cpus": 1},
+            meanwhile=lambda: wait_until(lambda: device_row(parts, head_id).ray_state == "starting"),
+        )
         assert head.state == CommandState.SUCCEEDED, head.result_detail
         address = json.loads(head.result_detail)["address"]
         joined = command_and_wait(

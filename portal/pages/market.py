@@ -126,6 +126,21 @@ def labelled(label: str, control: rx.Component) -> rx.Component:
     return rx.vstack(rx.text(label, size="2", weight="medium"), control, spacing="1")
 
 
+def number_field(label: str, field: str, least: int, most: int, element_id: str) -> rx.Component:
+    """A labelled number input for one of the wizard's fields."""
+    return labelled(
+        label,
+        rx.input(
+            value=getattr(DeployState, field),
+            type="number",
+            min=least,
+            max=most,
+            on_change=lambda v: DeployState.set_field(field, v),
+            id=element_id,
+        ),
+    )
+
+
 def quote_card() -> rx.Component:
     quote = DeployState.quote
     return rx.card(
@@ -221,28 +236,8 @@ def deploy_form() -> rx.Component:
                         id="deploy-model",
                     ),
                 ),
-                labelled(
-                    "GPUs",
-                    rx.input(
-                        value=DeployState.gpu_count,
-                        type="number",
-                        min=1,
-                        max=64,
-                        on_change=lambda v: DeployState.set_field("gpu_count", v),
-                        id="deploy-gpus",
-                    ),
-                ),
-                labelled(
-                    "Hours",
-                    rx.input(
-                        value=DeployState.hours,
-                        type="number",
-                        min=1,
-                        max=720,
-                        on_change=lambda v: DeployState.set_field("hours", v),
-                        id="deploy-hours",
-                    ),
-                ),
+                number_field("GPUs", "gpu_count", 1, 64, "deploy-gpus"),
+                number_field("Hours", "hours", 1, 720, "deploy-hours"),
                 labelled(
                     "Countries (optional)",
                     rx.input(
@@ -312,28 +307,8 @@ def autoscaling_fields() -> rx.Component:
             DeployState.autoscale,
             rx.vstack(
                 rx.grid(
-                    labelled(
-                        "Fewest workers",
-                        rx.input(
-                            value=DeployState.min_workers,
-                            type="number",
-                            min=0,
-                            max=64,
-                            on_change=lambda v: DeployState.set_field("min_workers", v),
-                            id="deploy-min-workers",
-                        ),
-                    ),
-                    labelled(
-                        "Most workers",
-                        rx.input(
-                            value=DeployState.max_workers,
-                            type="number",
-                            min=0,
-                            max=64,
-                            on_change=lambda v: DeployState.set_field("max_workers", v),
-                            id="deploy-max-workers",
-                        ),
-                    ),
+                    number_field("Fewest workers", "min_workers", 0, 64, "deploy-min-workers"),
+                    number_field("Most workers", "max_workers", 0, 64, "deploy-max-workers"),
                     columns="2",
                     spacing="4",
                     width="100%",
