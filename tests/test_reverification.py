@@ -53,9 +53,14 @@ def test_an_idle_device_whose_proof_aged_proves_itself_again(actors_use):
         assert device_row(parts, device_id).state == DeviceState.VERIFYING  # off the market meanwhile
         wait_until(lambda: device_row(parts, device_id).verified_at > aged, timeout_s=30)
         assert device_row(parts, device_id).state == DeviceState.READY
+        # The agent reports the command's outcome just after its proof: wait for it before stopping it.
+        wait_until(lambda: verify_command_state(parts) == "succeeded", timeout_s=10)
+
+
+def verify_command_state(parts) -> str:
     with session_scope(parts.engine) as session:
         (command,) = session.exec(select(DeviceCommand).where(DeviceCommand.kind == "verify")).all()
-        assert command.state == "succeeded"
+        return command.state
 
 
 def test_a_device_failing_its_reverification_leaves_the_market_with_a_fault(actors_use):
