@@ -75,9 +75,9 @@ def record(
 
 # No agent at all heard for longer than this: the portal was deaf (see ``devices.Hearing``), a gap.
 HEARING_GAP_S = 10.0
-# The longest an agent waits between tries while the portal is unreachable (gpu_pool's backoff cap, plus one
-# heartbeat): after a gap, the time an agent may take to be heard again.
-AGENT_RETRY_MAX_S = 35.0
+# After a gap, the time an agent may take to be heard again: gpu_pool's backoff cap (30 s) and its jitter
+# (1 s), a try that hangs until the client's timeout (10 s) while the portal is coming up, and one heartbeat.
+AGENT_RETRY_MAX_S = 50.0
 
 
 NEWEST_BEAT = "liveness:newest-beat"
