@@ -51,10 +51,10 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
         assert faults.silent_devices(session, SETTINGS) == []  # the second agent gets its time to return
         # A minute after the portal heard again (past the agents' retry backoff), the second agent is still
         # silent: that is its own silence.
-        gap.started_at -= timedelta(seconds=60)
-        gap.ended_at -= timedelta(seconds=60)
+        gap.started_at -= timedelta(seconds=90)
+        gap.ended_at -= timedelta(seconds=90)
         device = session.get(Device, second.id)
-        device.last_heartbeat_at -= timedelta(seconds=60)
+        device.last_heartbeat_at -= timedelta(seconds=90)
         session.add_all([gap, device])
     with session_scope(parts.engine) as session:
         assert faults.silent_devices(session, SETTINGS) == [second.id]
