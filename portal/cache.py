@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -48,6 +49,10 @@ class Cache(Protocol):
         """Several operations in one round trip (not atomic together); their results, in order."""
         ...
 
+    def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run a script once per call (each atomic on Redis), all in one round trip; the replies, in order."""
+        ...
+
     def ping(self) -> None:
         """Raise if the cache cannot be reached."""
         ...
@@ -55,6 +60,20 @@ class Cache(Protocol):
 
 # ("get", key) | ("set", key, value, ttl_s) | ("incr", key, ttl_s) | ("hset", key, field, value)
 Operation = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Script:
+    """Work that must take one round trip: Lua for Redis, and the same steps in Python for the embedded
+    cache. The Lua gets the keys prefixed, and the cache's prefix as ``ARGV[1]`` before the other
+    arguments (for keys it builds itself); ``local`` gets the cache and the arguments as given."""
+
+    lua: str
+    local: Callable[[Cache, Sequence[str], Sequence[Any]], Any]
+
+
+# A script's keys and arguments (strings and numbers).
+ScriptCall = tuple[Sequence[str], Sequence[Any]]
 
 
 class MemoryCache:
@@ -120,6 +139,9 @@ class MemoryCache:
     def batch(self, operations: Sequence[Operation]) -> list[Any]:
         return [getattr(self, name)(*args) for name, *args in operations]
 
+    def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        return [script.local(self, keys, args) for keys, args in calls]
+
     def ping(self) -> None:
         return None
 
@@ -130,6 +152,7 @@ class RedisCache:
         self._redis = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._script_shas: dict[str, str] = {}
 
     def get(self, key: str) -> str | None:
         return self._redis.get(self._prefix + key)  # type: ignore[return-value]
@@ -191,6 +214,25 @@ class RedisCache:
                 reply = int(reply)
             results.append(reply)
         return results
+
+    def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        try:
+            return self._evalsha(self._script_sha(script), calls)
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
+            self._script_shas.pop(script.lua, None)
+            return self._evalsha(self._script_sha(script), calls)
+
+    def _script_sha(self, script: Script) -> str:
+        sha = self._script_shas.get(script.lua)
+        if sha is None:
+            sha = self._script_shas[script.lua] = self._redis.script_load(script.lua)
+        return sha
+
+    def _evalsha(self, sha: str, calls: Sequence[ScriptCall]) -> list[Any]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *(self._prefix + key for key in keys), self._prefix, *args)
+            return pipe.execute()
 
     def ping(self) -> None:
         self._redis.ping()

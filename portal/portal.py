@@ -1,8 +1,10 @@
 """The Reflex app: pages, the API mounted into its backend, and the embedded task worker."""
 
 import reflex as rx
+from starlette.types import ASGIApp
 
 from portal.api.app import create_api
+from portal.api.heartbeat_lane import HeartbeatLane
 from portal.config import get_settings
 from portal.demo_agents import demo_agents
 from portal.logs import configure_logging
@@ -12,7 +14,17 @@ from tasks.scheduler import periodic_scheduler
 
 configure_logging(get_settings())
 
-app = rx.App(api_transformer=create_api())
+api = create_api()
+
+
+class PortalApp(rx.App):
+    """The Reflex app, with agents' heartbeats answered in front of it."""
+
+    def __call__(self) -> ASGIApp:
+        return HeartbeatLane(super().__call__(), api.state.parts)
+
+
+app = PortalApp(api_transformer=api)
 register_pages(app)
 app.register_lifespan_task(embedded_task_worker)
 app.register_lifespan_task(periodic_scheduler)

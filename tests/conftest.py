@@ -38,7 +38,7 @@ from portal.api.deps import AppParts  # noqa: E402
 from portal.cache import MemoryCache  # noqa: E402
 from portal.config import PROJECT_ROOT, Settings  # noqa: E402
 from portal.db import build_engine  # noqa: E402
-from tests.servers import ServerThread  # noqa: E402
+from tests.servers import ServerThread, portal_app  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 VENV_BIN = Path(sys.executable).parent
@@ -147,7 +147,7 @@ def portal_api(parts: AppParts) -> Iterator[tuple[ServerThread, AppParts]]:
         parts.cache,
         parts.wakeups,
     )
-    server = ServerThread(create_api(fast))
+    server = ServerThread(portal_app(fast))
     with server:
         yield server, fast
 

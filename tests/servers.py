@@ -7,6 +7,16 @@ import threading
 import time
 
 import uvicorn
+from starlette.types import ASGIApp
+
+from portal.api.app import create_api
+from portal.api.deps import AppParts
+from portal.api.heartbeat_lane import HeartbeatLane
+
+
+def portal_app(parts: AppParts) -> ASGIApp:
+    """The API over ``parts`` as ``portal run`` serves it to agents: behind the heartbeat lane."""
+    return HeartbeatLane(create_api(parts), parts)
 
 
 def free_port() -> int:

@@ -18,7 +18,6 @@ from gpu_pool import compute
 from gpu_pool.agent import Agent
 from gpu_pool.client import PortalClient
 from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
-from portal.api.app import create_api
 from portal.api.deps import AppParts
 from portal.db import session_scope
 from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu, Role
@@ -28,7 +27,7 @@ from portal.services.gpu_catalog import CATALOG
 from portal.wakeups import RedisWakeups
 from tests.conftest import VENV_BIN
 from tests.factories import make_user
-from tests.servers import ServerThread
+from tests.servers import ServerThread, portal_app
 
 
 def wait_until(condition, timeout_s: float = 30, every_s: float = 0.1) -> None:
@@ -47,7 +46,7 @@ def polling_portal(request, parts, cache_prefix) -> Iterator[tuple[ServerThread,
     if request.param == "redis":
         wakeups = RedisWakeups(request.getfixturevalue("redis_url"), cache_prefix)
     with_wakeups = AppParts(parts.settings, parts.engine, parts.cache, wakeups)
-    server = ServerThread(create_api(with_wakeups))
+    server = ServerThread(portal_app(with_wakeups))
     with server:
         yield server, with_wakeups
 
@@ -159,7 +158,7 @@ def test_a_wrong_or_late_answer_fails_verification_with_a_fault(parts, agent_cla
         parts.settings.model_copy(update={"verification_deadline_s": deadline_s}), parts.engine, parts.cache
     )
     device_id, token = add_device(parts)
-    with ServerThread(create_api(strict)) as url:
+    with ServerThread(portal_app(strict)) as url:
         agent = agent_class(PortalClient(url, token), SimulatedGpus(1, "A10-24GB"))
         agent.register()
         verdict = agent.verify()
@@ -218,7 +217,7 @@ def test_a_rotated_token_stops_the_agent_with_a_clear_reason(portal_api):
 
 def test_the_agent_survives_a_portal_restart(parts):
     fast = AppParts(parts.settings.model_copy(update={"heartbeat_interval_s": 1}), parts.engine, parts.cache)
-    server = ServerThread(create_api(fast))
+    server = ServerThread(portal_app(fast))
     server.start()
     device_id, token = add_device(parts)
     agent = simulated_agent(server.url, token)

@@ -18,7 +18,7 @@ from portal.models.base import utcnow
 from portal.services import telemetry
 from tests.conftest import IN_CI, free_port
 from tests.factories import access_token_for, api_key_for, device_token_for, make_user
-from tests.servers import ServerThread
+from tests.servers import ServerThread, portal_app
 
 BEAT = {
     "gpus": [{"index": 0, "util_pct": 42.0, "mem_used_mb": 2048.0, "temp_c": 61.0, "power_w": 250.0}],
@@ -92,9 +92,7 @@ def test_operators_discover_the_agents_metrics_endpoints(api_client, parts):
 def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp_path):
     binary = tool("prometheus")
     device_id, token = beating_device(parts)
-    from portal.api.app import create_api
-
-    with ServerThread(create_api(parts)) as url:
+    with ServerThread(portal_app(parts)) as url:
         port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(

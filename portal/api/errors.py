@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -71,6 +72,9 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+        logger.error("the cache is unreachable: %s", error)
+        return error_response(503, "unavailable", "The portal's cache is unreachable; try again shortly.")
     logger.exception("unhandled error", exc_info=error)
     return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
 

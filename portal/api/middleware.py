@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import time
-import uuid
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,9 +31,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_of(scope)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -47,23 +47,40 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
             matched = scope.get("route")
             route = matched.path if isinstance(matched, Route) else _UNROUTED
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed)
-            if route != _UNROUTED:
-                logger.info(
-                    "%s %s %s",
-                    method,
-                    scope["path"],
-                    status,
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "status": status,
-                        "ms": round(elapsed * 1000, 2),
-                    },
-                )
+            record_request(scope, route, status, time.perf_counter() - started)
             request_id_var.reset(token)
+
+
+@functools.cache  # few: route templates, not paths
+def _metrics_of(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    return HTTP_REQUESTS.labels(method, route, str(status)), HTTP_REQUEST_SECONDS.labels(method, route)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's request id when it is safe to log, else a new one."""
+    headers = dict(scope.get("headers") or [])
+    incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _SAFE_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+
+
+def record_request(scope: Scope, route: str, status: int, elapsed_s: float) -> None:
+    """The metrics and the access log line of one answered request."""
+    method = scope["method"]
+    requests, seconds = _metrics_of(method, route, status)
+    requests.inc()
+    seconds.observe(elapsed_s)
+    if route != _UNROUTED:
+        logger.info(
+            "%s %s %s",
+            method,
+            scope["path"],
+            status,
+            extra={
+                "method": method,
+                "path": scope["path"],
+                "status": status,
+                "ms": round(elapsed_s * 1000, 2),
+            },
+        )

@@ -67,22 +67,30 @@ def _finish_beat(
         return state, [commands.as_message(command) for command in queued]
 
 
-@router.post("/heartbeat", summary="I am alive: GPU samples and Ray node status; returns queued commands")
-async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) -> HeartbeatOut:
-    # Async and on the cache: almost every beat is answered without a thread or a database connection.
-    assert caller.device_id is not None
+async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: worker.Beat) -> HeartbeatOut:
+    """The answer to a beat just noted in the cache; the route below and ``heartbeat_lane`` both give it.
+
+    Async: almost every beat is answered without a thread or a database connection.
+    """
     HEARTBEATS.inc()
-    beat = worker.beat(
-        parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
-    )
     state, queued = beat.state or "", []
     if worker.needs_database(beat):
-        state, queued = await run_in_threadpool(_finish_beat, parts, caller.device_id, beat)
+        state, queued = await run_in_threadpool(_finish_beat, parts, device_id, beat)
     return HeartbeatOut(
         state=state,
         commands=[CommandOut(**message) for message in queued],
         next_heartbeat_s=parts.settings.heartbeat_interval_s,
     )
+
+
+@router.post("/heartbeat", summary="I am alive: GPU samples and Ray node status; returns queued commands")
+async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) -> HeartbeatOut:
+    # Most beats never get here: ``heartbeat_lane`` answers them in front of the app.
+    assert caller.device_id is not None
+    beat = worker.beat(
+        parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
+    )
+    return await answer_beat(parts, caller.device_id, beat)
 
 
 def _take_and_commit(session: Session, device_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -87,7 +87,11 @@ def device_token_key(token_hash: str) -> str:
 
 def cached_device(cache: Cache, token: str) -> Principal | None:
     """The device a token belongs to, from the cache (None: not cached, ask the database)."""
-    found = cache.get(device_token_key(keyed_hash(token)))
+    return device_of_entry(cache.get(device_token_key(keyed_hash(token))))
+
+
+def device_of_entry(found: str | None) -> Principal | None:
+    """The device of a device token's cache entry (None: no entry)."""
     if found is None:
         return None
     if found == REVOKED:

@@ -19,18 +19,45 @@ from portal.services.errors import RateLimited
 WINDOW_S = 60
 
 
+# The request's count in its IP's window, set on the scope by the heartbeat lane when it counted the
+# request already before handing it on.
+IP_RATE_COUNT = "portal.ip_rate_count"
+
+
+def rate_counter(scope: str, identity: str, now: float, window_s: int = WINDOW_S) -> str:
+    """The cache key counting one identity's requests in the window that holds ``now``."""
+    return f"rl:{scope}:{identity}:{int(now // window_s)}"
+
+
 def check_rate(cache: Cache, scope: str, identity: str, limit: int, window_s: int = WINDOW_S) -> None:
-    now = time.time()
-    window = int(now // window_s)
-    count = cache.incr(f"rl:{scope}:{identity}:{window}", ttl_s=window_s + 1)
+    count = cache.incr(rate_counter(scope, identity, time.time(), window_s), ttl_s=window_s + 1)
+    enforce_rate(count, limit, window_s)
+
+
+def enforce_rate(count: int, limit: int, window_s: int = WINDOW_S) -> None:
+    """Refuse the request counted ``count``-th in its window when that is over the limit."""
     if count > limit:
-        retry_after = math.ceil(window_s - now % window_s)
+        retry_after = math.ceil(window_s - time.time() % window_s)
         raise RateLimited(f"Too many requests; try again in {retry_after} s.", retry_after_s=retry_after)
 
 
 def client_ip(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app a body already read, whole, then whatever comes next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class FirewallMiddleware:
@@ -46,10 +73,14 @@ class FirewallMiddleware:
         parts = scope["app"].state.parts
         settings = parts.settings
         try:
-            # The cache may be Redis: its blocking client must not stall the event loop.
-            await anyio.to_thread.run_sync(
-                check_rate, parts.cache, "ip", client_ip(scope), settings.rate_limit_per_minute
-            )
+            counted = scope.get(IP_RATE_COUNT)
+            if counted is not None:
+                enforce_rate(counted, settings.rate_limit_per_minute)
+            else:
+                # The cache may be Redis: its blocking client must not stall the event loop.
+                await anyio.to_thread.run_sync(
+                    check_rate, parts.cache, "ip", client_ip(scope), settings.rate_limit_per_minute
+                )
         except RateLimited as limited:
             await error_response(429, limited.code, limited.message, limited.details, limited.headers)(
                 scope, receive, send
@@ -73,16 +104,7 @@ class FirewallMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(bytes(body), receive), send)
 
     @staticmethod
     async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -106,6 +128,23 @@ DOCS_CSP = (
 )
 
 
+def security_headers(scope: Scope, base_url: str) -> list[tuple[bytes, bytes]]:
+    """The headers every response to this request carries, whoever answers it."""
+    path = scope["path"]
+    csp = DOCS_CSP if path == "/api/docs" else API_CSP if path.startswith("/api/") else PAGE_CSP
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"strict-origin-when-cross-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        (b"content-security-policy", csp.encode()),
+    ]
+    if scope.get("scheme") == "https" or base_url.startswith("https://"):
+        headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+    return headers
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -114,20 +153,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        csp = DOCS_CSP if path == "/api/docs" else API_CSP if path.startswith("/api/") else PAGE_CSP
-        headers = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"x-frame-options", b"DENY"),
-            (b"referrer-policy", b"strict-origin-when-cross-origin"),
-            (b"cross-origin-opener-policy", b"same-origin"),
-            (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-            (b"content-security-policy", csp.encode()),
-        ]
-        if scope.get("scheme") == "https" or scope["app"].state.parts.settings.base_url.startswith(
-            "https://"
-        ):
-            headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+        headers = security_headers(scope, scope["app"].state.parts.settings.base_url)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

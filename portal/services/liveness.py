@@ -11,15 +11,17 @@ refreshed by each flush.
 from __future__ import annotations
 
 import json
+import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, text, update
 from sqlmodel import Session, col, select
 
-from portal.cache import Cache, Operation
+from portal.cache import Cache, Operation, Script
 from portal.models import Device, DeviceState, GpuSample, HearingGap
 from portal.services import state_machines
 
@@ -44,6 +46,45 @@ class Noted:
     sweep_commands: bool  # this beat also looks for commands (every ``sweep_s`` per device)
 
 
+def sweep_key(device_id: uuid.UUID | str) -> str:
+    return f"command-sweep:{device_id}"
+
+
+def flush_claim_key(now: datetime) -> str:
+    return f"beats-flush:{int(now.timestamp() // FLUSH_EVERY_S)}"
+
+
+def _beat_texts(gpus_json: str, ray_json: str, now: datetime) -> tuple[str, str]:
+    """The beat as the flush reads it, and the GPU samples as pages read them ('' when none), from the
+    JSON the agent sent (composed as text: this runs for every beat)."""
+    at = now.isoformat()
+    sample = f'{{"at":"{at}","gpus":{gpus_json}}}' if gpus_json != "[]" else ""
+    return f'{{"at":"{at}","ray":{ray_json},"gpus":{gpus_json}}}', sample
+
+
+def _noting(device_id: str, beat: str, sample: str, flush_claim: str, sweep_s: float) -> list[Operation]:
+    """The cache operations that note a beat: the first four answer ``Noted``."""
+    operations: list[Operation] = [
+        ("hset", BEATS, device_id, beat),
+        ("get", state_key(device_id)),
+        ("incr", flush_claim, FLUSH_EVERY_S * 5),
+        ("incr", sweep_key(device_id), sweep_s),
+    ]
+    if sample:
+        operations.append(("set", samples_key(device_id), sample, SAMPLE_TTL_S))
+    return operations
+
+
+def _jittered(sweep_s: float) -> float:
+    """A device's sweep period, a little longer or shorter each time, so that the devices that came back
+    together after a restart do not all look for commands in the same seconds ever after."""
+    return sweep_s * random.uniform(0.75, 1.25)
+
+
+def _noted(state: str | None, flush_claims: int, sweeps: int) -> Noted:
+    return Noted(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
+
+
 def record(
     cache: Cache,
     device_id: uuid.UUID,
@@ -54,23 +95,103 @@ def record(
     sweep_s: float,
 ) -> Noted:
     """Note one beat, in one round trip to the cache."""
-    beat = {
-        "at": now.isoformat(),
-        "ray_state": ray.get("state", "none"),
-        "ray_node_id": ray.get("node_id"),
-        "gpus": samples,
-    }
-    operations: list[Operation] = [
-        ("hset", BEATS, str(device_id), json.dumps(beat)),
-        ("get", state_key(device_id)),
-        ("incr", f"beats-flush:{int(now.timestamp() // FLUSH_EVERY_S)}", FLUSH_EVERY_S * 5),
-        ("incr", f"command-sweep:{device_id}", sweep_s),
+    beat, sample = _beat_texts(json.dumps(samples), json.dumps(ray), now)
+    _, state, flush_claims, sweeps = cache.batch(
+        _noting(str(device_id), beat, sample, flush_claim_key(now), _jittered(sweep_s))
+    )[:4]
+    return _noted(state, flush_claims, sweeps)
+
+
+@dataclass(frozen=True)
+class TokenBeat:
+    """A beat known by its device token's cache key, with the key that counts its caller's requests."""
+
+    token_key: str
+    rate_key: str
+    gpus_json: str
+    ray_json: str
+
+
+@dataclass(frozen=True)
+class TokenBeatNoted:
+    rate_count: int  # the request's count in its rate-limit window
+    token_entry: str | None  # the device token's cache entry (None: not cached)
+    noted: Noted | None  # None: not noted (over the limit, or the entry is not a device's)
+
+
+# One beat of record_by_tokens. KEYS: rate counter, token entry, beats hash, flush claim. ARGV: cache
+# prefix, rate limit, rate window (ms), revoked entry, beat, sample ('' for none), then the stems of the
+# device's state, sweep and sample keys, and the expiries (ms) of the sweep, the flush claim and the sample.
+_RECORD_BY_TOKEN_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if count > tonumber(ARGV[2]) then return {count} end
+local entry = redis.call('GET', KEYS[2])
+if not entry or entry == ARGV[4] then return {count, entry} end
+local device = string.match(entry, '^%S+')
+redis.call('HSET', KEYS[3], device, ARGV[5])
+local state = redis.call('GET', ARGV[1] .. ARGV[7] .. device)
+local flush = redis.call('INCR', KEYS[4])
+if flush == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[11]) end
+local sweep_key = ARGV[1] .. ARGV[8] .. device
+local sweep = redis.call('INCR', sweep_key)
+if sweep == 1 then redis.call('PEXPIRE', sweep_key, ARGV[10]) end
+if ARGV[6] ~= '' then redis.call('SET', ARGV[1] .. ARGV[9] .. device, ARGV[6], 'PX', ARGV[12]) end
+return {count, entry, state, flush, sweep}
+"""
+
+
+def _record_by_token_locally(cache: Cache, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+    """The Lua above, step by step, for the embedded cache."""
+    rate_key, token_key, _, flush_claim = keys
+    limit, window_ms, revoked, beat, sample, _, _, _, sweep_ms, *_ = args
+    count = cache.incr(rate_key, window_ms / 1000)
+    if count > limit:
+        return [count]
+    entry = cache.get(token_key)
+    if entry is None or entry == revoked:
+        return [count, entry]
+    noting = _noting(entry.split()[0], beat, sample, flush_claim, sweep_ms / 1000)
+    return [count, entry, *cache.batch(noting)[1:4]]
+
+
+_RECORD_BY_TOKEN = Script(_RECORD_BY_TOKEN_LUA, _record_by_token_locally)
+
+
+def record_by_tokens(
+    cache: Cache,
+    beats: Sequence[TokenBeat],
+    *,
+    revoked: str,
+    rate_limit: int,
+    rate_window_s: float,
+    now: datetime,
+    sweep_s: float,
+) -> list[TokenBeatNoted]:
+    """For each beat: count the request against its rate limit, find the device of its cached token and note
+    the beat as ``record`` does (which needs the device already). All in one round trip to the cache.
+    Nothing is noted over the limit, or when the token's entry is missing or ``revoked``."""
+    flush_claim = flush_claim_key(now)
+    calls = []
+    for beat in beats:
+        text, sample = _beat_texts(beat.gpus_json, beat.ray_json, now)
+        keys = [beat.rate_key, beat.token_key, BEATS, flush_claim]
+        args = [rate_limit, int(rate_window_s * 1000), revoked, text, sample, state_key(""), sweep_key("")]
+        args += [
+            samples_key(""),
+            int(_jittered(sweep_s) * 1000),
+            int(FLUSH_EVERY_S * 5 * 1000),
+            SAMPLE_TTL_S * 1000,
+        ]
+        calls.append((keys, args))
+    return [
+        TokenBeatNoted(
+            int(reply[0]),
+            reply[1] if len(reply) > 1 else None,
+            _noted(reply[2], int(reply[3]), int(reply[4])) if len(reply) > 2 else None,
+        )
+        for reply in cache.run_script(_RECORD_BY_TOKEN, calls)
     ]
-    if samples:
-        sample = json.dumps({"at": now.isoformat(), "gpus": samples})
-        operations.append(("set", samples_key(device_id), sample, SAMPLE_TTL_S))
-    _, state, flush_claims, sweeps = cache.batch(operations)[:4]
-    return Noted(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
 
 
 # No agent at all heard for longer than this: the portal was deaf (see ``devices.Hearing``), a gap.
@@ -83,16 +204,20 @@ AGENT_RETRY_MAX_S = 50.0
 NEWEST_BEAT = "liveness:newest-beat"
 
 
-def _note_gap(session: Session, cache: Cache, first_beat: datetime, last_beat: datetime) -> None:
-    """Record the time no agent at all was heard before this batch (the portal's restart or outage), so
-    that it never counts as a device's silence (``devices.Hearing``). The newest beat flushed so far is
-    kept in the cache (the flush runs every second); the database answers only when the cache lost it."""
+def _newest_beat(session: Session, cache: Cache) -> datetime | None:
+    """The newest beat flushed so far: kept in the cache (the flush runs every second); the database answers
+    only when the cache lost it."""
     known = cache.get(NEWEST_BEAT)
-    newest = (
-        datetime.fromisoformat(known)
-        if known
-        else session.exec(select(func.max(Device.last_heartbeat_at))).one()
-    )
+    if known:
+        return datetime.fromisoformat(known)
+    return session.exec(select(func.max(Device.last_heartbeat_at))).one()
+
+
+def _note_gap(
+    session: Session, cache: Cache, newest: datetime | None, first_beat: datetime, last_beat: datetime
+) -> None:
+    """Record the time no agent at all was heard before this batch (the portal's restart or outage), so
+    that it never counts as a device's silence (``devices.Hearing``)."""
     if newest is not None and (first_beat - newest).total_seconds() > HEARING_GAP_S:
         session.add(HearingGap(started_at=newest, ended_at=first_beat))
     if newest is None or last_beat > newest:
@@ -106,40 +231,16 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
     A device that was offline comes back (ready if verified, else verifying) through its state machine.
     Beats of devices removed meanwhile are dropped.
     """
-    beats = {uuid.UUID(device_id): json.loads(raw) for device_id, raw in cache.hdrain(BEATS).items()}
-    if not beats:
+    drained = cache.hdrain(BEATS)
+    if not drained:
         return {}
-    known = dict(session.exec(select(Device.id, Device.state).where(col(Device.id).in_(list(beats)))).all())
-    rows = [
-        {
-            "id": device_id,
-            "last_heartbeat_at": datetime.fromisoformat(beat["at"]),
-            "ray_state": beat["ray_state"][:24],
-            "ray_node_id": beat["ray_node_id"],
-        }
-        for device_id, beat in beats.items()
-        if device_id in known
-    ]
-    if rows:
-        beats_at = [row["last_heartbeat_at"] for row in rows]
-        _note_gap(session, cache, min(beats_at), max(beats_at))
-        # The ORM's bulk UPDATE by primary key: one executemany for the whole batch.
-        session.execute(update(Device), rows)
-    if store_samples:
-        session.add_all(
-            GpuSample(
-                device_id=device_id,
-                at=datetime.fromisoformat(beat["at"]),
-                gpu_index=gpu["index"],
-                util_pct=gpu["util_pct"],
-                mem_used_mb=gpu["mem_used_mb"],
-                temp_c=gpu["temp_c"],
-                power_w=gpu["power_w"],
-            )
-            for device_id, beat in beats.items()
-            if device_id in known
-            for gpu in beat.get("gpus", [])
-        )
+    newest = _newest_beat(session, cache)  # read before this batch is written
+    write = _write_on_postgresql if session.get_bind().dialect.name == "postgresql" else _write_by_orm
+    heard = write(session, drained, store_samples)
+    if heard:
+        beats_at = [at for _, at in heard.values()]
+        _note_gap(session, cache, newest, min(beats_at), max(beats_at))
+    known = {device_id: state for device_id, (state, _) in heard.items()}
     returning = [device_id for device_id, state in known.items() if state == DeviceState.OFFLINE]
     if returning:  # one query for all of them: after an outage, that can be every device
         for device in session.exec(select(Device).where(col(Device.id).in_(returning))).all():
@@ -150,6 +251,86 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
         [("set", state_key(device_id), str(state), STATE_TTL_S) for device_id, state in known.items()]
     )
     return known
+
+
+# A flush writes a row per device that beat: thousands a second at swarm scale. On PostgreSQL the batch goes
+# over as one JSON document that two statements unpack, a few milliseconds where the ORM's executemany took
+# hundreds (``bench/heartbeats.py``); elsewhere (SQLite, embedded) the ORM's bulk statements do.
+_UPDATE_BEATS = text(
+    """
+    UPDATE devices SET last_heartbeat_at = beat.at,
+        ray_state = left(coalesce(beat.ray ->> 'state', 'none'), 24),
+        ray_node_id = left(beat.ray ->> 'node_id', 64)
+    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, ray jsonb)
+    WHERE devices.id = beat.id
+    RETURNING devices.id, devices.state, beat.at
+    """
+)
+_INSERT_SAMPLES = text(
+    """
+    INSERT INTO gpu_samples (device_id, at, gpu_index, util_pct, mem_used_mb, temp_c, power_w)
+    SELECT beat.id, beat.at, gpu."index", gpu.util_pct, gpu.mem_used_mb, gpu.temp_c, gpu.power_w
+    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, gpus jsonb)
+    CROSS JOIN LATERAL jsonb_to_recordset(beat.gpus)
+        AS gpu("index" integer, util_pct float8, mem_used_mb float8, temp_c float8, power_w float8)
+    WHERE EXISTS (SELECT 1 FROM devices WHERE devices.id = beat.id)
+    """
+)
+
+
+def _write_on_postgresql(
+    session: Session, drained: dict[str, str], store_samples: bool
+) -> dict[uuid.UUID, tuple[str, datetime]]:
+    """The beats onto the rows of the devices that exist; their states and beat times."""
+    # Each noted beat is a JSON object of this module's making: the device id goes in as its first field.
+    beats = "[" + ",".join(f'{{"id":"{device_id}",{raw[1:]}' for device_id, raw in drained.items()) + "]"
+    heard = {
+        device_id: (state, at)
+        for device_id, state, at in session.execute(_UPDATE_BEATS, {"beats": beats}).all()
+    }
+    if store_samples and heard:
+        session.execute(_INSERT_SAMPLES, {"beats": beats})
+    return heard
+
+
+def _write_by_orm(
+    session: Session, drained: dict[str, str], store_samples: bool
+) -> dict[uuid.UUID, tuple[str, datetime]]:
+    beats = {uuid.UUID(device_id): json.loads(raw) for device_id, raw in drained.items()}
+    states = dict(session.exec(select(Device.id, Device.state).where(col(Device.id).in_(list(beats)))).all())
+    heard = {
+        device_id: (states[device_id], datetime.fromisoformat(beat["at"]))
+        for device_id, beat in beats.items()
+        if device_id in states
+    }
+    if not heard:
+        return {}
+    rows = [
+        {
+            "id": device_id,
+            "last_heartbeat_at": heard[device_id][1],
+            "ray_state": str(beats[device_id]["ray"].get("state", "none"))[:24],
+            "ray_node_id": beats[device_id]["ray"].get("node_id"),
+        }
+        for device_id in heard
+    ]
+    session.execute(update(Device), rows)
+    samples = [
+        {
+            "device_id": device_id,
+            "at": at,
+            "gpu_index": gpu["index"],
+            "util_pct": gpu["util_pct"],
+            "mem_used_mb": gpu["mem_used_mb"],
+            "temp_c": gpu["temp_c"],
+            "power_w": gpu["power_w"],
+        }
+        for device_id, (_, at) in heard.items()
+        for gpu in beats[device_id]["gpus"]
+    ]
+    if store_samples and samples:
+        session.execute(insert(GpuSample), samples)
+    return heard
 
 
 def read_samples(cache: Cache, device_id: uuid.UUID | str) -> dict[str, Any] | None:

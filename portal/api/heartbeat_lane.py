@@ -1,0 +1,167 @@
+"""The heartbeat lane: ``POST /api/v1/worker/heartbeat`` answered in front of the web app.
+
+Every agent beats every few seconds, so beats are most of the portal's requests. Through the whole app a
+beat pays for Reflex's context middleware, Starlette's routing and error handling, the API's middleware and
+FastAPI's dependency solving: several times the cost of the beat itself. The lane answers the beats it can
+admit from the cache alone (a device token the cache knows, the caller's IP under its rate limit, a
+well-formed body) with the route's own function, headers, metrics and access log. Anything else (a token not
+cached or revoked, a bad body, the limit reached, an error) goes on to the app with its body, so every
+refusal is the API's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from portal.api.app import API_PREFIX
+from portal.api.deps import AppParts
+from portal.api.middleware import record_request, request_id_of
+from portal.api.worker import answer_beat
+from portal.logs import request_id_var
+from portal.models.base import utcnow
+from portal.schemas.devices import GpuSampleIn, HeartbeatIn, HeartbeatOut
+from portal.security.authentication import REVOKED, device_of_entry, device_token_key
+from portal.security.firewall import (
+    IP_RATE_COUNT,
+    WINDOW_S,
+    client_ip,
+    rate_counter,
+    replaying,
+    security_headers,
+)
+from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash
+from portal.services import liveness, worker
+
+HEARTBEAT_PATH = f"{API_PREFIX}/worker/heartbeat"
+_BEARER = f"Bearer {DEVICE_TOKEN_PREFIX}_".encode()
+_GPUS = TypeAdapter(list[GpuSampleIn])
+
+
+class _Batches:
+    """Beats that reach this process in the same turn of its event loop share one round trip to the cache
+    (no beat waits for others: the batch goes as soon as the loop has taken in what was ready)."""
+
+    def __init__(self, parts: AppParts) -> None:
+        self.parts = parts
+        self.pending: list[tuple[liveness.TokenBeat, asyncio.Future[liveness.TokenBeatNoted]]] = []
+
+    def note(self, beat: liveness.TokenBeat) -> asyncio.Future[liveness.TokenBeatNoted]:
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self._send)
+        noted: asyncio.Future[liveness.TokenBeatNoted] = loop.create_future()
+        self.pending.append((beat, noted))
+        return noted
+
+    def _send(self) -> None:
+        batch, self.pending = self.pending, []
+        try:
+            replies = liveness.record_by_tokens(
+                self.parts.cache,
+                [beat for beat, _ in batch],
+                revoked=REVOKED,
+                rate_limit=self.parts.settings.rate_limit_per_minute,
+                rate_window_s=WINDOW_S + 1,
+                now=utcnow(),
+                sweep_s=worker.COMMAND_SWEEP_S,
+            )
+        except Exception as error:  # each beat then goes on to the app, which answers the error
+            replies = [error] * len(batch)
+        for (_, noted), reply in zip(batch, replies, strict=True):
+            if noted.done():
+                continue  # the caller went away
+            if isinstance(reply, Exception):
+                noted.set_exception(reply)
+            else:
+                noted.set_result(reply)
+
+
+class HeartbeatLane:
+    def __init__(self, app: ASGIApp, parts: AppParts) -> None:
+        self.app = app
+        self.parts = parts
+        self.batches = _Batches(parts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        token = headers.get(b"authorization", b"")
+        # Chunked, oversized or not JSON bodies and other credentials take the app's way.
+        if not (
+            length.isdigit()
+            and int(length) <= self.parts.settings.max_body_bytes
+            and headers.get(b"content-type", b"").startswith(b"application/json")
+            and token.startswith(_BEARER)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller went away
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        request_id = request_id_of(scope)
+        context = request_id_var.set(request_id)
+        try:
+            answer = await self._answer(scope, token[len(b"Bearer ") :].decode("latin-1"), body)
+        except Exception:  # the app answers the same request, with its own error handling
+            answer = None
+        finally:
+            request_id_var.reset(context)
+        if answer is None:
+            await self.app(scope, replaying(body, receive), send)
+            return
+        payload = answer.model_dump_json().encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    *security_headers(scope, self.parts.settings.base_url),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        record_request(scope, HEARTBEAT_PATH, 200, time.perf_counter() - started)
+
+    async def _answer(self, scope: Scope, token: str, body: bytes) -> HeartbeatOut | None:
+        """The beat's answer, or None when the app must answer it."""
+        try:
+            sent = HeartbeatIn.model_validate_json(body)
+        except ValidationError:
+            return None
+        heard = await self.batches.note(
+            liveness.TokenBeat(
+                token_key=device_token_key(keyed_hash(token)),
+                rate_key=rate_counter("ip", client_ip(scope), time.time()),
+                gpus_json=_GPUS.dump_json(sent.gpus).decode(),
+                ray_json=sent.ray.model_dump_json(),
+            )
+        )
+        scope[IP_RATE_COUNT] = heard.rate_count
+        if heard.noted is None or heard.token_entry is None:
+            return None
+        return await answer_beat(self.parts, _device_of(heard.token_entry), heard.noted)
+
+
+@functools.lru_cache(maxsize=65_536)  # an entry per device, parsed once
+def _device_of(token_entry: str) -> uuid.UUID:
+    caller = device_of_entry(token_entry)
+    assert caller is not None and caller.device_id is not None  # noted: an entry of a device
+    return caller.device_id

@@ -1,0 +1,298 @@
+"""Heartbeats answered in front of the app (``portal.api.heartbeat_lane``): a beat the cache can admit never
+reaches the app, yet gets the same answer, headers, metrics and limits; every other beat is the app's to
+answer. On Redis (one Lua script per beat) and in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlmodel import select
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from portal.api.app import create_api
+from portal.api.deps import AppParts
+from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
+from portal.cache import MemoryCache, RedisCache
+from portal.db import session_scope
+from portal.metrics import REGISTRY
+from portal.models import Device, DeviceState, GpuSample, HearingGap, Role
+from portal.models.base import utcnow
+from portal.security.firewall import API_CSP
+from portal.security.principal import RequestOrigin
+from portal.services import devices, liveness
+from tests.factories import make_user
+from tests.test_clusters import market_with
+
+BEAT = {
+    "gpus": [{"index": 0, "util_pct": 42.5, "mem_used_mb": 1000, "temp_c": 61, "power_w": 300}],
+    "ray": {"state": "running", "node_id": "a" * 56},
+}
+
+
+class AppSpy:
+    """The app, noting the requests that reach it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.reached: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.reached.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def lane_parts(request, parts: AppParts, cache_prefix: str) -> AppParts:
+    if request.param == "memory":
+        return parts
+    return AppParts(
+        parts.settings, parts.engine, RedisCache(request.getfixturevalue("redis_url"), cache_prefix)
+    )
+
+
+def serve(parts: AppParts) -> tuple[HeartbeatLane, AppSpy]:
+    spy = AppSpy(create_api(parts))
+    return HeartbeatLane(spy, parts), spy
+
+
+@pytest.fixture
+def lane(lane_parts: AppParts) -> Iterator[tuple[TestClient, AppSpy, AppParts]]:
+    app, spy = serve(lane_parts)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, spy, lane_parts
+
+
+def add_device(parts: AppParts) -> tuple[uuid.UUID, str]:
+    with session_scope(parts.engine) as session:
+        owner = make_user(session, Role.PROVIDER)
+        device, token = devices.add_device(
+            session,
+            owner_id=owner.id,
+            name="rig",
+            country="DE",
+            connectivity_tier="high",
+            price_per_gpu_hour_micro=None,
+            origin=RequestOrigin(),
+        )
+        return device.id, token
+
+
+def beat(client: TestClient, token: str, body: object = BEAT) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return client.post(HEARTBEAT_PATH, content=content, headers=headers)
+
+
+def lane_answers() -> float:
+    labels = {"method": "POST", "route": HEARTBEAT_PATH, "status": "200"}
+    return REGISTRY.get_sample_value("portal_http_requests_total", labels) or 0.0
+
+
+def test_a_known_device_beats_without_reaching_the_app_and_gets_the_same_answer(lane):
+    client, spy, parts = lane
+    device_id, token = add_device(parts)
+    through_app = beat(client, token)  # the token is not cached yet: the app authenticates it
+    assert through_app.status_code == 200 and spy.reached == [HEARTBEAT_PATH]
+    answered_before = lane_answers()
+
+    in_lane = beat(client, token)
+
+    assert in_lane.status_code == 200 and spy.reached == [HEARTBEAT_PATH]
+    assert (
+        in_lane.json() == through_app.json() == {"state": "registered", "commands": [], "next_heartbeat_s": 5}
+    )
+    for name in ("content-type", "content-security-policy", "x-content-type-options", "x-frame-options"):
+        assert in_lane.headers[name] == through_app.headers[name]
+    assert in_lane.headers["content-security-policy"] == API_CSP
+    assert in_lane.headers["x-request-id"] != through_app.headers["x-request-id"]
+    assert lane_answers() == answered_before + 1
+    # What the lane noted is what the flush writes and the pages read.
+    assert liveness.read_samples(parts.cache, device_id)["gpus"][0]["util_pct"] == 42.5
+    with session_scope(parts.engine) as session:
+        liveness.flush(session, parts.cache)
+    with session_scope(parts.engine) as session:
+        device = session.get(Device, device_id)
+        assert device.ray_state == "running" and device.ray_node_id == "a" * 56
+        assert device.last_heartbeat_at is not None
+        utils = session.exec(GpuSample.__table__.select().where(GpuSample.device_id == device_id)).all()
+        assert {row.util_pct for row in utils} == {42.5}
+
+
+def test_a_rotated_token_is_refused_by_the_app_even_though_the_lane_knew_it(lane):
+    client, spy, parts = lane
+    device_id, token = add_device(parts)
+    assert [beat(client, token).status_code for _ in range(2)] == [200, 200]
+    assert spy.reached == [HEARTBEAT_PATH]  # the second beat was the lane's
+    with session_scope(parts.engine) as session:
+        owner_id = session.get(Device, device_id).owner_id
+        new_token = devices.rotate_token(
+            session, parts.cache, owner_id=owner_id, device_id=device_id, origin=RequestOrigin()
+        )
+    parts.cache.hdrain(liveness.BEATS)
+
+    refused = beat(client, token)
+
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_device_token"
+    assert spy.reached[-1] == HEARTBEAT_PATH
+    assert parts.cache.hdrain(liveness.BEATS) == {}
+    assert beat(client, new_token).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", {"gpus": [{**BEAT["gpus"][0], "util_pct": 250}]}, {"ray": {"state": "dancing"}}],
+    ids=["not-json", "util-over-100", "unknown-ray-state"],
+)
+def test_a_bad_body_gets_the_apps_422_and_notes_nothing(lane, body):
+    client, spy, parts = lane
+    _, token = add_device(parts)
+    assert beat(client, token).status_code == 200
+    parts.cache.hdrain(liveness.BEATS)
+    reached = len(spy.reached)
+
+    refused = beat(client, token, body)
+
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_input"
+    assert len(spy.reached) == reached + 1
+    assert parts.cache.hdrain(liveness.BEATS) == {}
+
+
+def test_each_beat_counts_once_against_the_per_ip_limit_and_a_refused_one_is_not_noted(parts, lane_parts):
+    limited = AppParts(
+        lane_parts.settings.model_copy(update={"rate_limit_per_minute": 3}),
+        lane_parts.engine,
+        lane_parts.cache,
+    )
+    app, _ = serve(limited)
+    _, token = add_device(limited)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        # The first goes on to the app (its token is not cached yet), already counted by the lane.
+        assert [beat(client, token).status_code for _ in range(3)] == [200, 200, 200]
+        limited.cache.hdrain(liveness.BEATS)
+        refused = beat(client, token)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert limited.cache.hdrain(liveness.BEATS) == {}
+
+
+def test_beats_that_arrive_together_share_one_round_trip_and_each_gets_its_answer(lane_parts):
+    app, spy = serve(lane_parts)
+    tokens = [add_device(lane_parts) for _ in range(20)]
+    batches: list[int] = []
+    run_script = lane_parts.cache.run_script
+
+    def counting(script, calls):  # type: ignore[no-untyped-def]
+        batches.append(len(calls))
+        return run_script(script, calls)
+
+    async def beat_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+
+            async def one(token: str) -> httpx.Response:
+                return await client.post(
+                    HEARTBEAT_PATH, json=BEAT, headers={"Authorization": f"Bearer {token}"}
+                )
+
+            await asyncio.gather(*(one(token) for _, token in tokens))  # the app caches every token
+            lane_parts.cache.hdrain(liveness.BEATS)
+            batches.clear()
+            object.__setattr__(lane_parts.cache, "run_script", counting)
+            try:
+                return await asyncio.gather(*(one(token) for _, token in tokens))
+            finally:
+                del lane_parts.cache.run_script
+
+    reached = len(spy.reached)
+    answers = asyncio.run(beat_all())
+
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert len(spy.reached) == 20 and reached == 0
+    assert sum(batches) == 20 and max(batches) > 1
+    noted = lane_parts.cache.hdrain(liveness.BEATS)
+    assert set(noted) == {str(device_id) for device_id, _ in tokens}
+
+
+def test_the_lane_answers_again_once_redis_has_forgotten_its_script(redis_url, parts, cache_prefix):
+    on_redis = AppParts(parts.settings, parts.engine, RedisCache(redis_url, cache_prefix))
+    app, spy = serve(on_redis)
+    _, token = add_device(on_redis)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert [beat(client, token).status_code for _ in range(2)] == [200, 200]
+        redis.Redis.from_url(redis_url).script_flush()  # as a Redis restart does
+        assert beat(client, token).status_code == 200
+    assert spy.reached == [HEARTBEAT_PATH]
+
+
+def test_an_unreachable_cache_gets_the_apps_503(parts):
+    down = AppParts(parts.settings, parts.engine, RedisCache("redis://127.0.0.1:1/0", "down:", timeout_s=0.5))
+    app, spy = serve(down)
+    _, token = add_device(parts)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = beat(client, token)
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "unavailable"
+    assert spy.reached == [HEARTBEAT_PATH]
+
+
+def test_other_requests_pass_through_untouched(lane):
+    client, spy, parts = lane
+    assert client.get("/healthz").status_code == 200
+    assert client.get(HEARTBEAT_PATH).status_code == 404  # the API's answer to an unknown GET
+    assert beat(client, "gpk_not-a-device-token").status_code == 401
+    _, token = add_device(parts)
+    assert [beat(client, token).status_code for _ in range(2)] == [200, 200]
+    without_type = client.post(
+        HEARTBEAT_PATH, content=json.dumps(BEAT), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert without_type.status_code == 422  # FastAPI reads JSON bodies sent as JSON only; so does the lane
+    assert spy.reached == ["/healthz", *[HEARTBEAT_PATH] * 4]
+
+
+def test_a_flush_writes_each_devices_newest_beat_and_brings_an_offline_one_back(engine):
+    cache = MemoryCache()
+    with session_scope(engine) as session:
+        beating, returning = market_with(session, [1, 1])
+        returning.state = DeviceState.OFFLINE
+        session.add(returning)
+    now = utcnow()
+    cache.set(liveness.NEWEST_BEAT, (now - timedelta(minutes=2)).isoformat())  # the portal was deaf since
+    gpu = {**BEAT["gpus"][0], "xid_errors": 0, "ecc_uncorrected": 0}
+    for device_id, util, ray, at in (
+        (beating.id, 10.0, {"state": "starting"}, now - timedelta(seconds=1)),
+        (beating.id, 20.0, {"state": "running", "node_id": "b" * 56}, now),  # the newest wins
+        (returning.id, 30.0, {"state": "none"}, now),
+        (uuid.uuid4(), 40.0, {"state": "none"}, now),  # a device removed meanwhile
+    ):
+        gpus = [{**gpu, "util_pct": util}, {**gpu, "index": 1, "util_pct": util}]
+        liveness.record(cache, device_id, samples=gpus, ray=ray, now=at, sweep_s=120)
+
+    with session_scope(engine) as session:
+        states = liveness.flush(session, cache)
+
+    assert states == {beating.id: "ready", returning.id: "ready"}
+    assert cache.get(liveness.state_key(returning.id)) == "ready"
+    with session_scope(engine) as session:
+        written = session.get(Device, beating.id)
+        assert (written.ray_state, written.ray_node_id, written.last_heartbeat_at) == (
+            "running",
+            "b" * 56,
+            now,
+        )
+        assert session.get(Device, returning.id).ray_state == "none"
+        samples = session.exec(select(GpuSample.device_id, GpuSample.gpu_index, GpuSample.util_pct)).all()
+        assert sorted(samples) == sorted(
+            [(beating.id, 0, 20.0), (beating.id, 1, 20.0), (returning.id, 0, 30.0), (returning.id, 1, 30.0)]
+        )
+        (gap,) = session.exec(select(HearingGap)).all()
+        assert gap.ended_at == now
+    with session_scope(engine) as session:
+        assert liveness.flush(session, cache) == {}  # each beat is written once
