@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.serving import free_port
 from gpu_pool import ray_node
 from gpu_pool.ray_node import NodeSpec, RayNode
 
@@ -54,12 +54,6 @@ MILESTONES = (
     ("worker joined", "node_joined", 1),
     ("running", "running", 0),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seconds_line(name: str, samples: list[float]) -> None:
