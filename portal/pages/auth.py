@@ -7,6 +7,10 @@ import reflex as rx
 from portal.components.layout import page_frame
 from portal.state.auth_forms import AuthFormState
 
+# Until the page is live (its state hydrated over the websocket) a click would be queued, not answered;
+# the buttons wait, and so does a browser test's click.
+_NOT_READY = AuthFormState.busy | ~rx.State.is_hydrated
+
 
 def error_callout() -> rx.Component:
     return rx.cond(
@@ -86,7 +90,7 @@ def login() -> rx.Component:
                     type="submit",
                     size="3",
                     width="100%",
-                    disabled=AuthFormState.busy,
+                    disabled=_NOT_READY,
                     id="submit-sign-in",
                 ),
                 spacing="3",
@@ -103,7 +107,7 @@ def login() -> rx.Component:
             size="3",
             width="100%",
             on_click=AuthFormState.start_wallet,
-            disabled=AuthFormState.busy,
+            disabled=_NOT_READY,
             id="wallet-sign-in",
         ),
     )
@@ -152,7 +156,7 @@ def signup() -> rx.Component:
                     type="submit",
                     size="3",
                     width="100%",
-                    disabled=AuthFormState.busy,
+                    disabled=_NOT_READY,
                     id="submit-sign-up",
                 ),
                 spacing="3",

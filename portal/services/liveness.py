@@ -2,10 +2,11 @@
 in batches, one bulk UPDATE for every device that beat since the last flush.
 
 Ten thousand agents beating every five seconds are 2,000 writes a second: one row each in the database
-would hold a connection per beat. Here a beat costs a few cache operations; the database sees one
-statement a second. ``last_heartbeat_at`` trails the newest beat by at most a flush period, far below the
-three missed beats that make a device offline. The device state an agent is told comes from the cache,
-refreshed by each flush.
+would hold a connection per beat. Here a beat costs one round trip to the cache (``record`` for a device
+already known, ``record_by_tokens`` for beats known by their device tokens, in one Lua script each); the
+database sees a statement or two a second. ``last_heartbeat_at`` trails the newest beat by at most a flush
+period, far below the three missed beats that make a device offline. The device state an agent is told
+comes from the cache, refreshed by each flush.
 """
 
 from __future__ import annotations
