@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import timedelta
 
@@ -112,5 +113,7 @@ def _device_token(session: Session, cache: Cache, token: str) -> Principal:
         raise _invalid_device_token()
     device_id, owner_id = found
     # Only if absent: a revocation's tombstone written meanwhile must win over this (older) read.
-    cache.add(device_token_key(token_hash), f"{device_id} {owner_id}", DEVICE_TOKEN_TTL_S)
+    # Jittered: the entries of a swarm cached together after a restart must not all expire together.
+    ttl_s = DEVICE_TOKEN_TTL_S * random.uniform(1, 2)
+    cache.add(device_token_key(token_hash), f"{device_id} {owner_id}", ttl_s)
     return Principal(PrincipalKind.DEVICE, owner_id, device_id=device_id)

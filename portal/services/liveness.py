@@ -27,7 +27,10 @@ from portal.models import Device, DeviceState, GpuSample, HearingGap
 from portal.services import state_machines
 
 BEATS = "beats"
-STATE_TTL_S = 30
+# Each flush sets the state of every device that beat, so the entry is never staler than a flush; its
+# expiry only clears silent devices' entries. It outlasts the first pass of a swarm through the slow path
+# after the cache was lost (minutes at 10,000 devices): shorter, beats would keep missing it.
+STATE_TTL_S = 600
 SAMPLE_TTL_S = 60
 FLUSH_EVERY_S = 1.0
 
