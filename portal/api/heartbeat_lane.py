@@ -113,7 +113,7 @@ class HeartbeatLane:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        request_id = request_id_of(scope)
+        request_id = request_id_of(headers)
         context = request_id_var.set(request_id)
         try:
             answer = await self._answer(scope, token[len(b"Bearer ") :].decode("latin-1"), body)

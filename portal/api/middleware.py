@@ -31,7 +31,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_of(scope)
+        request_id = request_id_of(dict(scope.get("headers") or []))
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -58,9 +58,8 @@ def _metrics_of(method: str, route: str, status: int) -> tuple[Counter, Histogra
     return HTTP_REQUESTS.labels(method, route, str(status)), HTTP_REQUEST_SECONDS.labels(method, route)
 
 
-def request_id_of(scope: Scope) -> str:
+def request_id_of(headers: dict[bytes, bytes]) -> str:
     """The caller's request id when it is safe to log, else a new one."""
-    headers = dict(scope.get("headers") or [])
     incoming = headers.get(b"x-request-id", b"").decode("latin-1")
     return incoming if _SAFE_REQUEST_ID.match(incoming) else os.urandom(16).hex()
 

@@ -175,19 +175,14 @@ def record_by_tokens(
     """For each beat: count the request against its rate limit, find the device of its cached token and note
     the beat as ``record`` does (which needs the device already). All in one round trip to the cache.
     Nothing is noted over the limit, or when the token's entry is missing or ``revoked``."""
-    flush_claim = flush_claim_key(now)
+    keys_after_token = [BEATS, flush_claim_key(now)]
+    stems = [state_key(""), sweep_key(""), samples_key("")]
     calls = []
     for beat in beats:
         text, sample = _beat_texts(beat.gpus_json, beat.ray_json, now)
-        keys = [beat.rate_key, beat.token_key, BEATS, flush_claim]
-        args = [rate_limit, int(rate_window_s * 1000), revoked, text, sample, state_key(""), sweep_key("")]
-        args += [
-            samples_key(""),
-            int(_jittered(sweep_s) * 1000),
-            int(FLUSH_EVERY_S * 5 * 1000),
-            SAMPLE_TTL_S * 1000,
-        ]
-        calls.append((keys, args))
+        args = [rate_limit, int(rate_window_s * 1000), revoked, text, sample, *stems]
+        args += [int(_jittered(sweep_s) * 1000), int(FLUSH_EVERY_S * 5 * 1000), SAMPLE_TTL_S * 1000]
+        calls.append(([beat.rate_key, beat.token_key, *keys_after_token], args))
     return [
         TokenBeatNoted(
             int(reply[0]),
