@@ -7,7 +7,7 @@ from sqlmodel import col, select
 from portal.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, HearingGap
 from portal.models.base import utcnow
-from portal.services import faults, worker
+from portal.services import faults, liveness, worker
 from tasks import context, devices
 from tests.test_clusters import SETTINGS, market_with
 
@@ -58,6 +58,26 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
         session.add_all([gap, device])
     with session_scope(parts.engine) as session:
         assert faults.silent_devices(session, SETTINGS) == [second.id]
+
+
+def test_a_beat_noted_as_the_portal_went_down_leaves_the_outage_a_gap(parts):
+    """A beat noted in the cache just before the portal died is flushed with the first beats after its
+    return: the outage between them is a gap too, so agents still backing off are not called silent."""
+    now = utcnow()
+    long_ago, dying = now - timedelta(seconds=120), now - timedelta(seconds=80)
+    with session_scope(parts.engine) as session:
+        first, second = market_with(session, [1, 1])
+        first.last_heartbeat_at = second.last_heartbeat_at = long_ago
+        session.add_all([first, second])
+    # The second agent's beat was noted as the portal went down, the first agent's once it was back.
+    liveness.record(parts.cache, second.id, samples=[], ray={"state": "none"}, now=dying, sweep_s=600)
+    liveness.record(parts.cache, first.id, samples=[], ray={"state": "none"}, now=now, sweep_s=600)
+    with session_scope(parts.engine) as session:
+        liveness.flush(session, parts.cache)
+    with session_scope(parts.engine) as session:
+        gaps = session.exec(select(HearingGap).order_by(col(HearingGap.started_at))).all()
+        assert [(g.started_at, g.ended_at) for g in gaps] == [(long_ago, dying), (dying, now)]
+        assert faults.silent_devices(session, SETTINGS) == []
 
 
 def busy(util: float, xid: int = 0, ecc: int = 0) -> list[dict]:

@@ -212,15 +212,20 @@ def _newest_beat(session: Session, cache: Cache) -> datetime | None:
     return session.exec(select(func.max(Device.last_heartbeat_at))).one()
 
 
-def _note_gap(
-    session: Session, cache: Cache, newest: datetime | None, first_beat: datetime, last_beat: datetime
-) -> None:
-    """Record the time no agent at all was heard before this batch (the portal's restart or outage), so
-    that it never counts as a device's silence (``devices.Hearing``)."""
-    if newest is not None and (first_beat - newest).total_seconds() > HEARING_GAP_S:
-        session.add(HearingGap(started_at=newest, ended_at=first_beat))
-    if newest is None or last_beat > newest:
-        cache.set(NEWEST_BEAT, last_beat.isoformat(), ttl_s=86_400)
+def _note_gaps(session: Session, cache: Cache, newest: datetime | None, beats_at: list[datetime]) -> None:
+    """Record each time no agent at all was heard (the portal's restart or outage), so that it never counts
+    as a device's silence (``devices.Hearing``): before this batch, and within it, where a beat noted while
+    the portal went down is flushed with those heard after its return."""
+    first, last = min(beats_at), max(beats_at)
+    # Sorting is needed only when the batch itself spans a gap (almost never).
+    times = sorted(beats_at) if (last - first).total_seconds() > HEARING_GAP_S else [first, last]
+    heard = newest
+    for at in times:
+        if heard is not None and (at - heard).total_seconds() > HEARING_GAP_S:
+            session.add(HearingGap(started_at=heard, ended_at=at))
+        heard = at if heard is None else max(heard, at)
+    if newest is None or last > newest:
+        cache.set(NEWEST_BEAT, last.isoformat(), ttl_s=86_400)
 
 
 def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict[uuid.UUID, str]:
@@ -237,8 +242,7 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
     write = _write_on_postgresql if session.get_bind().dialect.name == "postgresql" else _write_by_orm
     heard = write(session, drained, store_samples)
     if heard:
-        beats_at = [at for _, at in heard.values()]
-        _note_gap(session, cache, newest, min(beats_at), max(beats_at))
+        _note_gaps(session, cache, newest, [at for _, at in heard.values()])
     known = {device_id: state for device_id, (state, _) in heard.items()}
     returning = [device_id for device_id, state in known.items() if state == DeviceState.OFFLINE]
     if returning:  # one query for all of them: after an outage, that can be every device
