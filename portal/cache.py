@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,13 +21,21 @@ from portal.config import Settings, get_settings
 class Cache(Protocol):
     def get(self, key: str) -> str | None: ...
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of many keys in one step, in order (None where there is none)."""
+        ...
+
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
+
+    def set_many(self, values: Mapping[str, str], ttl_s: float) -> None:
+        """Set many keys, each expiring after ``ttl_s``, in one step."""
+        ...
 
     def add(self, key: str, value: str, ttl_s: float) -> bool:
         """Set the value only if the key has none; True when it was set."""
         ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, *keys: str) -> None: ...
 
     def take(self, key: str) -> str | None:
         """Get and delete in one atomic step: a one-time value can be taken once only."""
@@ -75,6 +83,12 @@ class Script:
 # A script's keys and arguments (strings and numbers).
 ScriptCall = tuple[Sequence[str], Sequence[Any]]
 
+# ARGV: the prefix (unused), the expiry (ms), then a value for each key.
+_SET_MANY = Script(
+    "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2]) end",
+    lambda cache, keys, args: cache.set_many(dict(zip(keys, args[1:], strict=True)), args[0] / 1000),
+)
+
 
 class MemoryCache:
     def __init__(self, prefix: str = "") -> None:
@@ -95,10 +109,17 @@ class MemoryCache:
             item = self._live(self._prefix + key)
             return None if item is None else item[0]
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [self.get(key) for key in keys]
+
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         expires = None if ttl_s is None else time.monotonic() + ttl_s
         with self._lock:
             self._values[self._prefix + key] = (value, expires)
+
+    def set_many(self, values: Mapping[str, str], ttl_s: float) -> None:
+        for key, value in values.items():
+            self.set(key, value, ttl_s)
 
     def add(self, key: str, value: str, ttl_s: float) -> bool:
         with self._lock:
@@ -107,9 +128,10 @@ class MemoryCache:
             self._values[self._prefix + key] = (value, time.monotonic() + ttl_s)
             return True
 
-    def delete(self, key: str) -> None:
+    def delete(self, *keys: str) -> None:
         with self._lock:
-            self._values.pop(self._prefix + key, None)
+            for key in keys:
+                self._values.pop(self._prefix + key, None)
 
     def take(self, key: str) -> str | None:
         with self._lock:
@@ -157,15 +179,27 @@ class RedisCache:
     def get(self, key: str) -> str | None:
         return self._redis.get(self._prefix + key)  # type: ignore[return-value]
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        return self._redis.mget([self._prefix + key for key in keys])  # type: ignore[return-value]
+
     def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))
         self._redis.set(self._prefix + key, value, px=px)
 
+    def set_many(self, values: Mapping[str, str], ttl_s: float) -> None:
+        # One command for thousands of keys: a pipeline's per-command cost in the client is the flush's
+        # largest cost at swarm scale.
+        if values:
+            self.run_script(_SET_MANY, [(list(values), [max(1, int(ttl_s * 1000)), *values.values()])])
+
     def add(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(self._redis.set(self._prefix + key, value, px=max(1, int(ttl_s * 1000)), nx=True))
 
-    def delete(self, key: str) -> None:
-        self._redis.delete(self._prefix + key)
+    def delete(self, *keys: str) -> None:
+        if keys:
+            self._redis.delete(*(self._prefix + key for key in keys))
 
     def take(self, key: str) -> str | None:
         return self._redis.getdel(self._prefix + key)  # type: ignore[return-value]

@@ -22,6 +22,18 @@ def test_values_are_stored_and_deleted(cache):
     assert cache.get("greeting") is None
 
 
+
+def test_many_values_are_set_read_and_deleted_in_one_step(cache):
+    assert cache.get_many([]) == []
+    cache.set_many({f"gpu:{n}": str(n * n) for n in range(2000)}, ttl_s=0.3)
+    cache.set("other", "kept")
+    assert cache.get_many(["gpu:3", "missing", "gpu:1999"]) == ["9", None, str(1999 * 1999)]
+    cache.delete("gpu:3", "gpu:4", "missing")
+    assert cache.get_many(["gpu:3", "gpu:4", "gpu:5", "other"]) == [None, None, "25", "kept"]
+    cache.delete()  # nothing to delete is no error
+    time.sleep(0.45)  # every key set together expires together; the others stay
+    assert cache.get_many(["gpu:5", "gpu:1999", "other"]) == [None, None, "kept"]
+
 def test_a_one_time_value_can_be_taken_once(cache):
     cache.set("nonce", "abc", ttl_s=5)
     assert cache.take("nonce") == "abc"

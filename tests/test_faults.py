@@ -137,3 +137,17 @@ def test_a_rising_uncorrectable_ecc_count_raises_a_fault_for_the_new_errors(part
         "GPU 0 reported 2 uncorrectable ECC error(s) (2 since its driver loaded): its memory is failing.",
         "GPU 0 reported 1 uncorrectable ECC error(s) (1 since its driver loaded): its memory is failing.",
     ]
+
+
+def test_one_sweep_raises_each_devices_own_faults(parts):
+    """The sweep reads every GPU's kept counts at once: each fault lands on its own device and GPU."""
+    with session_scope(parts.engine) as session:
+        with_xid, with_ecc, healthy = market_with(session, [1, 1, 1])
+    for device, samples in ((with_xid, busy(1, xid=13)), (with_ecc, busy(1, ecc=4)), (healthy, busy(1))):
+        with session_scope(parts.engine) as session:
+            worker.heartbeat(session, parts.cache, device.id, samples=samples, ray={"state": "none"})
+    with session_scope(parts.engine) as session:
+        raised = {(f.device_id, f.kind) for f in faults.gpu_faults(session, parts.cache, SETTINGS)}
+    assert raised == {(with_xid.id, "gpu_xid"), (with_ecc.id, "gpu_ecc")}
+    with session_scope(parts.engine) as session:
+        assert faults.gpu_faults(session, parts.cache, SETTINGS) == []  # the same counts, kept

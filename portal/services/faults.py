@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from portal.cache import Cache
+from portal.cache import Cache, Operation
 from portal.config import Settings
 from portal.models import Device, DeviceState, FaultEvent
 from portal.models.base import utcnow
@@ -80,70 +80,80 @@ BUSY_SWEEPS = 3  # consecutive sweeps (5 s apart) before a busy idle device is a
 FAULT_REPEAT_S = 600  # the same GPU fault of a device is raised at most this often
 
 
-def _ecc_fault(cache: Cache, device_id: uuid.UUID, reading: telemetry.GpuReading) -> FaultEvent | None:
-    """A fault when the GPU's uncorrectable ECC count rose since the last reading the portal kept."""
-    count = int(reading.sample.get("ecc_uncorrected", 0) or 0)
-    key = f"ecc:{device_id}:{reading.labels['gpu']}"
-    seen = int(cache.get(key) or 0)
-    if count == seen:
-        return None
-    cache.set(key, str(count), ttl_s=86_400)
-    if count < seen:
-        return None  # the driver reloaded and its count started over
-    return FaultEvent(
-        device_id=device_id,
-        kind="gpu_ecc",
-        severity="error",
-        message=f"GPU {reading.labels['gpu']} reported {count - seen} uncorrectable ECC error(s) "
-        f"({count} since its driver loaded): its memory is failing.",
-    )
+def _device_of(reading: telemetry.GpuReading) -> uuid.UUID:
+    return uuid.UUID(reading.labels["portal_device"])
+
+
+def _count_faults(cache: Cache, readings: list[telemetry.GpuReading]) -> list[FaultEvent]:
+    """Faults for the GPUs whose XID error or uncorrectable ECC count rose since the reading the portal kept:
+    one read of the cache for every GPU, and writes only where a count changed."""
+    stems = [f"{reading.labels['portal_device']}:{reading.labels['gpu']}" for reading in readings]
+    keys = [(f"xid:{stem}", f"ecc:{stem}") for stem in stems]
+    kept = cache.get_many([key for pair in keys for key in pair])
+    changed: list[Operation] = []
+    raised = []
+    for number, (reading, (xid_key, ecc_key)) in enumerate(zip(readings, keys, strict=True)):
+        seen_xid, seen_ecc = kept[2 * number], kept[2 * number + 1]
+        device_id, gpu = _device_of(reading), reading.labels["gpu"]
+        xid = int(reading.sample.get("xid_errors", 0) or 0)
+        if xid and seen_xid != str(xid):
+            changed.append(("set", xid_key, str(xid), 86_400))
+            raised.append(
+                FaultEvent(
+                    device_id=device_id,
+                    kind="gpu_xid",
+                    severity="error",
+                    message=f"GPU {gpu} reported XID error {xid}.",
+                )
+            )
+        count, seen = int(reading.sample.get("ecc_uncorrected", 0) or 0), int(seen_ecc or 0)
+        if count == seen:
+            continue
+        changed.append(("set", ecc_key, str(count), 86_400))
+        if count > seen:  # lower: the driver reloaded and its count started over
+            raised.append(
+                FaultEvent(
+                    device_id=device_id,
+                    kind="gpu_ecc",
+                    severity="error",
+                    message=f"GPU {gpu} reported {count - seen} uncorrectable ECC error(s) "
+                    f"({count} since its driver loaded): its memory is failing.",
+                )
+            )
+    if changed:
+        cache.batch(changed)
+    return raised
 
 
 def gpu_faults(session: Session, cache: Cache, settings: Settings) -> list[FaultEvent]:
-    """Fault events for the latest GPU readings: an XID error count that rose, or GPUs busy for
-    ``BUSY_SWEEPS`` sweeps in a row on a device that is ready but not hired."""
+    """Fault events for the latest GPU readings: an XID error or uncorrectable ECC count that rose, or GPUs
+    busy for ``BUSY_SWEEPS`` sweeps in a row on a device that is ready but not hired.
+
+    It reads every online GPU every few seconds: at swarm scale that is thousands, so the cache is read and
+    written in a few round trips for all of them, never one per GPU."""
     readings = telemetry.online_gpu_readings(session, cache, settings)
-    by_device: dict[uuid.UUID, list[telemetry.GpuReading]] = {}
-    for reading in readings:
-        by_device.setdefault(uuid.UUID(reading.labels["portal_device"]), []).append(reading)
-    if not by_device:
+    if not readings:
         return []
-    states = dict(
-        session.exec(select(Device.id, Device.state).where(col(Device.id).in_(list(by_device)))).all()
-    )
-    raised = []
-    for device_id, found in by_device.items():
-        for reading in found:
-            xid = int(reading.sample.get("xid_errors", 0) or 0)
-            key = f"xid:{device_id}:{reading.labels['gpu']}"
-            if xid and cache.get(key) != str(xid):
-                cache.set(key, str(xid), ttl_s=86_400)
-                raised.append(
-                    FaultEvent(
-                        device_id=device_id,
-                        kind="gpu_xid",
-                        severity="error",
-                        message=f"GPU {reading.labels['gpu']} reported XID error {xid}.",
-                    )
-                )
-            ecc_fault = _ecc_fault(cache, device_id, reading)
-            if ecc_fault is not None:
-                raised.append(ecc_fault)
-        busiest = max(float(r.sample.get("util_pct", 0) or 0) for r in found)
-        counter = f"busy-idle:{device_id}"
-        if states.get(device_id) != DeviceState.READY or busiest <= BUSY_WHILE_IDLE_PCT:
-            cache.delete(counter)
-            continue
-        if cache.incr(counter, ttl_s=60) >= BUSY_SWEEPS and cache.add(
-            f"{counter}:raised", "1", FAULT_REPEAT_S
-        ):
+    raised = _count_faults(cache, readings)
+    busiest: dict[uuid.UUID, float] = {}
+    for reading in readings:
+        util = float(reading.sample.get("util_pct", 0) or 0)
+        busiest[_device_of(reading)] = max(util, busiest.get(_device_of(reading), 0.0))
+    ready = set(session.exec(select(Device.id).where(col(Device.state) == DeviceState.READY)).all())
+    busy = [
+        device_id for device_id, util in busiest.items() if device_id in ready and util > BUSY_WHILE_IDLE_PCT
+    ]
+    cache.delete(*(f"busy-idle:{device_id}" for device_id in busiest.keys() - set(busy)))
+    sweeps = cache.batch([("incr", f"busy-idle:{device_id}", 60) for device_id in busy])
+    for device_id, count in zip(busy, sweeps, strict=True):
+        if count >= BUSY_SWEEPS and cache.add(f"busy-idle:{device_id}:raised", "1", FAULT_REPEAT_S):
             raised.append(
                 FaultEvent(
                     device_id=device_id,
                     kind="gpu_busy_while_idle",
                     severity="warning",
-                    message=f"GPUs at {busiest:.0f}% while the device is not hired: another workload "
-                    "is using them (double-renting?).",
+                    message=f"GPUs at {busiest[device_id]:.0f}% while the device is not hired: another "
+                    "workload is using them (double-renting?).",
                 )
             )
     session.add_all(raised)

@@ -250,9 +250,7 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
             back = DeviceState.READY if device.verified_at is not None else DeviceState.VERIFYING
             state_machines.move(session, "device", device, back, "heartbeats resumed")
             known[device.id] = device.state
-    cache.batch(
-        [("set", state_key(device_id), str(state), STATE_TTL_S) for device_id, state in known.items()]
-    )
+    cache.set_many({state_key(device_id): str(state) for device_id, state in known.items()}, STATE_TTL_S)
     return known
 
 

@@ -179,22 +179,16 @@ class GpuReading:
 def online_gpu_readings(session: Session, cache: Cache, settings: Settings) -> list[GpuReading]:
     """Every online device's GPUs with their latest readings, for the portal's ``/metrics``."""
     online_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
-    online = session.exec(
-        select(Device.id, Device.hostname, Device.simulated).where(
-            col(Device.last_heartbeat_at) > online_since
-        )
+    rows = session.exec(
+        select(Device.id, Device.hostname, Device.simulated, Gpu.index, Gpu.uuid, Gpu.model)
+        .join(Gpu, col(Gpu.device_id) == Device.id)
+        .where(col(Device.last_heartbeat_at) > online_since)
     ).all()
-    if not online:
-        return []
-    gpus = {
-        (device_id, index): (uuid_, model)
-        for device_id, index, uuid_, model in session.exec(
-            select(Gpu.device_id, Gpu.index, Gpu.uuid, Gpu.model).where(
-                col(Gpu.device_id).in_([d for d, _, _ in online])
-            )
-        ).all()
-    }
-    latest = cache.batch([("get", liveness.samples_key(device_id)) for device_id, _, _ in online])
+    gpus = {(device_id, index): (uuid_, model) for device_id, _, _, index, uuid_, model in rows}
+    online = list(
+        dict.fromkeys((device_id, hostname, simulated) for device_id, hostname, simulated, *_ in rows)
+    )
+    latest = cache.get_many([liveness.samples_key(device_id) for device_id, _, _ in online])
     readings = []
     for (device_id, hostname, simulated), raw in zip(online, latest, strict=True):
         for sample in json.loads(raw)["gpus"] if raw else []:
