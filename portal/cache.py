@@ -7,15 +7,18 @@ Callers see one small interface and never branch on the back end. Keys are prefi
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import hiredis
 import redis
 
 from portal.config import Settings, get_settings
+from portal.redis_pipe import RedisPipes
 
 
 class Cache(Protocol):
@@ -59,6 +62,10 @@ class Cache(Protocol):
 
     def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run a script once per call (each atomic on Redis), all in one round trip; the replies, in order."""
+        ...
+
+    async def run_script_async(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        """``run_script`` from an event loop, which goes on meanwhile."""
         ...
 
     def ping(self) -> None:
@@ -164,6 +171,9 @@ class MemoryCache:
     def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
         return [script.local(self, keys, args) for keys, args in calls]
 
+    async def run_script_async(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        return self.run_script(script, calls)  # in process: nothing to wait for
+
     def ping(self) -> None:
         return None
 
@@ -175,6 +185,7 @@ class RedisCache:
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._script_shas: dict[str, str] = {}
+        self._pipes = RedisPipes(self._redis, timeout_s)
 
     def get(self, key: str) -> str | None:
         return self._redis.get(self._prefix + key)  # type: ignore[return-value]
@@ -256,6 +267,29 @@ class RedisCache:
             self._script_shas.pop(script.lua, None)
             return self._evalsha(self._script_sha(script), calls)
 
+    async def run_script_async(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        commands = [
+            (
+                "EVALSHA",
+                _sha_of(script.lua),
+                len(keys),
+                *(self._prefix + key for key in keys),
+                self._prefix,
+                *args,
+            )
+            for keys, args in calls
+        ]
+        replies = await self._pipes.run(commands)
+        forgotten = [n for n, reply in enumerate(replies) if _is_error(reply, "NOSCRIPT")]
+        if forgotten:  # Redis restarted and forgot the script: EVAL gives it again
+            again = await self._pipes.run([("EVAL", script.lua, *commands[n][2:]) for n in forgotten])
+            for n, reply in zip(forgotten, again, strict=True):
+                replies[n] = reply
+        for reply in replies:
+            if _is_error(reply):
+                raise redis.exceptions.ResponseError(str(reply))
+        return replies
+
     def _script_sha(self, script: Script) -> str:
         sha = self._script_shas.get(script.lua)
         if sha is None:
@@ -273,6 +307,15 @@ class RedisCache:
 
     def close(self) -> None:
         self._redis.close()
+
+
+@functools.cache
+def _sha_of(lua: str) -> str:
+    return hashlib.sha1(lua.encode()).hexdigest()  # the name Redis knows a script by
+
+
+def _is_error(reply: Any, code: str = "") -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(code)
 
 
 def build_cache(settings: Settings) -> Cache:

@@ -1,10 +1,16 @@
 """The cache behaves the same on Redis and in process."""
 
+import asyncio
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+import redis
+import uvloop
 
-from portal.cache import Cache, MemoryCache, RedisCache
+from portal.cache import Cache, MemoryCache, RedisCache, Script
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -22,7 +28,6 @@ def test_values_are_stored_and_deleted(cache):
     assert cache.get("greeting") is None
 
 
-
 def test_many_values_are_set_read_and_deleted_in_one_step(cache):
     assert cache.get_many([]) == []
     cache.set_many({f"gpu:{n}": str(n * n) for n in range(2000)}, ttl_s=0.3)
@@ -33,6 +38,7 @@ def test_many_values_are_set_read_and_deleted_in_one_step(cache):
     cache.delete()  # nothing to delete is no error
     time.sleep(0.45)  # every key set together expires together; the others stay
     assert cache.get_many(["gpu:5", "gpu:1999", "other"]) == [None, None, "kept"]
+
 
 def test_a_one_time_value_can_be_taken_once(cache):
     cache.set("nonce", "abc", ttl_s=5)
@@ -102,3 +108,55 @@ def test_add_sets_only_a_missing_value(cache):
     assert cache.add("once", "first", ttl_s=5) is True
     assert cache.add("once", "second", ttl_s=5) is False
     assert cache.get("once") == "first"
+
+
+COUNT_AND_ECHO = Script(
+    "return {redis.call('INCR', KEYS[1]), ARGV[2]}",
+    lambda cache, keys, args: [cache.incr(keys[0], 60), args[0]],
+)
+
+
+def in_a_loop_of_its_own(work: Callable[[], Coroutine[Any, Any, Any]], run: Callable = asyncio.run) -> Any:
+    """A fresh event loop in a thread of its own: the browser tests' loop may be running in this one."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(run, work()).result()
+
+
+def test_scripts_run_from_an_event_loop_answer_each_batch_in_order(cache):
+    async def three_batches_at_once() -> list[list[Any]]:
+        return await asyncio.gather(
+            *(
+                cache.run_script_async(COUNT_AND_ECHO, [(["hits"], [f"{batch}.{n}"]) for n in range(size)])
+                for batch, size in enumerate((3, 1, 50))
+            )
+        )
+
+    first, second, third = in_a_loop_of_its_own(three_batches_at_once)
+    assert first == [[1, "0.0"], [2, "0.1"], [3, "0.2"]] and second == [[4, "1.0"]]
+    assert third == [[5 + n, f"2.{n}"] for n in range(50)]
+    assert cache.run_script(COUNT_AND_ECHO, [(["hits"], ["sync"])]) == [[55, "sync"]]
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])  # uvloop: the server's
+def test_a_lost_redis_connection_fails_its_waiters_and_the_next_call_connects_again(
+    redis_url, cache_prefix, run
+):
+    cache = RedisCache(redis_url, cache_prefix)
+    admin = redis.Redis.from_url(redis_url)
+
+    async def lose_the_connection() -> tuple[list[Any], list[Any]]:
+        (client_id,) = await cache._pipes.run([("CLIENT", "ID")])
+        before = await cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["before"])])
+        admin.client_kill_filter(_id=client_id)
+        await asyncio.sleep(0.1)  # the pipe learns that the connection is gone
+        return before, await cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["after"])])
+
+    assert in_a_loop_of_its_own(lose_the_connection, run) == ([[1, "before"]], [[2, "after"]])
+
+
+def test_an_unreachable_redis_fails_a_script_run_from_an_event_loop(cache_prefix):
+    from tests.conftest import closed_port
+
+    cache = RedisCache(f"redis://127.0.0.1:{closed_port()}/0", cache_prefix, timeout_s=0.5)
+    with pytest.raises(redis.exceptions.ConnectionError, match="unreachable"):
+        in_a_loop_of_its_own(lambda: cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["x"])]))

@@ -189,11 +189,11 @@ def test_beats_that_arrive_together_share_one_round_trip_and_each_gets_its_answe
     app, spy = serve(lane_parts)
     tokens = [add_device(lane_parts) for _ in range(20)]
     batches: list[int] = []
-    run_script = lane_parts.cache.run_script
+    run_script = lane_parts.cache.run_script_async
 
-    def counting(script, calls):  # type: ignore[no-untyped-def]
+    async def counting(script, calls):  # type: ignore[no-untyped-def]
         batches.append(len(calls))
-        return run_script(script, calls)
+        return await run_script(script, calls)
 
     async def beat_all() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -206,11 +206,11 @@ def test_beats_that_arrive_together_share_one_round_trip_and_each_gets_its_answe
 
             await asyncio.gather(*(one(token, "a" * 56) for _, token in tokens))  # the app caches every token
             batches.clear()
-            object.__setattr__(lane_parts.cache, "run_script", counting)
+            object.__setattr__(lane_parts.cache, "run_script_async", counting)
             try:
                 return await asyncio.gather(*(one(token, "c" * 56) for _, token in tokens))
             finally:
-                del lane_parts.cache.run_script
+                del lane_parts.cache.run_script_async
 
     reached = len(spy.reached)
     # A loop of its own, in a thread of its own: the browser tests' loop may be running in this one.

@@ -45,11 +45,13 @@ _GPUS = TypeAdapter(list[GpuSampleIn])
 
 class _Batches:
     """Beats that reach this process in the same turn of its event loop share one round trip to the cache
-    (no beat waits for others: the batch goes as soon as the loop has taken in what was ready)."""
+    (no beat waits for others: the batch goes as soon as the loop has taken in what was ready), and the
+    loop goes on with other requests while the cache answers."""
 
     def __init__(self, parts: AppParts) -> None:
         self.parts = parts
         self.pending: list[tuple[liveness.TokenBeat, asyncio.Future[liveness.TokenBeatNoted]]] = []
+        self.sending: set[asyncio.Task[None]] = set()
 
     def note(self, beat: liveness.TokenBeat) -> asyncio.Future[liveness.TokenBeatNoted]:
         loop = asyncio.get_running_loop()
@@ -61,8 +63,15 @@ class _Batches:
 
     def _send(self) -> None:
         batch, self.pending = self.pending, []
+        task = asyncio.ensure_future(self._record(batch))
+        self.sending.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(self.sending.discard)
+
+    async def _record(
+        self, batch: list[tuple[liveness.TokenBeat, asyncio.Future[liveness.TokenBeatNoted]]]
+    ) -> None:
         try:
-            replies = liveness.record_by_tokens(
+            replies: list[liveness.TokenBeatNoted] | list[Exception] = await liveness.record_by_tokens(
                 self.parts.cache,
                 [beat for beat, _ in batch],
                 revoked=REVOKED,
@@ -124,7 +133,11 @@ class HeartbeatLane:
         if answer is None:
             await self.app(scope, replaying(body, receive), send)
             return
-        payload = answer.model_dump_json().encode()
+        payload = (
+            _json_of(answer.state, answer.next_heartbeat_s)
+            if not answer.commands
+            else answer.model_dump_json().encode()
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -148,7 +161,7 @@ class HeartbeatLane:
             return None
         heard = await self.batches.note(
             liveness.TokenBeat(
-                token_key=device_token_key(keyed_hash(token)),
+                token_key=_token_key(token),
                 rate_key=rate_counter("ip", client_ip(scope), time.time()),
                 gpus_json=_GPUS.dump_json(sent.gpus).decode(),
                 ray_json=sent.ray.model_dump_json(),
@@ -160,8 +173,20 @@ class HeartbeatLane:
         return await answer_beat(self.parts, _device_of(heard.token_entry), heard.noted)
 
 
+@functools.lru_cache(maxsize=65_536)  # an entry per device: its token hashed once, not at every beat
+def _token_key(token: str) -> str:
+    return device_token_key(keyed_hash(token))
+
+
 @functools.lru_cache(maxsize=65_536)  # an entry per device, parsed once
 def _device_of(token_entry: str) -> uuid.UUID:
     caller = device_of_entry(token_entry)
     assert caller is not None and caller.device_id is not None  # noted: an entry of a device
     return caller.device_id
+
+
+@functools.lru_cache(maxsize=64)  # almost every answer is one of a handful: a state, no commands
+def _json_of(state: str, next_heartbeat_s: int) -> bytes:
+    return (
+        HeartbeatOut(state=state, commands=[], next_heartbeat_s=next_heartbeat_s).model_dump_json().encode()
+    )

@@ -70,7 +70,9 @@ class Device(SQLModel, table=True):
     reliability: float = Field(default=1.0)
     verified_tflops: float | None = Field(default=None)
     verified_at: datetime | None = timestamp_field()
-    last_heartbeat_at: datetime | None = timestamp_field(index=True)
+    # Not indexed: each flush updates it for every device that beat, and with no index on it PostgreSQL
+    # updates the row in place (migration 0005).
+    last_heartbeat_at: datetime | None = timestamp_field()
     ray_state: str = Field(default="", sa_type=sa.String(24))
     ray_node_id: str | None = Field(default=None, sa_type=sa.String(64))
     # Where the agent serves its own /metrics, for Prometheus service discovery.

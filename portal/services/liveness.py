@@ -162,7 +162,7 @@ def _record_by_token_locally(cache: Cache, keys: Sequence[str], args: Sequence[A
 _RECORD_BY_TOKEN = Script(_RECORD_BY_TOKEN_LUA, _record_by_token_locally)
 
 
-def record_by_tokens(
+async def record_by_tokens(
     cache: Cache,
     beats: Sequence[TokenBeat],
     *,
@@ -189,7 +189,7 @@ def record_by_tokens(
             reply[1] if len(reply) > 1 else None,
             _noted(reply[2], int(reply[3]), int(reply[4])) if len(reply) > 2 else None,
         )
-        for reply in cache.run_script(_RECORD_BY_TOKEN, calls)
+        for reply in await cache.run_script_async(_RECORD_BY_TOKEN, calls)
     ]
 
 
