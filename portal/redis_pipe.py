@@ -84,8 +84,8 @@ class RedisPipes:
         try:
             return await asyncio.wait_for(answered, self._timeout_s)
         except TimeoutError:
-            assert pipe.transport is not None
-            pipe.transport.close()  # the replies still owed would answer the wrong batches
+            if pipe.transport is not None:
+                pipe.transport.close()  # the replies still owed would answer the wrong batches
             raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
 
     async def _pipe(self) -> _Pipe:

@@ -160,3 +160,12 @@ def test_an_unreachable_redis_fails_a_script_run_from_an_event_loop(cache_prefix
     cache = RedisCache(f"redis://127.0.0.1:{closed_port()}/0", cache_prefix, timeout_s=0.5)
     with pytest.raises(redis.exceptions.ConnectionError, match="unreachable"):
         in_a_loop_of_its_own(lambda: cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["x"])]))
+
+
+def test_scripts_run_from_an_event_loop_use_the_urls_database(redis_url, cache_prefix):
+    other_database = redis_url.rsplit("/", 1)[0] + "/1"
+    cache = RedisCache(other_database, cache_prefix)
+    in_a_loop_of_its_own(lambda: cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["x"])]))
+    assert cache.get("hits") == "1"  # the sync client reads database 1 too
+    assert RedisCache(redis_url, cache_prefix).get("hits") is None
+    cache.delete("hits")
