@@ -55,6 +55,11 @@ def reflex_environment(settings: Settings) -> dict[str, str]:
         for bun in sorted(BUN_PACKAGE_DIR.glob("bun-linux-*/bin/bun")):
             env["REFLEX_BUN_PATH"] = str(bun)
             break
+    if settings.redis_url:
+        # Reflex starts two web workers a core (one when state lives in process, without Redis); Granian
+        # advises no more than the cores. One more than the cores served the most heartbeats
+        # (bench/heartbeats.py).
+        env.setdefault("GRANIAN_WORKERS", str((os.cpu_count() or 1) + 1))
     return env
 
 

@@ -72,3 +72,16 @@ def test_portal_ledger_check_says_whether_the_books_balance(tmp_path):
     broken = portal("ledger", "check", data_dir=tmp_path)
     assert broken.returncode == 1 and "entries say" in broken.stderr
     engine.dispose()
+
+
+def test_portal_run_starts_a_web_worker_a_core_and_one_more_with_redis_and_one_without(monkeypatch):
+    from portal.cli import reflex_environment
+    from tests.conftest import settings_for
+
+    monkeypatch.delenv("GRANIAN_WORKERS", raising=False)
+    with_redis = settings_for(redis_url="redis://127.0.0.1:6379/0")
+    assert reflex_environment(with_redis)["GRANIAN_WORKERS"] == str((os.cpu_count() or 1) + 1)
+    # Without Redis, Reflex keeps state in its one process, and so does the portal's cache.
+    assert "GRANIAN_WORKERS" not in reflex_environment(settings_for(redis_url=None))
+    monkeypatch.setenv("GRANIAN_WORKERS", "7")  # an operator's choice stands
+    assert reflex_environment(with_redis)["GRANIAN_WORKERS"] == "7"
