@@ -101,6 +101,30 @@ def create_devices(url: str, count: int, secret_key: str) -> list[str]:
     return tokens
 
 
+def rabbitmq_vhost() -> str | None:
+    """A RabbitMQ virtual host of the bench's own (the broker may be shared), or None without rabbitmqctl."""
+    vhost = f"portal-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return vhost
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def heartbeat_request(host: str, port: int, token: str, body: bytes) -> bytes:
     return (
         f"POST /api/v1/worker/heartbeat HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
@@ -215,9 +239,16 @@ def bench_heartbeats(
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     secret_key = secrets.token_urlsafe(48)
     port = free_port()
-    server = None
+    # As at scale: the periodic tasks (fault sweeps, reliability, metering) run in a task worker of their own
+    # on RabbitMQ, not in threads of the web workers that answer the beats.
+    vhost = rabbitmq_vhost()
+    processes: list[subprocess.Popen] = []
     try:
-        print(f"Heartbeat swarm: {devices:,} simulated agents, PostgreSQL and Redis on 127.0.0.1")
+        print(
+            f"Heartbeat swarm: {devices:,} simulated agents, PostgreSQL, Redis"
+            + (" and RabbitMQ (one task worker)" if vhost else " (tasks in process: no rabbitmqctl)")
+            + " on 127.0.0.1"
+        )
         print(f"  baseline: raw Redis writes: {redis_baseline()}")
         migrations.upgrade(url)
         started = time.perf_counter()
@@ -236,17 +267,26 @@ def bench_heartbeats(
             "PORTAL_DATA_DIR": data_dir,
             "PORTAL_CACHE_PREFIX": f"bench-{database}:",
         }
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("portal")), "run", "--no-demo"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=server_log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        if vhost:
+            env["PORTAL_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        portal = str(Path(sys.executable).with_name("portal"))
+        commands = [[portal, "run", "--no-demo"]]
+        if vhost:
+            commands.append([portal, "worker", "--processes", "1"])
+        for command in commands:
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdout=server_log.open("ab"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         # The pages too: the frontend build that `portal run` starts would otherwise share the CPUs with
         # the swarm (the API answers /healthz long before the pages are built).
-        wait_until_serving(f"http://127.0.0.1:{port}/", server)
+        wait_until_serving(f"http://127.0.0.1:{port}/", processes[0])
         # Agents beat all the time: two passes over every device first (untimed) leave the portal in its
         # steady state, as it is a few minutes after a restart. The first caches each device's token and
         # state; it takes long enough that the first devices went offline meanwhile, and the second brings
@@ -273,14 +313,12 @@ def bench_heartbeats(
         if failed:
             print(f"  the portal's log: {server_log}")
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        for process in processes:
+            stop(process)
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if vhost:
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
 def main() -> None:
