@@ -184,7 +184,6 @@ class RedisCache:
         self._redis = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
-        self._script_shas: dict[str, str] = {}
         self._pipes = RedisPipes(self._redis, timeout_s)
 
     def get(self, key: str) -> str | None:
@@ -261,28 +260,19 @@ class RedisCache:
         return results
 
     def run_script(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
+        arguments = [self._script_arguments(call) for call in calls]
         try:
-            return self._evalsha(self._script_sha(script), calls)
+            return self._evalsha(script, arguments)
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
-            self._script_shas.pop(script.lua, None)
-            return self._evalsha(self._script_sha(script), calls)
+            self._redis.script_load(script.lua)
+            return self._evalsha(script, arguments)
 
     async def run_script_async(self, script: Script, calls: Sequence[ScriptCall]) -> list[Any]:
-        commands = [
-            (
-                "EVALSHA",
-                _sha_of(script.lua),
-                len(keys),
-                *(self._prefix + key for key in keys),
-                self._prefix,
-                *args,
-            )
-            for keys, args in calls
-        ]
-        replies = await self._pipes.run(commands)
+        arguments = [self._script_arguments(call) for call in calls]
+        replies = await self._pipes.run([("EVALSHA", _sha_of(script.lua), *each) for each in arguments])
         forgotten = [n for n, reply in enumerate(replies) if _is_error(reply, "NOSCRIPT")]
         if forgotten:  # Redis restarted and forgot the script: EVAL gives it again
-            again = await self._pipes.run([("EVAL", script.lua, *commands[n][2:]) for n in forgotten])
+            again = await self._pipes.run([("EVAL", script.lua, *arguments[n]) for n in forgotten])
             for n, reply in zip(forgotten, again, strict=True):
                 replies[n] = reply
         for reply in replies:
@@ -290,16 +280,15 @@ class RedisCache:
                 raise redis.exceptions.ResponseError(str(reply))
         return replies
 
-    def _script_sha(self, script: Script) -> str:
-        sha = self._script_shas.get(script.lua)
-        if sha is None:
-            sha = self._script_shas[script.lua] = self._redis.script_load(script.lua)
-        return sha
+    def _script_arguments(self, call: ScriptCall) -> tuple[Any, ...]:
+        """EVALSHA's arguments after the script: the key count, the keys prefixed, the prefix, the rest."""
+        keys, args = call
+        return (len(keys), *(self._prefix + key for key in keys), self._prefix, *args)
 
-    def _evalsha(self, sha: str, calls: Sequence[ScriptCall]) -> list[Any]:
+    def _evalsha(self, script: Script, arguments: list[tuple[Any, ...]]) -> list[Any]:
         with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *(self._prefix + key for key in keys), self._prefix, *args)
+            for each in arguments:
+                pipe.evalsha(_sha_of(script.lua), *each)
             return pipe.execute()
 
     def ping(self) -> None:

@@ -169,3 +169,13 @@ def test_scripts_run_from_an_event_loop_use_the_urls_database(redis_url, cache_p
     assert cache.get("hits") == "1"  # the sync client reads database 1 too
     assert RedisCache(redis_url, cache_prefix).get("hits") is None
     cache.delete("hits")
+
+
+def test_a_script_runs_again_once_redis_has_forgotten_it(redis_url, cache_prefix):
+    cache = RedisCache(redis_url, cache_prefix)
+    assert cache.run_script(COUNT_AND_ECHO, [(["hits"], ["first"])]) == [[1, "first"]]
+    redis.Redis.from_url(redis_url).script_flush()  # as a Redis restart does
+    assert cache.run_script(COUNT_AND_ECHO, [(["hits"], ["sync"])]) == [[2, "sync"]]
+    redis.Redis.from_url(redis_url).script_flush()
+    replies = in_a_loop_of_its_own(lambda: cache.run_script_async(COUNT_AND_ECHO, [(["hits"], ["async"])]))
+    assert replies == [[3, "async"]]

@@ -94,13 +94,13 @@ def _count_faults(cache: Cache, readings: list[telemetry.GpuReading]) -> list[Fa
     raised = []
     for number, (reading, (xid_key, ecc_key)) in enumerate(zip(readings, keys, strict=True)):
         seen_xid, seen_ecc = kept[2 * number], kept[2 * number + 1]
-        device_id, gpu = _device_of(reading), reading.labels["gpu"]
+        gpu = reading.labels["gpu"]
         xid = int(reading.sample.get("xid_errors", 0) or 0)
         if xid and seen_xid != str(xid):
             changed.append(("set", xid_key, str(xid), 86_400))
             raised.append(
                 FaultEvent(
-                    device_id=device_id,
+                    device_id=_device_of(reading),
                     kind="gpu_xid",
                     severity="error",
                     message=f"GPU {gpu} reported XID error {xid}.",
@@ -113,7 +113,7 @@ def _count_faults(cache: Cache, readings: list[telemetry.GpuReading]) -> list[Fa
         if count > seen:  # lower: the driver reloaded and its count started over
             raised.append(
                 FaultEvent(
-                    device_id=device_id,
+                    device_id=_device_of(reading),
                     kind="gpu_ecc",
                     severity="error",
                     message=f"GPU {gpu} reported {count - seen} uncorrectable ECC error(s) "
@@ -137,8 +137,8 @@ def gpu_faults(session: Session, cache: Cache, settings: Settings) -> list[Fault
     raised = _count_faults(cache, readings)
     busiest: dict[uuid.UUID, float] = {}
     for reading in readings:
-        util = float(reading.sample.get("util_pct", 0) or 0)
-        busiest[_device_of(reading)] = max(util, busiest.get(_device_of(reading), 0.0))
+        device_id, util = _device_of(reading), float(reading.sample.get("util_pct", 0) or 0)
+        busiest[device_id] = max(util, busiest.get(device_id, 0.0))
     ready = set(session.exec(select(Device.id).where(col(Device.state) == DeviceState.READY)).all())
     busy = [
         device_id for device_id, util in busiest.items() if device_id in ready and util > BUSY_WHILE_IDLE_PCT

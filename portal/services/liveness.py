@@ -175,13 +175,15 @@ async def record_by_tokens(
     """For each beat: count the request against its rate limit, find the device of its cached token and note
     the beat as ``record`` does (which needs the device already). All in one round trip to the cache.
     Nothing is noted over the limit, or when the token's entry is missing or ``revoked``."""
+    # What every beat of the batch shares is built once (this runs for every beat).
     keys_after_token = [BEATS, flush_claim_key(now)]
+    limits = [rate_limit, int(rate_window_s * 1000), revoked]
     stems = [state_key(""), sweep_key(""), samples_key("")]
+    expiries = [int(FLUSH_EVERY_S * 5 * 1000), SAMPLE_TTL_S * 1000]
     calls = []
     for beat in beats:
         text, sample = _beat_texts(beat.gpus_json, beat.ray_json, now)
-        args = [rate_limit, int(rate_window_s * 1000), revoked, text, sample, *stems]
-        args += [int(_jittered(sweep_s) * 1000), int(FLUSH_EVERY_S * 5 * 1000), SAMPLE_TTL_S * 1000]
+        args = [*limits, text, sample, *stems, int(_jittered(sweep_s) * 1000), *expiries]
         calls.append(([beat.rate_key, beat.token_key, *keys_after_token], args))
     return [
         TokenBeatNoted(
