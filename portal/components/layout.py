@@ -88,7 +88,12 @@ def navbar() -> rx.Component:
             rx.spacer(),
             rx.link(rx.text("API", size="2"), href="/api/docs", color_scheme="gray"),
             account_menu(),
-            rx.color_mode.button(size="2", variant="ghost", aria_label="Switch light or dark theme"),
+            rx.color_mode.button(
+                size="2",
+                variant="ghost",
+                aria_label="Switch light or dark theme",
+                disabled=~rx.State.is_hydrated,  # a click before the page is live would be lost
+            ),
             align="center",
             spacing="4",
             max_width="72rem",
