@@ -7,6 +7,7 @@ from portal.api.app import create_api
 from portal.api.heartbeat_lane import HeartbeatLane
 from portal.config import get_settings
 from portal.demo_agents import demo_agents
+from portal.heap import frozen_heap
 from portal.logs import configure_logging
 from portal.pages import register_pages
 from tasks.embedded import embedded_task_worker
@@ -26,6 +27,7 @@ class PortalApp(rx.App):
 
 app = PortalApp(api_transformer=api)
 register_pages(app)
+app.register_lifespan_task(frozen_heap)
 app.register_lifespan_task(embedded_task_worker)
 app.register_lifespan_task(periodic_scheduler)
 app.register_lifespan_task(demo_agents)
