@@ -2,6 +2,8 @@
 # GPU Portal image: the web app, API and task workers. Build: docker build -t gpu-portal .
 
 FROM python:3.11-slim-bookworm AS base
+# PYTHONPATH: the portal is imported from /app, where the app's Reflex project (rxconfig.py, assets, the
+# pages' build) lives, rather than from the installed copy in the venv.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -11,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     REFLEX_DIR=/app/.reflex \
     BUN_INSTALL_CACHE_DIR=/app/.bun-cache \
     REFLEX_BUN_PATH=/opt/tools/node_modules/@oven/bun-linux-x64/bin/bun \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
 # Reflex builds its frontend with bun (from npm) and checks for Node.js.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nodejs npm \
@@ -30,8 +33,9 @@ COPY rxconfig.py alembic.ini ./
 COPY alembic ./alembic
 COPY assets ./assets
 COPY reflex.lock ./reflex.lock
-# Install the frontend packages and build the pages once, at image build.
-RUN reflex export --frontend-only --no-zip --env prod
+# Install the frontend packages and build the pages once, at image build: `portal run` serves this build
+# (stamped with what it was built from) at each start without building again.
+RUN portal build
 
 FROM base AS runtime
 RUN useradd --create-home --uid 10001 portal

@@ -1,8 +1,10 @@
 """The Reflex app: pages, the API mounted into its backend, and the embedded task worker."""
 
 import reflex as rx
+from reflex_base.environment import environment
 from starlette.types import ASGIApp
 
+from portal import frontend_build
 from portal.api.app import create_api
 from portal.api.heartbeat_lane import HeartbeatLane
 from portal.config import get_settings
@@ -19,9 +21,12 @@ api = create_api()
 
 
 class PortalApp(rx.App):
-    """The Reflex app, with agents' heartbeats answered in front of it."""
+    """The Reflex app, with agents' heartbeats answered in front of it, and the pages that ``portal run``
+    built served beside it."""
 
     def __call__(self) -> ASGIApp:
+        if frontend_build.serving_built_pages():
+            environment.REFLEX_MOUNT_FRONTEND_COMPILED_APP.set(True)
         return HeartbeatLane(super().__call__(), api.state.parts)
 
 

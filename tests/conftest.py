@@ -219,12 +219,17 @@ class RunningPortal:
     log: Path
 
 
+# The port of every ``portal run`` in this session (they run one at a time): the pages built for it at the
+# first start are served as they are by the next ones, as after a restart (``portal.frontend_build``).
+PORTAL_RUN_PORT = free_port()
+
+
 def start_portal(
     data_dir: Path, *extra_args: str, env: dict[str, str] | None = None, port: int | None = None
 ) -> RunningPortal:
-    """``portal run`` as a user starts it, on a free loopback port (or ``port``: a restart) with its own
-    SQLite database."""
-    port = port or free_port()
+    """``portal run`` as a user starts it, on loopback (``PORTAL_RUN_PORT`` unless told ``port``) with its
+    own SQLite database."""
+    port = port or PORTAL_RUN_PORT
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "portal.log"
     process_env = {

@@ -47,3 +47,15 @@ def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tm
             httpx.get(running.url + "/healthz", timeout=2)
     finally:
         stop_process_group(running.process, signal.SIGKILL)
+
+
+def test_a_restart_serves_the_pages_built_before_without_building_them_again(tmp_path):
+    first = start_portal(tmp_path / "first", "--no-demo")  # builds the pages if no earlier run did
+    stop_process_group(first.process)
+    again = start_portal(tmp_path / "again", "--no-demo")
+    try:
+        assert "Building the pages" not in again.log.read_text()
+        page = httpx.get(again.url + "/")
+        assert page.status_code == 200 and "<title>GPU Portal" in page.text
+    finally:
+        stop_process_group(again.process)
