@@ -302,3 +302,18 @@ def test_a_flush_writes_each_devices_newest_beat_and_brings_an_offline_one_back(
         assert gap.ended_at == now
     with session_scope(engine) as session:
         assert liveness.flush(session, cache) == {}  # each beat is written once
+
+
+def test_with_prometheus_keeping_the_samples_a_flush_writes_the_beats_alone(engine):
+    cache = MemoryCache()
+    with session_scope(engine) as session:
+        (device,) = market_with(session, [1])
+    now = utcnow()
+    liveness.record(cache, device.id, samples=BEAT["gpus"], ray={"state": "running"}, now=now, sweep_s=120)
+
+    with session_scope(engine) as session:
+        assert liveness.flush(session, cache, store_samples=False) == {device.id: "ready"}
+    with session_scope(engine) as session:
+        written = session.get(Device, device.id)
+        assert (written.ray_state, written.last_heartbeat_at) == ("running", now)
+        assert session.exec(select(GpuSample)).all() == []

@@ -261,28 +261,29 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
 
 
 # A flush writes a row per device that beat: thousands a second at swarm scale. On PostgreSQL the batch goes
-# over as one JSON document that two statements unpack, a few milliseconds where the ORM's executemany took
+# over as one JSON document that one statement unpacks, a few milliseconds where the ORM's executemany took
 # hundreds (``bench/heartbeats.py``); elsewhere (SQLite, embedded) the ORM's bulk statements do.
-_UPDATE_BEATS = text(
-    """
+_UPDATE_SQL = """
     UPDATE devices SET last_heartbeat_at = beat.at,
         ray_state = left(coalesce(beat.ray ->> 'state', 'none'), 24),
         ray_node_id = left(beat.ray ->> 'node_id', 64)
-    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, ray jsonb)
+    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, ray jsonb, gpus jsonb)
     WHERE devices.id = beat.id
     RETURNING devices.id, devices.state, beat.at
-    """
-)
-_INSERT_SAMPLES = text(
-    """
-    INSERT INTO gpu_samples (device_id, at, gpu_index, util_pct, mem_used_mb, temp_c, power_w)
-    SELECT beat.id, beat.at, gpu."index", gpu.util_pct, gpu.mem_used_mb, gpu.temp_c, gpu.power_w
-    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, gpus jsonb)
-    CROSS JOIN LATERAL jsonb_to_recordset(beat.gpus)
-        AS gpu("index" integer, util_pct float8, mem_used_mb float8, temp_c float8, power_w float8)
-    WHERE EXISTS (SELECT 1 FROM devices WHERE devices.id = beat.id)
-    """
-)
+"""
+_UPDATE_BEATS = text(_UPDATE_SQL)
+# The same, storing the GPU samples of the beats written: the batch is parsed once, and only the devices that
+# exist get samples.
+_UPDATE_BEATS_STORING_SAMPLES = text(f"""
+    WITH updated AS ({_UPDATE_SQL}, beat.gpus),
+    stored AS (
+        INSERT INTO gpu_samples (device_id, at, gpu_index, util_pct, mem_used_mb, temp_c, power_w)
+        SELECT updated.id, updated.at, gpu."index", gpu.util_pct, gpu.mem_used_mb, gpu.temp_c, gpu.power_w
+        FROM updated CROSS JOIN LATERAL jsonb_to_recordset(updated.gpus)
+            AS gpu("index" integer, util_pct float8, mem_used_mb float8, temp_c float8, power_w float8)
+    )
+    SELECT id, state, at FROM updated
+""")
 
 
 def _write_on_postgresql(
@@ -291,13 +292,10 @@ def _write_on_postgresql(
     """The beats onto the rows of the devices that exist; their states and beat times."""
     # Each noted beat is a JSON object of this module's making: the device id goes in as its first field.
     beats = "[" + ",".join(f'{{"id":"{device_id}",{raw[1:]}' for device_id, raw in drained.items()) + "]"
-    heard = {
-        device_id: (state, at)
-        for device_id, state, at in session.execute(_UPDATE_BEATS, {"beats": beats}).all()
+    statement = _UPDATE_BEATS_STORING_SAMPLES if store_samples else _UPDATE_BEATS
+    return {
+        device_id: (state, at) for device_id, state, at in session.execute(statement, {"beats": beats}).all()
     }
-    if store_samples and heard:
-        session.execute(_INSERT_SAMPLES, {"beats": beats})
-    return heard
 
 
 def _write_by_orm(
