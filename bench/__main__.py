@@ -10,6 +10,8 @@
 - Heartbeats (bench/heartbeats.py): a swarm of 10,000 simulated agents beating against ``portal run`` on
   PostgreSQL and Redis, as fast as answered and paced at 3,000 beats a second, against the raw Redis SET
   rate. Target: 3,000 beats a second with p99 under 50 ms. Skipped when PostgreSQL does not answer.
+- Proof of compute (bench/verification.py): one verification round at the simulated size (n=256) and a GPU's
+  (n=4096), the agent's side and the portal's, against the matrix product alone.
 - Placement (bench/placement.py): ``placement.reserve`` and the whole ``clusters.create`` over 100,000
   devices on PostgreSQL with 32 client threads deploying and terminating: p50, p99, placements per
   second and double bookings (must be 0), against ``SELECT 1`` and a one-row ``UPDATE`` and commit on the
@@ -49,6 +51,7 @@ from bench.placement import bench_placement
 from bench.serving import free_port, wait_until_serving
 from bench.settlement import bench_settlement
 from bench.telemetry import bench_telemetry
+from bench.verification import bench_verification
 from portal import migrations
 from portal.config import PROJECT_ROOT
 from portal.db import build_engine, session_scope
@@ -303,6 +306,7 @@ if __name__ == "__main__":
     bench_task_round_trip()
     bench_http()
     bench_heartbeats()
+    bench_verification()
     bench_placement()
     bench_settlement()
     bench_deploy()
