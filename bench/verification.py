@@ -12,10 +12,9 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
+from sqlalchemy import Engine
 
 from gpu_pool import compute
 from portal import migrations
@@ -24,13 +23,37 @@ from portal.db import build_engine, session_scope
 from portal.models import Device, DeviceState, User
 from portal.services import verification
 
-T = TypeVar("T")
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
-def _timed(action: Callable[[], T]) -> tuple[T, float]:
+def _one_round(engine: Engine, cache: MemoryCache, device_id: uuid.UUID) -> tuple[int, float, float, float]:
+    """n, then the agent's, the portal's and the bare product's milliseconds."""
+    with session_scope(engine) as session:
+        device = session.get_one(Device, device_id)
+        started = time.perf_counter()
+        challenge = verification.issue(cache, device)
+        portal_ms = _ms_since(started)
+        n, seed = challenge["n"], challenge["seed"]
+        started = time.perf_counter()
+        product = compute.multiply(seed, n, use_gpu=False)
+        hashes = product.commitment()
+        agent_ms = _ms_since(started)
+        started = time.perf_counter()
+        rows = verification.commit(
+            cache, device, challenge["id"], row_hashes=hashes, elapsed_ms=product.elapsed_ms
+        )
+        portal_ms += _ms_since(started)
+        revealed = product.reveal(rows)
+        started = time.perf_counter()
+        result = verification.reveal(session, cache, device, challenge["id"], rows=revealed, gpu_models=[])
+        portal_ms += _ms_since(started)
+    assert result.passed, result.reason
+    a, b = compute.matrix_rows(seed, 0, range(n), n), compute.matrix_rows(seed, 1, range(n), n)
     started = time.perf_counter()
-    result = action()
-    return result, (time.perf_counter() - started) * 1000
+    np.matmul(a, b)
+    return n, agent_ms, portal_ms, _ms_since(started)
 
 
 def bench_verification(rounds: int = 3) -> None:
@@ -57,38 +80,15 @@ def bench_verification(rounds: int = 3) -> None:
         }
         session.add_all(devices.values())
     for simulated, device in devices.items():
-        agent_ms: list[float] = []
-        portal_ms: list[float] = []
-        product_ms: list[float] = []
-        for _ in range(rounds):
-            with session_scope(engine) as session:
-                device = session.get(Device, device.id)
-                challenge, issue_ms = _timed(lambda: verification.issue(cache, device))
-                n = challenge["n"]
-                product, multiply_ms = _timed(lambda: compute.multiply(challenge["seed"], n, use_gpu=False))
-                hashes, hash_ms = _timed(product.commitment)
-                rows, commit_ms = _timed(
-                    lambda: verification.commit(
-                        cache, device, challenge["id"], row_hashes=hashes, elapsed_ms=product.elapsed_ms
-                    )
-                )
-                result, reveal_ms = _timed(
-                    lambda: verification.reveal(
-                        session, cache, device, challenge["id"], rows=product.reveal(rows), gpu_models=[]
-                    )
-                )
-            assert result.passed, result.reason
-            agent_ms.append(multiply_ms + hash_ms)
-            portal_ms.append(issue_ms + commit_ms + reveal_ms)
-            a = compute.matrix_rows(challenge["seed"], 0, range(n), n)
-            b = compute.matrix_rows(challenge["seed"], 1, range(n), n)
-            product_ms.append(_timed(lambda: np.matmul(a, b))[1])
+        n, agent_ms, portal_ms, product_ms = (
+            statistics.median(column)
+            for column in zip(*(_one_round(engine, cache, device.id) for _ in range(rounds)), strict=True)
+        )
         print(
-            f"  n={n} ({'simulated' if simulated else 'a GPU'}'s size, median of {rounds}): "
-            f"baseline: the product alone {statistics.median(product_ms):,.1f} ms; "
-            f"agent (derive, multiply, hash rows) {statistics.median(agent_ms):,.1f} ms; "
-            f"portal (issue, commit, check {verification.ROWS_CHECKED} rows) "
-            f"{statistics.median(portal_ms):,.1f} ms"
+            f"  n={n:.0f} ({'simulated' if simulated else 'a GPU'}'s size, median of {rounds}): "
+            f"baseline: the product alone {product_ms:,.1f} ms; "
+            f"agent (derive, multiply, hash rows) {agent_ms:,.1f} ms; "
+            f"portal (issue, commit, check {verification.ROWS_CHECKED} rows) {portal_ms:,.1f} ms"
         )
     engine.dispose()
 
