@@ -18,6 +18,7 @@ from pathlib import Path
 
 from portal.config import PROJECT_ROOT
 
+REFLEX = str(Path(sys.executable).with_name("reflex"))
 BUILD_DIR = PROJECT_ROOT / ".web" / "build"
 # Inside the build folder, which Reflex empties as a build begins: a build that failed keeps no stamp.
 STAMP = BUILD_DIR / "portal-build.sha256"
@@ -61,8 +62,7 @@ def is_current(wanted: str, build_dir: Path = BUILD_DIR) -> bool:
 def build(env: Mapping[str, str], port: int) -> bool:
     """Compile the app and build its pages for ``port``, stamped with their fingerprint; False if it failed
     (Reflex has said why on the console)."""
-    reflex = str(Path(sys.executable).with_name("reflex"))
-    command = [reflex, "export", "--frontend-only", "--no-zip", "--env", "prod"]
+    command = [REFLEX, "export", "--frontend-only", "--no-zip", "--env", "prod"]
     build_env = {**env, **_port_environment(port)}
     if subprocess.run(command, cwd=PROJECT_ROOT, env=build_env).returncode != 0:
         return False
@@ -72,9 +72,8 @@ def build(env: Mapping[str, str], port: int) -> bool:
 
 def serve_command(host: str, port: int) -> list[str]:
     """Reflex serving the API and, mounted beside it, the pages already built (``SERVE_PAGES``)."""
-    reflex = str(Path(sys.executable).with_name("reflex"))
     return [
-        reflex,
+        REFLEX,
         "run",
         "--env",
         "prod",
@@ -82,7 +81,7 @@ def serve_command(host: str, port: int) -> list[str]:
         "--backend-host",
         host,
         "--backend-port",
-        str(port),
+        f"{port}",
     ]
 
 
