@@ -286,9 +286,10 @@ class RedisCache:
         return (len(keys), *(self._prefix + key for key in keys), self._prefix, *args)
 
     def _evalsha(self, script: Script, arguments: list[tuple[Any, ...]]) -> list[Any]:
+        sha = _sha_of(script.lua)
         with self._redis.pipeline(transaction=False) as pipe:
             for each in arguments:
-                pipe.evalsha(_sha_of(script.lua), *each)
+                pipe.evalsha(sha, *each)
             return pipe.execute()
 
     def ping(self) -> None:

@@ -89,8 +89,8 @@ def run(
         # Payouts within minutes of a demo cluster running, rather than at $10 once an hour.
         env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
         env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
-    if not _pages_built(env, settings.port):
-        raise fail("the pages could not be built (Reflex's output above says why)")
+    if not frontend_build.is_current(frontend_build.fingerprint(env, settings.port)):
+        _build_pages(env, settings.port)
     typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
     os.chdir(PROJECT_ROOT)
     args = frontend_build.serve_command(settings.host, settings.port)
@@ -99,16 +99,12 @@ def run(
     os.execve(args[0], args, env)
 
 
-def _pages_built(env: dict[str, str], port: int, *, again: bool = False) -> bool:
-    """The pages' production build for ``port``: the last one while what it is built from is unchanged."""
-    if not again and frontend_build.is_current(frontend_build.fingerprint(env, port)):
-        return True
+def _build_pages(env: dict[str, str], port: int) -> None:
     typer.secho("Building the pages (once after each change of the app)...", fg=typer.colors.GREEN)
     started = time.monotonic()
-    built = frontend_build.build(env, port)
-    if built:
-        typer.echo(f"Pages built in {time.monotonic() - started:.0f} s")
-    return built
+    if not frontend_build.build(env, port):
+        raise fail("the pages could not be built (Reflex's output above says why)")
+    typer.echo(f"Pages built in {time.monotonic() - started:.0f} s")
 
 
 @app.command()
@@ -119,8 +115,7 @@ def build(
 ) -> None:
     """Build the pages for production now (an image build does), so that ``portal run`` starts at once."""
     settings = settings_or_exit()
-    if not _pages_built(reflex_environment(settings), port or settings.port, again=True):
-        raise fail("the pages could not be built (Reflex's output above says why)")
+    _build_pages(reflex_environment(settings), port or settings.port)
 
 
 @app.command()
