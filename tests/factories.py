@@ -43,6 +43,7 @@ def make_device(
         gpu_model=model,
         gpu_count=gpus,
         hourly_price_micro=list_price(model),
+        address="127.0.0.1",  # registered from loopback, as a local agent's is
         # Devices in an online state have an agent that just heartbeated.
         last_heartbeat_at=utcnow()
         if state in (DeviceState.VERIFYING, DeviceState.READY, DeviceState.HIRED)

@@ -83,7 +83,7 @@ def agent_answers(engine, device_id: uuid.UUID, *, ok: bool = True, node_id: str
                 {
                     "state": "running",
                     "node_id": node_id or uuid.uuid4().hex,
-                    "address": "127.0.0.1:6379",
+                    "address": "127.0.0.1:6380",  # on loopback, not the portal's Redis port
                     "client_address": "ray://127.0.0.1:10001",
                     "dashboard_url": "http://127.0.0.1:8265",
                 }
@@ -250,7 +250,7 @@ def test_head_then_workers_then_running_once_the_head_sees_every_node(engine):
             select(DeviceCommand).where(DeviceCommand.device_id == worker_node.device_id)
         ).all()
         assert worker_command.kind == "start_ray_worker"
-        assert worker_command.payload["head_address"] == "127.0.0.1:6379"
+        assert worker_command.payload["head_address"] == "127.0.0.1:6380"
     agent_answers(engine, worker_node.device_id, node_id="worker-id")
     head.alive = {"head-id"}  # the worker has not reached the head yet
     assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
@@ -528,7 +528,7 @@ def test_a_lost_worker_is_replaced_and_the_cluster_heals(engine):
     assert replacement.device_id == spare.id and replacement.state == NodeState.STARTING
     with session_scope(engine) as session:
         (command,) = session.exec(select(DeviceCommand).where(DeviceCommand.device_id == spare.id)).all()
-        assert command.kind == "start_ray_worker" and command.payload["head_address"] == "127.0.0.1:6379"
+        assert command.kind == "start_ray_worker" and command.payload["head_address"] == "127.0.0.1:6380"
     assert device_state(engine, lost.device_id) == DeviceState.OFFLINE  # its agent is gone
     agent_answers(engine, spare.id, node_id="fresh")
     head.alive.add("fresh")

@@ -366,7 +366,7 @@ def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(p
             metrics_url=None,
             gpus=[{"index": 0, "uuid": "GPU-1", "model": "NVIDIA H100 80GB HBM3", "memory_mb": 81_559}],
         )
-        assert worker.register(session, device, report) is True
+        assert worker.register(session, device, report, peer="127.0.0.1", settings=parts.settings) is True
         challenge = verification.issue(parts.cache, device)
         product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=False)
         rows = verification.commit(

@@ -28,7 +28,7 @@ from portal.schemas.devices import (
     RegisterOut,
     ScaleUpIn,
 )
-from portal.security.access import BEATING_DEVICE, DEVICE
+from portal.security.access import BEATING_DEVICE, DEVICE, OriginDep
 from portal.security.principal import Principal
 from portal.services import autoscaling, commands, devices, verification, worker
 from portal.services.errors import InvalidInput
@@ -46,12 +46,14 @@ def _device(session: Session, caller: Principal) -> Device:
 
 
 @router.post("/register", summary="Report the machine and its GPUs; starts verification when needed")
-def register(body: RegisterIn, session: SessionDep, settings: SettingsDep, caller: Agent) -> RegisterOut:
+def register(
+    body: RegisterIn, session: SessionDep, settings: SettingsDep, caller: Agent, origin: OriginDep
+) -> RegisterOut:
     device = _device(session, caller)
     report = worker.MachineReport(
         **body.model_dump(exclude={"gpus"}), gpus=[g.model_dump() for g in body.gpus]
     )
-    verify = worker.register(session, device, report)
+    verify = worker.register(session, device, report, peer=origin.ip, settings=settings)
     return RegisterOut(
         device_id=device.id, state=device.state, next_heartbeat_s=settings.heartbeat_interval_s, verify=verify
     )
@@ -131,8 +133,10 @@ def command_result(command_id: uuid.UUID, body: CommandResultIn, session: Sessio
 
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")
 def get_challenge(session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent) -> ChallengeOut:
+    device = _device(session, caller)
+    hardware = worker.recorded_hardware(session, device)
     return ChallengeOut(
-        **verification.issue(cache, _device(session, caller), settings.verification_deadline_s)
+        **verification.issue(cache, device, settings.verification_deadline_s, hardware=hardware)
     )
 
 
@@ -165,6 +169,7 @@ def answer_challenge(
             rows=body.rows,
             gpu_models=[g.model for g in gpus],
             claimed_vram_mb=sum(g.memory_mb for g in gpus),
+            hardware=worker.recorded_hardware(session, device),
         )
         return ChallengeReplyOut(
             phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops

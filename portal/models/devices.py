@@ -75,6 +75,9 @@ class Device(SQLModel, table=True):
     last_heartbeat_at: datetime | None = timestamp_field()
     ray_state: str = Field(default="", sa_type=sa.String(24))
     ray_node_id: str | None = Field(default=None, sa_type=sa.String(64))
+    # The host the portal calls for this device (its Ray head, its /metrics): the peer address of the
+    # agent's registration. Hosts an agent reports elsewhere are checked against it (services/node_addresses).
+    address: str | None = Field(default=None, sa_type=sa.String(45))
     # Where the agent serves its own /metrics, for Prometheus service discovery.
     metrics_url: str | None = Field(default=None, sa_type=sa.String(255))
     verification_failures: int = Field(default=0)

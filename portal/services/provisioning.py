@@ -40,7 +40,15 @@ from portal.models import (
     NodeState,
 )
 from portal.models.base import utcnow
-from portal.services import clusters, commands, devices, metering, placement, state_machines
+from portal.services import (
+    clusters,
+    commands,
+    devices,
+    metering,
+    node_addresses,
+    placement,
+    state_machines,
+)
 from portal.services.clusters import ACTIVE_NODE_STATES, record
 from portal.services.errors import NotFound
 from portal.wakeups import Wakeups
@@ -69,28 +77,40 @@ def probe_head(dashboard_url: str) -> set[str] | None:
     return {row["node_id"] for row in rows if row.get("state") == "ALIVE"}
 
 
-def _node_status(detail: str, *, head: bool) -> dict[str, str] | None:
+def _node_status(detail: str, *, head: bool, device: Device, settings: Settings) -> dict[str, str] | str:
     """The Ray node an agent reports having started, when it is usable: an id, and for a head its GCS
-    address and a plain http dashboard URL (the portal calls it, so nothing but a scheme, host and port)."""
+    address, client address and dashboard URL, each on the device's own registered address (the portal,
+    and the cluster's other agents, call them); else why not."""
     try:
         status = json.loads(detail)
     except ValueError:
-        return None
+        return "not JSON"
     if not isinstance(status, dict):
-        return None
+        return "not an object"
     needed = ("node_id", "address", "dashboard_url") if head else ("node_id",)
     for name in (*needed, "client_address"):
         value = status.get(name)
         if value is None and name not in needed:
             continue
         if not isinstance(value, str) or not 0 < len(value) <= MAX_FIELD[name]:
-            return None
-    if head:
-        url = httpx.URL(status["dashboard_url"])
-        if url.scheme != "http" or not url.host or url.port is None or url.path not in ("", "/") or url.query:
-            return None
-        status["dashboard_url"] = f"http://{url.host}:{url.port}"
-    return status
+            return f"no usable {name}"
+    if not head:
+        return {"node_id": status["node_id"]}
+    checked = {
+        "node_id": status["node_id"],
+        "address": node_addresses.checked_hostport(device, status["address"], settings),
+        "dashboard_url": node_addresses.checked_url(
+            device, status["dashboard_url"], settings, schemes=("http",)
+        ),
+    }
+    if status.get("client_address"):
+        checked["client_address"] = node_addresses.checked_url(
+            device, status["client_address"], settings, schemes=("ray",)
+        )
+    for name, value in checked.items():
+        if isinstance(value, node_addresses.Refused):
+            return f"its {name} is refused: {value.reason}"
+    return checked  # type: ignore[return-value]
 
 
 @contextmanager
@@ -255,8 +275,9 @@ class Steps:
             device = self.session.get(Device, node.device_id)
             assert device is not None
             online = devices.is_online(device, self.settings, heard)
-            if device.state == DeviceState.BLOCKED:
-                why = f"was {device.state_reason}"  # "blocked by an admin: <reason>"
+            if device.state in (DeviceState.BLOCKED, DeviceState.VERIFYING):
+                # "blocked by an admin: <reason>", "taken off the market: its GPUs changed (...)"
+                why = f"was {device.state_reason}"
             elif not online:
                 why = "stopped heartbeating"
             elif device.ray_state == "failed":
@@ -362,9 +383,18 @@ class Steps:
         )
 
     def joined(self, node: ClusterNode, command: DeviceCommand) -> None:
-        status = _node_status(command.result_detail, head=node.role == NodeRole.HEAD)
-        if status is None:
-            self.replace(node, "reported a Ray node the portal cannot use")
+        device = self.session.get(Device, node.device_id)
+        assert device is not None
+        status = _node_status(
+            command.result_detail, head=node.role == NodeRole.HEAD, device=device, settings=self.settings
+        )
+        if isinstance(status, dict) and any(
+            other.id != node.id and other.ray_node_id == status["node_id"] for other in self.nodes
+        ):
+            # Another node's id: the head would see that node alive and count this one as joined.
+            status = "its Ray node id is another node's"
+        if isinstance(status, str):
+            self.replace(node, f"reported a Ray node the portal cannot use ({status})")
             return
         node.ray_node_id, node.joined_at = status["node_id"], utcnow()
         state_machines.move(self.session, "node", node, NodeState.JOINED, "Ray node started")
@@ -373,12 +403,11 @@ class Steps:
             self.cluster.dashboard_url = status["dashboard_url"]
             self.cluster.client_address = status.get("client_address")
             self.session.add(self.cluster)
-        device = self.session.get(Device, node.device_id)
         record(
             self.session,
             self.cluster,
             "node_joined",
-            f"The Ray {node.role} on device {device.name if device else node.device_id} is up"
+            f"The Ray {node.role} on device {device.name} is up"
             + (f" at {self.cluster.ray_address}." if node.role == NodeRole.HEAD else " and joined the head."),
             node_id=str(node.id),
             ray_node_id=node.ray_node_id,

@@ -212,13 +212,15 @@ def scrape_targets(session: Session, settings: Settings) -> list[dict]:
     """The online agents' own ``/metrics`` endpoints, in Prometheus' HTTP service-discovery format."""
     online_since = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
     targets = []
-    for device_id, name, url, simulated in session.exec(
-        select(Device.id, Device.name, Device.metrics_url, Device.simulated).where(
+    for device_id, name, url, address, simulated in session.exec(
+        select(Device.id, Device.name, Device.metrics_url, Device.address, Device.simulated).where(
             col(Device.metrics_url).is_not(None), col(Device.last_heartbeat_at) > online_since
         )
     ).all():
         parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host or parsed.port is None:
+        # Registration keeps only URLs on the device's own address (services/node_addresses); a row from
+        # before that check is held to it here too.
+        if parsed.scheme not in ("http", "https") or parsed.host != address or parsed.port is None:
             continue
         targets.append(
             {

@@ -76,8 +76,9 @@ def _load(cache: Cache, device: Device, challenge_id: str) -> dict:
     return state
 
 
-def issue(cache: Cache, device: Device, deadline_s: int | None = None) -> dict:
-    """A fresh challenge for the device; its state lives in the cache until answered or expired."""
+def issue(cache: Cache, device: Device, deadline_s: int | None = None, *, hardware: str = "") -> dict:
+    """A fresh challenge for the device; its state lives in the cache until answered or expired. It vouches
+    for ``hardware`` (``worker.recorded_hardware``) alone: an answer after the GPUs changed fails."""
     if device.state == DeviceState.HIRED:
         raise Conflict("A hired device is not re-verified while it runs a cluster.", code="device_hired")
     n = SIMULATED_SIZE if device.simulated else GPU_SIZE
@@ -88,7 +89,13 @@ def issue(cache: Cache, device: Device, deadline_s: int | None = None) -> dict:
         "dtype": "float32",
         "deadline_s": deadline_s or (60 if device.simulated else 120),
     }
-    state = {**challenge, "device_id": str(device.id), "phase": "commit", "issued_at": time.time()}
+    state = {
+        **challenge,
+        "device_id": str(device.id),
+        "hardware": hardware,
+        "phase": "commit",
+        "issued_at": time.time(),
+    }
     cache.set(_key(challenge["id"]), json.dumps(state), ttl_s=CHALLENGE_TTL_S)
     return challenge
 
@@ -167,6 +174,7 @@ def reveal(
     rows: dict[int, list[float]],
     gpu_models: list[str],
     claimed_vram_mb: int = 0,
+    hardware: str = "",
 ) -> Result:
     """Judge the revealed rows; a pass makes the device ready, a failure raises a fault event."""
     state = _load(cache, device, challenge_id)
@@ -174,6 +182,8 @@ def reveal(
         raise Conflict("Commit to the product before revealing rows.", code="challenge_not_committed")
     cache.delete(_key(challenge_id))  # one answer per challenge, right or wrong
     passed, reason, tflops = _check(state, rows)
+    if passed and state.get("hardware", "") != hardware:
+        passed, reason, tflops = False, "the GPUs changed during the proof", None
     if passed and not device.simulated and gpu_models:
         reference = sum(CATALOG[m].reference_tflops for m in gpu_models if m in CATALOG)
         if (
