@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -18,7 +17,7 @@ from portal.models import DeviceState, PayoutState
 from portal.schemas.auth import AuditEntryOut, UserOut
 from portal.schemas.billing import BalanceOut, CreditGrantIn, PayoutOut, PayoutRetryIn
 from portal.schemas.clusters import ClusterOut
-from portal.schemas.common import Limit, Offset, Page
+from portal.schemas.common import Limit, Moment, Offset, Page
 from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
@@ -61,8 +60,8 @@ def audit_log(
     actor_id: Annotated[str | None, Query(max_length=64)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     outcome: Annotated[str | None, Query(pattern="^(success|failure)$")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AuditEntryOut]:
@@ -251,7 +250,7 @@ def list_faults(
     cluster_id: uuid.UUID | None = None,
     kind: Annotated[str | None, Query(max_length=40)] = None,
     severity: Annotated[str | None, Query(pattern="^(info|warning|error|critical)$")] = None,
-    since: datetime | None = None,
+    since: Moment | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[FaultOut]:
@@ -288,7 +287,7 @@ def analytics_tables(session: SessionDep, _: AdminCaller) -> dict[str, list[dict
 )
 def analytics_csv(table: Literal["revenue", "cohorts"], session: SessionDep, _: AdminCaller) -> Response:
     return Response(
-        ANALYTICS_TABLES[table](session).to_csv(index=False),
+        analytics.as_csv(ANALYTICS_TABLES[table](session)),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="gpu-portal-{table}.csv"'},
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -24,8 +23,7 @@ from portal.schemas.billing import (
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
-from portal.services import billing, deposits, payouts, treasury
-from portal.services.errors import InvalidInput
+from portal.services import billing, dates, deposits, payouts, treasury
 
 router = APIRouter(tags=["billing"])
 Reader = Annotated[Principal, Depends(SignedIn(scope="billing:read"))]
@@ -133,12 +131,8 @@ def invoice(
     caller: Reader,
     month: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", examples=["2026-11"])],
 ) -> Response:
-    try:
-        first_day = date.fromisoformat(f"{month}-01")
-    except ValueError:
-        raise InvalidInput("month must be YYYY-MM.", details={"field": "month"}) from None
     return Response(
-        billing.invoice_csv(session, caller.user_id, first_day),
+        billing.invoice_csv(session, caller.user_id, dates.month_start(month)),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="gpu-portal-invoice-{month}.csv"'},
     )

@@ -4,9 +4,9 @@ Every agent beats every few seconds, so beats are most of the portal's requests.
 beat pays for Reflex's context middleware, Starlette's routing and error handling, the API's middleware and
 FastAPI's dependency solving: several times the cost of the beat itself. The lane answers the beats it can
 admit from the cache alone (a device token the cache knows, the caller's IP under its rate limit, a
-well-formed body) with the route's own function, headers, metrics and access log. Anything else (a token not
-cached or revoked, a bad body, the limit reached, an error) goes on to the app with its body, so every
-refusal is the API's own answer.
+well-formed body nested no deeper than the firewall allows) with the route's own function, headers, metrics
+and access log. Anything else (a token not cached or revoked, a bad body, the limit reached, an error) goes
+on to the app with its body, so every refusal is the API's own answer.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from portal.security.firewall import (
     IP_RATE_COUNT,
     WINDOW_S,
     client_ip,
+    json_nesting_exceeds,
     rate_counter,
     replaying,
     security_headers,
@@ -122,6 +123,9 @@ class HeartbeatLane:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        if json_nesting_exceeds(body):  # the app's firewall refuses it, before anything parses it
+            await self.app(scope, replaying(body, receive), send)
+            return
         request_id = request_id_of(headers)
         context = request_id_var.set(request_id)
         try:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from portal.models import Role
+from portal.schemas.common import DisplayName
 
 Email = Annotated[str, Field(min_length=3, max_length=320, examples=["ada@example.com"])]
 # Bounded so nobody can make the server hash megabytes.
@@ -86,7 +87,7 @@ class SessionOut(BaseModel):
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=80)]
+    name: DisplayName
     scopes: Annotated[list[str], Field(min_length=1, max_length=10)]
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650)] = None
 

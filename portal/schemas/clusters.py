@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from portal.models import ConnectivityTier
+from portal.schemas.common import DisplayName
 
 Country = Annotated[str, Field(min_length=2, max_length=2, examples=["DE"])]
 
@@ -33,7 +34,7 @@ class ClusterSpecIn(BaseModel):
 
 
 class ClusterIn(ClusterSpecIn):
-    name: Annotated[str, Field(min_length=1, max_length=80)]
+    name: DisplayName
 
 
 class QuoteLineOut(BaseModel):

@@ -9,13 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from portal.models import ConnectivityTier
+from portal.schemas.common import DisplayName, ShownText
 
 Short = Annotated[str, Field(max_length=120)]
 
 
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=80)]
+    name: DisplayName
     country: Annotated[str, Field(min_length=2, max_length=2, examples=["DE"])]
     connectivity_tier: ConnectivityTier = ConnectivityTier.MEDIUM
     price_per_gpu_hour_micro: Annotated[int | None, Field(gt=0, le=1_000_000_000)] = None
@@ -76,17 +77,17 @@ class TokenOut(BaseModel):
 
 class GpuInfoIn(BaseModel):
     index: Annotated[int, Field(ge=0, le=63)]
-    uuid: Annotated[str, Field(min_length=1, max_length=80)]
-    model: Annotated[str, Field(min_length=1, max_length=80)]
+    uuid: Annotated[str, Field(min_length=1, max_length=80), ShownText]
+    model: Annotated[str, Field(min_length=1, max_length=80), ShownText]
     memory_mb: Annotated[int, Field(ge=0, le=10_000_000)]
-    driver: Annotated[str, Field(max_length=40)] = ""
-    cuda: Annotated[str, Field(max_length=20)] = ""
+    driver: Annotated[str, Field(max_length=40), ShownText] = ""
+    cuda: Annotated[str, Field(max_length=20), ShownText] = ""
 
 
 class RegisterIn(BaseModel):
-    agent_version: Annotated[str, Field(max_length=40)]
-    hostname: Annotated[str, Field(max_length=255)] = ""
-    os: Short = ""
+    agent_version: Annotated[str, Field(max_length=40), ShownText]
+    hostname: Annotated[str, Field(max_length=255), ShownText] = ""
+    os: Annotated[Short, ShownText] = ""
     cpu_count: Annotated[int, Field(ge=0, le=100_000)] = 0
     ram_mb: Annotated[int, Field(ge=0, le=1_000_000_000)] = 0
     gpus: Annotated[list[GpuInfoIn], Field(max_length=64)]

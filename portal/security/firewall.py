@@ -7,6 +7,7 @@ process shares them), per client IP on every API request and per principal once 
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import anyio
@@ -17,6 +18,14 @@ from portal.cache import Cache
 from portal.services.errors import RateLimited
 
 WINDOW_S = 60
+# JSON parsers recurse once per level of arrays and objects: nesting deep enough exhausts the stack (Python's
+# json module fails near 1,000 levels, as a 500). No request of the API needs more than a few levels.
+MAX_JSON_DEPTH = 32
+# A JSON string literal, or an unterminated one running to the end. Matching the unterminated case too keeps
+# the scan linear: a pattern that must find a closing quote backtracks over the rest from every quote.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
 
 
 # The request's count in its IP's window, set on the scope by the heartbeat lane when it counted the
@@ -41,6 +50,35 @@ def enforce_rate(count: int, limit: int, window_s: int = WINDOW_S) -> None:
         raise RateLimited(f"Too many requests; try again in {retry_after} s.", retry_after_s=retry_after)
 
 
+def carries_json(content_type: bytes | None) -> bool:
+    """Whether the API parses a body sent with this content type as JSON (FastAPI does when it is absent)."""
+    return not content_type or b"json" in content_type.lower()
+
+
+def json_nesting_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than ``limit``, found without parsing it.
+
+    Brackets inside strings do not count. Each pass removes the innermost pairs, so a balanced text needs
+    as many passes as it is deep: at most ``limit`` + 1 scans at C speed, a few milliseconds each on a
+    1 MiB body. A malformed text (brackets left unmatched) may be judged deeper than it is, never
+    shallower; the parser would refuse it anyway.
+    """
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    nested = brackets.translate(_AS_PARENS)
+    if b"(" * (limit + 1) in nested:
+        return True  # that many levels opened in a row: the common attack, found in one scan
+    passes = 0
+    while b"()" in nested:
+        if passes == limit:
+            return True  # a pair still holds others after ``limit`` passes: it is deeper than that
+        nested = nested.replace(b"()", b"")
+        passes += 1
+    # Left: unmatched brackets, ")))(((". Whatever was matched nested at most ``passes`` levels inside them.
+    return passes + nested.count(b"(") > limit
+
+
 def client_ip(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "unknown"
@@ -61,7 +99,8 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class FirewallMiddleware:
-    """Per-IP rate limit and body size limit for the API; pages and the app's websocket pass through."""
+    """Per-IP rate limit, body size limit and JSON depth limit for the API; pages and the app's websocket
+    pass through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -87,12 +126,13 @@ class FirewallMiddleware:
             )
             return
         limit = settings.max_body_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._too_large(scope, receive, send, limit)
             return
-        # Read the body here, bounded, so an oversized one is refused before any handler parses it;
-        # the limit keeps the buffer small.
+        # Read the body here, bounded, so an oversized or too deeply nested one is refused before any
+        # handler parses it; the limit keeps the buffer small.
         body = bytearray()
         while True:
             message = await receive()
@@ -104,11 +144,24 @@ class FirewallMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, replaying(bytes(body), receive), send)
+        sent = bytes(body)
+        if sent and carries_json(headers.get(b"content-type")) and json_nesting_exceeds(sent):
+            await self._too_deep(scope, receive, send)
+            return
+        await self.app(scope, replaying(sent, receive), send)
 
     @staticmethod
     async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+        await response(scope, receive, send)
+
+    @staticmethod
+    async def _too_deep(scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            400,
+            "too_deep",
+            f"The request body nests JSON arrays and objects deeper than {MAX_JSON_DEPTH} levels.",
+        )
         await response(scope, receive, send)
 
 

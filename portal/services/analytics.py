@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 from portal.cache import Cache
 from portal.models import Device, NetworkSnapshot, Payout, PayoutState, UsageRecord
 from portal.models.base import utcnow
+from portal.services import csv_export
 from portal.services.network_stats import ONLINE_STATES
 
 CACHE_KEY = "stats:network"
@@ -159,3 +160,8 @@ def customer_cohorts(session: Session) -> pd.DataFrame:
     spend = frame.pivot_table(index="cohort", columns="month", values="amount", aggfunc="sum", fill_value=0)
     sizes = frame.groupby("cohort")["customer"].nunique().rename("customers")
     return pd.concat([sizes, spend.astype("int64")], axis=1).rename_axis("cohort").reset_index()
+
+
+def as_csv(table: pd.DataFrame) -> str:
+    """An analytics table as a CSV file, its columns named in the header."""
+    return csv_export.csv_text(table.columns, table.itertuples(index=False))

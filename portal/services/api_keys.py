@@ -11,7 +11,7 @@ from portal.models import ApiKey
 from portal.models.base import utcnow
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import API_KEY_PREFIX, keyed_hash, new_token
-from portal.services import audit
+from portal.services import audit, names
 from portal.services.errors import Conflict, InvalidInput, NotFound
 
 # What a key may do; a key holds a subset, its owner's roles still apply on top.
@@ -37,7 +37,7 @@ def create_key(
     expires_in_days: int | None = None,
 ) -> tuple[ApiKey, str]:
     """The stored key and the key itself, which is shown this once and never again."""
-    name = name.strip()
+    name = names.shown_text(name, field="name")
     if not 1 <= len(name) <= 80:
         raise InvalidInput("Name the key (1 to 80 characters).", details={"field": "name"})
     unknown = sorted(set(scopes) - SCOPES.keys())

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -25,7 +24,7 @@ from portal.models import (
     User,
 )
 from portal.models.base import utcnow
-from portal.services import ledger
+from portal.services import csv_export, ledger
 
 
 @dataclass(frozen=True)
@@ -204,25 +203,21 @@ def invoice_csv(session: Session, customer_id: uuid.UUID, month: date) -> str:
         )
         .order_by(col(UsageRecord.period_start), col(UsageRecord.id))
     ).all()
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(INVOICE_COLUMNS)
-    total = 0
-    for usage, device_name, cluster_name in rows:
-        total += usage.amount_micro
-        writer.writerow(
-            [
-                usage.period_start.isoformat(),
-                usage.period_end.isoformat(),
-                cluster_name,
-                usage.cluster_id,
-                device_name,
-                usage.gpu_count,
-                usage.seconds,
-                usd(usage.rate_micro),
-                usd(usage.amount_micro),
-                usage.amount_micro,
-            ]
-        )
-    writer.writerow(["total", "", "", "", "", "", "", "", usd(total), total])
-    return out.getvalue()
+    lines: list[list[object]] = [
+        [
+            usage.period_start.isoformat(),
+            usage.period_end.isoformat(),
+            cluster_name,
+            usage.cluster_id,
+            device_name,
+            usage.gpu_count,
+            usage.seconds,
+            Decimal(usd(usage.rate_micro)),  # a number, not text: a spreadsheet sums it
+            Decimal(usd(usage.amount_micro)),
+            usage.amount_micro,
+        ]
+        for usage, device_name, cluster_name in rows
+    ]
+    total = sum(usage.amount_micro for usage, _, _ in rows)
+    lines.append(["total", "", "", "", "", "", "", "", Decimal(usd(total)), total])
+    return csv_export.csv_text(INVOICE_COLUMNS, lines)

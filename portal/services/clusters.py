@@ -28,7 +28,7 @@ from portal.models import (
     NodeRole,
     NodeState,
 )
-from portal.services import escrow, market, metering, placement, state_machines
+from portal.services import escrow, market, metering, names, placement, state_machines
 from portal.services.errors import Conflict, InvalidInput, NotFound
 
 PURPOSES = ("general", "train", "inference")
@@ -71,7 +71,7 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
     def bad(field: str, message: str) -> InvalidInput:
         return InvalidInput(message, details={"field": field})
 
-    name = spec.name.strip()
+    name = names.shown_text(spec.name, field="name")
     if not 1 <= len(name) <= 80:
         raise bad("name", "Name the cluster (1 to 80 characters).")
     if spec.type != "ray":

@@ -30,7 +30,7 @@ from portal.models.base import utcnow
 from portal.security.authentication import revoke_device_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
-from portal.services import audit
+from portal.services import audit, names
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.gpu_catalog import list_price
 from portal.services.liveness import AGENT_RETRY_MAX_S, HEARING_GAP_S
@@ -64,7 +64,7 @@ def launch_commands(settings: Settings, token: str) -> dict[str, str]:
 
 
 def _validate(name: str, country: str, tier: str, price: int | None) -> tuple[str, str]:
-    name, country = name.strip(), country.strip().upper()
+    name, country = names.shown_text(name, field="name"), country.strip().upper()
     if not 1 <= len(name) <= 80:
         raise InvalidInput("Name the device (1 to 80 characters).", details={"field": "name"})
     if not _COUNTRY.match(country):

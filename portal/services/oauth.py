@@ -25,7 +25,7 @@ from portal.cache import Cache
 from portal.config import Settings
 from portal.models import OAuthIdentity, Role, User
 from portal.security.principal import RequestOrigin
-from portal.services import auth, users
+from portal.services import auth, names, users
 from portal.services.errors import NotFound, Unauthorized, Unavailable
 
 # authlib.deprecate installs an "always" filter when first imported; ours is added after it, so it wins.
@@ -246,7 +246,7 @@ def _user_for(session: Session, provider: Provider, identity: Identity, origin: 
             roles={Role.CUSTOMER},
             method=f"oauth:{provider.name}",
             origin=origin,
-            display_name=identity.name or f"{provider.label} user",
+            display_name=_shown_name(identity.name) or f"{provider.label} user",
         )
     session.add(
         OAuthIdentity(
@@ -255,3 +255,11 @@ def _user_for(session: Session, provider: Provider, identity: Identity, origin: 
     )
     session.flush()
     return user
+
+
+def _shown_name(name: str) -> str:
+    """The provider's name for the person when it can be shown to others (and fits the column); "" when
+    not: the sign-in goes on under a plain name rather than failing over characters the person may not
+    control."""
+    name = names.tidy(name)[:120]
+    return "" if names.why_refused(name) else name

@@ -14,7 +14,8 @@ from portal.config import get_settings
 from portal.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
-from portal.services import billing, deposits, payouts, treasury
+from portal.services import billing, dates, deposits, payouts, treasury
+from portal.services.errors import DomainError
 from portal.state.charts import styled
 from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
@@ -94,7 +95,7 @@ def _deposit_address(caller: Principal) -> dict[str, str]:
 
 def _invoice(caller: Principal, month: str) -> str:
     with session_scope() as session:
-        return billing.invoice_csv(session, caller.user_id, date.fromisoformat(f"{month}-01"))
+        return billing.invoice_csv(session, caller.user_id, dates.month_start(month))
 
 
 def invoice_months(today: date | None = None, count: int = 12) -> list[str]:
@@ -182,7 +183,10 @@ class BillingState(SessionState):
     @for_users()
     async def download_invoice(self):  # noqa: ANN201 - an event that returns a download
         month = self.month or invoice_months()[0]
-        text = await asyncio.to_thread(_invoice, principal(), month)
+        try:
+            text = await asyncio.to_thread(_invoice, principal(), month)
+        except DomainError as error:  # a month sent by hand, not one of those offered
+            return rx.toast.error(error.message)
         return rx.download(data=text, filename=f"gpu-portal-invoice-{month}.csv")
 
     @rx.event
