@@ -120,8 +120,29 @@ class Settings(BaseSettings):
         default=600,
         description="Requests a minute allowed from one IP address, and again from one principal.",
     )
-    login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
-    login_lockout_s: Annotated[int, Field(ge=1, le=86_400)] = 900
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=5,
+        description="Wrong passwords for one account from one address before it waits (15 s, doubling).",
+    )
+    login_lockout_s: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        default=900, description="The longest wait, and the window failures are counted in."
+    )
+    login_account_max_failures: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=100,
+        description="Wrong passwords for one account from all addresses before it locks for everyone "
+        "(the owner is emailed an unlock link).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics requires (Prometheus' credentials_file); required in production.",
+    )
+    smtp_url: str | None = Field(
+        default=None,
+        description="smtp://[user:pass@]host:port, smtp+starttls:// or smtps://; unset: no email is sent.",
+    )
+    mail_from: str = Field(
+        default="", description="Sender of the portal's email; default portal@<public_url's host>."
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     admin_ip_allowlist: list[str] = Field(
         default_factory=list, description="CIDRs allowed on admin routes, as a JSON list; empty: any address."
@@ -197,6 +218,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{network!r} is not an IP network such as 10.0.0.0/8") from None
         return value
 
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_scheme(cls, value: str | None) -> str | None:
+        return _require_scheme(value, ("smtp://", "smtps://", "smtp+starttls://"), "an SMTP URL")
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (openssl rand -hex 32)")
+        return value
+
     @field_validator("prometheus_url", "solana_rpc_url", "oidc_discovery_url")
     @classmethod
     def _http_scheme(cls, value: str | None) -> str | None:
@@ -234,6 +267,9 @@ class Settings(BaseSettings):
     def _production_needs_a_secret(self) -> Settings:
         if self.environment is Environment.PRODUCTION and self.secret_key is None:
             raise ValueError("PORTAL_SECRET_KEY must be set when PORTAL_ENVIRONMENT=production")
+        if self.environment is Environment.PRODUCTION and self.metrics_token is None:
+            # /metrics names every online device, its host and GPUs, and the payout totals.
+            raise ValueError("PORTAL_METRICS_TOKEN must be set when PORTAL_ENVIRONMENT=production")
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ RULES = {
     ("GET", "/api/v1/metrics"): "open",
     ("POST", "/api/v1/auth/signup"): "public",
     ("POST", "/api/v1/auth/login"): "public",
+    ("POST", "/api/v1/auth/unlock"): "public",
     ("POST", "/api/v1/auth/refresh"): "public",
     ("POST", "/api/v1/auth/logout"): "public",
     ("POST", "/api/v1/auth/wallet/challenge"): "public",

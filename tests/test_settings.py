@@ -81,6 +81,7 @@ def test_the_cli_reports_a_bad_setting_in_one_line_without_a_traceback():
 def test_production_takes_the_secret_key_from_settings(monkeypatch):
     monkeypatch.setenv("PORTAL_ENVIRONMENT", "production")
     monkeypatch.setenv("PORTAL_SECRET_KEY", "s" * 48)
+    monkeypatch.setenv("PORTAL_METRICS_TOKEN", "m" * 32)
     settings = load_settings()
     assert settings.environment is Environment.PRODUCTION
     assert settings.signing_key() == "s" * 48

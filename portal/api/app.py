@@ -29,6 +29,7 @@ from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
 from portal.security.access import OPEN
 from portal.security.firewall import FirewallMiddleware, SecurityHeadersMiddleware
+from portal.security.redirects import PublicRedirectsMiddleware
 from portal.services.errors import NotFound
 
 API_PREFIX = "/api/v1"
@@ -52,6 +53,7 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
     # Added inside out: the request context wraps everything, so even a 429 or 413 carries its request id.
     api.add_middleware(FirewallMiddleware)
     api.add_middleware(SecurityHeadersMiddleware)
+    api.add_middleware(PublicRedirectsMiddleware)
     api.add_middleware(RequestContextMiddleware)
     # Operators and load balancers probe the root paths; API clients find the same under /api/v1.
     api.include_router(health.router, include_in_schema=False)

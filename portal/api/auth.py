@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from portal.api.deps import CacheDep, SessionDep, SettingsDep
-from portal.api.users import user_out
 from portal.schemas.auth import (
     BrowserCodeIn,
     LoginIn,
@@ -16,6 +15,7 @@ from portal.schemas.auth import (
     RefreshIn,
     SignupIn,
     TokensOut,
+    UnlockIn,
     UserOut,
     WalletChallengeIn,
     WalletChallengeOut,
@@ -40,15 +40,53 @@ def tokens_out(tokens: auth.TokenPair) -> TokensOut:
     )
 
 
-@router.post("/signup", status_code=201, summary="Create an account with email and password")
-def signup(body: SignupIn, session: SessionDep, origin: OriginDep, _: Caller) -> dict[str, UserOut]:
-    user = auth.signup(session, email=body.email, password=body.password, roles=body.roles, origin=origin)  # type: ignore[arg-type]
-    return {"user": user_out(session, user)}
+@router.post(
+    "/signup",
+    status_code=201,
+    summary="Create an account with email and password (a taken email gets the same answer; its owner "
+    "is emailed)",
+)
+def signup(
+    body: SignupIn, session: SessionDep, cache: CacheDep, settings: SettingsDep, origin: OriginDep, _: Caller
+) -> dict[str, UserOut]:
+    signed_up = auth.signup(
+        session,
+        cache,
+        email=body.email,
+        password=body.password,
+        roles=body.roles,  # type: ignore[arg-type]
+        origin=origin,
+        settings=settings,
+    )
+    user = signed_up.user
+    return {
+        "user": UserOut(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            roles=sorted(signed_up.roles),
+            wallet_address=user.wallet_address,
+            created_at=user.created_at,
+        )
+    }
 
 
 @router.post("/login", summary="Sign in with email and password; returns an access and a refresh token")
-def login(body: LoginIn, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller) -> TokensOut:
-    return tokens_out(auth.login(session, cache, email=body.email, password=body.password, origin=origin))
+def login(
+    body: LoginIn, session: SessionDep, cache: CacheDep, settings: SettingsDep, origin: OriginDep, _: Caller
+) -> TokensOut:
+    return tokens_out(
+        auth.login(session, cache, email=body.email, password=body.password, origin=origin, settings=settings)
+    )
+
+
+@router.post(
+    "/unlock",
+    status_code=204,
+    summary="Unlock an account with the token its owner was emailed when it locked",
+)
+def unlock(body: UnlockIn, session: SessionDep, cache: CacheDep, origin: OriginDep, _: Caller) -> None:
+    auth.unlock(session, cache, token=body.token, origin=origin)
 
 
 @router.post("/refresh", summary="Swap a refresh token for a new pair; reusing one revokes its session")

@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics: no credentials, served at the root and under /api/v1."""
+"""Liveness, readiness and metrics, served at the root and under /api/v1: no credentials, except the
+metrics token that /metrics asks for once ``PORTAL_METRICS_TOKEN`` is set."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.db import session_scope
 from portal.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
-from portal.security.access import OPEN
+from portal.security.access import METRICS_SCRAPER, OPEN
 from portal.services import payouts, telemetry
 from portal.services.health import check_readiness
 
@@ -58,7 +59,12 @@ def _shared_exposition(parts: AppParts) -> bytes:
     return actors + payouts_exposition(payout_totals) + gpu_exposition(readings)
 
 
-@router.get("/metrics", summary="Prometheus text exposition", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus text exposition",
+    response_class=Response,
+    dependencies=[Depends(METRICS_SCRAPER)],
+)
 async def metrics(parts: PartsDep) -> Response:
     """The portal's counters, and every online device's GPUs under dcgm-exporter names and labels."""
     shared = await run_in_threadpool(_shared_exposition, parts)

@@ -11,12 +11,13 @@ from sqlmodel import Session
 from portal.api.deps import CacheDep, SessionDep
 from portal.models import User
 from portal.schemas.auth import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut, SessionOut, UserOut, WalletVerifyIn
-from portal.security.access import SIGNED_IN, SIGNED_IN_BROWSER_OR_TOKEN, OriginDep
+from portal.security.access import SIGNED_IN_BROWSER_OR_TOKEN, OriginDep, SignedIn
 from portal.security.principal import Principal
 from portal.services import api_keys, auth, users
 
 router = APIRouter(tags=["account"])
-Caller = Annotated[Principal, Depends(SIGNED_IN)]
+# An API key reads the account only with the account:read scope (a billing:read key must not).
+AccountReader = Annotated[Principal, Depends(SignedIn(scope="account:read"))]
 # Credentials are managed by a signed-in person, never by an API key.
 AccountOwner = Annotated[Principal, Depends(SIGNED_IN_BROWSER_OR_TOKEN)]
 
@@ -33,7 +34,7 @@ def user_out(session: Session, user: User) -> UserOut:
 
 
 @router.get("/me", summary="The signed-in account")
-def me(session: SessionDep, caller: Caller) -> UserOut:
+def me(session: SessionDep, caller: AccountReader) -> UserOut:
     user = session.get(User, caller.user_id)
     assert user is not None
     return user_out(session, user)

@@ -169,6 +169,36 @@ def signup() -> rx.Component:
     )
 
 
+def unlock() -> rx.Component:
+    return card(
+        "Unlock your account",
+        rx.text(
+            "Many wrong passwords were tried on your account, so it was locked. Unlock it here; your "
+            "password stays as it was.",
+            size="2",
+            color_scheme="gray",
+        ),
+        error_callout(),
+        rx.cond(
+            AuthFormState.notice != "",
+            rx.callout(
+                AuthFormState.notice, icon="check", color_scheme="green", id="auth-notice", width="100%"
+            ),
+        ),
+        rx.button(
+            rx.cond(AuthFormState.busy, rx.spinner(size="2"), rx.fragment()),
+            "Unlock my account",
+            size="3",
+            width="100%",
+            on_click=AuthFormState.unlock,
+            disabled=_NOT_READY | (AuthFormState.notice != ""),
+            id="submit-unlock",
+        ),
+        rx.link("Sign in", href="/login", size="2"),
+    )
+
+
 def register(app: rx.App) -> None:
     app.add_page(login, route="/login", title="Sign in · GPU Portal", on_load=AuthFormState.open_form)
     app.add_page(signup, route="/signup", title="Sign up · GPU Portal", on_load=AuthFormState.open_form)
+    app.add_page(unlock, route="/unlock", title="Unlock · GPU Portal", on_load=AuthFormState.open_unlock)

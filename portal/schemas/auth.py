@@ -65,6 +65,11 @@ class BrowserCodeIn(BaseModel):
     code: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+class UnlockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class UserOut(BaseModel):
     id: uuid.UUID
     email: str | None

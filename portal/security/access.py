@@ -7,6 +7,7 @@ caller's ownership by the services, so another user's object is a 404, not a 403
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Iterable
 from typing import Annotated
@@ -67,6 +68,29 @@ class Open(AccessRule):
     summary = "open"
 
     async def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
+class MetricsScraper(Open):
+    """Open while no ``metrics_token`` is set (development); otherwise only ``Bearer <metrics_token>``.
+
+    Still reads no database or cache, so Prometheus scrapes while they are down. The token is compared in
+    constant time.
+    """
+
+    summary = "open, or the metrics token when set"
+
+    async def __call__(self, request: Request, parts: PartsDep) -> None:  # type: ignore[override]
+        expected = parts.settings.metrics_token
+        if expected is None:
+            return None
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.strip().encode(), expected.get_secret_value().encode()
+        ):
+            raise Unauthorized(
+                "/metrics needs 'Authorization: Bearer <PORTAL_METRICS_TOKEN>'.", code="invalid_token"
+            )
         return None
 
 
@@ -169,6 +193,7 @@ OriginDep = Annotated[RequestOrigin, Depends(request_origin)]
 
 # The rules routes use; one instance each, so the authorization matrix can name them.
 OPEN = Open()
+METRICS_SCRAPER = MetricsScraper()
 PUBLIC = Public()
 SIGNED_IN = SignedIn()
 SIGNED_IN_BROWSER_OR_TOKEN = SignedIn(api_keys=False)

@@ -6,9 +6,11 @@ process shares them), per client IP on every API request and per principal once 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
+from urllib.parse import urlsplit
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -170,7 +172,7 @@ class FirewallMiddleware:
 # still loads from the portal itself only, and API responses keep the strict policy below.
 PAGE_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' ws: wss:; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' {websocket_origin}; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -181,10 +183,19 @@ DOCS_CSP = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def page_csp(base_url: str) -> str:
+    """The pages' policy: they connect to the portal's own origin only. Its websocket form is named as well
+    as 'self', which browsers before CSP3 do not match to ws: or wss:."""
+    public = urlsplit(base_url)
+    websocket_scheme = "wss" if public.scheme == "https" else "ws"
+    return PAGE_CSP.format(websocket_origin=f"{websocket_scheme}://{public.netloc}")
+
+
 def security_headers(scope: Scope, base_url: str) -> list[tuple[bytes, bytes]]:
     """The headers every response to this request carries, whoever answers it."""
     path = scope["path"]
-    csp = DOCS_CSP if path == "/api/docs" else API_CSP if path.startswith("/api/") else PAGE_CSP
+    csp = DOCS_CSP if path == "/api/docs" else API_CSP if path.startswith("/api/") else page_csp(base_url)
     headers = [
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),

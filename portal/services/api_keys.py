@@ -16,6 +16,7 @@ from portal.services.errors import Conflict, InvalidInput, NotFound
 
 # What a key may do; a key holds a subset, its owner's roles still apply on top.
 SCOPES = {
+    "account:read": "See your own account: email, name, roles, wallet (GET /me).",
     "clusters:read": "See clusters, their jobs, logs and metrics.",
     "clusters:write": "Deploy, extend and terminate clusters; submit jobs.",
     "billing:read": "See balance, ledger, usage and invoices.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from portal.cache import Cache
-from portal.config import get_settings
+from portal.config import Settings, get_settings
 from portal.models import AuthSession, RefreshToken, Role, User
 from portal.models.base import utcnow
 from portal.security.authentication import revoked_session_key
@@ -24,13 +25,17 @@ from portal.security.jwt import issue_access_token
 from portal.security.passwords import hash_password, verify_password
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import BROWSER_COOKIE_PREFIX, REFRESH_TOKEN_PREFIX, keyed_hash, new_token
-from portal.services import audit, users
+from portal.services import audit, mail, users
 from portal.services.errors import Conflict, InvalidInput, NotFound, RateLimited, Unauthorized
 
 SELF_SERVICE_ROLES = {Role.CUSTOMER, Role.PROVIDER}
 WALLET_NONCE_TTL_S = 300
 BROWSER_HANDOFF_TTL_S = 60
 BROWSER_SESSION_DAYS = 14
+FIRST_WAIT_S = 15  # after login_max_failures wrong passwords from one address, doubling from there
+UNLOCK_LINK_TTL_S = 86_400
+TRUSTED_ADDRESS_TTL_S = 30 * 86_400
+TAKEN_SIGNUP_MAIL_EVERY_S = 3600
 
 
 @dataclass(frozen=True)
@@ -50,16 +55,85 @@ def _decoy_hash() -> str:
 # --- sign-up and password sign-in ------------------------------------------------------------------
 
 
-def signup(session: Session, *, email: str, password: str, roles: list[Role], origin: RequestOrigin) -> User:
-    wanted = set(roles) or {Role.CUSTOMER}
+@dataclass(frozen=True)
+class SignedUp:
+    """What a sign-up answers. ``created`` is False when the email already had an account: ``user`` is then
+    a stand-in that is never stored, so the answer looks like a new account's and says nothing about the
+    existing one (whose owner is emailed instead)."""
+
+    user: User
+    roles: frozenset[Role]
+    created: bool
+
+
+def signup(
+    session: Session,
+    cache: Cache,
+    *,
+    email: str,
+    password: str,
+    roles: list[Role],
+    origin: RequestOrigin,
+    settings: Settings | None = None,
+) -> SignedUp:
+    """A new account, or (for a taken email) the same answer with nothing created and the owner told.
+
+    Both ways hash the password and write one audit entry, so a taken email is not answered faster.
+    """
+    settings = settings or get_settings()
+    wanted = frozenset(roles) or frozenset({Role.CUSTOMER})
     if not wanted <= SELF_SERVICE_ROLES:
         raise InvalidInput(
             "Sign-up can ask for the customer and provider roles only.", details={"field": "roles"}
         )
-    user = new_account(
-        session, email=email, password=password, roles=wanted, method="password", origin=origin
+    users.require_valid_password(password)
+    existing = users.get_user_by_email(session, email)
+    if existing is None:
+        user = new_account(
+            session, email=email, password=password, roles=set(wanted), method="password", origin=origin
+        )
+        return SignedUp(user, wanted, created=True)
+    hash_password(password)  # the time a new account spends hashing it
+    audit.record(
+        session,
+        "user.signup",
+        origin=origin,
+        outcome="failure",
+        target_type="user",
+        target_id=existing.id,
+        details={"method": "password", "reason": "email_taken"},
     )
-    return user
+    _tell_owner_of_taken_signup(cache, settings, existing, origin)
+    email = users.normalize_email(email)
+    stand_in = User(email=email, display_name=email.split("@")[0], created_at=utcnow())
+    return SignedUp(stand_in, wanted, created=False)
+
+
+def _tell_owner_of_taken_signup(cache: Cache, settings: Settings, owner: User, origin: RequestOrigin) -> None:
+    # At most one such email an hour per account: sign-ups must not become a way to flood an inbox.
+    if owner.email is None or not mail.is_configured(settings):
+        return
+    if not cache.add(f"signup-taken-mail:{owner.id}", "1", ttl_s=TAKEN_SIGNUP_MAIL_EVERY_S):
+        return
+    mail.send_later(
+        settings,
+        mail.Mail(
+            to=owner.email,
+            subject="Someone tried to sign up with your email address",
+            body=(
+                f"Someone (from {origin.ip or 'an unknown address'}) tried to create a GPU Portal account "
+                f"with {owner.email}, which already has one. No account was created and nothing changed.\n\n"
+                f"If it was you, sign in instead: {settings.base_url}/login\n"
+                "If it was not, you need do nothing.\n"
+            ),
+        ),
+    )
+
+
+def decoy_browser_code() -> str:
+    """A one-time sign-in code that was never issued, for a sign-up page whose email was taken: the page
+    goes on as for a new account, and the code is refused as an expired one would be."""
+    return secrets.token_urlsafe(24)
 
 
 def new_account(
@@ -91,24 +165,61 @@ def new_account(
     return user
 
 
-def _lock_key(email: str) -> str:
-    return f"login-lock:{email}"
+def _pair_key(email: str, ip: str | None) -> str:
+    """One account from one address, hashed: the cache holds neither the email nor the pair in clear."""
+    return keyed_hash(json.dumps([email, ip or "unknown"]))
+
+
+def _refuse_while_waiting(cache: Cache, key: str, message: str) -> None:
+    until = cache.get(key)
+    if until is not None:
+        retry_after = max(1, math.ceil(float(until) - utcnow().timestamp()))
+        raise RateLimited(message.format(seconds=retry_after), retry_after_s=retry_after, code="locked_out")
+
+
+def pair_wait_s(failures: int, settings: Settings) -> int:
+    """How long one address waits before trying one account again after ``failures`` wrong passwords:
+    nothing until ``login_max_failures``, then 15 s, doubling each time, at most ``login_lockout_s``."""
+    beyond = failures - settings.login_max_failures
+    if beyond < 0:
+        return 0
+    return min(settings.login_lockout_s, FIRST_WAIT_S * 2 ** min(beyond, 20))
 
 
 def check_password(
-    session: Session, cache: Cache, *, email: str, password: str, origin: RequestOrigin
+    session: Session,
+    cache: Cache,
+    *,
+    email: str,
+    password: str,
+    origin: RequestOrigin,
+    settings: Settings | None = None,
 ) -> User:
-    """The user whose password this is, or a clear refusal; repeated failures lock the account for a while."""
-    settings = get_settings()
+    """The user whose password this is, or a clear refusal.
+
+    Wrong passwords are counted per account and address: the address waits longer after each one past
+    ``login_max_failures``, while the owner signing in from elsewhere is not held up. An address is cut
+    off after 4 times that many across accounts; an account locks for everyone only after
+    ``login_account_max_failures`` from everywhere, and its owner is then emailed a link that unlocks it
+    (and keeps the address that opens it clear of such locks from then on).
+    """
+    settings = settings or get_settings()
     email = users.normalize_email(email)
-    locked_until = cache.get(_lock_key(email))
-    if locked_until is not None:
-        retry_after = max(1, int(float(locked_until) - utcnow().timestamp()))
-        raise RateLimited(
-            f"Too many failed sign-ins; this account is locked for {retry_after} s.",
-            retry_after_s=retry_after,
-            code="locked_out",
+    pair = _pair_key(email, origin.ip)
+    if cache.get(f"login-trusted:{pair}") is None:
+        _refuse_while_waiting(
+            cache,
+            f"login-lock:{email}",
+            "Too many failed sign-ins from many places; this account is locked for {seconds} s"
+            + (
+                " (its owner can unlock it by the link emailed to them)."
+                if mail.is_configured(settings)
+                else "."
+            ),
         )
+    _refuse_while_waiting(
+        cache, f"login-wait:{pair}", "Too many failed sign-ins; try this account again in {seconds} s."
+    )
     ip_failures_key = f"login-failures-ip:{origin.ip}"
     if int(cache.get(ip_failures_key) or 0) >= settings.login_max_failures * 4:
         raise RateLimited(
@@ -120,14 +231,21 @@ def check_password(
     usable = user is not None and user.is_active and user.password_hash is not None
     valid = verify_password(user.password_hash if usable else _decoy_hash(), password)  # type: ignore[union-attr, arg-type]
     if usable and valid:
-        cache.delete(f"login-failures:{email}")
+        cache.delete(f"login-failures:{pair}", f"login-failures:{email}")
         return user  # type: ignore[return-value]
-    failures = cache.incr(f"login-failures:{email}", ttl_s=settings.login_lockout_s)
-    cache.incr(ip_failures_key, ttl_s=settings.login_lockout_s)
-    locked = failures >= settings.login_max_failures
+    window_s = settings.login_lockout_s
+    failures = cache.incr(f"login-failures:{pair}", ttl_s=window_s)
+    account_failures = cache.incr(f"login-failures:{email}", ttl_s=window_s)
+    cache.incr(ip_failures_key, ttl_s=window_s)
+    wait_s = pair_wait_s(failures, settings)
+    if wait_s:
+        cache.set(f"login-wait:{pair}", str(utcnow().timestamp() + wait_s), ttl_s=wait_s)
+    locked = account_failures >= settings.login_account_max_failures
     if locked:
-        unlock_at = utcnow().timestamp() + settings.login_lockout_s
-        cache.set(_lock_key(email), str(unlock_at), ttl_s=settings.login_lockout_s)
+        cache.set(f"login-lock:{email}", str(utcnow().timestamp() + window_s), ttl_s=window_s)
+        cache.delete(f"login-failures:{email}")  # the next lock takes as many failures again
+        if usable:
+            _send_unlock_link(cache, settings, user)  # type: ignore[arg-type]
     audit.record(
         session,
         "auth.login",
@@ -136,10 +254,54 @@ def check_password(
         outcome="failure",
         target_type="user",
         target_id=user.id if user else None,
-        details={"email": email, "failures": failures, "locked": locked},
+        details={"email": email, "failures": failures, "wait_s": wait_s, "locked": locked},
     )
     session.commit()  # the failure stays on record although the request fails
     raise Unauthorized("Wrong email or password.", code="invalid_credentials")
+
+
+def _send_unlock_link(cache: Cache, settings: Settings, user: User) -> None:
+    if user.email is None or not mail.is_configured(settings):
+        return
+    token = secrets.token_urlsafe(32)
+    cache.set(f"login-unlock:{keyed_hash(token)}", user.email, ttl_s=UNLOCK_LINK_TTL_S)
+    mail.send_later(
+        settings,
+        mail.Mail(
+            to=user.email,
+            subject="Your GPU Portal account was locked",
+            body=(
+                "Many wrong passwords were tried on your GPU Portal account from several places, so it "
+                f"is locked for {settings.login_lockout_s // 60 or 1} minutes. Your password was not "
+                "changed.\n\n"
+                f"To unlock it now, open this link (it works once, for a day):\n"
+                f"{settings.base_url}/unlock?token={token}\n\n"
+                "The address you open it from will not be locked out by others' guesses again.\n"
+            ),
+        ),
+    )
+
+
+def unlock(session: Session, cache: Cache, *, token: str, origin: RequestOrigin) -> None:
+    """Clear an account's lock with the emailed token (once), and keep the address that used it clear of
+    account-wide locks from then on."""
+    email = cache.take(f"login-unlock:{keyed_hash(token)}")
+    if email is None:
+        raise Unauthorized("The unlock link is unknown, used or expired.", code="invalid_unlock_token")
+    pair = _pair_key(email, origin.ip)
+    cache.delete(
+        f"login-lock:{email}", f"login-failures:{email}", f"login-wait:{pair}", f"login-failures:{pair}"
+    )
+    cache.set(f"login-trusted:{pair}", "1", ttl_s=TRUSTED_ADDRESS_TTL_S)
+    user = users.get_user_by_email(session, email)
+    audit.record(
+        session,
+        "auth.unlock",
+        actor_id=f"user:{user.id}" if user else None,
+        origin=origin,
+        target_type="user",
+        target_id=user.id if user else None,
+    )
 
 
 def _start_session(
@@ -193,8 +355,16 @@ def _new_tokens(session: Session, user: User, auth_session: AuthSession) -> Toke
     return TokenPair(access_token, refresh_token, expires_in, auth_session.id)
 
 
-def login(session: Session, cache: Cache, *, email: str, password: str, origin: RequestOrigin) -> TokenPair:
-    user = check_password(session, cache, email=email, password=password, origin=origin)
+def login(
+    session: Session,
+    cache: Cache,
+    *,
+    email: str,
+    password: str,
+    origin: RequestOrigin,
+    settings: Settings | None = None,
+) -> TokenPair:
+    user = check_password(session, cache, email=email, password=password, origin=origin, settings=settings)
     return _start_session(session, user, kind="api", method="password", origin=origin)[1]
 
 

@@ -48,6 +48,13 @@ def grant_roles(session: Session, user: User, roles: Iterable[Role]) -> None:
     session.flush()
 
 
+def require_valid_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"The password needs at least {MIN_PASSWORD_LENGTH} characters.", details={"field": "password"}
+        )
+
+
 def create_user(
     session: Session,
     *,
@@ -58,10 +65,8 @@ def create_user(
 ) -> User:
     """A new account; ``email`` may be None for accounts that sign in through a wallet or a provider."""
     email = normalize_email(email) if email is not None else None
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(
-            f"The password needs at least {MIN_PASSWORD_LENGTH} characters.", details={"field": "password"}
-        )
+    if password is not None:
+        require_valid_password(password)
     if email is not None and session.exec(select(User.id).where(User.email == email)).first() is not None:
         raise Conflict("An account with that email already exists.", code="email_taken")
     user = User(

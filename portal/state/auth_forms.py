@@ -21,14 +21,26 @@ from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_fr
 
 def _sign_up(email: str, password: str, roles: list[Role], origin: RequestOrigin) -> str:
     with session_scope() as session:
-        user = auth.signup(session, email=email, password=password, roles=roles, origin=origin)
-        return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
+        signed_up = auth.signup(
+            session, get_cache(), email=email, password=password, roles=roles, origin=origin
+        )
+        if not signed_up.created:
+            # A taken email: the page goes on as for a new account, and signing in is then refused.
+            return auth.decoy_browser_code()
+        return auth.start_browser_session(
+            session, get_cache(), user=signed_up.user, method="password", origin=origin
+        )
 
 
 def _sign_in(email: str, password: str, origin: RequestOrigin) -> str:
     with session_scope() as session:
         user = auth.check_password(session, get_cache(), email=email, password=password, origin=origin)
         return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
+
+
+def _unlock(token: str, origin: RequestOrigin) -> None:
+    with session_scope() as session:
+        auth.unlock(session, get_cache(), token=token, origin=origin)
 
 
 def _wallet_challenge(address: str) -> tuple[str, str]:
@@ -45,6 +57,7 @@ def _wallet_sign_in(address: str, nonce: str, signature: str, origin: RequestOri
 
 class AuthFormState(SessionState):
     error: str = ""
+    notice: str = ""
     busy: bool = False
     # Backend-only: the wallet sign-in under way in this tab.
     _wallet_address: str = ""
@@ -102,6 +115,26 @@ class AuthFormState(SessionState):
             self.busy, self.error = False, error.message
             return
         yield sign_in_script(code, self.router.url.query_parameters.get("next"))
+
+    @rx.event
+    @for_anyone
+    async def open_unlock(self) -> None:
+        self.busy, self.error, self.notice = False, "", ""
+
+    @rx.event
+    @for_anyone
+    async def unlock(self) -> AsyncIterator[Any]:
+        """Unlock the account with the token of the emailed link (a button press: mail scanners that
+        open links do not use it up)."""
+        self.busy, self.error, self.notice = True, "", ""
+        yield
+        token = self.router.url.query_parameters.get("token", "")
+        try:
+            await asyncio.to_thread(_unlock, token, self._origin())
+        except DomainError as error:
+            self.busy, self.error = False, error.message
+            return
+        self.busy, self.notice = False, "Your account is unlocked: sign in as usual."
 
     @rx.event
     @for_anyone
