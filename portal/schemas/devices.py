@@ -108,7 +108,7 @@ class GpuSampleIn(BaseModel):
     mem_used_mb: Annotated[float, Field(ge=0, le=10_000_000)]
     temp_c: Annotated[float, Field(ge=-50, le=200)]
     power_w: Annotated[float, Field(ge=0, le=10_000)]
-    xid_errors: Annotated[int, Field(ge=0)] = 0
+    xid_errors: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0  # the last XID code (NVML reports small ones)
     ecc_uncorrected: Annotated[int, Field(ge=0, le=2**40)] = 0
 
 
