@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     admin_ip_allowlist: list[str] = Field(
         default_factory=list, description="CIDRs allowed on admin routes, as a JSON list; empty: any address."
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies whose X-Forwarded-For names the client, as a JSON list; empty: "
+        "the peer is the client.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser; default: public_url.",
@@ -208,7 +213,7 @@ class Settings(BaseSettings):
     def _broker_scheme(cls, value: str | None) -> str | None:
         return _require_scheme(value, ("amqp://", "amqps://"), "a RabbitMQ URL")
 
-    @field_validator("admin_ip_allowlist")
+    @field_validator("admin_ip_allowlist", "trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for network in value:

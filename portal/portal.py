@@ -6,7 +6,7 @@ from starlette.types import ASGIApp
 
 from portal import frontend_build
 from portal.api.app import create_api
-from portal.api.heartbeat_lane import HeartbeatLane
+from portal.api.front import in_front
 from portal.config import get_settings
 from portal.demo_agents import demo_agents
 from portal.heap import frozen_heap
@@ -21,13 +21,13 @@ api = create_api()
 
 
 class PortalApp(rx.App):
-    """The Reflex app, with agents' heartbeats answered in front of it, and the pages that ``portal run``
-    built served beside it."""
+    """The Reflex app, with agents' heartbeats answered in front of it (``in_front``), and the pages that
+    ``portal run`` built served beside it."""
 
     def __call__(self) -> ASGIApp:
         if frontend_build.serving_built_pages():
             environment.REFLEX_MOUNT_FRONTEND_COMPILED_APP.set(True)
-        return HeartbeatLane(super().__call__(), api.state.parts)
+        return in_front(super().__call__(), api.state.parts)
 
 
 app = PortalApp(api_transformer=api)

@@ -11,12 +11,12 @@ from starlette.types import ASGIApp
 
 from portal.api.app import create_api
 from portal.api.deps import AppParts
-from portal.api.heartbeat_lane import HeartbeatLane
+from portal.api.front import in_front
 
 
 def portal_app(parts: AppParts) -> ASGIApp:
     """The API over ``parts`` as ``portal run`` serves it to agents: behind the heartbeat lane."""
-    return HeartbeatLane(create_api(parts), parts)
+    return in_front(create_api(parts), parts)
 
 
 def free_port() -> int:

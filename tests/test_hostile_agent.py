@@ -22,6 +22,7 @@ from solders.keypair import Keypair
 from sqlmodel import select
 
 from gpu_pool import compute
+from portal.api.deps import AppParts
 from portal.config import Environment
 from portal.db import session_scope
 from portal.models import (
@@ -38,7 +39,7 @@ from portal.models import (
 from portal.models.base import utcnow
 from portal.services import clusters, commands, ledger, node_addresses, provisioning, telemetry
 from tests.factories import make_device, make_user
-from tests.servers import ServerThread
+from tests.servers import ServerThread, portal_app
 
 AGENT_IP = "127.0.0.2"
 A10 = {"index": 0, "uuid": "GPU-a10-0", "model": "NVIDIA A10", "memory_mb": 23_028}
@@ -495,3 +496,26 @@ def test_flooded_and_foreign_command_results_change_nothing(served):
 
         assert session.get(DeviceCommand, mine.id).state == "succeeded"
         assert session.get(DeviceCommand, theirs.id).state == "queued"
+
+
+def test_behind_a_trusted_proxy_the_agent_s_own_address_is_registered_and_no_one_else_can_claim_one(parts):
+    proxied = AppParts(
+        parts.settings.model_copy(update={"trusted_proxies": ["127.0.0.1/32"]}), parts.engine, parts.cache
+    )
+    device_id, token = new_device(parts)
+    with ServerThread(portal_app(proxied)) as url:
+        # The proxy (on 127.0.0.1) names the agent it forwards.
+        reply = httpx.post(
+            f"{url}/api/v1/worker/register",
+            json={"agent_version": "t", "gpus": [A10], "simulated": True},
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "127.0.0.3"},
+        )
+        assert reply.status_code == 200
+        assert device_row(parts, device_id).address == "127.0.0.3"
+        # An agent reaching the portal directly cannot name another address.
+        FakeAgent(url, token).http.post(
+            "/register",
+            json={"agent_version": "t", "gpus": [A10], "simulated": True},
+            headers={"X-Forwarded-For": "127.0.0.3"},
+        )
+        assert device_row(parts, device_id).address == AGENT_IP
