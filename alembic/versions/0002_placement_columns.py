@@ -10,7 +10,21 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from portal.services.gpu_catalog import CATALOG, UNKNOWN_MODEL_PRICE_MICRO
+
+# The GPU catalogue's list prices as this revision knew them (micro-USD per GPU-hour), frozen here so that
+# the migration's result never changes with the live catalogue.
+UNKNOWN_MODEL_PRICE_MICRO = 300_000
+LIST_PRICES_MICRO = {
+    "H200-141GB": 3_000_000,
+    "H100-80GB": 2_000_000,
+    "A100-80GB": 1_200_000,
+    "A100-40GB": 1_000_000,
+    "L40S-48GB": 900_000,
+    "A10-24GB": 450_000,
+    "RTX-4090-24GB": 400_000,
+    "RTX-3090-24GB": 250_000,
+    "T4-16GB": 150_000,
+}
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -35,12 +49,12 @@ def upgrade() -> None:
         f"hourly_price_micro = COALESCE(price_per_gpu_hour_micro, {UNKNOWN_MODEL_PRICE_MICRO})"
     )
     # Known models at their list price; the portal keeps the column right from here on.
-    for name, model in CATALOG.items():
+    for name, price in LIST_PRICES_MICRO.items():
         op.execute(
             sa.text(
                 "UPDATE devices SET hourly_price_micro = :price "
                 "WHERE price_per_gpu_hour_micro IS NULL AND gpu_model = :name"
-            ).bindparams(price=model.default_price_per_gpu_hour_micro, name=name)
+            ).bindparams(price=price, name=name)
         )
     with op.batch_alter_table("cluster_nodes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("command_id", sa.Uuid(), nullable=True))
