@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 5
     db_pool_overflow: Annotated[int, Field(ge=0, le=200)] = 5
     log_level: str = "INFO"
-    log_format: LogFormat = LogFormat.JSON
+    log_format: LogFormat | None = Field(
+        default=None, description="json or text; unset: text on a terminal, JSON otherwise."
+    )
     cache_prefix: str = Field(
         default="portal:", description="Prefix of every cache key (share one Redis safely)."
     )

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object a line, each carrying the id of the request it belongs to."""
+"""Logs: one JSON object a line for machines, or short readable lines on a terminal; each record carries
+the id of the request it belongs to."""
 
 from __future__ import annotations
 
@@ -27,9 +28,27 @@ def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
 logging.setLogRecordFactory(_record_with_request_id)
 
 
+class QuietWorkerTraffic(logging.Filter):
+    """Drops the access lines of agents' routine traffic (beats, polls: several a second per agent), which
+    would bury everything else on a terminal; their errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "portal.access":
+            return True
+        path, status = getattr(record, "path", ""), getattr(record, "status", 500)
+        return not (path.startswith("/api/v1/worker/") and status < 400)
+
+
+def log_format(settings: Settings) -> LogFormat:
+    """The format in force: the setting, else text on a terminal and JSON for anything reading the output."""
+    if settings.log_format is not None:
+        return settings.log_format
+    return LogFormat.TEXT if sys.stdout.isatty() else LogFormat.JSON
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    if settings.log_format is LogFormat.JSON:
+    if log_format(settings) is LogFormat.JSON:
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
@@ -39,8 +58,9 @@ def configure_logging(settings: Settings) -> None:
         )
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
+        handler.addFilter(QuietWorkerTraffic())
     root = logging.getLogger()
     for existing in [h for h in root.handlers if getattr(h, "_portal", False)]:
         root.removeHandler(existing)

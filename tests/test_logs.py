@@ -1,0 +1,39 @@
+"""Logs read well where they are read: short lines on a terminal without the agents' routine traffic, JSON
+for anything else."""
+
+import io
+import logging
+import sys
+
+from portal import logs
+from portal.config import LogFormat
+from tests.conftest import settings_for
+
+
+def access_line(path: str, status: int) -> logging.LogRecord:
+    record = logging.LogRecord("portal.access", logging.INFO, __file__, 1, "GET %s %s", (path, status), None)
+    record.path, record.status = path, status
+    return record
+
+
+def test_a_terminal_sees_no_line_per_heartbeat_but_every_error_and_other_request():
+    quiet = logs.QuietWorkerTraffic()
+    assert not quiet.filter(access_line("/api/v1/worker/heartbeat", 200))
+    assert not quiet.filter(access_line("/api/v1/worker/commands", 200))
+    assert quiet.filter(access_line("/api/v1/worker/heartbeat", 401))
+    assert quiet.filter(access_line("/api/v1/clusters", 202))
+    assert quiet.filter(logging.LogRecord("portal.audit", logging.INFO, __file__, 1, "x", (), None))
+
+
+def test_the_format_is_text_on_a_terminal_json_otherwise_and_the_setting_wins(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("PORTAL_LOG_FORMAT")  # the tests' own choice
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert logs.log_format(settings_for()) is LogFormat.TEXT
+    assert logs.log_format(settings_for(log_format="json")) is LogFormat.JSON
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert logs.log_format(settings_for()) is LogFormat.JSON
+    assert logs.log_format(settings_for(log_format="text")) is LogFormat.TEXT
