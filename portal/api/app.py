@@ -27,6 +27,7 @@ from portal.api import (
 from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
+from portal.api.openapi import document_errors
 from portal.security.access import OPEN
 from portal.security.firewall import FirewallMiddleware, SecurityHeadersMiddleware
 from portal.security.redirects import PublicRedirectsMiddleware
@@ -84,6 +85,7 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
         include_in_schema=False,
         dependencies=[Depends(OPEN)],
     )
+    document_errors(api)
     return api
 
 

@@ -7,8 +7,10 @@ from dataclasses import asdict
 from typing import Any
 
 import strawberry
-from fastapi import APIRouter, Depends
+from cross_web import HTTPException as GraphQLHTTPError
+from fastapi import APIRouter, Depends, Request, Response
 from graphql import GraphQLError
+from starlette.exceptions import HTTPException
 from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
 from strawberry.types import ExecutionContext
@@ -87,8 +89,53 @@ schema = Schema(
     query=Query,
     extensions=[lambda: QueryDepthLimiter(max_depth=6), lambda: MaxTokensLimiter(max_token_count=2000)],
 )
+
+
+class EnvelopedGraphQLRouter(GraphQLRouter):
+    """Strawberry answers a request it cannot read (no JSON, no query, a wrong content type) in plain text;
+    here it gets the API's error envelope like every other error. A body that is not UTF-8, or JSON that
+    is not an object (``null``, a number), is such a request too: strawberry lets those through as 500s."""
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            parsed = super().parse_json(data)
+        except UnicodeDecodeError as error:
+            raise GraphQLHTTPError(400, "The request body is not UTF-8 JSON.") from error
+        if not isinstance(parsed, dict | list):  # a list is a batch, which strawberry refuses itself
+            raise GraphQLHTTPError(400, "The body must be a JSON object: {query, variables, operationName}.")
+        return parsed
+
+    async def run(  # type: ignore[override]
+        self, request: Request, context: Any = strawberry.UNSET, root_value: Any = strawberry.UNSET
+    ) -> Response:
+        try:
+            return await super().run(request, context=context, root_value=root_value)
+        except GraphQLHTTPError as error:
+            raise HTTPException(error.status_code, error.reason) from error
+
+
+# The body strawberry reads, so the OpenAPI document (and the schema-driven fuzz) knows it.
+GRAPHQL_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["query"],
+                "properties": {
+                    "query": {"type": "string", "description": "A GraphQL query document."},
+                    "variables": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+                    "operationName": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                },
+            }
+        }
+    },
+}
 # No GET and no in-browser IDE: queries come as POST, and the portal loads nothing from a CDN.
-graphql_router = GraphQLRouter(
+graphql_router = EnvelopedGraphQLRouter(
     schema, path="/graphql", context_getter=_context, graphql_ide=None, allow_queries_via_get=False
 )
+for _route in graphql_router.routes:
+    if "POST" in getattr(_route, "methods", ()):
+        _route.openapi_extra = {"requestBody": GRAPHQL_BODY}
 router.include_router(graphql_router)
