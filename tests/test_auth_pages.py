@@ -50,6 +50,7 @@ def test_sign_up_sign_in_create_and_revoke_a_key_and_sign_out(portal, page: Page
     expect(page).to_have_url(re.compile(r"/account/?$"))
     page.locator("#key-name").fill("laptop script")
     page.get_by_text("clusters:read").click()
+    page.get_by_text("account:read").click()  # what GET /me asks of a key
     page.locator("#create-key").click()
     key = page.locator("#new-api-key").inner_text()
     assert key.startswith("gpk_")
