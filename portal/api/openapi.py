@@ -3,12 +3,12 @@
 Routes declare their success response; the errors they can answer follow from their shape and their
 access rule, so they are added here rather than on each decorator: every API path can be rate limited
 (429) and can find a dependency down (503); a rule that reads a credential can refuse it (401), and one
-that admits only some callers can refuse a valid one (403); a path parameter, a body or a device's own
-cluster names something that may not exist or not be yours (404); parameters can be invalid (422); a body
-can be unparseable (400), too large (413) or invalid (422); a request that changes state can meet a state
-that does not allow it (409). Every error has the envelope of ``portal.api.errors``; a status a route
-declares itself keeps its declaration. Public routes take a credential optionally, and redirects are
-documented without a body.
+that admits only some callers can refuse a valid one (403); a path parameter, a device's own cluster or a
+signed-in caller's body names something that may not exist or not be theirs (404); parameters can be
+invalid (422); a body can be unparseable (400), too large (413) or invalid (422); a request that changes
+state can meet a state that does not allow it (409). Every error has the envelope of
+``portal.api.errors``; a status a route declares itself keeps its declaration. Public routes take a
+credential optionally, and redirects are documented without a body.
 """
 
 from __future__ import annotations
@@ -121,10 +121,13 @@ def error_statuses(method: str, operation: dict[str, Any], rules: list[AccessRul
     places = {parameter["in"] for parameter in operation.get("parameters", [])}
     if places:
         statuses.add(422)
+    signed_in = any(isinstance(rule, SignedIn | DeviceToken) for rule in rules)
     if "path" in places or any(isinstance(rule, DeviceToken) for rule in rules):
         statuses.add(404)  # what the path names, or (for a device) the cluster it serves
     if "requestBody" in operation:
-        statuses.update({400, 404, 413, 422})  # a body may name something that does not exist
+        statuses.update({400, 413, 422})
+        if signed_in:
+            statuses.add(404)  # a caller's body may name something that does not exist or is not theirs
     if method in STATE_CHANGING:
         statuses.add(409)
     return sorted(statuses)
