@@ -75,7 +75,9 @@ def test_operators_discover_the_agents_metrics_endpoints(api_client, parts):
     device_id, _ = beating_device(parts)
     with session_scope(parts.engine) as session:
         device = session.get(Device, device_id)
-        device.metrics_url, device.last_heartbeat_at = "http://10.1.2.3:9400/metrics", utcnow()
+        # Registered from 10.1.2.3 (only a URL on that address is a target); nothing is contacted.
+        device.address, device.metrics_url = "10.1.2.3", "http://10.1.2.3:9400/metrics"
+        device.last_heartbeat_at = utcnow()
         session.add(device)
         admin = make_user(session, Role.ADMIN)
         as_admin = {"Authorization": f"Bearer {access_token_for(session, admin)}"}
@@ -148,11 +150,19 @@ def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp
                 process.kill()
 
 
-def test_the_shipped_prometheus_config_is_valid():
+def test_the_shipped_prometheus_config_is_valid(tmp_path):
     from portal.config import PROJECT_ROOT
 
+    # promtool opens the credential files it names: the checked copy points at stand-ins of the secrets.
+    shipped = (PROJECT_ROOT / "deploy" / "prometheus.yml").read_text()
+    for secret in ("/run/secrets/portal_metrics_token", "/etc/prometheus/portal_api_key"):
+        stand_in = tmp_path / secret.rsplit("/", 1)[1]
+        stand_in.write_text("x" * 32)
+        assert secret in shipped
+        shipped = shipped.replace(secret, str(stand_in))
+    (tmp_path / "prometheus.yml").write_text(shipped)
     checked = subprocess.run(
-        [tool("promtool"), "check", "config", str(PROJECT_ROOT / "deploy" / "prometheus.yml")],
+        [tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
         capture_output=True,
         text=True,
     )

@@ -114,7 +114,8 @@ def footer() -> rx.Component:
     return rx.hstack(
         rx.text(f"GPU Portal {__version__} · open source, self-hostable", size="1", color_scheme="gray"),
         rx.spacer(),
-        rx.link("Metrics", href="/metrics", size="1", color_scheme="gray"),
+        # /metrics is for Prometheus (behind its token in production); the API is what people read.
+        rx.link("API", href="/api/docs", size="1", color_scheme="gray"),
         rx.link("Health", href="/readyz", size="1", color_scheme="gray"),
         max_width="72rem",
         margin_x="auto",
