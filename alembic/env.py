@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from alembic import context
 from portal.config import get_settings
-from portal.db import build_engine
+from portal.infra.db import build_engine
 from portal.models import metadata
 from portal.models.base import UTCDateTime
 

@@ -52,12 +52,12 @@ from bench.serving import free_port, wait_until_serving
 from bench.settlement import bench_settlement
 from bench.telemetry import bench_telemetry
 from bench.verification import bench_verification
-from portal import migrations
 from portal.config import PROJECT_ROOT
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState, Gpu, User
 from portal.models.base import utcnow
-from portal.services.network_stats import network_counts
+from portal.services.network.network_stats import network_counts
 
 RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -83,7 +83,7 @@ def report(name: str, samples: list[float]) -> None:
 def credentials_in(url: str) -> tuple[str, str]:
     """A customer in the running portal's database, with an access token and an API key."""
     from portal.models import Role
-    from portal.services import users
+    from portal.services.accounts import users
     from tests.factories import access_token_for, api_key_for
 
     engine = build_engine(url)
@@ -226,7 +226,7 @@ def bench_task_round_trip() -> None:
     import dramatiq
 
     import tasks
-    from portal.cache import get_cache
+    from portal.infra.cache import get_cache
     from portal.services.health import wait_for_pong
     from tasks.ping import ping
 

@@ -93,7 +93,7 @@ def stop_node(node: RayNode) -> None:
 
 def floor_once() -> tuple[float, float | None]:
     """Seconds to start a head and a worker joining it; and until the head sees both alive (or None)."""
-    from portal.services.provisioning import probe_head
+    from portal.services.rentals.provisioning import probe_head
 
     started = time.perf_counter()
     head = ray_node.start(node_spec("head"))

@@ -29,9 +29,9 @@ import redis
 import uvloop
 
 from bench.serving import free_port, wait_until_serving
-from portal import migrations
 from portal.config import PROJECT_ROOT
-from portal.db import build_engine
+from portal.infra import migrations
+from portal.infra.db import build_engine
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -42,13 +42,14 @@ from pathlib import Path
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col
 
-from portal import migrations
 from portal.config import Settings
-from portal.db import build_engine
+from portal.infra import migrations
+from portal.infra.db import build_engine
 from portal.models import Device, DeviceState
-from portal.services import clusters, ledger, placement
 from portal.services.errors import Conflict
-from portal.services.gpu_catalog import list_price
+from portal.services.money import ledger
+from portal.services.providers.gpu_catalog import list_price
+from portal.services.rentals import clusters, placement
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEVICES = 100_000
@@ -241,7 +242,7 @@ def seed(url: str) -> list[uuid.UUID]:
 def customers(engine: Engine, count: int) -> list[uuid.UUID]:
     """Customers with ample credit, one per client thread (so escrow holds do not queue on one account)."""
     from portal.models import Role
-    from portal.services import users
+    from portal.services.accounts import users
 
     ids = []
     with Session(engine, expire_on_commit=False) as session:

@@ -21,11 +21,11 @@ from datetime import timedelta
 from solders.keypair import Keypair
 from sqlalchemy import Engine, insert, select
 
-from portal import migrations
 from portal.api.deps import AppParts
-from portal.cache import MemoryCache
 from portal.config import Settings
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.cache import MemoryCache
+from portal.infra.db import build_engine, session_scope
 from portal.models import (
     AccountKind,
     Cluster,
@@ -42,9 +42,9 @@ from portal.models import (
     User,
 )
 from portal.models.base import utcnow
-from portal.services import chain, ledger, payouts
-from portal.services.chain import LiteSvmChain
-from portal.services.treasury import local_settlement
+from portal.services.money import chain, ledger, payouts
+from portal.services.money.chain import LiteSvmChain
+from portal.services.money.treasury import local_settlement
 from tasks import billing as billing_actors
 from tasks import context
 

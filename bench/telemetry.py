@@ -23,15 +23,15 @@ from pathlib import Path
 
 import httpx
 
-from portal import migrations
 from portal.api.app import create_api
 from portal.api.deps import AppParts
-from portal.cache import MemoryCache
 from portal.config import Settings
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.cache import MemoryCache
+from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState, Gpu, GpuSample, User
 from portal.models.base import utcnow
-from portal.services import liveness, telemetry
+from portal.services.providers import liveness, telemetry
 from tests.servers import ServerThread, free_port
 
 DEVICES = 10_000

@@ -17,11 +17,11 @@ import numpy as np
 from sqlalchemy import Engine
 
 from gpu_pool import compute
-from portal import migrations
-from portal.cache import MemoryCache
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.cache import MemoryCache
+from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState, User
-from portal.services import verification
+from portal.services.providers import verification
 
 
 def _ms_since(started: float) -> float:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from portal.config import Environment, get_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.services.demo import demo_devices
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from portal.api.app import create_api
 from portal.api.front import in_front
 from portal.config import get_settings
 from portal.demo_agents import demo_agents
-from portal.heap import frozen_heap
-from portal.logs import configure_logging
+from portal.infra.heap import frozen_heap
+from portal.infra.logs import configure_logging
 from portal.pages import register_pages
 from tasks.embedded import embedded_task_worker
 from tasks.scheduler import periodic_scheduler

@@ -9,9 +9,10 @@ import dramatiq
 from sqlmodel import col, select
 
 from portal.api.deps import AppParts
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Cluster, ClusterState
-from portal.services import clusters, deposits, metering, payouts, treasury
+from portal.services.money import deposits, metering, payouts, treasury
+from portal.services.rentals import clusters
 from tasks.context import parts
 
 logger = logging.getLogger(__name__)

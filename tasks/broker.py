@@ -10,7 +10,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 
 from portal.config import Settings
-from portal.metrics import COUNTER_TTL_S, actor_runs_key
+from portal.infra.metrics import COUNTER_TTL_S, actor_runs_key
 
 logger = logging.getLogger(__name__)
 

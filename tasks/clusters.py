@@ -8,8 +8,8 @@ import uuid
 
 import dramatiq
 
-from portal.db import session_scope
-from portal.services import provisioning
+from portal.infra.db import session_scope
+from portal.services.rentals import provisioning
 from tasks.context import parts
 
 logger = logging.getLogger(__name__)

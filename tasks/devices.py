@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dramatiq
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Device
-from portal.services import commands, faults, network_history, reliability, telemetry, verification
+from portal.services.network import network_history
+from portal.services.providers import commands, faults, reliability, telemetry, verification
 from tasks.context import parts
 
 

@@ -2,7 +2,7 @@
 
 import dramatiq
 
-from portal.cache import get_cache
+from portal.infra.cache import get_cache
 from portal.services.health import record_pong
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import dramatiq
 
-from portal.cache import Cache
+from portal.infra.cache import Cache
 from tasks.context import parts
 
 logger = logging.getLogger(__name__)

@@ -32,12 +32,12 @@ os.environ["PORTAL_LOG_FORMAT"] = "text"
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
-from portal import migrations  # noqa: E402
 from portal.api.app import create_api  # noqa: E402
 from portal.api.deps import AppParts  # noqa: E402
-from portal.cache import MemoryCache  # noqa: E402
 from portal.config import PROJECT_ROOT, Settings  # noqa: E402
-from portal.db import build_engine  # noqa: E402
+from portal.infra import migrations  # noqa: E402
+from portal.infra.cache import MemoryCache  # noqa: E402
+from portal.infra.db import build_engine  # noqa: E402
 from tests.servers import ServerThread, portal_app  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -13,8 +13,8 @@ from portal.models.base import utcnow
 from portal.security.jwt import issue_access_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
-from portal.services import api_keys, users
-from portal.services.gpu_catalog import list_price
+from portal.services.accounts import api_keys, users
+from portal.services.providers.gpu_catalog import list_price
 
 
 def make_provider(session: Session, email: str | None = None) -> uuid.UUID:

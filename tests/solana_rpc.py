@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from portal.services.chain import ChainError, LiteSvmChain, Outcome
+from portal.services.money.chain import ChainError, LiteSvmChain, Outcome
 
 CONTEXT = {"slot": 1, "apiVersion": "2.2.0"}
 

@@ -13,8 +13,8 @@ from portal.api.app import create_api
 from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
-from portal.cache import MemoryCache, RedisCache
-from portal.db import build_engine
+from portal.infra.cache import MemoryCache, RedisCache
+from portal.infra.db import build_engine
 from tests.conftest import closed_port, settings_for
 
 

@@ -9,7 +9,7 @@ from joserfc.jwk import OctKey
 from solders.keypair import Keypair
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import ApiKey, AuditLog, AuthSession, Role, User
 from portal.security.jwt import ISSUER
 from tests.factories import access_token_for, api_key_for, make_user

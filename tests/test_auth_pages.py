@@ -6,9 +6,9 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from portal.db import build_engine, session_scope
+from portal.infra.db import build_engine, session_scope
 from portal.models import Role
-from portal.services import users
+from portal.services.accounts import users
 
 pytestmark = pytest.mark.browser
 

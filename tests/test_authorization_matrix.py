@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from portal.api.app import create_api
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Role
 from tests.factories import access_token_for, api_key_for, device_token_for, make_user
 
@@ -138,10 +138,10 @@ def test_every_route_has_a_rule():
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """One database for the whole matrix, with one account per kind of caller."""
-    from portal import migrations
     from portal.api.deps import AppParts
-    from portal.cache import MemoryCache
-    from portal.db import build_engine
+    from portal.infra import migrations
+    from portal.infra.cache import MemoryCache
+    from portal.infra.db import build_engine
     from tests.conftest import settings_for
 
     url = f"sqlite:///{tmp_path_factory.mktemp('matrix') / 'portal.db'}"

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
+from portal.infra.wakeups import MemoryWakeups
 from portal.models import (
     AccountKind,
     Cluster,
@@ -27,9 +28,9 @@ from portal.models import (
     UsageRecord,
 )
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
-from portal.services import autoscaling, clusters, escrow, ledger, metering
 from portal.services.errors import Conflict, NotFound
-from portal.wakeups import MemoryWakeups
+from portal.services.money import escrow, ledger, metering
+from portal.services.rentals import autoscaling, clusters
 from tests.test_clusters import (
     SETTINGS,
     FakeHead,

@@ -3,9 +3,10 @@ metering actor charging a running cluster."""
 
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AuditLog, Cluster, Role, User
-from portal.services import clusters, ledger
+from portal.services.money import ledger
+from portal.services.rentals import clusters
 from tasks import billing as billing_actors
 from tasks import context
 from tests.factories import access_token_for, make_user

@@ -10,9 +10,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from portal.cache import RedisCache, get_cache
 from portal.config import PROJECT_ROOT
-from portal.metrics import actor_runs_key
+from portal.infra.cache import RedisCache, get_cache
+from portal.infra.metrics import actor_runs_key
 from portal.services.health import wait_for_pong
 from tests.conftest import VENV_BIN, stop_process_group
 

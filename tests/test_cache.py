@@ -10,7 +10,7 @@ import pytest
 import redis
 import uvloop
 
-from portal.cache import Cache, MemoryCache, RedisCache, Script
+from portal.infra.cache import Cache, MemoryCache, RedisCache, Script
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -5,11 +5,11 @@ import subprocess
 
 from sqlmodel import select
 
-from portal import migrations
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.db import build_engine, session_scope
 from portal.models import AuditLog, Role
 from portal.security.passwords import verify_password
-from portal.services import users
+from portal.services.accounts import users
 from tests.conftest import VENV_BIN
 
 
@@ -55,7 +55,7 @@ def test_portal_admin_create_makes_a_new_admin_or_promotes_an_account(tmp_path):
 def test_portal_ledger_check_says_whether_the_books_balance(tmp_path):
     from sqlalchemy import text
 
-    from portal.services import ledger
+    from portal.services.money import ledger
 
     url = f"sqlite:///{tmp_path / 'portal.db'}"
     migrations.upgrade(url)
@@ -75,7 +75,7 @@ def test_portal_ledger_check_says_whether_the_books_balance(tmp_path):
 
 
 def test_portal_run_starts_a_web_worker_a_core_and_one_more_with_redis_and_one_without(monkeypatch):
-    from portal.cli import reflex_environment
+    from portal.cli.main import reflex_environment
     from tests.conftest import settings_for
 
     monkeypatch.delenv("GRANIAN_WORKERS", raising=False)

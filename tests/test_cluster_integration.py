@@ -23,13 +23,15 @@ import pytest
 from solders.keypair import Keypair
 from sqlmodel import select
 
-from portal import migrations
 from portal.config import get_settings
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.db import build_engine, session_scope
 from portal.models import ClusterNode, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import RequestOrigin
-from portal.services import devices, ledger, users
+from portal.services.accounts import users
+from portal.services.money import ledger
+from portal.services.providers import devices
 from tests.conftest import PROJECT_ROOT, VENV_BIN, start_portal, stop_process_group
 from tests.test_cluster_journey import wait_for
 

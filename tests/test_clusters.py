@@ -13,7 +13,8 @@ import pytest
 from solders.keypair import Keypair
 from sqlmodel import Session, select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
+from portal.infra.wakeups import MemoryWakeups
 from portal.models import (
     AccountKind,
     Cluster,
@@ -27,10 +28,11 @@ from portal.models import (
     UsageRecord,
 )
 from portal.models.base import utcnow
-from portal.services import clusters, commands, escrow, ledger, market, placement, provisioning
 from portal.services.errors import Conflict, InvalidInput
-from portal.services.gpu_catalog import list_price
-from portal.wakeups import MemoryWakeups
+from portal.services.money import escrow, ledger
+from portal.services.providers import commands
+from portal.services.providers.gpu_catalog import list_price
+from portal.services.rentals import clusters, market, placement, provisioning
 from tests.conftest import settings_for
 from tests.factories import make_device, make_user
 
@@ -487,9 +489,9 @@ def test_a_start_result_the_portal_cannot_use_drops_the_device(engine, detail):
 
 
 def test_a_device_that_served_clusters_keeps_its_record(engine):
-    from portal.cache import MemoryCache
+    from portal.infra.cache import MemoryCache
     from portal.security.principal import RequestOrigin
-    from portal.services import devices as device_service
+    from portal.services.providers import devices as device_service
 
     cluster_id, _, (device,) = run_to_running(engine, [1], 1)
     with session_scope(engine) as session:

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Cluster, Device, DeviceState, Role, User
-from portal.services import ledger
+from portal.services.money import ledger
 from tests.factories import access_token_for, make_user
 from tests.test_clusters import customer_with, market_with
 

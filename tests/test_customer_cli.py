@@ -25,14 +25,14 @@ from fastapi import Body, FastAPI
 from sqlmodel import select
 from typer.testing import CliRunner, Result
 
-from portal import cli_customer
 from portal.api.app import create_api
 from portal.api.deps import AppParts
-from portal.cli import app
-from portal.db import session_scope
+from portal.cli import customer as customer_cli
+from portal.cli.main import app
+from portal.infra.db import session_scope
 from portal.models import Cluster, ClusterState, ConnectivityTier, Role, User
 from portal.schemas.clusters import ClusterSpecIn
-from portal.services import ledger
+from portal.services.money import ledger
 from tests.conftest import VENV_BIN, closed_port
 from tests.factories import api_key_for, make_user
 from tests.servers import ServerThread
@@ -50,8 +50,8 @@ class Customer:
 
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_customer, "CLUSTER_POLL_S", 0.05)
-    monkeypatch.setattr(cli_customer, "LOG_POLL_S", 0.05)
+    monkeypatch.setattr(customer_cli, "CLUSTER_POLL_S", 0.05)
+    monkeypatch.setattr(customer_cli, "LOG_POLL_S", 0.05)
 
 
 @pytest.fixture
@@ -338,7 +338,7 @@ def test_create_waits_showing_each_event_until_the_cluster_runs(cli, signed_in, 
     # Each event once, in order, though the cluster was read many times.
     (cluster,) = clusters_in_db(parts)
     with session_scope(parts.engine) as session:
-        from portal.services import clusters
+        from portal.services.rentals import clusters
 
         messages = [event.message for event in clusters.events_of(session, cluster.id)]
     shown = [next(m for m in messages if m in line) for line in lines if any(m in line for m in messages)]
@@ -467,18 +467,18 @@ def test_jobs_on_a_cluster_that_is_not_running_are_refused(cli, signed_in, parts
 
 
 def test_the_cli_choices_are_the_apis():
-    assert {t.value for t in cli_customer.Tier} == {t.value for t in ConnectivityTier}
-    assert {s.value for s in cli_customer.State} == {s.value for s in ClusterState}
+    assert {t.value for t in customer_cli.Tier} == {t.value for t in ConnectivityTier}
+    assert {s.value for s in customer_cli.State} == {s.value for s in ClusterState}
     purposes = typing.get_args(ClusterSpecIn.model_fields["purpose"].annotation)
-    assert {p.value for p in cli_customer.Purpose} == set(purposes)
+    assert {p.value for p in customer_cli.Purpose} == set(purposes)
 
 
 def test_new_output_follows_a_log_whose_start_the_portal_has_dropped():
-    assert cli_customer.new_output("", "a\n") == "a\n"
-    assert cli_customer.new_output("a\n", "a\nb\n") == "b\n"
+    assert customer_cli.new_output("", "a\n") == "a\n"
+    assert customer_cli.new_output("a\n", "a\nb\n") == "b\n"
     shown = "".join(f"step {i}\n" for i in range(1000))
-    assert cli_customer.new_output(shown, shown[3000:] + "step 1000\n") == "step 1000\n"
-    assert cli_customer.usd(1_234_565_000) == "1,234.57 USD"
+    assert customer_cli.new_output(shown, shown[3000:] + "step 1000\n") == "step 1000\n"
+    assert customer_cli.usd(1_234_565_000) == "1,234.57 USD"
 
 
 def test_create_with_autoscaling_bounds(cli, signed_in, parts):

@@ -7,10 +7,10 @@ import uuid
 
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AuditLog, ClusterState, DeviceCommand, DeviceState, NodeState, Role, User
 from portal.models.base import utcnow
-from portal.services import device_admin
+from portal.services.providers import device_admin
 from tests.factories import access_token_for, make_user
 from tests.test_clusters import FakeHead, advance, device_state, market_with, nodes, run_to_running
 

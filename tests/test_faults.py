@@ -4,10 +4,10 @@ from datetime import timedelta
 
 from sqlmodel import col, select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, HearingGap
 from portal.models.base import utcnow
-from portal.services import faults, liveness, worker
+from portal.services.providers import agents, faults, liveness
 from tasks import context, devices
 from tests.test_clusters import SETTINGS, market_with
 
@@ -30,7 +30,7 @@ def test_a_silent_idle_device_goes_offline_and_comes_back_with_its_next_beat(par
         assert fault.device_id == silent.id and fault.kind == "missed_heartbeats"
         assert faults.silent_devices(session, SETTINGS) == []
     with session_scope(parts.engine) as session:
-        state, _ = worker.heartbeat(session, parts.cache, silent.id, samples=[], ray={"state": "none"})
+        state, _ = agents.heartbeat(session, parts.cache, silent.id, samples=[], ray={"state": "none"})
     assert state == DeviceState.READY
 
 
@@ -44,7 +44,7 @@ def test_the_portals_own_deafness_is_no_devices_silence(parts):
     with session_scope(parts.engine) as session:
         assert faults.silent_devices(session, SETTINGS) == []  # nobody heard: the portal is deaf
     with session_scope(parts.engine) as session:
-        worker.heartbeat(session, parts.cache, first.id, samples=[], ray={"state": "none"})
+        agents.heartbeat(session, parts.cache, first.id, samples=[], ray={"state": "none"})
     with session_scope(parts.engine) as session:
         (gap,) = session.exec(select(HearingGap)).all()
         assert abs((gap.started_at - long_ago).total_seconds()) < 1 and gap.ended_at > long_ago
@@ -96,7 +96,7 @@ def busy(util: float, xid: int = 0, ecc: int = 0) -> list[dict]:
 
 def sweep(parts, device_id, samples: list[dict]) -> list[str]:
     with session_scope(parts.engine) as session:
-        worker.heartbeat(session, parts.cache, device_id, samples=samples, ray={"state": "none"})
+        agents.heartbeat(session, parts.cache, device_id, samples=samples, ray={"state": "none"})
     with session_scope(parts.engine) as session:
         return [fault.kind for fault in faults.gpu_faults(session, parts.cache, SETTINGS)]
 
@@ -145,7 +145,7 @@ def test_one_sweep_raises_each_devices_own_faults(parts):
         with_xid, with_ecc, healthy = market_with(session, [1, 1, 1])
     for device, samples in ((with_xid, busy(1, xid=13)), (with_ecc, busy(1, ecc=4)), (healthy, busy(1))):
         with session_scope(parts.engine) as session:
-            worker.heartbeat(session, parts.cache, device.id, samples=samples, ray={"state": "none"})
+            agents.heartbeat(session, parts.cache, device.id, samples=samples, ray={"state": "none"})
     with session_scope(parts.engine) as session:
         raised = {(f.device_id, f.kind) for f in faults.gpu_faults(session, parts.cache, SETTINGS)}
     assert raised == {(with_xid.id, "gpu_xid"), (with_ecc.id, "gpu_ecc")}

@@ -5,8 +5,8 @@ from fastapi.testclient import TestClient
 
 from portal.api.app import create_api
 from portal.api.deps import AppParts
-from portal.cache import RedisCache
-from portal.db import session_scope
+from portal.infra.cache import RedisCache
+from portal.infra.db import session_scope
 from tests.factories import access_token_for, make_user
 
 
@@ -86,7 +86,7 @@ def test_hsts_is_sent_over_tls(parts):
 
 
 def test_behind_a_tls_proxy_cookies_are_secure_and_hsts_is_sent(parts):
-    from portal.services import auth
+    from portal.services.accounts import auth
 
     client = client_with(parts, public_url="https://portal.example.com")
     assert client.get("/api/v1/healthz").headers["strict-transport-security"].startswith("max-age=")

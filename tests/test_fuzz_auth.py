@@ -129,7 +129,7 @@ worker_bodies = st.one_of(
 
 @pytest.fixture
 def device_token(parts):
-    from portal.db import session_scope
+    from portal.infra.db import session_scope
     from tests.factories import device_token_for, make_user
 
     with session_scope(parts.engine) as session:

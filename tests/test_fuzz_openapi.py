@@ -32,14 +32,15 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine
 
-from portal import migrations
 from portal.api.app import create_api
 from portal.api.deps import AppParts
 from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
-from portal.cache import MemoryCache
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.cache import MemoryCache
+from portal.infra.db import build_engine, session_scope
 from portal.models import DeviceState, Role
-from portal.services import clusters, ledger
+from portal.services.money import ledger
+from portal.services.rentals import clusters
 from tests.conftest import settings_for
 from tests.factories import access_token_for, device_token_for, make_device, make_user
 from tests.test_authorization_matrix import RULES

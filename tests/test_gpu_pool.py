@@ -19,12 +19,12 @@ from gpu_pool.agent import Agent
 from gpu_pool.client import PortalClient
 from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
 from portal.api.deps import AppParts
-from portal.db import session_scope
+from portal.infra.db import session_scope
+from portal.infra.wakeups import RedisWakeups
 from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu, Role
 from portal.security.principal import RequestOrigin
-from portal.services import commands, devices, verification
-from portal.services.gpu_catalog import CATALOG
-from portal.wakeups import RedisWakeups
+from portal.services.providers import commands, devices, verification
+from portal.services.providers.gpu_catalog import CATALOG
 from tests.conftest import VENV_BIN
 from tests.factories import make_user
 from tests.servers import ServerThread, portal_app
@@ -351,12 +351,12 @@ def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api
 
 
 def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(parts):
-    from portal.services import worker
+    from portal.services.providers import agents
 
     device_id, _ = add_device(parts)
     with session_scope(parts.engine) as session:
         device = session.get(Device, uuid.UUID(device_id))
-        report = worker.MachineReport(
+        report = agents.MachineReport(
             agent_version="t",
             hostname="h",
             os="linux",
@@ -366,7 +366,7 @@ def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(p
             metrics_url=None,
             gpus=[{"index": 0, "uuid": "GPU-1", "model": "NVIDIA H100 80GB HBM3", "memory_mb": 81_559}],
         )
-        assert worker.register(session, device, report, peer="127.0.0.1", settings=parts.settings) is True
+        assert agents.register(session, device, report, peer="127.0.0.1", settings=parts.settings) is True
         challenge = verification.issue(parts.cache, device)
         product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=False)
         rows = verification.commit(
@@ -413,7 +413,7 @@ def test_a_command_taken_by_an_agent_that_died_is_offered_again_then_expires(par
 
 def test_a_heartbeat_brings_an_offline_device_back_through_the_state_machine(parts):
     from portal.models import StateTransition
-    from portal.services import worker
+    from portal.services.providers import agents
 
     device_id, _ = add_device(parts)
     with session_scope(parts.engine) as session:
@@ -421,7 +421,7 @@ def test_a_heartbeat_brings_an_offline_device_back_through_the_state_machine(par
         device.state, device.verified_at = DeviceState.OFFLINE, device.created_at
         session.add(device)
     with session_scope(parts.engine) as session:
-        state, queued = worker.heartbeat(
+        state, queued = agents.heartbeat(
             session, parts.cache, uuid.UUID(device_id), samples=[], ray={"state": "running", "node_id": "abc"}
         )
     assert (state, queued) == (DeviceState.READY, [])

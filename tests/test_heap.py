@@ -2,7 +2,7 @@ import asyncio
 import gc
 from concurrent.futures import ThreadPoolExecutor
 
-from portal.heap import frozen_heap
+from portal.infra.heap import frozen_heap
 
 
 def test_what_a_web_worker_built_at_start_is_frozen_out_of_the_collectors_reach():

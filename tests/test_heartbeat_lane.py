@@ -21,14 +21,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from portal.api.app import create_api
 from portal.api.deps import AppParts
 from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
-from portal.cache import MemoryCache, RedisCache
-from portal.db import session_scope
-from portal.metrics import REGISTRY
+from portal.infra.cache import MemoryCache, RedisCache
+from portal.infra.db import session_scope
+from portal.infra.metrics import REGISTRY
 from portal.models import Device, DeviceState, GpuSample, HearingGap, Role
 from portal.models.base import utcnow
 from portal.security.firewall import API_CSP
 from portal.security.principal import RequestOrigin
-from portal.services import devices, liveness
+from portal.services.providers import devices, liveness
 from tests.factories import make_user
 from tests.test_clusters import market_with
 

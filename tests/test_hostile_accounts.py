@@ -22,11 +22,11 @@ from sqlmodel import select
 from portal.api.app import create_api
 from portal.api.deps import AppParts
 from portal.config import PROJECT_ROOT, Settings, SettingsError, load_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AuditLog, Role, User
 from portal.security.firewall import security_headers
 from portal.security.redirects import public_location
-from portal.services import auth, mail
+from portal.services.accounts import auth, mail
 from tests.conftest import closed_port, free_port, settings_for
 from tests.factories import access_token_for, api_key_for, make_user
 
@@ -174,7 +174,7 @@ def test_a_taken_email_costs_the_same_password_hash_as_a_new_account(api_client,
     """The answer's time is the argon2 hash's: a taken email that skipped it would answer some 50 times
     faster. Counted, not timed, so a busy machine cannot make it flaky."""
     from portal.security import passwords
-    from portal.services import auth, users
+    from portal.services.accounts import auth, users
 
     hashed: list[str] = []
 

@@ -24,7 +24,7 @@ from sqlmodel import select
 from gpu_pool import compute
 from portal.api.deps import AppParts
 from portal.config import Environment
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import (
     Cluster,
     ClusterNode,
@@ -37,7 +37,9 @@ from portal.models import (
     Role,
 )
 from portal.models.base import utcnow
-from portal.services import clusters, commands, ledger, node_addresses, provisioning, telemetry
+from portal.services.money import ledger
+from portal.services.providers import commands, node_addresses, telemetry
+from portal.services.rentals import clusters, provisioning
 from tests.factories import make_device, make_user
 from tests.servers import ServerThread, portal_app
 
@@ -90,7 +92,7 @@ def served(portal_api) -> Iterator[tuple[ServerThread, object]]:
 
 def new_device(parts, *, state: DeviceState = DeviceState.REGISTERED) -> tuple[uuid.UUID, str]:
     from portal.security.principal import RequestOrigin
-    from portal.services import devices
+    from portal.services.providers import devices
 
     with session_scope(parts.engine) as session:
         owner = make_user(session, Role.PROVIDER)

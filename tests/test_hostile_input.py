@@ -16,12 +16,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import func, select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import ApiKey, Cluster, Device, Role, User
 from portal.security.firewall import MAX_JSON_DEPTH, json_nesting_exceeds
 from portal.security.principal import RequestOrigin
-from portal.services import api_keys, clusters, csv_export, devices, liveness
+from portal.services import csv_export
+from portal.services.accounts import api_keys
 from portal.services.errors import InvalidInput
+from portal.services.providers import devices, liveness
+from portal.services.rentals import clusters
 from tasks import billing as billing_actors
 from tasks import context
 from tests.factories import access_token_for, device_token_for, make_user

@@ -5,8 +5,8 @@ import io
 import logging
 import sys
 
-from portal import logs
 from portal.config import LogFormat
+from portal.infra import logs
 from tests.conftest import settings_for
 
 

@@ -14,8 +14,8 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from sqlmodel import select
 
-from portal import migrations
-from portal.db import build_engine, session_scope
+from portal.infra import migrations
+from portal.infra.db import build_engine, session_scope
 from portal.models import (
     AccountKind,
     Cluster,
@@ -27,10 +27,11 @@ from portal.models import (
     UsageRecord,
     User,
 )
-from portal.services import chain, clusters, deposits, escrow, ledger, metering, payouts
-from portal.services.chain import LiteSvmChain, Outcome
 from portal.services.errors import Conflict
-from portal.services.treasury import local_settlement
+from portal.services.money import chain, deposits, escrow, ledger, metering, payouts
+from portal.services.money.chain import LiteSvmChain, Outcome
+from portal.services.money.treasury import local_settlement
+from portal.services.rentals import clusters
 from tests.conftest import settings_for
 from tests.test_clusters import H100_PRICE, SETTINGS, assert_charges_are_exact, run_to_running
 from tests.test_settlement import Crash, crash_at

@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from portal import migrations
-from portal.db import build_engine
+from portal.infra import migrations
+from portal.infra.db import build_engine
 from portal.models import metadata
 from tests.conftest import VENV_BIN
 

@@ -4,10 +4,10 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import DeviceState, NetworkSnapshot
 from portal.models.base import utcnow
-from portal.services import network_history
+from portal.services.network import network_history
 from tests.test_clusters import SETTINGS, market_with
 
 

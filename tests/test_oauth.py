@@ -10,10 +10,10 @@ from sqlmodel import select
 
 from portal.api.app import create_api
 from portal.api.deps import AppParts
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AuthSession, OAuthIdentity, Role
 from portal.security.cookies import SESSION_COOKIE
-from portal.services import users
+from portal.services.accounts import users
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, ProviderServer
 
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from portal.db import build_engine, session_scope
+from portal.infra.db import build_engine, session_scope
 from portal.models import DeviceState
 from tests.factories import make_device, make_provider
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from sqlmodel import select
 
-from portal.db import build_engine, session_scope
+from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState
 from tests.conftest import start_portal, stop_process_group
 

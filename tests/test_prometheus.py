@@ -12,10 +12,10 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Device, Role
 from portal.models.base import utcnow
-from portal.services import telemetry
+from portal.services.providers import telemetry
 from tests.conftest import IN_CI, free_port
 from tests.factories import access_token_for, api_key_for, device_token_for, make_user
 from tests.servers import ServerThread, portal_app

@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, StateTransition
 from portal.models.base import utcnow
-from portal.services import placement, reliability
+from portal.services.providers import reliability
+from portal.services.rentals import placement
 from tasks import context
 from tasks import devices as device_actors
 from tests.test_clusters import SETTINGS, market_with, spec

@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from portal.cache import MemoryCache
-from portal.db import session_scope
+from portal.infra.cache import MemoryCache
+from portal.infra.db import session_scope
 from portal.models import Device, DeviceCommand, DeviceState, FaultEvent
 from portal.models.base import utcnow
-from portal.services import verification, worker
+from portal.services.providers import agents, verification
 from tasks import context, devices, scheduler
 from tests.test_clusters import market_with
 from tests.test_gpu_pool import (
@@ -70,8 +70,8 @@ def test_a_device_failing_its_reverification_leaves_the_market_with_a_fault(acto
     with session_scope(parts.engine) as session:
         # Proven once with the GPUs its agent reports (a re-registration with others would clear the proof).
         device = session.get(Device, uuid.UUID(device_id))
-        report = worker.MachineReport(**agent.report())
-        worker.register(session, device, report, peer="127.0.0.1", settings=parts.settings)
+        report = agents.MachineReport(**agent.report())
+        agents.register(session, device, report, peer="127.0.0.1", settings=parts.settings)
         device.state, device.verified_at, device.last_heartbeat_at = DeviceState.READY, utcnow(), utcnow()
         session.add(device)
     age_proof(parts, device_id, hours=parts.settings.reverify_after_h + 1)

@@ -7,13 +7,14 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AccountKind, Cluster, ClusterState, Device, DeviceState, Role, User
 from portal.security.passwords import verify_password
-from portal.services import ledger, users
+from portal.services.accounts import users
 from portal.services.demo import DEMO_CREDITS_MICRO, seed_demo
 from portal.services.errors import Conflict, InvalidInput
-from portal.services.network_stats import network_counts
+from portal.services.money import ledger
+from portal.services.network.network_stats import network_counts
 from tests.factories import make_device, make_provider
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,12 @@ from solders.signature import Signature
 from spl.token.instructions import create_idempotent_associated_token_account
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import AccountKind, Deposit, LedgerTransaction, Payout, PayoutState, User
-from portal.services import chain, deposits, ledger, payouts
-from portal.services.chain import ChainError, LiteSvmChain, Outcome
-from portal.services.ledger import Leg
-from portal.services.treasury import Settlement, Treasury, local_settlement
+from portal.services.money import chain, deposits, ledger, payouts
+from portal.services.money.chain import ChainError, LiteSvmChain, Outcome
+from portal.services.money.ledger import Leg
+from portal.services.money.treasury import Settlement, Treasury, local_settlement
 from tests.conftest import settings_for
 from tests.factories import make_provider, make_user
 

@@ -11,11 +11,11 @@ from solders.pubkey import Pubkey
 from sqlmodel import select
 
 from portal.api.deps import AppParts
-from portal.cache import MemoryCache
-from portal.db import build_engine, session_scope
-from portal.migrations import upgrade
+from portal.infra.cache import MemoryCache
+from portal.infra.db import build_engine, session_scope
+from portal.infra.migrations import upgrade
 from portal.models import Payout, PayoutState, Role, User
-from portal.services import chain, treasury
+from portal.services.money import chain, treasury
 from tasks import billing as billing_actors
 from tasks import context
 from tests.conftest import settings_for

@@ -9,10 +9,10 @@ import pytest
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from portal.db import session_scope
-from portal.services import chain, deposits, ledger, payouts
-from portal.services.chain import ChainError, LiteSvmChain, Outcome, RpcChain
-from portal.services.treasury import Settlement, local_settlement
+from portal.infra.db import session_scope
+from portal.services.money import chain, deposits, ledger, payouts
+from portal.services.money.chain import ChainError, LiteSvmChain, Outcome, RpcChain
+from portal.services.money.treasury import Settlement, local_settlement
 from tests.factories import make_user
 from tests.servers import ServerThread
 from tests.solana_rpc import rpc_app

@@ -9,10 +9,10 @@ import io
 from solders.keypair import Keypair
 from sqlmodel import select
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import DeviceState, Payout, PayoutState, Role, UsageRecord
 from portal.models.base import utcnow
-from portal.services import analytics
+from portal.services.network import analytics
 from tasks import billing as billing_actors
 from tasks import context
 from tests.factories import access_token_for, make_user

@@ -5,12 +5,12 @@ from datetime import timedelta
 
 import pytest
 
-from portal.cache import MemoryCache
-from portal.db import session_scope
+from portal.infra.cache import MemoryCache
+from portal.infra.db import session_scope
 from portal.models import GpuSample, Role, User
 from portal.models.base import utcnow
-from portal.services import telemetry, worker
 from portal.services.errors import Unavailable
+from portal.services.providers import agents, telemetry
 from tests.factories import access_token_for, make_user
 from tests.test_clusters import SETTINGS, market_with
 
@@ -67,7 +67,7 @@ def test_the_device_metrics_route_returns_what_the_agent_reported(parts, api_cli
     cache = MemoryCache()
     for util in (30.0, 50.0):
         with session_scope(parts.engine) as session:
-            worker.heartbeat(session, cache, device.id, samples=[sample(0, util), sample(1, 5.0)], ray={})
+            agents.heartbeat(session, cache, device.id, samples=[sample(0, util), sample(1, 5.0)], ray={})
     reply = api_client.get(f"/api/v1/devices/{device.id}/metrics", params={"minutes": 15}, headers=headers)
     assert reply.status_code == 200, reply.text
     body = reply.json()

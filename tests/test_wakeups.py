@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from portal.wakeups import MemoryWakeups, RedisWakeups
+from portal.infra.wakeups import MemoryWakeups, RedisWakeups
 from tests.conftest import run_coroutine
 
 

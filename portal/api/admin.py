@@ -21,17 +21,12 @@ from portal.schemas.common import Limit, Moment, Offset, Page
 from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
-from portal.services import (
-    analytics,
-    audit,
-    billing,
-    clusters,
-    commands,
-    device_admin,
-    ledger,
-    payouts,
-    users,
-)
+from portal.services import audit
+from portal.services.accounts import users
+from portal.services.money import billing, ledger, payouts
+from portal.services.network import analytics
+from portal.services.providers import commands, device_admin
+from portal.services.rentals import clusters
 from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])

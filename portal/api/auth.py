@@ -24,7 +24,8 @@ from portal.schemas.auth import (
 from portal.security.access import PUBLIC, OriginDep
 from portal.security.cookies import SESSION_COOKIE, clear_session_cookie, served_over_tls, set_session_cookie
 from portal.security.principal import Principal
-from portal.services import audit, auth, oauth
+from portal.services import audit
+from portal.services.accounts import auth, oauth
 from portal.services.errors import DomainError, Unauthorized
 
 router = APIRouter(prefix="/auth", tags=["auth"])

@@ -23,7 +23,8 @@ from portal.schemas.billing import (
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
-from portal.services import billing, dates, deposits, payouts, treasury
+from portal.services import dates
+from portal.services.money import billing, deposits, payouts, treasury
 
 router = APIRouter(tags=["billing"])
 Reader = Annotated[Principal, Depends(SignedIn(scope="billing:read"))]

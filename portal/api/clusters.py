@@ -25,7 +25,8 @@ from portal.schemas.clusters import (
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
-from portal.services import clusters, jobs, telemetry
+from portal.services.providers import telemetry
+from portal.services.rentals import clusters, jobs
 from tasks import dispatch
 
 router = APIRouter(prefix="/clusters", tags=["customer: clusters"])

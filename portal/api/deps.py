@@ -15,10 +15,10 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from portal.cache import Cache, get_cache
 from portal.config import Settings, get_settings
-from portal.db import get_engine, session_scope
-from portal.wakeups import MemoryWakeups, Wakeups, get_wakeups
+from portal.infra.cache import Cache, get_cache
+from portal.infra.db import get_engine, session_scope
+from portal.infra.wakeups import MemoryWakeups, Wakeups, get_wakeups
 
 
 @dataclass(frozen=True)

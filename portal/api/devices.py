@@ -16,7 +16,7 @@ from portal.schemas.clusters import MetricsOut
 from portal.schemas.devices import CheckOut, DeviceCreatedOut, DeviceIn, DeviceOut, GpuOut, TokenOut
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
-from portal.services import devices, telemetry
+from portal.services.providers import devices, telemetry
 
 router = APIRouter(prefix="/devices", tags=["provider: devices"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.PROVIDER], scope="devices:read"))]

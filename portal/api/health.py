@@ -14,11 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
-from portal.db import session_scope
-from portal.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
+from portal.infra.db import session_scope
+from portal.infra.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
 from portal.security.access import METRICS_SCRAPER, OPEN
-from portal.services import payouts, telemetry
 from portal.services.health import check_readiness
+from portal.services.money import payouts
+from portal.services.providers import telemetry
 
 logger = logging.getLogger(__name__)
 # No credentials are read: these must answer even when the database is down.

@@ -23,7 +23,7 @@ from portal.api.app import API_PREFIX
 from portal.api.deps import AppParts
 from portal.api.middleware import record_request, request_id_of
 from portal.api.worker import answer_beat
-from portal.logs import request_id_var
+from portal.infra.logs import request_id_var
 from portal.models.base import utcnow
 from portal.schemas.devices import GpuSampleIn, HeartbeatIn, HeartbeatOut
 from portal.security.authentication import REVOKED, device_of_entry, device_token_key
@@ -37,7 +37,7 @@ from portal.security.firewall import (
     security_headers,
 )
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash
-from portal.services import liveness, worker
+from portal.services.providers import agents, liveness
 
 HEARTBEAT_PATH = f"{API_PREFIX}/worker/heartbeat"
 _BEARER = f"Bearer {DEVICE_TOKEN_PREFIX}_".encode()
@@ -79,7 +79,7 @@ class _Batches:
                 rate_limit=self.parts.settings.rate_limit_per_minute,
                 rate_window_s=WINDOW_S + 1,
                 now=utcnow(),
-                sweep_s=worker.COMMAND_SWEEP_S,
+                sweep_s=agents.COMMAND_SWEEP_S,
             )
         except Exception as error:  # each beat then goes on to the app, which answers the error
             replies = [error] * len(batch)

@@ -10,7 +10,7 @@ from portal.api.deps import SessionDep, SettingsDep
 from portal.models import ConnectivityTier
 from portal.schemas.clusters import ClusterSpecIn, OfferOut, QuoteLineOut, QuoteOut
 from portal.security.access import PUBLIC
-from portal.services import clusters, market
+from portal.services.rentals import clusters, market
 
 router = APIRouter(prefix="/market", tags=["marketplace"], dependencies=[Depends(PUBLIC)])
 

@@ -12,8 +12,8 @@ from prometheus_client import Counter, Histogram
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.logs import request_id_var
-from portal.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+from portal.infra.logs import request_id_var
+from portal.infra.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 
 logger = logging.getLogger("portal.access")
 

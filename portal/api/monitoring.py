@@ -10,7 +10,7 @@ from portal.api.deps import SessionDep, SettingsDep
 from portal.models import Role
 from portal.security.access import SignedIn
 from portal.security.principal import Principal
-from portal.services import telemetry
+from portal.services.providers import telemetry
 
 router = APIRouter(prefix="/monitoring", tags=["admin"])
 # An admin, or an admin's API key with the metrics:read scope (what Prometheus is configured with).

@@ -17,7 +17,7 @@ from strawberry.types import ExecutionContext
 
 from portal.api.deps import CacheDep, SessionDep
 from portal.security.access import PUBLIC
-from portal.services import analytics
+from portal.services.network import analytics
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["network"], dependencies=[Depends(PUBLIC)])

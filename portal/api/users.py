@@ -13,7 +13,7 @@ from portal.models import User
 from portal.schemas.auth import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut, SessionOut, UserOut, WalletVerifyIn
 from portal.security.access import SIGNED_IN_BROWSER_OR_TOKEN, OriginDep, SignedIn
 from portal.security.principal import Principal
-from portal.services import api_keys, auth, users
+from portal.services.accounts import api_keys, auth, users
 
 router = APIRouter(tags=["account"])
 # An API key reads the account only with the account:read scope (a billing:read key must not).

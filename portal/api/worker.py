@@ -11,8 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep, WakeupsDep
-from portal.db import session_scope
-from portal.metrics import HEARTBEATS
+from portal.infra.db import session_scope
+from portal.infra.metrics import HEARTBEATS
 from portal.models import Device
 from portal.schemas.devices import (
     AutoscaledNodesOut,
@@ -30,8 +30,9 @@ from portal.schemas.devices import (
 )
 from portal.security.access import BEATING_DEVICE, DEVICE, OriginDep
 from portal.security.principal import Principal
-from portal.services import autoscaling, commands, devices, verification, worker
 from portal.services.errors import InvalidInput
+from portal.services.providers import agents, commands, devices, verification
+from portal.services.rentals import autoscaling
 from tasks import dispatch
 
 router = APIRouter(prefix="/worker", tags=["worker agent"])
@@ -50,33 +51,33 @@ def register(
     body: RegisterIn, session: SessionDep, settings: SettingsDep, caller: Agent, origin: OriginDep
 ) -> RegisterOut:
     device = _device(session, caller)
-    report = worker.MachineReport(
+    report = agents.MachineReport(
         **body.model_dump(exclude={"gpus"}), gpus=[g.model_dump() for g in body.gpus]
     )
-    verify = worker.register(session, device, report, peer=origin.ip, settings=settings)
+    verify = agents.register(session, device, report, peer=origin.ip, settings=settings)
     return RegisterOut(
         device_id=device.id, state=device.state, next_heartbeat_s=settings.heartbeat_interval_s, verify=verify
     )
 
 
 def _finish_beat(
-    parts: AppParts, device_id: uuid.UUID, beat: worker.Beat
+    parts: AppParts, device_id: uuid.UUID, beat: agents.Beat
 ) -> tuple[str, list[dict[str, Any]]]:
     with session_scope(parts.engine) as session:
         # Prometheus keeps the GPU samples when there is one; else the portal's own store does.
         store = parts.settings.prometheus_url is None
-        state, queued = worker.finish_beat(session, parts.cache, device_id, beat, store_samples=store)
+        state, queued = agents.finish_beat(session, parts.cache, device_id, beat, store_samples=store)
         return state, [commands.as_message(command) for command in queued]
 
 
-async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: worker.Beat) -> HeartbeatOut:
+async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: agents.Beat) -> HeartbeatOut:
     """The answer to a beat just noted in the cache; the route below and ``heartbeat_lane`` both give it.
 
     Async: almost every beat is answered without a thread or a database connection.
     """
     HEARTBEATS.inc()
     state, queued = beat.state or "", []
-    if worker.needs_database(beat):
+    if agents.needs_database(beat):
         state, queued = await run_in_threadpool(_finish_beat, parts, device_id, beat)
     return HeartbeatOut(
         state=state,
@@ -89,7 +90,7 @@ async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: worker.Beat) 
 async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) -> HeartbeatOut:
     # Most beats never get here: ``heartbeat_lane`` answers them in front of the app.
     assert caller.device_id is not None
-    beat = worker.beat(
+    beat = agents.beat(
         parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
     )
     return await answer_beat(parts, caller.device_id, beat)
@@ -134,7 +135,7 @@ def command_result(command_id: uuid.UUID, body: CommandResultIn, session: Sessio
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")
 def get_challenge(session: SessionDep, cache: CacheDep, settings: SettingsDep, caller: Agent) -> ChallengeOut:
     device = _device(session, caller)
-    hardware = worker.recorded_hardware(session, device)
+    hardware = agents.recorded_hardware(session, device)
     return ChallengeOut(
         **verification.issue(cache, device, settings.verification_deadline_s, hardware=hardware)
     )
@@ -169,7 +170,7 @@ def answer_challenge(
             rows=body.rows,
             gpu_models=[g.model for g in gpus],
             claimed_vram_mb=sum(g.memory_mb for g in gpus),
-            hardware=worker.recorded_hardware(session, device),
+            hardware=agents.recorded_hardware(session, device),
         )
         return ChallengeReplyOut(
             phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops

@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep
 from portal.config import Settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.authentication import authenticate_bearer, cached_device
 from portal.security.firewall import check_rate

@@ -8,14 +8,14 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from portal.cache import Cache
+from portal.infra.cache import Cache
 from portal.models import ApiKey, Device, Role, User
 from portal.models.base import utcnow
 from portal.security.jwt import InvalidToken, decode_access_token
 from portal.security.principal import Principal, PrincipalKind
 from portal.security.secrets import API_KEY_PREFIX, DEVICE_TOKEN_PREFIX, keyed_hash
+from portal.services.accounts.users import roles_of
 from portal.services.errors import Unauthorized
-from portal.services.users import roles_of
 
 # A key's last use is written at most this often, so a busy key does not write on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -16,7 +16,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.api.errors import error_response
-from portal.cache import Cache
+from portal.infra.cache import Cache
 from portal.services.errors import RateLimited
 
 WINDOW_S = 60

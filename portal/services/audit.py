@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from portal.logs import request_id_var
+from portal.infra.logs import request_id_var
 from portal.models import AuditLog
 from portal.security.principal import Principal, RequestOrigin
 

@@ -15,12 +15,14 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from sqlmodel import Session
 
-from portal.cache import get_cache
 from portal.config import Settings
+from portal.infra.cache import get_cache
 from portal.models import DepositAccount, Role
 from portal.security.passwords import verify_password
 from portal.security.principal import RequestOrigin
-from portal.services import chain, deposits, devices, ledger, treasury, users
+from portal.services.accounts import users
+from portal.services.money import chain, deposits, ledger, treasury
+from portal.services.providers import devices
 
 DEMO_CREDITS_MICRO = 500_000_000  # 500 USD of credits for the demo customer
 

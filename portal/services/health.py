@@ -10,8 +10,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pika
 from sqlalchemy import Engine, text
 
-from portal.cache import Cache
 from portal.config import Settings
+from portal.infra.cache import Cache
 
 
 def check_database(engine: Engine) -> None:

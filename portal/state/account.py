@@ -8,11 +8,11 @@ from typing import Any
 
 import reflex as rx
 
-from portal.cache import get_cache
-from portal.db import session_scope
+from portal.infra.cache import get_cache
+from portal.infra.db import session_scope
 from portal.models import User
 from portal.security.principal import Principal, RequestOrigin
-from portal.services import api_keys, auth
+from portal.services.accounts import api_keys, auth
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users, principal
 from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes

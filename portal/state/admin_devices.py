@@ -9,12 +9,12 @@ from typing import Any
 
 import reflex as rx
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
+from portal.infra.wakeups import get_wakeups
 from portal.models import DeviceState, Role
-from portal.services import commands, device_admin
 from portal.services.errors import DomainError
+from portal.services.providers import commands, device_admin
 from portal.state.session import SessionState, for_users, principal
-from portal.wakeups import get_wakeups
 from tasks import dispatch
 
 PAGE_SIZE = 25

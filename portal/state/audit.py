@@ -7,7 +7,7 @@ from typing import Any
 
 import reflex as rx
 
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Role
 from portal.services import audit
 from portal.state.session import SessionState, for_users

@@ -8,12 +8,12 @@ from typing import Any
 
 import reflex as rx
 
-from portal.cache import get_cache
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.cache import get_cache
+from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import RequestOrigin
-from portal.services import auth, oauth
+from portal.services.accounts import auth, oauth
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_anyone, sign_in_script
 from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes

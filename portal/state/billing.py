@@ -11,11 +11,12 @@ import reflex as rx
 import segno
 
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
-from portal.services import billing, dates, deposits, payouts, treasury
+from portal.services import dates
 from portal.services.errors import DomainError
+from portal.services.money import billing, deposits, payouts, treasury
 from portal.state.charts import styled
 from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal

@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 import reflex as rx
 
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.security.principal import Principal
-from portal.services import clusters, devices, telemetry
 from portal.services.errors import DomainError
+from portal.services.providers import devices, telemetry
+from portal.services.rentals import clusters
 from portal.state.session import SessionState, for_users, principal
 
 TITLES = {"util": "Utilization", "memory": "Memory used", "temperature": "Temperature", "power": "Power"}

@@ -12,11 +12,11 @@ from typing import Any
 import reflex as rx
 
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal
-from portal.services import clusters, jobs
 from portal.services.errors import DomainError, InvalidInput
+from portal.services.rentals import clusters, jobs
 from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
 from tasks import dispatch

@@ -9,14 +9,14 @@ from typing import Any
 
 import reflex as rx
 
-from portal.cache import get_cache
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.cache import get_cache
+from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
-from portal.services import device_admin, devices, reliability
 from portal.services.errors import DomainError, InvalidInput
+from portal.services.providers import device_admin, devices, reliability
 from portal.state.session import SessionState, for_users, principal
 
 STATE_COLORS = {

@@ -9,10 +9,10 @@ import plotly.graph_objects as go
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal.cache import get_cache
-from portal.db import session_scope
-from portal.services import analytics, network_history
-from portal.services.telemetry import RANGES
+from portal.infra.cache import get_cache
+from portal.infra.db import session_scope
+from portal.services.network import analytics, network_history
+from portal.services.providers.telemetry import RANGES
 from portal.state.charts import styled
 from portal.state.market import usd
 from portal.state.session import for_anyone

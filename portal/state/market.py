@@ -12,11 +12,11 @@ import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.config import get_settings
-from portal.db import session_scope
+from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Role
-from portal.services import clusters, market
 from portal.services.errors import DomainError
-from portal.services.gpu_catalog import CATALOG
+from portal.services.providers.gpu_catalog import CATALOG
+from portal.services.rentals import clusters, market
 from portal.state.session import SessionState, for_anyone, for_users, principal
 from tasks import dispatch
 

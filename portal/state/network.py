@@ -10,9 +10,9 @@ import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.config import get_settings
-from portal.db import session_scope
-from portal.services.devices import MISSED_HEARTBEATS_OFFLINE
-from portal.services.network_stats import NetworkCounts, network_counts
+from portal.infra.db import session_scope
+from portal.services.network.network_stats import NetworkCounts, network_counts
+from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
 from portal.state.session import for_anyone
 
 logger = logging.getLogger(__name__)

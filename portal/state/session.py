@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import reflex as rx
 
-from portal.cache import get_cache
-from portal.db import session_scope
+from portal.infra.cache import get_cache
+from portal.infra.db import session_scope
 from portal.models import Role, User
 from portal.security.cookies import SESSION_COOKIE
 from portal.security.principal import Principal, PrincipalKind, RequestOrigin
-from portal.services import auth, users
+from portal.services.accounts import auth, users
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 # The principal a guarded handler runs for; set by ``for_users`` around the handler's call.

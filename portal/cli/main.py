@@ -1,0 +1,302 @@
+"""``portal``: run the portal, its task workers and its database migrations."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from portal import frontend_build
+from portal.cli import customer
+from portal.config import PROJECT_ROOT, Environment, Settings, SettingsError, load_settings
+
+app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data for a local portal.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+admin_app = typer.Typer(help="Portal administrators.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The books.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(demo_app, name="demo")
+app.add_typer(admin_app, name="admin")
+# Customer commands: they talk to a portal over its API, so they need no server settings.
+app.command("login")(customer.login)
+app.command("logout")(customer.logout)
+app.add_typer(customer.clusters_app, name="clusters")
+app.add_typer(customer.jobs_app, name="jobs")
+
+BUN_PACKAGE_DIR = PROJECT_ROOT / ".tools" / "node_modules" / "@oven"
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"portal: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise fail(str(error)) from None
+
+
+def reflex_environment(settings: Settings) -> dict[str, str]:
+    """Environment for Reflex that keeps it offline and its caches inside the project."""
+    env = dict(os.environ)
+    env.setdefault("REFLEX_TELEMETRY_ENABLED", "false")
+    env.setdefault("REFLEX_CHECK_LATEST_VERSION", "0")
+    env.setdefault("REFLEX_HTTP_CLIENT_BIND_ADDRESS", "0.0.0.0")
+    env.setdefault("REFLEX_DIR", str(PROJECT_ROOT / ".reflex"))
+    env.setdefault("BUN_INSTALL_CACHE_DIR", str(PROJECT_ROOT / ".bun-cache"))
+    if "REFLEX_BUN_PATH" not in env:
+        for bun in sorted(BUN_PACKAGE_DIR.glob("bun-linux-*/bin/bun")):
+            env["REFLEX_BUN_PATH"] = str(bun)
+            break
+    if settings.redis_url:
+        # Reflex starts two web workers a core (one when state lives in process, without Redis); Granian
+        # advises no more than the cores. One more than the cores served the most heartbeats
+        # (bench/heartbeats.py).
+        env.setdefault("GRANIAN_WORKERS", str((os.cpu_count() or 1) + 1))
+    return env
+
+
+@app.command()
+def run(
+    port: Annotated[int | None, typer.Option(help="Port for pages and API (default PORTAL_PORT).")] = None,
+    demo: Annotated[
+        bool | None,
+        typer.Option(help="Create the demo accounts and print their logins (default: in development only)."),
+    ] = None,
+) -> None:
+    """Apply migrations, seed the demo accounts and serve the portal (Reflex production mode)."""
+    settings = settings_or_exit()
+    if port is not None:
+        os.environ["PORTAL_PORT"] = str(port)
+        settings = settings_or_exit()
+    from portal.infra import migrations
+
+    migrations.upgrade(settings.sqlalchemy_url)
+    env = reflex_environment(settings)
+    if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
+        print_demo_logins(seed_demo_accounts(settings), settings)
+        # Three local agents with simulated GPUs (two for a cluster, one to heal it), unless told
+        # otherwise (PORTAL_DEMO_AGENTS=0).
+        env.setdefault("PORTAL_DEMO_AGENTS", "3")
+        # Payouts within minutes of a demo cluster running, rather than at $10 once an hour.
+        env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
+        env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
+    if not frontend_build.is_current(frontend_build.fingerprint(env, settings.port)):
+        _build_pages(env, settings.port)
+    typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
+    os.chdir(PROJECT_ROOT)
+    args = frontend_build.serve_command(settings.host, settings.port)
+    env[frontend_build.SERVE_PAGES] = "1"
+    # Reflex replaces this process: Ctrl-C reaches it directly and it stops what it started.
+    os.execve(args[0], args, env)
+
+
+def _build_pages(env: dict[str, str], port: int) -> None:
+    typer.secho("Building the pages (once after each change of the app)...", fg=typer.colors.GREEN)
+    started = time.monotonic()
+    if not frontend_build.build(env, port):
+        raise fail("the pages could not be built (Reflex's output above says why)")
+    typer.echo(f"Pages built in {time.monotonic() - started:.0f} s")
+
+
+@app.command()
+def build(
+    port: Annotated[
+        int | None, typer.Option(help="Port the pages will be served on (default PORTAL_PORT).")
+    ] = None,
+) -> None:
+    """Build the pages for production now (an image build does), so that ``portal run`` starts at once."""
+    settings = settings_or_exit()
+    _build_pages(reflex_environment(settings), port or settings.port)
+
+
+@app.command()
+def worker(
+    processes: Annotated[
+        int | None, typer.Option(help="Worker processes (default PORTAL_WORKER_PROCESSES).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads per process (default PORTAL_WORKER_THREADS).")
+    ] = None,
+) -> None:
+    """Run Dramatiq task workers against RabbitMQ (PORTAL_BROKER_URL)."""
+    settings = settings_or_exit()
+    if settings.uses_embedded_broker:
+        raise fail(
+            "portal worker needs PORTAL_BROKER_URL=amqp://...; "
+            "without it the task worker runs inside `portal run`"
+        )
+    dramatiq = shutil.which("dramatiq", path=str(Path(sys.executable).parent)) or "dramatiq"
+    args = [
+        dramatiq,
+        "tasks",
+        "--processes",
+        str(processes or settings.worker_processes),
+        "--threads",
+        str(threads or settings.worker_threads),
+    ]
+    os.chdir(PROJECT_ROOT)
+    os.execv(args[0], args)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the schema (default: to the newest revision)."""
+    settings = settings_or_exit()
+    from portal.infra import migrations
+
+    migrations.upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at revision {migrations.current_revision(settings.sqlalchemy_url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, or 'base' for empty.")],
+) -> None:
+    """Downgrade the schema to a revision."""
+    settings = settings_or_exit()
+    from portal.infra import migrations
+
+    migrations.downgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database at revision {migrations.current_revision(settings.sqlalchemy_url) or 'base'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and the newest one."""
+    settings = settings_or_exit()
+    from portal.infra import migrations
+
+    typer.echo(f"current: {migrations.current_revision(settings.sqlalchemy_url) or 'base'}")
+    typer.echo(f"head:    {migrations.head_revision()}")
+
+
+def seed_demo_accounts(settings: Settings) -> list:
+    from portal.infra.db import build_engine, session_scope
+    from portal.services.demo import demo_deposit, seed_demo
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            logins = seed_demo(session, settings.data_dir)
+            demo_deposit(session, settings)
+            return logins
+    finally:
+        engine.dispose()
+
+
+def print_demo_logins(logins: list, settings: Settings) -> None:
+    typer.secho(f"Demo logins (kept in {settings.data_dir / 'demo_logins.json'}):", bold=True)
+    for login in logins:
+        typer.echo(f"  {login.role:<9} {login.email:<32} {login.password}")
+
+
+@demo_app.command("kill-agent")
+def demo_kill_agent(
+    device: Annotated[str, typer.Argument(help="The demo device's name, e.g. demo-rig-2.")],
+) -> None:
+    """Kill a local demo agent and its Ray node at once, as if its machine died: watch its cluster heal."""
+    settings = settings_or_exit()
+    from sqlmodel import select
+
+    from portal.demo_agents import kill_agent
+    from portal.infra.db import build_engine, session_scope
+    from portal.models import Device
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            found = session.exec(select(Device.token_hash).where(Device.name == device)).all()
+    finally:
+        engine.dispose()
+    if len(found) != 1:
+        raise fail(f"no single device named {device!r}")
+    killed = kill_agent(found[0])
+    if not killed:
+        raise fail(f"no agent of {device} runs on this machine")
+    typer.echo(f"killed the agent of {device} and its Ray node (pids {', '.join(map(str, killed))})")
+
+
+@demo_app.command("seed")
+def demo_seed() -> None:
+    """Create the demo admin, customer (with credits) and provider; print their logins."""
+    settings = settings_or_exit()
+    print_demo_logins(seed_demo_accounts(settings), settings)
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Argument(help="The admin's email; an existing account is made admin.")],
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Password for a new account (prompted, hidden, when not given).",
+            envvar="PORTAL_ADMIN_PASSWORD",
+        ),
+    ] = None,
+) -> None:
+    """Create an admin account, or give an existing account the admin role."""
+    settings = settings_or_exit()
+    from portal.infra.db import build_engine, session_scope
+    from portal.services.accounts import users
+    from portal.services.errors import DomainError
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            existing = users.get_user_by_email(session, email)
+            if existing is None and password is None:
+                password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+            user = users.make_admin(session, email=email, password=password)
+    except DomainError as error:
+        raise fail(error.message) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"{user.email} is an admin ({'existing account' if existing else 'new account'})")
+
+
+@ledger_app.command("check")
+def ledger_check() -> None:
+    """Recompute every balance from the ledger entries: exit 0 when the books balance, 1 with the problems."""
+    settings = settings_or_exit()
+    from portal.infra.db import build_engine, session_scope
+    from portal.services.money.ledger import verify_books
+
+    engine = build_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as session:
+            problems = verify_books(session)
+    finally:
+        engine.dispose()
+    for problem in problems:
+        typer.secho(f"portal: {problem}", err=True, fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(code=1)
+    typer.echo("The books balance: every entry sums to zero and no personal account is negative.")
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print every setting with its environment variable and current value (secrets masked)."""
+    settings = settings_or_exit()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        shown = "********" if "secret" in name and value is not None else value
+        typer.echo(f"PORTAL_{name.upper():<28} {shown}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""What customers and providers see of their money: balances, ledger lines, usage lines and earnings."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from portal.config import Settings
+from portal.models import (
+    AccountKind,
+    Cluster,
+    Device,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    Payout,
+    PayoutState,
+    UsageRecord,
+    User,
+)
+from portal.models.base import utcnow
+from portal.services import csv_export
+from portal.services.money import ledger
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    id: int
+    at: datetime
+    account: str
+    amount_micro: int
+    kind: str
+    description: str
+    cluster_id: uuid.UUID | None
+
+
+def balance(session: Session, user_id: uuid.UUID) -> tuple[int, int]:
+    """(available, in escrow) for a customer."""
+    return (
+        ledger.get_account(session, AccountKind.CUSTOMER_AVAILABLE, user_id).balance_micro,
+        ledger.get_account(session, AccountKind.CUSTOMER_ESCROW, user_id).balance_micro,
+    )
+
+
+def ledger_lines(
+    session: Session, user_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[LedgerLine], int]:
+    """Every movement on the person's accounts, newest first."""
+    query = (
+        select(LedgerEntry, LedgerAccount.kind, LedgerTransaction)
+        .join(LedgerAccount, col(LedgerAccount.id) == LedgerEntry.account_id)
+        .join(LedgerTransaction, col(LedgerTransaction.id) == LedgerEntry.transaction_id)
+        .where(LedgerAccount.owner_id == user_id)
+    )
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(LedgerEntry.id).desc()).limit(limit).offset(offset)).all()
+    return [
+        LedgerLine(
+            entry.id or 0,
+            entry.created_at,
+            kind,
+            entry.amount_micro,
+            transaction.kind,
+            transaction.description,
+            transaction.cluster_id,
+        )
+        for entry, kind, transaction in rows
+    ], total
+
+
+def usage_lines(
+    session: Session, customer_id: uuid.UUID, *, cluster_id: uuid.UUID | None, limit: int, offset: int
+) -> tuple[list[tuple[UsageRecord, str]], int]:
+    """Metered usage of the customer's clusters (with each device's name), newest first."""
+    query = (
+        select(UsageRecord, Device.name)
+        .join(Device, col(Device.id) == UsageRecord.device_id)
+        .where(UsageRecord.customer_id == customer_id)
+    )
+    if cluster_id is not None:
+        query = query.where(UsageRecord.cluster_id == cluster_id)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(UsageRecord.id).desc()).limit(limit).offset(offset)).all()
+    return [(usage, name) for usage, name in rows], total
+
+
+@dataclass(frozen=True)
+class Earnings:
+    accrued_micro: int  # earned so far, all time
+    pending_micro: int  # earned and not paid out yet
+    in_flight_micro: int  # in a payout not confirmed on chain yet
+    paid_micro: int  # paid out, confirmed on chain
+    payout_threshold_micro: int
+    wallet_address: str | None
+    by_device: list[dict]
+    by_cluster: list[dict]
+    by_day: list[dict]  # the last EARNINGS_DAYS days, oldest first, days without earnings included
+
+
+EARNINGS_DAYS = 30
+
+
+def _money(value: object) -> int:
+    return int(value or 0)  # PostgreSQL sums BIGINT as NUMERIC
+
+
+def earnings(session: Session, settings: Settings, provider_id: uuid.UUID) -> Earnings:
+    earned = UsageRecord.amount_micro - UsageRecord.fee_micro
+    by_device = session.exec(
+        select(Device.id, Device.name, func.sum(earned), func.sum(UsageRecord.seconds))
+        .join(Device, col(Device.id) == UsageRecord.device_id)
+        .where(UsageRecord.provider_id == provider_id)
+        .group_by(Device.id, Device.name)
+    ).all()
+    by_cluster = session.exec(
+        select(Cluster.id, Cluster.name, func.sum(earned), func.min(UsageRecord.period_start))
+        .join(Cluster, col(Cluster.id) == UsageRecord.cluster_id)
+        .where(UsageRecord.provider_id == provider_id)
+        .group_by(Cluster.id, Cluster.name)
+    ).all()
+    paid_by_state = dict(
+        session.exec(
+            select(Payout.state, func.sum(Payout.amount_micro))
+            .where(Payout.provider_id == provider_id)
+            .group_by(Payout.state)
+        ).all()
+    )
+    paid = _money(paid_by_state.get(PayoutState.CONFIRMED))
+    in_flight = sum(_money(v) for state, v in paid_by_state.items() if state != PayoutState.CONFIRMED)
+    pending = ledger.get_account(session, AccountKind.PROVIDER_EARNED, provider_id).balance_micro
+    provider = session.get(User, provider_id)
+    return Earnings(
+        accrued_micro=pending + in_flight + paid,
+        pending_micro=pending,
+        in_flight_micro=in_flight,
+        paid_micro=paid,
+        payout_threshold_micro=settings.payout_threshold_micro,
+        wallet_address=provider.wallet_address if provider else None,
+        by_device=[
+            {"device_id": d, "name": n, "earned_micro": _money(e), "seconds": _money(s)}
+            for d, n, e, s in by_device
+        ],
+        by_cluster=[
+            {"cluster_id": c, "name": n, "earned_micro": _money(e), "since": since}
+            for c, n, e, since in by_cluster
+        ],
+        by_day=_earnings_by_day(session, provider_id),
+    )
+
+
+def _earnings_by_day(session: Session, provider_id: uuid.UUID) -> list[dict]:
+    today = utcnow().date()
+    first = today - timedelta(days=EARNINGS_DAYS - 1)
+    rows = session.exec(
+        select(UsageRecord.period_end, UsageRecord.amount_micro - UsageRecord.fee_micro).where(
+            UsageRecord.provider_id == provider_id,
+            UsageRecord.period_end >= datetime.combine(first, time.min, tzinfo=UTC),
+        )
+    ).all()
+    days = {first + timedelta(days=n): 0 for n in range(EARNINGS_DAYS)}
+    for at, amount in rows:
+        days[at.date()] = days.get(at.date(), 0) + _money(amount)
+    return [{"day": day.isoformat(), "earned_micro": amount} for day, amount in sorted(days.items())]
+
+
+INVOICE_COLUMNS = (
+    "period_start",
+    "period_end",
+    "cluster",
+    "cluster_id",
+    "device",
+    "gpus",
+    "seconds",
+    "rate_per_gpu_hour_usd",
+    "amount_usd",
+    "amount_micro",
+)
+
+
+def usd(amount_micro: int) -> str:
+    """Exact decimal dollars from micro-USD, no float."""
+    sign = "-" if amount_micro < 0 else ""
+    whole, micro = divmod(abs(amount_micro), 1_000_000)
+    return f"{sign}{whole}.{micro:06d}"
+
+
+def invoice_csv(session: Session, customer_id: uuid.UUID, month: date) -> str:
+    """The month's usage lines as CSV, with a total line; amounts exact to the micro-USD."""
+    start = datetime.combine(month.replace(day=1), time.min, tzinfo=UTC)
+    end = datetime.combine((month.replace(day=28) + timedelta(days=4)).replace(day=1), time.min, tzinfo=UTC)
+    rows = session.exec(
+        select(UsageRecord, Device.name, Cluster.name)
+        .join(Device, col(Device.id) == UsageRecord.device_id)
+        .join(Cluster, col(Cluster.id) == UsageRecord.cluster_id)
+        .where(
+            UsageRecord.customer_id == customer_id,
+            UsageRecord.period_start >= start,
+            UsageRecord.period_start < end,
+        )
+        .order_by(col(UsageRecord.period_start), col(UsageRecord.id))
+    ).all()
+    lines: list[list[object]] = [
+        [
+            usage.period_start.isoformat(),
+            usage.period_end.isoformat(),
+            cluster_name,
+            usage.cluster_id,
+            device_name,
+            usage.gpu_count,
+            usage.seconds,
+            Decimal(usd(usage.rate_micro)),  # a number, not text: a spreadsheet sums it
+            Decimal(usd(usage.amount_micro)),
+            usage.amount_micro,
+        ]
+        for usage, device_name, cluster_name in rows
+    ]
+    total = sum(usage.amount_micro for usage, _, _ in rows)
+    lines.append(["total", "", "", "", "", "", "", "", Decimal(usd(total)), total])
+    return csv_export.csv_text(INVOICE_COLUMNS, lines)

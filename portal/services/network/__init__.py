@@ -1,0 +1,1 @@
+"""What the network looks like: public statistics, their history, and the admin's analytics."""

@@ -1,0 +1,167 @@
+"""Network statistics for everyone (``/stats/network``, GraphQL, the explorer) and revenue analytics for
+admins, computed with SQL and pandas; the public figures are cached for a short while.
+
+Public: devices and GPUs by state, by model and by country; the hired share of online GPUs; the latest
+average utilization; compute hours served and earnings paid out, all time. Simulated GPUs are counted apart.
+Admin: revenue (charges), platform fees and provider earnings per day, and customer cohorts (customers by
+the month of their first charge, spending in each later month), as tables or CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import pandas as pd
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from portal.infra.cache import Cache
+from portal.models import Device, NetworkSnapshot, Payout, PayoutState, UsageRecord
+from portal.models.base import utcnow
+from portal.services import csv_export
+from portal.services.network.network_stats import ONLINE_STATES
+
+CACHE_KEY = "stats:network"
+CACHE_TTL_S = 30
+
+
+@dataclass(frozen=True)
+class Group:
+    key: str
+    devices: int
+    gpus: int
+    gpus_hired: int
+    simulated_gpus: int
+
+
+@dataclass(frozen=True)
+class NetworkStats:
+    at: str
+    devices: int
+    gpus: int
+    devices_online: int
+    gpus_online: int
+    gpus_hired: int
+    simulated_gpus_online: int
+    hired_share: float  # of online GPUs
+    utilization_avg: float | None  # percent, the latest snapshot's average over online GPUs
+    compute_hours: float  # GPU-hours served and metered, all time
+    earnings_paid_micro: int  # paid to providers, confirmed on chain
+    by_state: list[Group]
+    by_model: list[Group]
+    by_country: list[Group]
+
+
+def _groups(frame: pd.DataFrame, column: str) -> list[Group]:
+    if frame.empty:
+        return []
+    grouped = (
+        frame.assign(
+            hired=frame["gpus"].where(frame["state"] == "hired", 0),
+            simulated_gpus=frame["gpus"].where(frame["simulated"], 0),
+        )
+        .groupby(column)
+        .agg(
+            devices=("gpus", "size"),
+            gpus=("gpus", "sum"),
+            hired=("hired", "sum"),
+            sim=("simulated_gpus", "sum"),
+        )
+        .sort_values(["gpus", "devices"], ascending=False)
+    )
+    return [
+        Group(str(key), int(row.devices), int(row.gpus), int(row.hired), int(row.sim))
+        for key, row in grouped.iterrows()
+    ]
+
+
+def compute(session: Session) -> NetworkStats:
+    rows = session.exec(
+        select(Device.state, Device.gpu_model, Device.gpu_count, Device.country, Device.simulated)
+    ).all()
+    devices = pd.DataFrame(rows, columns=["state", "model", "gpus", "country", "simulated"])
+    devices["model"] = devices["model"].replace("", "no GPU")
+    online = devices[devices["state"].isin([str(s) for s in ONLINE_STATES])]
+    gpus_online = int(online["gpus"].sum())
+    gpus_hired = int(online.loc[online["state"] == "hired", "gpus"].sum())
+    latest = session.exec(select(func.max(NetworkSnapshot.at))).one()
+    utilization = None
+    if latest is not None:
+        utilization = session.exec(
+            select(func.avg(NetworkSnapshot.util_avg)).where(NetworkSnapshot.at == latest)
+        ).one()
+    gpu_seconds = session.exec(
+        select(func.coalesce(func.sum(UsageRecord.seconds * UsageRecord.gpu_count), 0))
+    ).one()
+    paid = session.exec(
+        select(func.coalesce(func.sum(Payout.amount_micro), 0)).where(Payout.state == PayoutState.CONFIRMED)
+    ).one()
+    return NetworkStats(
+        at=utcnow().isoformat(),
+        devices=len(devices),
+        gpus=int(devices["gpus"].sum()),
+        devices_online=len(online),
+        gpus_online=gpus_online,
+        gpus_hired=gpus_hired,
+        simulated_gpus_online=int(online.loc[online["simulated"], "gpus"].sum()),
+        hired_share=round(gpus_hired / gpus_online, 4) if gpus_online else 0.0,
+        utilization_avg=round(float(utilization), 1) if utilization is not None else None,
+        compute_hours=round(int(gpu_seconds) / 3600, 2),
+        earnings_paid_micro=int(paid),
+        by_state=_groups(devices, "state"),
+        by_model=_groups(online, "model"),
+        by_country=_groups(online, "country"),
+    )
+
+
+def network_stats(session: Session, cache: Cache) -> NetworkStats:
+    """The network's statistics, computed at most every ``CACHE_TTL_S`` seconds."""
+    cached = cache.get(CACHE_KEY)
+    if cached:
+        data = json.loads(cached)
+        for name in ("by_state", "by_model", "by_country"):
+            data[name] = [Group(**group) for group in data[name]]
+        return NetworkStats(**data)
+    stats = compute(session)
+    cache.set(CACHE_KEY, json.dumps(asdict(stats)), ttl_s=CACHE_TTL_S)
+    return stats
+
+
+def revenue_by_day(session: Session, days: int = 30) -> pd.DataFrame:
+    """Charges, platform fees and provider earnings per day (micro-USD), oldest first, empty days included."""
+    since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = session.exec(
+        select(UsageRecord.period_end, UsageRecord.amount_micro, UsageRecord.fee_micro).where(
+            UsageRecord.period_end >= since
+        )
+    ).all()
+    frame = pd.DataFrame(rows, columns=["at", "revenue_micro", "fees_micro"])
+    frame["day"] = pd.to_datetime(frame["at"], utc=True).dt.strftime("%Y-%m-%d")
+    daily = frame.groupby("day")[["revenue_micro", "fees_micro"]].sum()
+    every_day = [(since + timedelta(days=n)).strftime("%Y-%m-%d") for n in range(days)]
+    daily = daily.reindex(every_day, fill_value=0).astype("int64")
+    daily["provider_earnings_micro"] = daily["revenue_micro"] - daily["fees_micro"]
+    return daily.rename_axis("day").reset_index()
+
+
+def customer_cohorts(session: Session) -> pd.DataFrame:
+    """Customers by the month of their first charge (rows) and what the cohort spent each month (columns,
+    micro-USD), with the cohort's size."""
+    rows = session.exec(
+        select(UsageRecord.customer_id, UsageRecord.period_end, UsageRecord.amount_micro)
+    ).all()
+    frame = pd.DataFrame(rows, columns=["customer", "at", "amount"])
+    if frame.empty:
+        return pd.DataFrame(columns=["cohort", "customers"])
+    frame["month"] = pd.to_datetime(frame["at"], utc=True).dt.strftime("%Y-%m")
+    frame["cohort"] = frame.groupby("customer")["month"].transform("min")
+    spend = frame.pivot_table(index="cohort", columns="month", values="amount", aggfunc="sum", fill_value=0)
+    sizes = frame.groupby("cohort")["customer"].nunique().rename("customers")
+    return pd.concat([sizes, spend.astype("int64")], axis=1).rename_axis("cohort").reset_index()
+
+
+def as_csv(table: pd.DataFrame) -> str:
+    """An analytics table as a CSV file, its columns named in the header."""
+    return csv_export.csv_text(table.columns, table.itertuples(index=False))

@@ -1,0 +1,185 @@
+"""The marketplace: what capacity is available now, and what a cluster would cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, case, func
+from sqlmodel import Session, col, select
+
+from portal.config import Settings
+from portal.models import Device, Gpu, User
+from portal.services.money.escrow import fee_of
+from portal.services.providers.gpu_catalog import CATALOG
+from portal.services.rentals import placement
+
+
+@dataclass(frozen=True)
+class OfferFilters:
+    gpu_model: str | None = None
+    min_vram_mb: int | None = None
+    min_gpus: int | None = None
+    country: str | None = None
+    connectivity_tier: str | None = None
+    max_price_micro: int | None = None
+    min_reliability: float | None = None
+
+
+@dataclass(frozen=True)
+class Offer:
+    gpu_model: str
+    vram_mb: int
+    country: str
+    connectivity_tier: str
+    devices: int
+    gpus: int
+    largest_device_gpus: int
+    min_price_per_gpu_hour_micro: int
+    max_price_per_gpu_hour_micro: int
+    reliability: float
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class Quote:
+    available: bool
+    price_per_hour_micro: int
+    total_micro: int
+    fee_micro: int
+    breakdown: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _vram_by_model(session: Session) -> dict[str, int]:
+    known = {name: model.memory_mb for name, model in CATALOG.items()}
+    reported = session.exec(select(Gpu.model, func.max(Gpu.memory_mb)).group_by(Gpu.model)).all()
+    return known | {model: memory for model, memory in reported if model not in known}
+
+
+def offers(session: Session, settings: Settings, filters: OfferFilters) -> list[Offer]:
+    """Hireable capacity grouped by model, country and connectivity tier, cheapest first."""
+    price = Device.hourly_price_micro
+    query = (
+        select(
+            Device.gpu_model,
+            Device.country,
+            Device.connectivity_tier,
+            func.count(),
+            func.sum(Device.gpu_count),
+            func.max(Device.gpu_count),
+            func.min(price),
+            func.max(price),
+            func.avg(Device.reliability),
+            func.max(case((col(Device.simulated), 1), else_=0)),
+        )
+        .join(User, col(User.id) == Device.owner_id)
+        .where(and_(*placement.hireable_clause(settings)))
+        .group_by(Device.gpu_model, Device.country, Device.connectivity_tier)
+    )
+    if filters.gpu_model:
+        query = query.where(Device.gpu_model == filters.gpu_model)
+    if filters.country:
+        query = query.where(Device.country == filters.country.upper())
+    if filters.connectivity_tier:
+        query = query.where(
+            col(Device.connectivity_tier).in_(placement.tiers_at_least(filters.connectivity_tier))
+        )
+    if filters.max_price_micro is not None:
+        query = query.where(price <= filters.max_price_micro)
+    if filters.min_reliability is not None:
+        query = query.where(Device.reliability >= filters.min_reliability)
+    vram = _vram_by_model(session)
+    found = [
+        Offer(
+            gpu_model=model,
+            vram_mb=vram.get(model, 0),
+            country=country,
+            connectivity_tier=tier,
+            devices=devices,
+            gpus=int(gpus),
+            largest_device_gpus=largest,
+            min_price_per_gpu_hour_micro=int(low),
+            max_price_per_gpu_hour_micro=int(high),
+            reliability=round(float(reliability), 4),
+            simulated=bool(simulated),
+        )
+        for model, country, tier, devices, gpus, largest, low, high, reliability, simulated in session.exec(
+            query
+        ).all()
+    ]
+    if filters.min_gpus:
+        found = [offer for offer in found if offer.gpus >= filters.min_gpus]
+    if filters.min_vram_mb:
+        found = [offer for offer in found if offer.vram_mb >= filters.min_vram_mb]
+    return sorted(found, key=lambda o: (o.min_price_per_gpu_hour_micro, -o.gpus, o.gpu_model, o.country))
+
+
+def alternatives(
+    session: Session, settings: Settings, spec: placement.Spec, limit: int = 5
+) -> list[dict[str, Any]]:
+    """What is available instead when a spec cannot be met: the same model anywhere, then other models."""
+    by_model: dict[str, dict[str, Any]] = {}
+    for offer in offers(session, settings, OfferFilters()):
+        entry = by_model.setdefault(
+            offer.gpu_model,
+            {
+                "gpu_model": offer.gpu_model,
+                "gpus": 0,
+                "countries": set(),
+                "min_price_per_gpu_hour_micro": None,
+            },
+        )
+        entry["gpus"] += offer.gpus
+        entry["countries"].add(offer.country)
+        low = entry["min_price_per_gpu_hour_micro"]
+        entry["min_price_per_gpu_hour_micro"] = min(
+            low or offer.min_price_per_gpu_hour_micro, offer.min_price_per_gpu_hour_micro
+        )
+    ranked = sorted(by_model.values(), key=lambda e: (e["gpu_model"] != spec.gpu_model, -e["gpus"]))
+    return [{**entry, "countries": sorted(entry["countries"])} for entry in ranked[:limit]]
+
+
+def quote(session: Session, settings: Settings, spec: placement.Spec, duration_hours: int) -> Quote:
+    """The price of a cluster placed on the devices a deploy would book now (nothing is booked)."""
+    chosen = placement.find(session, settings, spec)
+    if chosen is None:
+        return Quote(
+            available=False,
+            price_per_hour_micro=0,
+            total_micro=0,
+            fee_micro=0,
+            reason=f"No set of available {spec.gpu_model} devices holds exactly {spec.gpu_count} GPUs "
+            "with these filters.",
+            alternatives=alternatives(session, settings, spec),
+        )
+    lines: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for candidate in chosen:
+        key = (candidate.price_per_gpu_hour_micro, candidate.country, candidate.connectivity_tier)
+        line = lines.setdefault(
+            key,
+            {
+                "gpu_model": spec.gpu_model,
+                "country": candidate.country,
+                "connectivity_tier": candidate.connectivity_tier,
+                "price_per_gpu_hour_micro": candidate.price_per_gpu_hour_micro,
+                "devices": 0,
+                "gpus": 0,
+            },
+        )
+        line["devices"] += 1
+        line["gpus"] += candidate.gpus
+    breakdown = []
+    for line in lines.values():
+        per_hour = line["price_per_gpu_hour_micro"] * line["gpus"]
+        breakdown.append({**line, "per_hour_micro": per_hour, "subtotal_micro": per_hour * duration_hours})
+    per_hour = sum(line["per_hour_micro"] for line in breakdown)
+    total = per_hour * duration_hours
+    return Quote(
+        available=True,
+        price_per_hour_micro=per_hour,
+        total_micro=total,
+        fee_micro=fee_of(total, settings.platform_fee_bps),
+        breakdown=breakdown,
+    )
