@@ -21,7 +21,6 @@ from datetime import timedelta
 from solders.keypair import Keypair
 from sqlalchemy import Engine, insert, select
 
-from portal.api.deps import AppParts
 from portal.config import Settings
 from portal.infra import migrations
 from portal.infra.cache import MemoryCache
@@ -42,11 +41,12 @@ from portal.models import (
     User,
 )
 from portal.models.base import utcnow
+from portal.parts import AppParts
+from portal.parts import use as use_parts
 from portal.services.money import chain, ledger, payouts
 from portal.services.money.chain import LiteSvmChain
 from portal.services.money.treasury import local_settlement
 from tasks import billing as billing_actors
-from tasks import context
 
 NODES = 10_000
 MINUTES = 100
@@ -131,13 +131,13 @@ def _running_clusters(engine: Engine) -> None:
 
 def _metering_pass(engine: Engine, settings: Settings) -> tuple[float, int, int]:
     """One run of the ``meter_clusters`` actor, as the scheduler sends it."""
-    context.use(AppParts(settings, engine, MemoryCache()))
+    use_parts(AppParts(settings, engine, MemoryCache()))
     try:
         started = time.perf_counter()
         billing_actors.meter_clusters.fn()
         elapsed = time.perf_counter() - started
     finally:
-        context.use(None)
+        use_parts(None)
     with session_scope(engine) as session:
         lines = len(session.exec(select(UsageRecord.id)).scalars().all())  # type: ignore[call-overload]
         seconds = sum(session.exec(select(UsageRecord.seconds)).scalars().all())  # type: ignore[call-overload]

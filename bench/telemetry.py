@@ -24,13 +24,13 @@ from pathlib import Path
 import httpx
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.config import Settings
 from portal.infra import migrations
 from portal.infra.cache import MemoryCache
 from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState, Gpu, GpuSample, User
 from portal.models.base import utcnow
+from portal.parts import AppParts
 from portal.services.providers import liveness, telemetry
 from tests.servers import ServerThread, free_port
 

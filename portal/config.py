@@ -313,7 +313,11 @@ class Settings(BaseSettings):
         return self.broker_url is None
 
     def signing_key(self) -> str:
-        """The secret key, generated once into ``data_dir`` for development installs."""
+        """The secret key, generated once into ``data_dir`` for development installs (read once)."""
+        return self._signing_key
+
+    @functools.cached_property
+    def _signing_key(self) -> str:
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
         key_file = self.data_dir / "secret_key"

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from portal.config import Environment, get_settings
+from portal import parts
+from portal.config import Environment
 from portal.infra.db import session_scope
 from portal.services.demo import demo_devices
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def _start_agents(count: int, portal_url: str) -> list[subprocess.Popen]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         agents = demo_devices(session, count)
     agent = str(Path(sys.executable).with_name("gpu-pool"))
     processes = []
@@ -49,7 +50,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 @asynccontextmanager
 async def demo_agents() -> AsyncIterator[None]:
-    settings = get_settings()
+    settings = parts.current().settings
     wanted = settings.demo_agents
     if not wanted or settings.environment is Environment.PRODUCTION or settings.redis_url:
         yield

@@ -1,23 +1,29 @@
 """The Reflex app: pages, the API mounted into its backend, and the embedded task worker."""
 
+import dataclasses
+
 import reflex as rx
 from reflex_base.environment import environment
 from starlette.types import ASGIApp
 
-from portal import frontend_build
+from portal import frontend_build, parts
 from portal.api.app import create_api
 from portal.api.front import in_front
-from portal.config import get_settings
 from portal.demo_agents import demo_agents
 from portal.infra.heap import frozen_heap
 from portal.infra.logs import configure_logging
 from portal.pages import register_pages
+from portal.parts import AppParts
 from tasks.embedded import embedded_task_worker
+from tasks.followups import TaskFollowUps
 from tasks.scheduler import periodic_scheduler
 
-configure_logging(get_settings())
+# The composition root: this process's parts, whose commands hand their follow-ups to the task actors.
+_built = AppParts.from_settings()
+parts.use(dataclasses.replace(_built, followups=TaskFollowUps(_built.wakeups)))
+configure_logging(parts.current().settings)
 
-api = create_api()
+api = create_api(parts.current())
 
 
 class PortalApp(rx.App):

@@ -6,10 +6,10 @@ what ``dramatiq tasks`` (run by ``portal worker``) and the embedded worker both 
 
 import dramatiq
 
-from portal.config import get_settings
+from portal import parts
 from tasks.broker import build_broker
 
-broker = build_broker(get_settings())
+broker = build_broker(parts.current().settings)
 dramatiq.set_broker(broker)
 
 from tasks import billing, clusters, devices, ping  # noqa: E402  (actors need the broker set first)

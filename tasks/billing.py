@@ -8,12 +8,12 @@ import uuid
 import dramatiq
 from sqlmodel import col, select
 
-from portal.api.deps import AppParts
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, ClusterState
+from portal.parts import AppParts
 from portal.services.money import deposits, metering, payouts, treasury
 from portal.services.rentals import clusters
-from tasks.context import parts
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ METERED_STATES = (ClusterState.RUNNING, ClusterState.DEGRADED)
 def meter_clusters() -> None:
     """Charge every running cluster's uptime since the last pass, a few hundred clusters per transaction;
     a chunk that fails is metered again cluster by cluster, so one cluster's trouble leaves none unmetered."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         running = session.exec(select(Cluster.id).where(col(Cluster.state).in_(METERED_STATES))).all()
     for start in range(0, len(running), METERED_PER_TRANSACTION):
@@ -51,7 +51,7 @@ def _meter(p: AppParts, cluster_ids: list[uuid.UUID]) -> None:
 @dramatiq.actor(max_retries=0, time_limit=600_000)
 def settle_payouts() -> None:
     """Finish earlier payouts, pay every provider now due, and confirm what landed."""
-    p = parts()
+    p = parts.current()
     result = payouts.settle(p.engine, p.settings, treasury.settlement(p.settings))
     if any(result.values()):
         logger.info("settlement pass", extra={"payouts": result})
@@ -60,7 +60,7 @@ def settle_payouts() -> None:
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def watch_deposits() -> None:
     """Sweep new deposits to the treasury and credit the ones whose sweep landed."""
-    p = parts()
+    p = parts.current()
     result = deposits.watch(p.engine, treasury.settlement(p.settings))
     if any(result.values()):
         logger.info("deposit watch pass", extra={"deposits": result})

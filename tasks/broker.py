@@ -22,11 +22,11 @@ class ActorMetrics(dramatiq.Middleware):
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: Any = None, exception: Any = None
     ) -> None:
-        from tasks.context import parts
+        from portal import parts
 
         outcome = "failure" if exception else "success"
         try:
-            parts().cache.incr(actor_runs_key(message.actor_name, outcome), ttl_s=COUNTER_TTL_S)
+            parts.current().cache.incr(actor_runs_key(message.actor_name, outcome), ttl_s=COUNTER_TTL_S)
         except Exception:  # a metric must never fail the task it counts
             logger.warning("could not count a run of %s", message.actor_name, exc_info=True)
 

@@ -8,30 +8,24 @@ import uuid
 
 import dramatiq
 
+from portal import parts
 from portal.infra.db import session_scope
 from portal.services.rentals import provisioning
-from tasks.context import parts
 
 logger = logging.getLogger(__name__)
 RETRIES = {"max_retries": 5, "min_backoff": 200, "max_backoff": 10_000, "time_limit": 120_000}
 
 
 @dramatiq.actor(**RETRIES)
-def provision_cluster(cluster_id: str) -> None:
-    """Take a cluster's next steps (sent at deploy and on every result of its nodes' commands)."""
-    p = parts()
-    provisioning.advance(p.engine, p.settings, p.wakeups, uuid.UUID(cluster_id))
-
-
-@dramatiq.actor(**RETRIES)
-def terminate_cluster(cluster_id: str) -> None:
-    p = parts()
+def advance_cluster(cluster_id: str) -> None:
+    """Take a cluster's next steps: sent at deploy, on terminate and on each result of its nodes' commands."""
+    p = parts.current()
     provisioning.advance(p.engine, p.settings, p.wakeups, uuid.UUID(cluster_id))
 
 
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def expire_clusters() -> None:
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         due = provisioning.expired(session)
     for cluster_id in due:
@@ -44,7 +38,7 @@ def expire_clusters() -> None:
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def reconcile_clusters() -> None:
     """Finish what a killed worker left half done: clusters mid-way, devices not yet returned."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         unfinished = provisioning.unfinished(session)
     for cluster_id in unfinished:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import dramatiq
 
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Device
 from portal.services.network import network_history
 from portal.services.providers import commands, faults, reliability, telemetry, verification
-from tasks.context import parts
 
 
 @dramatiq.actor(max_retries=0, time_limit=120_000)
 def reverify_devices() -> None:
     """Ask idle devices whose proof of compute has aged for a fresh one."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         due = [device.id for device in verification.due_for_reverification(session, p.settings)]
     for device_id in due:
@@ -29,7 +29,7 @@ def reverify_devices() -> None:
 
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def mark_silent_devices_offline() -> None:
-    p = parts()
+    p = parts.current()
     moved = faults.OFFLINE_BATCH
     while moved == faults.OFFLINE_BATCH:  # a batch per transaction, until one is not full
         with session_scope(p.engine) as session:
@@ -39,14 +39,14 @@ def mark_silent_devices_offline() -> None:
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def prune_gpu_samples() -> None:
     """Keep the portal's own sample store bounded."""
-    with session_scope(parts().engine) as session:
+    with session_scope(parts.current().engine) as session:
         telemetry.prune(session)
 
 
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def snapshot_network() -> None:
     """A minute's picture of the network for the explorer, and the old ones pruned."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         network_history.take_snapshot(session, p.settings)
         network_history.prune(session)
@@ -55,7 +55,7 @@ def snapshot_network() -> None:
 @dramatiq.actor(max_retries=0, time_limit=300_000)
 def refresh_reliability() -> None:
     """Every device's reliability score from its uptime and faults over the last 30 days."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         scores = reliability.changed_scores(session)
     with session_scope(p.engine) as session:
@@ -65,6 +65,6 @@ def refresh_reliability() -> None:
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def detect_gpu_faults() -> None:
     """XID errors and GPUs busy on unhired devices, from the latest heartbeats."""
-    p = parts()
+    p = parts.current()
     with session_scope(p.engine) as session:
         faults.gpu_faults(session, p.cache, p.settings)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import dramatiq
 
-from portal.config import get_settings
+from portal import parts
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 @asynccontextmanager
 async def embedded_task_worker() -> AsyncIterator[None]:
     """Run the actors in this process while it lives, when no external broker is configured."""
-    settings = get_settings()
+    settings = parts.current().settings
     if not settings.uses_embedded_broker:
         yield
         return

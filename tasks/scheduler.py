@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 
 import dramatiq
 
+from portal import parts
 from portal.infra.cache import Cache
-from tasks.context import parts
 
 logger = logging.getLogger(__name__)
 TICK_S = 1.0
@@ -21,7 +21,7 @@ TICK_S = 1.0
 def periodic() -> list[tuple[dramatiq.Actor, float]]:
     from tasks import billing, clusters, devices
 
-    settings = parts().settings
+    settings = parts.current().settings
     return [
         (billing.meter_clusters, float(settings.metering_interval_s)),
         (billing.settle_payouts, float(settings.settlement_interval_s)),
@@ -54,7 +54,7 @@ async def periodic_scheduler() -> AsyncIterator[None]:
     """Run the ticks in the background while the portal lives."""
 
     async def loop() -> None:
-        cache = parts().cache
+        cache = parts.current().cache
         while True:
             try:
                 await asyncio.to_thread(tick, cache)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -33,11 +34,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
 from portal.api.app import create_api  # noqa: E402
-from portal.api.deps import AppParts  # noqa: E402
 from portal.config import PROJECT_ROOT, Settings  # noqa: E402
 from portal.infra import migrations  # noqa: E402
 from portal.infra.cache import MemoryCache  # noqa: E402
 from portal.infra.db import build_engine  # noqa: E402
+from portal.infra.wakeups import MemoryWakeups  # noqa: E402
+from portal.parts import AppParts  # noqa: E402
+from tasks.followups import TaskFollowUps  # noqa: E402
 from tests.servers import ServerThread, portal_app  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -46,6 +49,7 @@ POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RABBITMQ_HOST = "127.0.0.1"
 CHROMIUM = "/usr/bin/chromium"
+T = TypeVar("T")
 
 
 def require_service(name: str, probe: Callable[[], object]) -> None:
@@ -77,6 +81,32 @@ def free_port() -> int:
 def closed_port() -> int:
     """A loopback port nothing listens on (bound and released, so nothing else took it a moment ago)."""
     return free_port()
+
+
+def wait_until(
+    observe: Callable[[], T],
+    until: Callable[[T], object] = bool,
+    *,
+    timeout_s: float = 30,
+    every_s: float = 0.1,
+    what: str | None = None,
+) -> T:
+    """Call ``observe`` every ``every_s`` until ``until`` holds for what it returns, and return that; after
+    ``timeout_s``, fail saying what was awaited (``what``, else ``observe``'s docstring) and the last value.
+
+    ``wait_until(lambda: row().state == READY)`` waits for a condition;
+    ``cluster = wait_until(read_cluster, lambda c: c["state"] == "running")`` waits for a value and keeps it.
+    An exception from ``observe`` ends the wait at once: catch inside it what may fail while waiting.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = observe()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            awaited = what or (observe.__doc__ or "").strip() or repr(observe)
+            raise AssertionError(f"not within {timeout_s} s: {awaited}; last seen: {value!r:.2000}")
+        time.sleep(every_s)
 
 
 # --- databases -------------------------------------------------------------------------------------
@@ -128,7 +158,11 @@ def parts(sqlite_url: str) -> Iterator[AppParts]:
     """The API's parts over a fresh migrated SQLite database and an in-process cache."""
     migrations.upgrade(sqlite_url)
     engine = build_engine(sqlite_url)
-    yield AppParts(settings_for(rate_limit_per_minute=100_000), engine, MemoryCache())
+    wakeups = MemoryWakeups()
+    # Follow-ups go to the task actors as in the portal (the stub broker, unless a test runs a worker).
+    yield AppParts(
+        settings_for(rate_limit_per_minute=100_000), engine, MemoryCache(), wakeups, TaskFollowUps(wakeups)
+    )
     engine.dispose()
 
 
@@ -247,19 +281,20 @@ def start_portal(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+
+    def serving() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"portal run exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url + "/", timeout=2).status_code == 200:
-                break
+            return httpx.get(url + "/", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
+            return False
+
+    try:
+        wait_until(serving, timeout_s=240, every_s=0.5, what=f"portal run serving {url}")
+    except AssertionError as error:
         stop_process_group(process)
-        raise RuntimeError(f"portal did not serve {url} within 240 s:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"{error}:\n{log.read_text()[-3000:]}") from None
     return RunningPortal(url, f"sqlite:///{data_dir / 'portal.db'}", data_dir, process, log)
 
 

@@ -101,3 +101,22 @@ def device_token_for(session: Session, owner_id: uuid.UUID) -> str:
     session.add(device)
     session.flush()
     return token
+
+
+class RecordedFollowUps:
+    """Follow-ups a command handed on, recorded instead of sent (``portal.services.followups.FollowUps``)."""
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[str, uuid.UUID | None]] = []
+
+    def advance_cluster(self, cluster_id: uuid.UUID) -> None:
+        self.handed.append(("advance_cluster", cluster_id))
+
+    def reconcile_clusters(self) -> None:
+        self.handed.append(("reconcile_clusters", None))
+
+    def settle_payouts(self) -> None:
+        self.handed.append(("settle_payouts", None))
+
+    def wake_agent(self, device_id: uuid.UUID) -> None:
+        self.handed.append(("wake_agent", device_id))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.api.front import in_front
+from portal.parts import AppParts
 
 
 def portal_app(parts: AppParts) -> ASGIApp:
@@ -43,11 +42,10 @@ class ServerThread:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server on {self.url} did not start")
-            time.sleep(0.02)
+        from tests.conftest import wait_until  # conftest imports this module
+
+        server = self._server
+        wait_until(lambda: server.started, timeout_s=10, every_s=0.02, what=f"a server on {self.url}")
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:

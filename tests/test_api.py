@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
 from portal.infra.cache import MemoryCache, RedisCache
 from portal.infra.db import build_engine
+from portal.parts import AppParts
 from tests.conftest import closed_port, settings_for
 
 

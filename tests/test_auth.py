@@ -404,7 +404,7 @@ def test_admin_routes_honour_the_ip_allowlist(parts, sqlite_url):
     from fastapi.testclient import TestClient
 
     from portal.api.app import create_api
-    from portal.api.deps import AppParts
+    from portal.parts import AppParts
 
     restricted = AppParts(
         parts.settings.model_copy(update={"admin_ip_allowlist": ["10.0.0.0/8"]}), parts.engine, parts.cache

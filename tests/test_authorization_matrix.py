@@ -138,10 +138,10 @@ def test_every_route_has_a_rule():
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """One database for the whole matrix, with one account per kind of caller."""
-    from portal.api.deps import AppParts
     from portal.infra import migrations
     from portal.infra.cache import MemoryCache
     from portal.infra.db import build_engine
+    from portal.parts import AppParts
     from tests.conftest import settings_for
 
     url = f"sqlite:///{tmp_path_factory.mktemp('matrix') / 'portal.db'}"

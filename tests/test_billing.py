@@ -5,10 +5,10 @@ from sqlmodel import select
 
 from portal.infra.db import session_scope
 from portal.models import AuditLog, Cluster, Role, User
+from portal.parts import use as use_parts
 from portal.services.money import ledger
 from portal.services.rentals import clusters
 from tasks import billing as billing_actors
-from tasks import context
 from tests.factories import access_token_for, make_user
 from tests.test_clusters import SETTINGS, backdate, beat, run_to_running
 
@@ -21,11 +21,11 @@ def test_a_running_cluster_is_metered_and_shows_in_balance_ledger_usage_and_earn
     cluster_id, customer_id, devices = run_to_running(parts.engine, [1], 1)
     backdate(parts.engine, cluster_id, 900)
     beat(parts.engine, devices)
-    context.use(parts)
+    use_parts(parts)
     try:
         billing_actors.meter_clusters.fn()
     finally:
-        context.use(None)
+        use_parts(None)
     with session_scope(parts.engine) as session:
         customer = bearer(session, session.get(User, customer_id))
         provider = bearer(session, session.get(User, devices[0].owner_id))

@@ -28,13 +28,13 @@ from portal.models import (
     UsageRecord,
 )
 from portal.models.base import utcnow
-from portal.services.errors import Conflict, InvalidInput
+from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.money import escrow, ledger
 from portal.services.providers import commands
 from portal.services.providers.gpu_catalog import list_price
 from portal.services.rentals import clusters, market, placement, provisioning
 from tests.conftest import settings_for
-from tests.factories import make_device, make_user
+from tests.factories import RecordedFollowUps, make_device, make_user
 
 SETTINGS = settings_for(node_start_timeout_s=30, max_node_replacements=1)
 H100_PRICE = 2_000_000
@@ -585,3 +585,31 @@ def test_losing_the_head_ends_the_cluster_and_returns_the_escrow(engine):
         assert "cannot outlive its head" in cluster.state_reason
         assert escrow.in_escrow(session, cluster) == 0
         assert ledger.verify_books(session) == []
+
+
+def test_deploy_and_terminate_commit_then_hand_the_cluster_to_its_actor_and_terminate_is_audited(engine):
+    from portal.models import AuditLog
+
+    with session_scope(engine) as session:
+        market_with(session, [1])
+        customer = customer_with(session, 100_000_000)
+    followups = RecordedFollowUps()
+    with session_scope(engine) as session:
+        cluster = clusters.deploy(session, SETTINGS, followups, customer, spec(1))
+    assert followups.handed == [("advance_cluster", cluster.id)]
+    with session_scope(engine) as session:  # committed before the actor was told
+        assert session.get(Cluster, cluster.id).state == ClusterState.PENDING
+    # Another customer's cluster is not theirs to end.
+    with session_scope(engine) as session, pytest.raises(NotFound):
+        clusters.terminate(
+            session, followups, cluster.id, owner_id=uuid.uuid4(), reason="x", actor_id="user:x"
+        )
+    with session_scope(engine) as session:
+        clusters.terminate(
+            session, followups, cluster.id, owner_id=customer, reason="done", actor_id=f"user:{customer}"
+        )
+    assert followups.handed[-1] == ("advance_cluster", cluster.id) and len(followups.handed) == 2
+    with session_scope(engine) as session:
+        assert session.get(Cluster, cluster.id).state == ClusterState.TERMINATING
+        (entry,) = session.exec(select(AuditLog).where(AuditLog.action == "cluster.terminate")).all()
+        assert entry.actor_id == f"user:{customer}" and entry.target_id == str(cluster.id)

@@ -11,7 +11,6 @@ import os
 import stat
 import subprocess
 import threading
-import time
 import typing
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,14 +25,15 @@ from sqlmodel import select
 from typer.testing import CliRunner, Result
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.cli import customer as customer_cli
+from portal.cli.client import PortalClient
 from portal.cli.main import app
 from portal.infra.db import session_scope
 from portal.models import Cluster, ClusterState, ConnectivityTier, Role, User
+from portal.parts import AppParts
 from portal.schemas.clusters import ClusterSpecIn
 from portal.services.money import ledger
-from tests.conftest import VENV_BIN, closed_port
+from tests.conftest import VENV_BIN, closed_port, wait_until
 from tests.factories import api_key_for, make_user
 from tests.servers import ServerThread
 from tests.test_clusters import FakeHead, advance, agent_answers, market_with, nodes, run_to_running
@@ -96,15 +96,6 @@ def signed_in(cli: Callable[..., Result], portal_url: str, customer: Customer) -
 
 def stored(config_home: Path) -> dict[str, str]:
     return json.loads((config_home / "gpu-portal" / "credentials.json").read_text())
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def clusters_in_db(parts: AppParts) -> list[Cluster]:
@@ -287,10 +278,9 @@ def drive_in_background(parts: AppParts, steps: Callable[[uuid.UUID], None]) -> 
 
     def run() -> None:
         try:
-            deadline = time.monotonic() + 20
-            while not (found := clusters_in_db(parts)):
-                assert time.monotonic() < deadline, "the CLI created no cluster"
-                time.sleep(0.05)
+            found = wait_until(
+                lambda: clusters_in_db(parts), timeout_s=20, every_s=0.05, what="a cluster the CLI created"
+            )
             steps(found[0].id)
         except BaseException as error:
             errors.append(error)
@@ -306,20 +296,36 @@ def drive_in_background(parts: AppParts, steps: Callable[[uuid.UUID], None]) -> 
     return join
 
 
-def test_create_waits_showing_each_event_until_the_cluster_runs(cli, signed_in, parts):
+def test_create_waits_showing_each_event_until_the_cluster_runs(cli, signed_in, parts, monkeypatch):
     with session_scope(parts.engine) as session:
         market_with(session, [1, 1])
+    reads = {"begun": 0, "done": 0}
+    get_cluster = PortalClient.get_cluster
+
+    def counted_get_cluster(self: PortalClient, cluster_id: uuid.UUID | str) -> Any:
+        reads["begun"] += 1
+        try:
+            return get_cluster(self, cluster_id)
+        finally:
+            reads["done"] += 1
+
+    monkeypatch.setattr(PortalClient, "get_cluster", counted_get_cluster)
+
+    def seen_by_the_cli() -> None:
+        """The CLI read the cluster again after this step (it reads one at a time)."""
+        after = reads["begun"] + 1
+        wait_until(lambda: reads["done"] >= after, timeout_s=10, every_s=0.01, what="the CLI reading again")
 
     def provision(cluster_id: uuid.UUID) -> None:
-        # As in tests/test_clusters.py::run_to_running, slowly enough for the CLI to see each step.
+        # As in tests/test_clusters.py::run_to_running, step by step with the CLI seeing each one.
         head = FakeHead()
         advance(parts.engine, cluster_id, head)
         for node in nodes(parts.engine, cluster_id):
-            time.sleep(0.2)
+            seen_by_the_cli()
             advance(parts.engine, cluster_id, head)
             agent_answers(parts.engine, node.device_id, node_id=str(node.id))
             head.alive.add(str(node.id))
-        time.sleep(0.2)
+        seen_by_the_cli()
         assert advance(parts.engine, cluster_id, head) == ClusterState.RUNNING
 
     joined = drive_in_background(parts, provision)

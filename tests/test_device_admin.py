@@ -11,7 +11,7 @@ from portal.infra.db import session_scope
 from portal.models import AuditLog, ClusterState, DeviceCommand, DeviceState, NodeState, Role, User
 from portal.models.base import utcnow
 from portal.services.providers import device_admin
-from tests.factories import access_token_for, make_user
+from tests.factories import RecordedFollowUps, access_token_for, make_user
 from tests.test_clusters import FakeHead, advance, device_state, market_with, nodes, run_to_running
 
 ADMIN = uuid.uuid4()  # audited as this admin
@@ -82,8 +82,11 @@ def test_blocking_a_device_under_a_running_cluster_replaces_its_node(engine):
     with session_scope(engine) as session:
         spare = market_with(session, [1])[0]
     head_node, worker_node = nodes(engine, cluster_id)
+    followups = RecordedFollowUps()
     with session_scope(engine) as session:
-        device_admin.block(session, worker_node.device_id, "failed a spot check", admin_id=ADMIN)
+        device_admin.block(session, followups, worker_node.device_id, "failed a spot check", admin_id=ADMIN)
+    # Committed, then the clusters are reconciled at once rather than at the next pass.
+    assert followups.handed == [("reconcile_clusters", None)]
     head = FakeHead()
     head.alive = {str(head_node.id)}
     assert advance(engine, cluster_id, head) == ClusterState.DEGRADED
@@ -98,8 +101,8 @@ def test_blocking_a_device_under_a_running_cluster_replaces_its_node(engine):
 def test_the_fault_list_filters_by_device_kind_and_severity(engine):
     with session_scope(engine) as session:
         first, second = market_with(session, [1, 1])
-        device_admin.block(session, first.id, "reason one", admin_id=ADMIN)
-        device_admin.block(session, second.id, "reason two", admin_id=ADMIN)
+        device_admin.block(session, RecordedFollowUps(), first.id, "reason one", admin_id=ADMIN)
+        device_admin.block(session, RecordedFollowUps(), second.id, "reason two", admin_id=ADMIN)
     with session_scope(engine) as session:
         rows, total = device_admin.search_faults(session, device_id=first.id, limit=10, offset=0)
         assert total == 1 and rows[0][1] == first.name

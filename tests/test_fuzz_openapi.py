@@ -33,12 +33,12 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import Engine
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
 from portal.infra import migrations
 from portal.infra.cache import MemoryCache
 from portal.infra.db import build_engine, session_scope
 from portal.models import DeviceState, Role
+from portal.parts import AppParts
 from portal.services.money import ledger
 from portal.services.rentals import clusters
 from tests.conftest import settings_for

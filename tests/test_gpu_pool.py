@@ -9,43 +9,60 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlmodel import select
 
 from gpu_pool import compute
 from gpu_pool.agent import Agent
-from gpu_pool.client import PortalClient
+from gpu_pool.client import PortalClient, PortalUnavailable
 from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
-from portal.api.deps import AppParts
 from portal.infra.db import session_scope
-from portal.infra.wakeups import RedisWakeups
+from portal.infra.wakeups import Listener, RedisWakeups, Wakeups
 from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu, Role
+from portal.parts import AppParts
 from portal.security.principal import RequestOrigin
 from portal.services.providers import commands, devices, verification
 from portal.services.providers.gpu_catalog import CATALOG
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, wait_until
 from tests.factories import make_user
 from tests.servers import ServerThread, portal_app
 
 
-def wait_until(condition, timeout_s: float = 30, every_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(every_s)
-    raise AssertionError(f"not true within {timeout_s} s: {condition.__doc__ or condition}")
+class WatchedWakeups:
+    """Wake-ups that tell when a long-poll has looked for work, found none and begun to wait."""
+
+    def __init__(self, wakeups: Wakeups) -> None:
+        self.wakeups = wakeups
+        self.waiting = threading.Event()
+
+    def notify(self, key: str) -> None:
+        self.wakeups.notify(key)
+
+    @asynccontextmanager
+    async def listen(self, key: str) -> AsyncIterator[Listener]:
+        async with self.wakeups.listen(key) as listener:
+            yield WatchedListener(listener, self.waiting)
+
+
+class WatchedListener:
+    def __init__(self, listener: Listener, waiting: threading.Event) -> None:
+        self.listener, self.waiting = listener, waiting
+
+    async def wait(self, timeout_s: float) -> bool:
+        self.waiting.set()  # a wake-up from now on is not missed: the listener was subscribed before
+        return await self.listener.wait(timeout_s)
 
 
 @pytest.fixture(params=["in-process", "redis"])
 def polling_portal(request, parts, cache_prefix) -> Iterator[tuple[ServerThread, AppParts]]:
-    """The portal with either kind of wake-up, for the long-poll."""
+    """The portal with either kind of wake-up, watched, for the long-poll."""
     wakeups = parts.wakeups
     if request.param == "redis":
         wakeups = RedisWakeups(request.getfixturevalue("redis_url"), cache_prefix)
-    with_wakeups = AppParts(parts.settings, parts.engine, parts.cache, wakeups)
+    with_wakeups = AppParts(parts.settings, parts.engine, parts.cache, WatchedWakeups(wakeups))
     server = ServerThread(portal_app(with_wakeups))
     with server:
         yield server, with_wakeups
@@ -142,6 +159,7 @@ class SlowAgent(Agent):
     def verify(self):
         challenge = self.client.challenge()
         product = compute.multiply(challenge["seed"], challenge["n"], use_gpu=False)
+        # Lateness is the point: the portal times the answer by its own clock, which a test cannot move.
         time.sleep(challenge["deadline_s"] + 0.5)
         reply = self.client.answer_challenge(
             challenge["id"], {"row_hashes": product.commitment(), "elapsed_ms": product.elapsed_ms}
@@ -181,7 +199,7 @@ def test_a_queued_command_reaches_a_long_polling_agent_in_well_under_a_second(po
     received: list = []
     poller = threading.Thread(target=lambda: received.extend(client.poll_commands(20)))
     poller.start()
-    time.sleep(0.5)  # the agent is now waiting
+    assert parts.wakeups.waiting.wait(timeout=10), "the agent's long-poll never began to wait"
     started = time.perf_counter()
     with session_scope(parts.engine) as session:
         command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), "stop_ray", {})
@@ -221,10 +239,23 @@ def test_the_agent_survives_a_portal_restart(parts):
     server.start()
     device_id, token = add_device(parts)
     agent = simulated_agent(server.url, token)
+    failed_beats = []
+    beat = agent.client.heartbeat
+
+    def heartbeat(*args, **kwargs):
+        try:
+            return beat(*args, **kwargs)
+        except PortalUnavailable as error:
+            failed_beats.append(error)
+            raise
+
+    agent.client.heartbeat = heartbeat
     with RunningAgent(agent):
         wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
         server.stop()
-        time.sleep(3)  # heartbeats fail while the portal is down
+        wait_until(
+            lambda: len(failed_beats) >= 2, timeout_s=20, what="heartbeats failing while the portal is down"
+        )
         down_since = device_row(parts, device_id).last_heartbeat_at
         server.start()
         wait_until(lambda: device_row(parts, device_id).last_heartbeat_at > down_since, timeout_s=40)

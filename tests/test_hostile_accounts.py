@@ -20,10 +20,10 @@ from pydantic import SecretStr
 from sqlmodel import select
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.config import PROJECT_ROOT, Settings, SettingsError, load_settings
 from portal.infra.db import session_scope
 from portal.models import AuditLog, Role, User
+from portal.parts import AppParts
 from portal.security.firewall import security_headers
 from portal.security.redirects import public_location
 from portal.services.accounts import auth, mail

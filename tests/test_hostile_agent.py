@@ -22,7 +22,6 @@ from solders.keypair import Keypair
 from sqlmodel import select
 
 from gpu_pool import compute
-from portal.api.deps import AppParts
 from portal.config import Environment
 from portal.infra.db import session_scope
 from portal.models import (
@@ -37,6 +36,7 @@ from portal.models import (
     Role,
 )
 from portal.models.base import utcnow
+from portal.parts import AppParts
 from portal.services.money import ledger
 from portal.services.providers import commands, node_addresses, telemetry
 from portal.services.rentals import clusters, provisioning

@@ -18,6 +18,7 @@ from sqlmodel import func, select
 
 from portal.infra.db import session_scope
 from portal.models import ApiKey, Cluster, Device, Role, User
+from portal.parts import use as use_parts
 from portal.security.firewall import MAX_JSON_DEPTH, json_nesting_exceeds
 from portal.security.principal import RequestOrigin
 from portal.services import csv_export
@@ -26,7 +27,6 @@ from portal.services.errors import InvalidInput
 from portal.services.providers import devices, liveness
 from portal.services.rentals import clusters
 from tasks import billing as billing_actors
-from tasks import context
 from tests.factories import access_token_for, device_token_for, make_user
 from tests.test_clusters import backdate, run_to_running
 from tests.test_clusters import beat as agents_beat
@@ -205,11 +205,11 @@ def test_a_device_named_like_a_formula_is_plain_text_in_its_customers_invoice(pa
     cluster_id, customer_id, found = run_to_running(parts.engine, [1], 1)
     backdate(parts.engine, cluster_id, 900)
     agents_beat(parts.engine, found)
-    context.use(parts)
+    use_parts(parts)
     try:
         billing_actors.meter_clusters.fn()
     finally:
-        context.use(None)
+        use_parts(None)
     with session_scope(parts.engine) as session:
         device = session.get(Device, found[0].id)
         device.name = HYPERLINK

@@ -9,9 +9,9 @@ from pydantic import SecretStr
 from sqlmodel import select
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.infra.db import session_scope
 from portal.models import AuthSession, OAuthIdentity, Role
+from portal.parts import AppParts
 from portal.security.cookies import SESSION_COOKIE
 from portal.services.accounts import users
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, ProviderServer

@@ -11,9 +11,9 @@ from sqlmodel import select
 from portal.infra.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, StateTransition
 from portal.models.base import utcnow
+from portal.parts import use as use_parts
 from portal.services.providers import reliability
 from portal.services.rentals import placement
-from tasks import context
 from tasks import devices as device_actors
 from tests.test_clusters import SETTINGS, market_with, spec
 
@@ -65,11 +65,11 @@ def test_the_actor_stores_scores_and_placement_prefers_the_reliable_device_at_eq
         for device in (flaky, steady):
             up_since(session, device, 2)
         fault(session, flaky)
-    context.use(parts)
+    use_parts(parts)
     try:
         device_actors.refresh_reliability.fn()
     finally:
-        context.use(None)
+        use_parts(None)
     with session_scope(parts.engine) as session:
         stored = dict(session.exec(select(Device.id, Device.reliability)).all())
         assert stored[steady.id] == pytest.approx(1.0) and stored[flaky.id] == pytest.approx(0.9)

@@ -11,25 +11,20 @@ from portal.infra.cache import MemoryCache
 from portal.infra.db import session_scope
 from portal.models import Device, DeviceCommand, DeviceState, FaultEvent
 from portal.models.base import utcnow
+from portal.parts import use as use_parts
 from portal.services.providers import agents, verification
-from tasks import context, devices, scheduler
+from tasks import devices, scheduler
+from tests.conftest import wait_until
 from tests.test_clusters import market_with
-from tests.test_gpu_pool import (
-    RunningAgent,
-    WrongAgent,
-    add_device,
-    device_row,
-    simulated_agent,
-    wait_until,
-)
+from tests.test_gpu_pool import RunningAgent, WrongAgent, add_device, device_row, simulated_agent
 
 
 @pytest.fixture
 def actors_use(portal_api):
     """The actors work on the test's database and wake-ups."""
-    context.use(portal_api[1])
+    use_parts(portal_api[1])
     yield portal_api
-    context.use(None)
+    use_parts(None)
 
 
 def age_proof(parts, device_id: str, hours: int) -> None:

@@ -19,7 +19,7 @@ from portal.services.money.chain import ChainError, LiteSvmChain, Outcome
 from portal.services.money.ledger import Leg
 from portal.services.money.treasury import Settlement, Treasury, local_settlement
 from tests.conftest import settings_for
-from tests.factories import make_provider, make_user
+from tests.factories import RecordedFollowUps, make_provider, make_user
 
 SETTINGS = settings_for(payout_threshold_micro=1_000_000, payout_batch_size=10)
 
@@ -200,7 +200,9 @@ def test_a_payout_that_fails_on_chain_is_failed_until_an_admin_retries_it(engine
         payout_id = payout.id
     assert payouts.settle(engine, SETTINGS, broke)["transactions"] == 0  # failed stays failed
     with session_scope(engine) as session:
-        payouts.retry(session, payout_id, reason="treasury refilled")
+        followups = RecordedFollowUps()
+        payouts.retry(session, followups, payout_id, reason="treasury refilled", admin_id=uuid.uuid4())
+    assert followups.handed == [("settle_payouts", None)]
     assert payouts.settle(engine, SETTINGS, funded)["confirmed"] == 1
     assert paid(funded, wallet) == 2_000_000
     books_balance(engine)
@@ -238,9 +240,9 @@ def test_retry_refuses_a_payout_that_has_not_failed(engine, settlement):
     with session_scope(engine) as session:
         (payout,) = session.exec(select(Payout)).all()
         with pytest.raises(Exception, match="Only a failed payout"):
-            payouts.retry(session, payout.id, reason="no")
+            payouts.retry(session, RecordedFollowUps(), payout.id, reason="no", admin_id=uuid.uuid4())
         with pytest.raises(Exception, match="No such payout"):
-            payouts.retry(session, uuid.uuid4(), reason="no")
+            payouts.retry(session, RecordedFollowUps(), uuid.uuid4(), reason="no", admin_id=uuid.uuid4())
 
 
 def deposit_tokens(settlement: Settlement, address: str, amount: int) -> None:

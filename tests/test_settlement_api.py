@@ -10,14 +10,14 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from sqlmodel import select
 
-from portal.api.deps import AppParts
 from portal.infra.cache import MemoryCache
 from portal.infra.db import build_engine, session_scope
 from portal.infra.migrations import upgrade
 from portal.models import Payout, PayoutState, Role, User
+from portal.parts import AppParts
+from portal.parts import use as use_parts
 from portal.services.money import chain, treasury
 from tasks import billing as billing_actors
-from tasks import context
 from tests.conftest import settings_for
 from tests.factories import access_token_for, make_user
 from tests.test_billing import bearer
@@ -37,9 +37,9 @@ def parts(tmp_path):
         platform_fee_bps=1000,
     )
     parts = AppParts(settings, engine, MemoryCache())
-    context.use(parts)
+    use_parts(parts)
     yield parts
-    context.use(None)
+    use_parts(None)
     engine.dispose()
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from portal.api.billing import payout_out
 from portal.api.clusters import StateFilter, cluster_out
-from portal.api.deps import SessionDep, SettingsDep, WakeupsDep
+from portal.api.deps import FollowUpsDep, SessionDep, SettingsDep
 from portal.api.devices import device_out
 from portal.api.users import user_out
 from portal.models import DeviceState, PayoutState
@@ -23,11 +23,10 @@ from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
 from portal.services import audit
 from portal.services.accounts import users
-from portal.services.money import billing, ledger, payouts
+from portal.services.money import billing, payouts
 from portal.services.network import analytics
-from portal.services.providers import commands, device_admin
+from portal.services.providers import device_admin
 from portal.services.rentals import clusters
-from tasks import dispatch
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 AdminCaller = Annotated[Principal, Depends(ADMIN)]
@@ -99,20 +98,22 @@ def list_clusters(
 
 @router.post("/clusters/{cluster_id}/terminate", status_code=202, summary="Terminate any cluster")
 def terminate_cluster(
-    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: AdminCaller, origin: OriginDep
+    cluster_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    followups: FollowUpsDep,
+    caller: AdminCaller,
+    origin: OriginDep,
 ) -> ClusterOut:
-    cluster = clusters.lock_cluster(session, None, cluster_id)
-    if clusters.request_termination(session, cluster, "terminated by an admin"):
-        audit.record(
-            session,
-            "cluster.terminate",
-            actor_id=f"user:{caller.user_id}",
-            origin=origin,
-            target_type="cluster",
-            target_id=cluster.id,
-        )
-        session.commit()
-        dispatch.send("terminate_cluster", cluster.id)
+    cluster = clusters.terminate(
+        session,
+        followups,
+        cluster_id,
+        owner_id=None,
+        reason="terminated by an admin",
+        actor_id=caller.id,
+        origin=origin,
+    )
     return cluster_out(session, settings, cluster)
 
 
@@ -120,23 +121,13 @@ def terminate_cluster(
 def grant_credits(
     body: CreditGrantIn, session: SessionDep, caller: AdminCaller, origin: OriginDep
 ) -> BalanceOut:
-    users.get_user(session, body.user_id)  # 404 for an unknown account
-    ledger.grant_credits(
+    billing.grant_credits(
         session,
         user_id=body.user_id,
         amount_micro=body.amount_micro,
         reason=body.reason,
-        idempotency_key=f"admin-grant:{uuid.uuid4()}",
-        granted_by=caller.user_id,
-    )
-    audit.record(
-        session,
-        "billing.grant",
-        actor_id=f"user:{caller.user_id}",
+        admin_id=caller.user_id,
         origin=origin,
-        target_type="user",
-        target_id=body.user_id,
-        details={"amount_micro": body.amount_micro, "reason": body.reason},
     )
     available, escrow = billing.balance(session, body.user_id)
     return BalanceOut(available_micro=available, escrow_micro=escrow)
@@ -161,21 +152,13 @@ def retry_payout(
     body: PayoutRetryIn,
     session: SessionDep,
     settings: SettingsDep,
+    followups: FollowUpsDep,
     caller: AdminCaller,
     origin: OriginDep,
 ) -> PayoutOut:
-    payout = payouts.retry(session, payout_id, reason=body.reason)
-    audit.record(
-        session,
-        "payout.retry",
-        actor_id=f"user:{caller.user_id}",
-        origin=origin,
-        target_type="payout",
-        target_id=payout.id,
-        details={"amount_micro": payout.amount_micro, "reason": body.reason},
+    payout = payouts.retry(
+        session, followups, payout_id, reason=body.reason, admin_id=caller.user_id, origin=origin
     )
-    session.commit()
-    dispatch.settle_soon()
     return payout_out(settings, payout)
 
 
@@ -209,12 +192,13 @@ def block_device(
     body: BlockIn,
     session: SessionDep,
     settings: SettingsDep,
+    followups: FollowUpsDep,
     caller: AdminCaller,
     origin: OriginDep,
 ) -> AdminDeviceOut:
-    device = device_admin.block(session, device_id, body.reason, admin_id=caller.user_id, origin=origin)
-    session.commit()
-    dispatch.reconcile_soon()  # a cluster it serves replaces it now, not at the next pass
+    device = device_admin.block(
+        session, followups, device_id, body.reason, admin_id=caller.user_id, origin=origin
+    )
     return AdminDeviceOut(
         **device_out(session, device, settings).model_dump(), owner_id=device.owner_id, owner_email=None
     )
@@ -225,13 +209,11 @@ def unblock_device(
     device_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    wakeups: WakeupsDep,
+    followups: FollowUpsDep,
     caller: AdminCaller,
     origin: OriginDep,
 ) -> AdminDeviceOut:
-    device = device_admin.unblock(session, device_id, admin_id=caller.user_id, origin=origin)
-    session.commit()
-    commands.wake(wakeups, device.id)
+    device = device_admin.unblock(session, followups, device_id, admin_id=caller.user_id, origin=origin)
     return AdminDeviceOut(
         **device_out(session, device, settings).model_dump(), owner_id=device.owner_id, owner_email=None
     )

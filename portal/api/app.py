@@ -24,10 +24,11 @@ from portal.api import (
     users,
     worker,
 )
-from portal.api.deps import AppParts
 from portal.api.errors import install_error_handlers
 from portal.api.middleware import RequestContextMiddleware
 from portal.api.openapi import document_errors
+from portal.parts import AppParts
+from portal.parts import current as current_parts
 from portal.security.access import OPEN
 from portal.security.firewall import FirewallMiddleware, SecurityHeadersMiddleware
 from portal.security.redirects import PublicRedirectsMiddleware
@@ -49,7 +50,7 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
         docs_url=None,  # served below from the portal's own files: the docs work on a closed network
         redoc_url=None,
     )
-    api.state.parts = parts or AppParts.from_settings()
+    api.state.parts = parts or current_parts()
     install_error_handlers(api)
     # Added inside out: the request context wraps everything, so even a 429 or 413 carries its request id.
     api.add_middleware(FirewallMiddleware)

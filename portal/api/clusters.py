@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
-from portal.api.deps import SessionDep, SettingsDep
+from portal.api.deps import FollowUpsDep, SessionDep, SettingsDep
 from portal.config import Settings
 from portal.models import Cluster, ClusterState, Role
 from portal.schemas.clusters import (
@@ -23,11 +23,10 @@ from portal.schemas.clusters import (
     NodeOut,
 )
 from portal.schemas.common import Limit, Offset, Page
-from portal.security.access import SignedIn
+from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
 from portal.services.providers import telemetry
 from portal.services.rentals import clusters, jobs
-from tasks import dispatch
 
 router = APIRouter(prefix="/clusters", tags=["customer: clusters"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:read"))]
@@ -63,12 +62,11 @@ def cluster_out(session: Session, settings: Settings, cluster: Cluster, *, event
 @router.post(
     "", status_code=202, summary="Deploy a Ray cluster; 409 saying why when capacity or credit is short"
 )
-def deploy(body: ClusterIn, session: SessionDep, settings: SettingsDep, caller: Writer) -> ClusterOut:
-    cluster = clusters.create(session, settings, caller.user_id, clusters.ClusterSpec(**body.model_dump()))
-    # Committed before the actor is told, so it finds the cluster.
-    session.commit()
-    dispatch.send("provision_cluster", cluster.id)
-    return cluster_out(session, settings, cluster)
+def deploy(
+    body: ClusterIn, session: SessionDep, settings: SettingsDep, followups: FollowUpsDep, caller: Writer
+) -> ClusterOut:
+    spec = clusters.ClusterSpec(**body.model_dump())
+    return cluster_out(session, settings, clusters.deploy(session, settings, followups, caller.user_id, spec))
 
 
 @router.get("", summary="Your clusters, newest first")
@@ -106,12 +104,22 @@ def extend(
 
 @router.delete("/{cluster_id}", status_code=202, summary="Terminate; unused escrow is returned")
 def terminate(
-    cluster_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: Writer
+    cluster_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    followups: FollowUpsDep,
+    caller: Writer,
+    origin: OriginDep,
 ) -> ClusterOut:
-    cluster = clusters.lock_cluster(session, caller.user_id, cluster_id)
-    if clusters.request_termination(session, cluster, "terminated by its owner"):
-        session.commit()
-        dispatch.send("terminate_cluster", cluster.id)
+    cluster = clusters.terminate(
+        session,
+        followups,
+        cluster_id,
+        owner_id=caller.user_id,
+        reason="terminated by its owner",
+        actor_id=caller.id,
+        origin=origin,
+    )
     return cluster_out(session, settings, cluster)
 
 

@@ -1,36 +1,25 @@
-"""The parts a request works with, and the dependencies routes declare as typed aliases.
+"""The dependencies routes declare as typed aliases, over the parts a request works with.
 
-The app factory fixes the parts (settings, database engine, cache) on ``app.state``; routes and
-middleware take them from there, so a test can build an app over its own database and cache. The small
+The app factory fixes the parts (``portal.parts.AppParts``) on ``app.state``; routes and middleware take
+them from there, so a test can build an app over its own database and cache. The small
 getters are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, one hop each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from portal.config import Settings, get_settings
-from portal.infra.cache import Cache, get_cache
-from portal.infra.db import get_engine, session_scope
-from portal.infra.wakeups import MemoryWakeups, Wakeups, get_wakeups
-
-
-@dataclass(frozen=True)
-class AppParts:
-    settings: Settings
-    engine: Engine
-    cache: Cache
-    wakeups: Wakeups = field(default_factory=MemoryWakeups)
-
-    @classmethod
-    def from_settings(cls) -> AppParts:
-        return cls(settings=get_settings(), engine=get_engine(), cache=get_cache(), wakeups=get_wakeups())
+from portal.config import Settings
+from portal.infra.cache import Cache
+from portal.infra.db import session_scope
+from portal.infra.wakeups import Wakeups
+from portal.parts import AppParts
+from portal.services.followups import FollowUps
 
 
 async def app_parts(request: Request) -> AppParts:
@@ -56,6 +45,10 @@ async def _wakeups(parts: PartsDep) -> Wakeups:
     return parts.wakeups
 
 
+async def _followups(parts: PartsDep) -> FollowUps:
+    return parts.followups
+
+
 def _session(parts: PartsDep) -> Iterator[Session]:
     with session_scope(parts.engine) as session:
         yield session
@@ -68,3 +61,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 CacheDep = Annotated[Cache, Depends(_cache)]
 EngineDep = Annotated[Engine, Depends(_engine)]
 WakeupsDep = Annotated[Wakeups, Depends(_wakeups)]
+FollowUpsDep = Annotated[FollowUps, Depends(_followups)]

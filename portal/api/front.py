@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from portal.api.deps import AppParts
 from portal.api.heartbeat_lane import HeartbeatLane
+from portal.parts import AppParts
 
 
 def in_front(app: ASGIApp, parts: AppParts) -> ASGIApp:

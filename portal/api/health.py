@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal.api.deps import AppParts, CacheDep, EngineDep, PartsDep, SettingsDep
+from portal.api.deps import CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.infra.db import session_scope
 from portal.infra.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
+from portal.parts import AppParts
 from portal.security.access import METRICS_SCRAPER, OPEN
 from portal.services.health import check_readiness
 from portal.services.money import payouts

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep, WakeupsDep
+from portal.api.deps import CacheDep, FollowUpsDep, PartsDep, SessionDep, SettingsDep, WakeupsDep
 from portal.infra.db import session_scope
 from portal.infra.metrics import HEARTBEATS
 from portal.models import Device
+from portal.parts import AppParts
 from portal.schemas.devices import (
     AutoscaledNodesOut,
     AutoscalerNodeOut,
@@ -33,7 +34,6 @@ from portal.security.principal import Principal
 from portal.services.errors import InvalidInput
 from portal.services.providers import agents, commands, devices, verification
 from portal.services.rentals import autoscaling
-from tasks import dispatch
 
 router = APIRouter(prefix="/worker", tags=["worker agent"])
 Agent = Annotated[Principal, Depends(DEVICE)]
@@ -122,14 +122,11 @@ async def poll_commands(
 
 
 @router.post("/commands/{command_id}/result", status_code=204, summary="The outcome of a command")
-def command_result(command_id: uuid.UUID, body: CommandResultIn, session: SessionDep, caller: Agent) -> None:
+def command_result(
+    command_id: uuid.UUID, body: CommandResultIn, session: SessionDep, followups: FollowUpsDep, caller: Agent
+) -> None:
     assert caller.device_id is not None
-    command = commands.complete(session, caller.device_id, command_id, ok=body.ok, detail=body.detail)
-    cluster_id = commands.cluster_of(command)
-    if cluster_id is not None:
-        # The node's cluster takes its next step (the next node, running, a replacement) at once.
-        session.commit()
-        dispatch.send("provision_cluster", cluster_id)
+    commands.report_result(session, followups, caller.device_id, command_id, ok=body.ok, detail=body.detail)
 
 
 @router.get("/challenge", summary="A fresh proof-of-compute challenge")

@@ -16,10 +16,11 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from portal.api.deps import AppParts, CacheDep, PartsDep, SessionDep, SettingsDep
+from portal.api.deps import CacheDep, PartsDep, SessionDep, SettingsDep
 from portal.config import Settings
 from portal.infra.db import session_scope
 from portal.models import Role
+from portal.parts import AppParts
 from portal.security.authentication import authenticate_bearer, cached_device
 from portal.security.firewall import check_rate
 from portal.security.principal import Principal, PrincipalKind, RequestOrigin

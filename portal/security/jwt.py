@@ -11,7 +11,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
-from portal.config import get_settings
+from portal import parts
 
 ISSUER = "gpu-portal"
 ALGORITHM = "HS256"
@@ -29,9 +29,13 @@ class AccessClaims:
     expires_at: int
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
+def _key(signing_key: str) -> OctKey:
+    return OctKey.import_key(signing_key)
+
+
 def _signing_key() -> OctKey:
-    return OctKey.import_key(get_settings().signing_key())
+    return _key(parts.current().settings.signing_key())
 
 
 _claims_registry = jwt.JWTClaimsRegistry(
@@ -44,7 +48,7 @@ _claims_registry = jwt.JWTClaimsRegistry(
 
 
 def issue_access_token(user_id: uuid.UUID, session_id: uuid.UUID, roles: set[str]) -> tuple[str, int]:
-    ttl = get_settings().access_token_ttl_s
+    ttl = parts.current().settings.access_token_ttl_s
     now = int(time.time())
     claims = {
         "iss": ISSUER,

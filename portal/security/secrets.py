@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 
-from portal.config import get_settings
+from portal import parts
 
 # Visible kinds, so a leaked credential is recognisable (and scannable) at a glance.
 API_KEY_PREFIX = "gpk"
@@ -24,16 +24,16 @@ def new_token(kind: str) -> str:
     return f"{kind}_{secrets.token_urlsafe(32)}"
 
 
-@functools.cache
-def _hashing_key() -> bytes:
-    # Derived, so the key that hashes stored tokens is never the one that signs JWTs.
-    return hmac.new(
-        get_settings().signing_key().encode(), b"portal token hashing v1", hashlib.sha256
-    ).digest()
+@functools.lru_cache(maxsize=8)
+def _hashing_key(signing_key: str) -> bytes:
+    # Derived, so the key that hashes stored tokens is never the one that signs JWTs. Keyed by the signing
+    # key: a process that is handed other parts (a bench, a test) hashes with their key, not a stale one.
+    return hmac.new(signing_key.encode(), b"portal token hashing v1", hashlib.sha256).digest()
 
 
 def keyed_hash(token: str) -> str:
-    return hmac.digest(_hashing_key(), token.encode(), "sha256").hex()  # one call into OpenSSL
+    key = _hashing_key(parts.current().settings.signing_key())
+    return hmac.digest(key, token.encode(), "sha256").hex()  # one call into OpenSSL
 
 
 def matches(token: str, stored_hash: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import reflex as rx
 
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import User
 from portal.security.principal import Principal, RequestOrigin
@@ -23,7 +23,7 @@ def _when(value: object) -> str:
 
 
 def _load(caller: Principal) -> dict[str, Any]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         user = session.get(User, caller.user_id)
         assert user is not None
         return {
@@ -55,23 +55,27 @@ def _load(caller: Principal) -> dict[str, Any]:
 
 
 def _end_session(caller: Principal, session_id: str, origin: RequestOrigin) -> None:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         auth.end_session(
-            session, get_cache(), user_id=caller.user_id, session_id=uuid.UUID(session_id), origin=origin
+            session,
+            parts.current().cache,
+            user_id=caller.user_id,
+            session_id=uuid.UUID(session_id),
+            origin=origin,
         )
 
 
 def _create_key(caller: Principal, name: str, scopes: list[str], origin: RequestOrigin) -> str:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         _, key = api_keys.create_key(session, user_id=caller.user_id, name=name, scopes=scopes, origin=origin)
         return key
 
 
 def _link_wallet(caller: Principal, address: str, nonce: str, signature: str, origin: RequestOrigin) -> None:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         auth.link_wallet(
             session,
-            get_cache(),
+            parts.current().cache,
             user_id=caller.user_id,
             address=address,
             nonce=nonce,
@@ -81,7 +85,7 @@ def _link_wallet(caller: Principal, address: str, nonce: str, signature: str, or
 
 
 def _revoke_key(caller: Principal, key_id: str, origin: RequestOrigin) -> None:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         api_keys.revoke_key(session, user_id=caller.user_id, key_id=uuid.UUID(key_id), origin=origin)
 
 
@@ -164,7 +168,7 @@ class AccountState(SessionState):
             return None
         try:
             nonce, message = await asyncio.to_thread(
-                auth.wallet_challenge, get_cache(), address=str(result["address"])
+                auth.wallet_challenge, parts.current().cache, address=str(result["address"])
             )
         except DomainError as error:
             self.wallet_error = error.message

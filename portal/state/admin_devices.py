@@ -9,20 +9,20 @@ from typing import Any
 
 import reflex as rx
 
+from portal import parts
 from portal.infra.db import session_scope
-from portal.infra.wakeups import get_wakeups
 from portal.models import DeviceState, Role
+from portal.security.principal import RequestOrigin
 from portal.services.errors import DomainError
-from portal.services.providers import commands, device_admin
+from portal.services.providers import device_admin
 from portal.state.session import SessionState, for_users, principal
-from tasks import dispatch
 
 PAGE_SIZE = 25
 STATES = [state.value for state in DeviceState]
 
 
 def _search(state: str, text: str, offset: int) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         found, total = device_admin.search_devices(
             session, state=state or None, text=text or None, limit=PAGE_SIZE, offset=offset
         )
@@ -56,18 +56,20 @@ def _search(state: str, text: str, offset: int) -> tuple[list[dict[str, Any]], i
     return rows, total, fault_rows
 
 
-def _block(device_id: str, reason: str) -> None:
-    admin = principal()
-    with session_scope() as session:
-        device_admin.block(session, uuid.UUID(device_id), reason, admin_id=admin.user_id)
-    dispatch.reconcile_soon()
+def _block(device_id: str, reason: str, origin: RequestOrigin) -> None:
+    admin, p = principal(), parts.current()
+    with session_scope(p.engine) as session:
+        device_admin.block(
+            session, p.followups, uuid.UUID(device_id), reason, admin_id=admin.user_id, origin=origin
+        )
 
 
-def _unblock(device_id: str) -> None:
-    admin = principal()
-    with session_scope() as session:
-        device = device_admin.unblock(session, uuid.UUID(device_id), admin_id=admin.user_id)
-    commands.wake(get_wakeups(), device.id)
+def _unblock(device_id: str, origin: RequestOrigin) -> None:
+    admin, p = principal(), parts.current()
+    with session_scope(p.engine) as session:
+        device_admin.unblock(
+            session, p.followups, uuid.UUID(device_id), admin_id=admin.user_id, origin=origin
+        )
 
 
 class AdminDevicesState(SessionState):
@@ -136,7 +138,7 @@ class AdminDevicesState(SessionState):
         if len(reason) < 3:
             return rx.toast.error("Say why, in a few words: the owner sees it.")
         try:
-            await asyncio.to_thread(_block, self.blocking_id, reason)
+            await asyncio.to_thread(_block, self.blocking_id, reason, self._origin())
         except DomainError as refused:
             return rx.toast.error(refused.message)
         name, self.blocking_id = self.blocking_name, ""
@@ -147,7 +149,7 @@ class AdminDevicesState(SessionState):
     @for_users(Role.ADMIN)
     async def unblock(self, device_id: str):  # noqa: ANN201 - returns a notice
         try:
-            await asyncio.to_thread(_unblock, device_id)
+            await asyncio.to_thread(_unblock, device_id, self._origin())
         except DomainError as refused:
             return rx.toast.error(refused.message)
         await self._fetch()

@@ -7,6 +7,7 @@ from typing import Any
 
 import reflex as rx
 
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Role
 from portal.services import audit
@@ -16,7 +17,7 @@ PAGE_SIZE = 25
 
 
 def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list[dict[str, Any]], int]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         entries, total = audit.search(
             session,
             action=action or None,

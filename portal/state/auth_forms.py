@@ -8,8 +8,7 @@ from typing import Any
 
 import reflex as rx
 
-from portal.config import get_settings
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import RequestOrigin
@@ -20,39 +19,45 @@ from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_fr
 
 
 def _sign_up(email: str, password: str, roles: list[Role], origin: RequestOrigin) -> str:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         signed_up = auth.signup(
-            session, get_cache(), email=email, password=password, roles=roles, origin=origin
+            session, parts.current().cache, email=email, password=password, roles=roles, origin=origin
         )
         if not signed_up.created:
             # A taken email: the page goes on as for a new account, and signing in is then refused.
             return auth.decoy_browser_code()
         return auth.start_browser_session(
-            session, get_cache(), user=signed_up.user, method="password", origin=origin
+            session, parts.current().cache, user=signed_up.user, method="password", origin=origin
         )
 
 
 def _sign_in(email: str, password: str, origin: RequestOrigin) -> str:
-    with session_scope() as session:
-        user = auth.check_password(session, get_cache(), email=email, password=password, origin=origin)
-        return auth.start_browser_session(session, get_cache(), user=user, method="password", origin=origin)
+    with session_scope(parts.current().engine) as session:
+        user = auth.check_password(
+            session, parts.current().cache, email=email, password=password, origin=origin
+        )
+        return auth.start_browser_session(
+            session, parts.current().cache, user=user, method="password", origin=origin
+        )
 
 
 def _unlock(token: str, origin: RequestOrigin) -> None:
-    with session_scope() as session:
-        auth.unlock(session, get_cache(), token=token, origin=origin)
+    with session_scope(parts.current().engine) as session:
+        auth.unlock(session, parts.current().cache, token=token, origin=origin)
 
 
 def _wallet_challenge(address: str) -> tuple[str, str]:
-    return auth.wallet_challenge(get_cache(), address=address)
+    return auth.wallet_challenge(parts.current().cache, address=address)
 
 
 def _wallet_sign_in(address: str, nonce: str, signature: str, origin: RequestOrigin) -> str:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         user = auth.wallet_user(
-            session, get_cache(), address=address, nonce=nonce, signature=signature, origin=origin
+            session, parts.current().cache, address=address, nonce=nonce, signature=signature, origin=origin
         )
-        return auth.start_browser_session(session, get_cache(), user=user, method="wallet", origin=origin)
+        return auth.start_browser_session(
+            session, parts.current().cache, user=user, method="wallet", origin=origin
+        )
 
 
 class AuthFormState(SessionState):
@@ -65,7 +70,9 @@ class AuthFormState(SessionState):
 
     @rx.var
     def oauth_providers(self) -> list[dict[str, str]]:
-        return [{"name": p.name, "label": p.label} for p in oauth.configured_providers(get_settings())]
+        return [
+            {"name": p.name, "label": p.label} for p in oauth.configured_providers(parts.current().settings)
+        ]
 
     @rx.event
     @for_anyone

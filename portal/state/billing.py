@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import reflex as rx
 import segno
 
-from portal.config import get_settings
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
@@ -34,12 +34,12 @@ ACCOUNTS = {"customer_available": "available", "customer_escrow": "escrow", "pro
 
 
 def _billing(caller: Principal, offset: int) -> dict[str, Any]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         available, escrow = billing.balance(session, caller.user_id)
         lines, total = billing.ledger_lines(session, caller.user_id, limit=PAGE, offset=offset)
         usage, _ = billing.usage_lines(session, caller.user_id, cluster_id=None, limit=PAGE, offset=0)
         found, _ = deposits.list_deposits(session, caller.user_id, limit=10, offset=0)
-    settings = get_settings()
+    settings = parts.current().settings
     return {
         "deposits": [
             {
@@ -79,9 +79,9 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
 
 
 def _deposit_address(caller: Principal) -> dict[str, str]:
-    settings = get_settings()
+    settings = parts.current().settings
     keys = treasury.treasury_of(settings)
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         account = deposits.deposit_account(session, keys, caller.user_id)
     # A Solana Pay link: a wallet that scans it sends the mint's tokens to this address.
     link = f"solana:{account.owner_address}?spl-token={keys.mint}&label=GPU%20Portal%20credits"
@@ -95,7 +95,7 @@ def _deposit_address(caller: Principal) -> dict[str, str]:
 
 
 def _invoice(caller: Principal, month: str) -> str:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         return billing.invoice_csv(session, caller.user_id, dates.month_start(month))
 
 
@@ -124,8 +124,8 @@ def _earnings_figure(by_day: list[dict]) -> go.Figure:
 
 
 def _earnings(caller: Principal) -> dict[str, Any]:
-    settings = get_settings()
-    with session_scope() as session:
+    settings = parts.current().settings
+    with session_scope(parts.current().engine) as session:
         found = billing.earnings(session, settings, caller.user_id)
         paid_out, paid_total = payouts.list_payouts(session, caller.user_id, limit=PAGE, offset=0)
     return {

@@ -9,7 +9,7 @@ from datetime import datetime
 import plotly.graph_objects as go
 import reflex as rx
 
-from portal.config import get_settings
+from portal import parts
 from portal.infra.db import session_scope
 from portal.security.principal import Principal
 from portal.services.errors import DomainError
@@ -48,14 +48,14 @@ def _series(
     """The charts' data for the page at ``path``: a device of the caller's (with its daily uptime over 30
     days), or a cluster of the caller's."""
     kind, _, raw_id = path.strip("/").partition("/")
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         if kind == "device":
             device = devices.get_device(session, caller.user_id, uuid.UUID(raw_id))
-            found = telemetry.series(session, get_settings(), [device.id], minutes)
+            found = telemetry.series(session, parts.current().settings, [device.id], minutes)
             return found, telemetry.daily_uptime(session, device)
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(raw_id))
         device_ids = clusters.device_ids_of(session, cluster.id)
-        return telemetry.series(session, get_settings(), device_ids, minutes), []
+        return telemetry.series(session, parts.current().settings, device_ids, minutes), []
 
 
 def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:

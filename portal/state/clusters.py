@@ -11,15 +11,14 @@ from typing import Any
 
 import reflex as rx
 
-from portal.config import get_settings
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, Role
-from portal.security.principal import Principal
+from portal.security.principal import Principal, RequestOrigin
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.rentals import clusters, jobs
 from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
-from tasks import dispatch
 
 STATE_COLORS = {
     "pending": "gray",
@@ -39,7 +38,7 @@ def _when(moment: datetime | None) -> str:
 
 
 def _summary(session: Any, cluster: Cluster) -> dict[str, Any]:
-    spent, held = clusters.spent_and_escrow(session, get_settings(), cluster)
+    spent, held = clusters.spent_and_escrow(session, parts.current().settings, cluster)
     return {
         "id": str(cluster.id),
         "name": cluster.name,
@@ -55,13 +54,13 @@ def _summary(session: Any, cluster: Cluster) -> dict[str, Any]:
 
 
 def _list(caller: Principal) -> list[dict[str, Any]]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         rows, _ = clusters.list_clusters(session, caller.user_id, limit=100, offset=0)
         return [_summary(session, cluster) for cluster in rows]
 
 
 def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         nodes = clusters.nodes_with_devices(session, cluster.id)
         return {
@@ -98,7 +97,7 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
 
 
 def _jobs(caller: Principal, cluster_id: str) -> list[dict[str, Any]]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         rows, _ = jobs.list_jobs(session, cluster, limit=50, offset=0)
         return [
@@ -114,7 +113,7 @@ def _jobs(caller: Principal, cluster_id: str) -> list[dict[str, Any]]:
 
 
 def _logs(caller: Principal, cluster_id: str, job_id: str) -> tuple[str, str]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         job = jobs.refresh(session, cluster, jobs.get_job(session, cluster, uuid.UUID(job_id)))
         return job.status, jobs.logs(cluster, job)
@@ -127,22 +126,28 @@ def _submit(caller: Principal, cluster_id: str, entrypoint: str, runtime_env: st
         raise InvalidInput('The runtime environment is JSON, e.g. {"pip": ["numpy"]}.') from None
     if env is not None and not isinstance(env, dict):
         raise InvalidInput("The runtime environment is a JSON object.")
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         return str(jobs.submit(session, cluster, caller.user_id, entrypoint, env).id)
 
 
 def _extend(caller: Principal, cluster_id: str, hours: int) -> None:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         clusters.extend(session, clusters.lock_cluster(session, caller.user_id, uuid.UUID(cluster_id)), hours)
 
 
-def _terminate(caller: Principal, cluster_id: str) -> None:
-    with session_scope() as session:
-        cluster = clusters.lock_cluster(session, caller.user_id, uuid.UUID(cluster_id))
-        asked = clusters.request_termination(session, cluster, "terminated by its owner")
-    if asked:
-        dispatch.send("terminate_cluster", cluster.id)
+def _terminate(caller: Principal, cluster_id: str, origin: RequestOrigin) -> None:
+    p = parts.current()
+    with session_scope(p.engine) as session:
+        clusters.terminate(
+            session,
+            p.followups,
+            uuid.UUID(cluster_id),
+            owner_id=caller.user_id,
+            reason="terminated by its owner",
+            actor_id=caller.id,
+            origin=origin,
+        )
 
 
 class ClustersState(SessionState):
@@ -248,7 +253,7 @@ class ClustersState(SessionState):
     @for_users(Role.CUSTOMER)
     async def terminate(self) -> None:
         try:
-            await asyncio.to_thread(_terminate, principal(), self._cluster_id())
+            await asyncio.to_thread(_terminate, principal(), self._cluster_id(), self._origin())
         except DomainError as error:
             self.action_error = error.message
         except ValueError:

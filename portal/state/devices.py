@@ -9,8 +9,7 @@ from typing import Any
 
 import reflex as rx
 
-from portal.config import get_settings
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
@@ -60,7 +59,7 @@ def _row(session: Any, device: Device) -> dict[str, Any]:
 
 
 def _list(caller: Principal) -> list[dict[str, Any]]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         return [_row(session, device) for device in devices.list_devices(session, caller.user_id)]
 
 
@@ -70,7 +69,7 @@ def _add(caller: Principal, form: dict[str, Any], origin: RequestOrigin) -> tupl
         price_micro = round(float(price) * 1_000_000) if price else None
     except ValueError:
         raise InvalidInput("The price is a number of dollars per GPU-hour, e.g. 1.80.") from None
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         _, token = devices.add_device(
             session,
             owner_id=caller.user_id,
@@ -80,13 +79,13 @@ def _add(caller: Principal, form: dict[str, Any], origin: RequestOrigin) -> tupl
             price_per_gpu_hour_micro=price_micro,
             origin=origin,
         )
-    return token, devices.launch_commands(get_settings(), token)
+    return token, devices.launch_commands(parts.current().settings, token)
 
 
 def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         device = devices.get_device(session, caller.user_id, uuid.UUID(device_id))
-        checks = devices.eligibility(session, device, get_settings())
+        checks = devices.eligibility(session, device, parts.current().settings)
         recent, _ = device_admin.search_faults(session, device_id=device.id, limit=10, offset=0)
         return {
             **_row(session, device),
@@ -124,9 +123,13 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
 
 
 def _remove(caller: Principal, device_id: str, origin: RequestOrigin) -> None:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         devices.remove_device(
-            session, get_cache(), owner_id=caller.user_id, device_id=uuid.UUID(device_id), origin=origin
+            session,
+            parts.current().cache,
+            owner_id=caller.user_id,
+            device_id=uuid.UUID(device_id),
+            origin=origin,
         )
 
 

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.infra.db import session_scope
 from portal.services.network import analytics, network_history
 from portal.services.providers.telemetry import RANGES
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, int]:
-    with session_scope() as session:
+    with session_scope(parts.current().engine) as session:
         trends = network_history.history(session, minutes, by)
     online = go.Figure(
         [go.Scatter(x=t.times, y=t.online, name=t.key, stackgroup="online", mode="lines") for t in trends]
@@ -48,8 +48,8 @@ def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, in
 
 
 def _summary() -> dict:
-    with session_scope() as session:
-        stats = analytics.network_stats(session, get_cache())
+    with session_scope(parts.current().engine) as session:
+        stats = analytics.network_stats(session, parts.current().cache)
     return {
         "devices_online": f"{stats.devices_online:,}",
         "gpus_online": f"{stats.gpus_online:,}",

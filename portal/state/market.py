@@ -11,14 +11,13 @@ from typing import Any
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal.config import get_settings
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Role
 from portal.services.errors import DomainError
 from portal.services.providers.gpu_catalog import CATALOG
 from portal.services.rentals import clusters, market
 from portal.state.session import SessionState, for_anyone, for_users, principal
-from tasks import dispatch
 
 logger = logging.getLogger(__name__)
 ANY = "any"
@@ -32,8 +31,8 @@ def usd(micro: int) -> str:
 
 
 def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
-    with session_scope() as session:
-        found = market.offers(session, get_settings(), filters)
+    with session_scope(parts.current().engine) as session:
+        found = market.offers(session, parts.current().settings, filters)
     return [
         {
             "gpu_model": o.gpu_model,
@@ -114,8 +113,8 @@ class MarketState(rx.State):
 
 
 def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:
-    with session_scope() as session:
-        found = market.quote(session, get_settings(), spec.placement(), spec.duration_hours)
+    with session_scope(parts.current().engine) as session:
+        found = market.quote(session, parts.current().settings, spec.placement(), spec.duration_hours)
     return {
         "available": found.available,
         "per_hour": usd(found.price_per_hour_micro),
@@ -138,10 +137,9 @@ def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:
 
 
 def _deploy(owner_id: uuid.UUID, spec: clusters.ClusterSpec) -> str:
-    with session_scope() as session:
-        cluster = clusters.create(session, get_settings(), owner_id, spec)
-    dispatch.send("provision_cluster", cluster.id)
-    return str(cluster.id)
+    p = parts.current()
+    with session_scope(p.engine) as session:
+        return str(clusters.deploy(session, p.settings, p.followups, owner_id, spec).id)
 
 
 class DeployState(SessionState):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import reflex as rx
 from sqlalchemy.exc import SQLAlchemyError
 
-from portal.config import get_settings
+from portal import parts
 from portal.infra.db import session_scope
 from portal.services.network.network_stats import NetworkCounts, network_counts
 from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
@@ -21,8 +21,8 @@ REFRESH_MS = 3000
 
 
 def _read_counts() -> NetworkCounts:
-    window = timedelta(seconds=get_settings().heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
-    with session_scope() as session:
+    window = timedelta(seconds=parts.current().settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
+    with session_scope(parts.current().engine) as session:
         return network_counts(session, heartbeat_within=window)
 
 

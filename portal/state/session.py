@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import reflex as rx
 
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Role, User
 from portal.security.cookies import SESSION_COOKIE
@@ -102,8 +102,8 @@ def principal() -> Principal:
 
 
 def _lookup(cookie_secret: str) -> tuple[Principal, User] | None:
-    with session_scope() as session:
-        auth_session = auth.browser_session(session, get_cache(), cookie_secret)
+    with session_scope(parts.current().engine) as session:
+        auth_session = auth.browser_session(session, parts.current().cache, cookie_secret)
         if auth_session is None:
             return None
         user = session.get(User, auth_session.user_id)

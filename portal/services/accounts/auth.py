@@ -16,7 +16,8 @@ from solders.signature import Signature
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from portal.config import Settings, get_settings
+from portal import parts
+from portal.config import Settings
 from portal.infra.cache import Cache
 from portal.models import AuthSession, RefreshToken, Role, User
 from portal.models.base import utcnow
@@ -81,7 +82,7 @@ def signup(
 
     Both ways hash the password and write one audit entry, so a taken email is not answered faster.
     """
-    settings = settings or get_settings()
+    settings = settings or parts.current().settings
     wanted = frozenset(roles) or frozenset({Role.CUSTOMER})
     if not wanted <= SELF_SERVICE_ROLES:
         raise InvalidInput(
@@ -204,7 +205,7 @@ def check_password(
     ``login_account_max_failures`` from everywhere, and its owner is then emailed a link that unlocks it
     (and keeps the address that opens it clear of such locks from then on).
     """
-    settings = settings or get_settings()
+    settings = settings or parts.current().settings
     email = users.normalize_email(email)
     pair = _pair_key(email, origin.ip)
     if cache.get(f"login-trusted:{pair}") is None:
@@ -318,7 +319,7 @@ def _start_session(
     lifetime = (
         timedelta(days=BROWSER_SESSION_DAYS)
         if kind == "browser"
-        else timedelta(days=get_settings().refresh_token_ttl_days)
+        else timedelta(days=parts.current().settings.refresh_token_ttl_days)
     )
     auth_session = AuthSession(
         user_id=user.id,
@@ -421,7 +422,9 @@ def _revoke(session: Session, cache: Cache, auth_session: AuthSession, reason: s
     session.add(auth_session)
     session.flush()
     # Access tokens of the session are refused at once, until the longest of them would have expired.
-    cache.set(revoked_session_key(auth_session.id), "1", ttl_s=get_settings().access_token_ttl_s + 60)
+    cache.set(
+        revoked_session_key(auth_session.id), "1", ttl_s=parts.current().settings.access_token_ttl_s + 60
+    )
 
 
 def logout(

@@ -24,7 +24,9 @@ from portal.models import (
     User,
 )
 from portal.models.base import utcnow
-from portal.services import csv_export
+from portal.security.principal import RequestOrigin
+from portal.services import audit, csv_export
+from portal.services.accounts import users
 from portal.services.money import ledger
 
 
@@ -222,3 +224,33 @@ def invoice_csv(session: Session, customer_id: uuid.UUID, month: date) -> str:
     total = sum(usage.amount_micro for usage, _, _ in rows)
     lines.append(["total", "", "", "", "", "", "", "", Decimal(usd(total)), total])
     return csv_export.csv_text(INVOICE_COLUMNS, lines)
+
+
+def grant_credits(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    amount_micro: int,
+    reason: str,
+    admin_id: uuid.UUID,
+    origin: RequestOrigin | None = None,
+) -> None:
+    """An admin's grant of credits to an account (404 for an unknown one), audited with the reason."""
+    users.get_user(session, user_id)
+    ledger.grant_credits(
+        session,
+        user_id=user_id,
+        amount_micro=amount_micro,
+        reason=reason,
+        idempotency_key=f"admin-grant:{uuid.uuid4()}",
+        granted_by=admin_id,
+    )
+    audit.record(
+        session,
+        "billing.grant",
+        actor_id=f"user:{admin_id}",
+        origin=origin,
+        target_type="user",
+        target_id=user_id,
+        details={"amount_micro": amount_micro, "reason": reason},
+    )

@@ -32,8 +32,10 @@ from portal.config import Settings
 from portal.infra.db import session_scope
 from portal.models import AccountKind, LedgerAccount, Payout, PayoutState, User
 from portal.models.base import utcnow
-from portal.services import state_machines
+from portal.security.principal import RequestOrigin
+from portal.services import audit, state_machines
 from portal.services.errors import Conflict, NotFound
+from portal.services.followups import FollowUps
 from portal.services.money import chain, ledger
 from portal.services.money.chain import Chain, ChainError, Outcome
 from portal.services.money.treasury import Settlement
@@ -284,8 +286,17 @@ def settle(
     }
 
 
-def retry(session: Session, payout_id: uuid.UUID, *, reason: str) -> Payout:
-    """Send a failed payout again (its amount is still held in flight)."""
+def retry(
+    session: Session,
+    followups: FollowUps,
+    payout_id: uuid.UUID,
+    *,
+    reason: str,
+    admin_id: uuid.UUID,
+    origin: RequestOrigin | None = None,
+) -> Payout:
+    """Send a failed payout again (its amount is still held in flight), at the next settlement, which is
+    asked for once this is committed. Audited with the adapter's origin."""
     payout = session.get(Payout, payout_id, with_for_update=True)
     if payout is None:
         raise NotFound("No such payout.", code="payout_not_found")
@@ -296,6 +307,17 @@ def retry(session: Session, payout_id: uuid.UUID, *, reason: str) -> Payout:
     payout.tx_signature = None
     payout.blockhash = None
     state_machines.move(session, "payout", payout, PayoutState.PENDING, f"retried by an admin: {reason}")
+    audit.record(
+        session,
+        "payout.retry",
+        actor_id=f"user:{admin_id}",
+        origin=origin,
+        target_type="payout",
+        target_id=payout.id,
+        details={"amount_micro": payout.amount_micro, "reason": reason},
+    )
+    session.commit()
+    followups.settle_payouts()
     return payout
 
 

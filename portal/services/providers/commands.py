@@ -14,6 +14,7 @@ from portal.infra.wakeups import Wakeups
 from portal.models import CommandState, Device, DeviceCommand
 from portal.models.base import utcnow
 from portal.services.errors import Conflict, NotFound
+from portal.services.followups import FollowUps
 
 KINDS = {"start_ray_head", "start_ray_worker", "stop_ray", "verify"}
 MAX_BATCH = 20
@@ -85,6 +86,25 @@ def complete(
     command.state = CommandState.SUCCEEDED if ok else CommandState.FAILED
     command.completed_at, command.result_detail = utcnow(), detail[:2000]
     session.add(command)
+    return command
+
+
+def report_result(
+    session: Session,
+    followups: FollowUps,
+    device_id: uuid.UUID,
+    command_id: uuid.UUID,
+    *,
+    ok: bool,
+    detail: str,
+) -> DeviceCommand:
+    """An agent's result for one of its commands; a cluster's command has the cluster take its next step
+    (the next node, running, a replacement) at once, once the result is committed."""
+    command = complete(session, device_id, command_id, ok=ok, detail=detail)
+    cluster_id = cluster_of(command)
+    if cluster_id is not None:
+        session.commit()
+        followups.advance_cluster(cluster_id)
     return command
 
 

@@ -13,6 +13,7 @@ from portal.models import Device, DeviceState, FaultEvent, User
 from portal.security.principal import RequestOrigin
 from portal.services import audit, state_machines
 from portal.services.errors import Conflict, NotFound
+from portal.services.followups import FollowUps
 from portal.services.providers import commands
 
 BLOCKED_PREFIX = "blocked by an admin: "
@@ -42,13 +43,15 @@ def _device(session: Session, device_id: uuid.UUID) -> Device:
 
 def block(
     session: Session,
+    followups: FollowUps,
     device_id: uuid.UUID,
     reason: str,
     *,
     admin_id: uuid.UUID,
     origin: RequestOrigin | None = None,
 ) -> Device:
-    """Off the market with the reason shown to its owner; a cluster it serves loses it and heals. Audited."""
+    """Off the market with the reason shown to its owner; a cluster it serves loses it and heals now, not
+    at the reconciler's next pass. Audited with the adapter's origin."""
     device = _device(session, device_id)
     if device.state == DeviceState.BLOCKED:
         raise Conflict("The device is blocked already.", code="invalid_state")
@@ -62,6 +65,8 @@ def block(
         )
     )
     _audit(session, "device.block", device, admin_id, origin, {"reason": reason})
+    session.commit()
+    followups.reconcile_clusters()
     return device
 
 
@@ -85,10 +90,15 @@ def _audit(
 
 
 def unblock(
-    session: Session, device_id: uuid.UUID, *, admin_id: uuid.UUID, origin: RequestOrigin | None = None
+    session: Session,
+    followups: FollowUps,
+    device_id: uuid.UUID,
+    *,
+    admin_id: uuid.UUID,
+    origin: RequestOrigin | None = None,
 ) -> Device:
-    """Back to ``registered``; an online device is asked for a fresh proof of compute at once. Audited;
-    the caller wakes the agent after the commit (``commands.wake``)."""
+    """Back to ``registered``; an online device is asked for a fresh proof of compute at once (its agent
+    woken once that is committed). Audited with the adapter's origin."""
     device = _device(session, device_id)
     if device.state != DeviceState.BLOCKED:
         raise Conflict(
@@ -101,6 +111,8 @@ def unblock(
         )
         commands.enqueue(session, device, "verify", {})
     _audit(session, "device.unblock", device, admin_id, origin, {})
+    session.commit()
+    followups.wake_agent(device.id)
     return device
 
 

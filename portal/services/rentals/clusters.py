@@ -28,8 +28,10 @@ from portal.models import (
     NodeRole,
     NodeState,
 )
-from portal.services import names, state_machines
+from portal.security.principal import RequestOrigin
+from portal.services import audit, names, state_machines
 from portal.services.errors import Conflict, InvalidInput, NotFound
+from portal.services.followups import FollowUps
 from portal.services.money import escrow, metering
 from portal.services.rentals import market, placement
 
@@ -210,6 +212,45 @@ def list_clusters(
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(Cluster.created_at).desc()).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def deploy(
+    session: Session, settings: Settings, followups: FollowUps, owner_id: uuid.UUID, spec: ClusterSpec
+) -> Cluster:
+    """Deploy: book the devices and hold the escrow (``create``), commit, and have the cluster provisioned.
+    Every adapter (API, pages, CLI through the API) deploys through this one command."""
+    cluster = create(session, settings, owner_id, spec)
+    session.commit()  # the actor must find what it is told about
+    followups.advance_cluster(cluster.id)
+    return cluster
+
+
+def terminate(
+    session: Session,
+    followups: FollowUps,
+    cluster_id: uuid.UUID,
+    *,
+    owner_id: uuid.UUID | None,
+    reason: str,
+    actor_id: str,
+    origin: RequestOrigin | None = None,
+) -> Cluster:
+    """End a cluster: its owner's (``owner_id``), or any cluster for an admin (None). Audited with the
+    adapter's origin; the nodes stop and the unused escrow returns as the cluster advances."""
+    cluster = lock_cluster(session, owner_id, cluster_id)
+    if request_termination(session, cluster, reason):
+        audit.record(
+            session,
+            "cluster.terminate",
+            actor_id=actor_id,
+            origin=origin,
+            target_type="cluster",
+            target_id=cluster.id,
+            details={"reason": reason},
+        )
+        session.commit()
+        followups.advance_cluster(cluster.id)
+    return cluster
 
 
 def lock_cluster(session: Session, owner_id: uuid.UUID | None, cluster_id: uuid.UUID) -> Cluster:
