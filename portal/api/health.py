@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.api.deps import CacheDep, EngineDep, PartsDep, SettingsDep
 from portal.api.errors import error_response
 from portal.infra.db import session_scope
-from portal.infra.metrics import REGISTRY, actor_runs_exposition, gpu_exposition, payouts_exposition
+from portal.infra.metrics import REGISTRY, actor_runs_exposition, payouts_exposition
 from portal.parts import AppParts
 from portal.security.access import METRICS_SCRAPER, OPEN
 from portal.services.health import check_readiness
@@ -58,7 +58,7 @@ def _shared_exposition(parts: AppParts) -> bytes:
             "GPU gauges and actor runs left out of /metrics: database or cache down", exc_info=True
         )
         return b""
-    return actors + payouts_exposition(payout_totals) + gpu_exposition(readings)
+    return actors + payouts_exposition(payout_totals) + telemetry.gpu_exposition(readings)
 
 
 @router.get(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -48,39 +47,17 @@ def actor_runs_exposition(cache: Cache, actors: Sequence[str]) -> bytes:
         "# HELP portal_actor_runs_total Task actor runs, by actor and outcome, in every task-worker process.",
         "# TYPE portal_actor_runs_total counter",
         *(
-            f'portal_actor_runs_total{{actor="{_escape(actor)}",outcome="{outcome}"}} {float(count or 0)!r}'
+            f'portal_actor_runs_total{{actor="{escape_label(actor)}",outcome="{outcome}"}} '
+            f"{float(count or 0)!r}"
             for (actor, outcome), count in zip(keys, counts, strict=True)
         ),
     ]
     return ("\n".join(lines) + "\n").encode()
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
+    """A label value as the text exposition format writes it."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def gpu_exposition(readings: Sequence[Any]) -> bytes:
-    """The GPU readings in the text exposition format, one gauge family per dcgm-exporter metric.
-
-    Written directly rather than through prometheus_client's collectors: with 10,000 devices these are
-    80,000 samples a scrape, and each GPU's labels are formatted once here instead of once per metric."""
-    from portal.services.providers.telemetry import METRICS
-
-    if not readings:
-        return b""
-    labels = [
-        ",".join(f'{name}="{_escape(value)}"' for name, value in reading.labels.items())
-        for reading in readings
-    ]
-    lines = []
-    for metric, (column, unit, dcgm_name) in METRICS.items():
-        lines.append(f"# HELP {dcgm_name} GPU {metric} ({unit}), from the agents' heartbeats.")
-        lines.append(f"# TYPE {dcgm_name} gauge")
-        lines.extend(
-            f"{dcgm_name}{{{label}}} {float(reading.sample[column])!r}"
-            for label, reading in zip(labels, readings, strict=True)
-        )
-    return ("\n".join(lines) + "\n").encode()
 
 
 def payouts_exposition(totals: dict[str, tuple[int, int]]) -> bytes:

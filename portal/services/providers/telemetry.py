@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from portal.config import Settings
 from portal.infra.cache import Cache
+from portal.infra.metrics import escape_label
 from portal.models import Device, DeviceState, Gpu, GpuSample, StateTransition
 from portal.models.base import utcnow
 from portal.services.errors import Unavailable
@@ -277,3 +279,25 @@ def uptime_by_day(
             days_out.append((day, round(100 * up / span, 1)))
         day += timedelta(days=1)
     return days_out
+
+
+def gpu_exposition(readings: Sequence[GpuReading]) -> bytes:
+    """The GPU readings in the text exposition format, one gauge family per dcgm-exporter metric.
+
+    Written directly rather than through prometheus_client's collectors: with 10,000 devices these are
+    80,000 samples a scrape, and each GPU's labels are formatted once here instead of once per metric."""
+    if not readings:
+        return b""
+    labels = [
+        ",".join(f'{name}="{escape_label(value)}"' for name, value in reading.labels.items())
+        for reading in readings
+    ]
+    lines = []
+    for metric, (column, unit, dcgm_name) in METRICS.items():
+        lines.append(f"# HELP {dcgm_name} GPU {metric} ({unit}), from the agents' heartbeats.")
+        lines.append(f"# TYPE {dcgm_name} gauge")
+        lines.extend(
+            f"{dcgm_name}{{{label}}} {float(reading.sample[column])!r}"
+            for label, reading in zip(labels, readings, strict=True)
+        )
+    return ("\n".join(lines) + "\n").encode()
