@@ -32,7 +32,7 @@ from portal.schemas.devices import (
 from portal.security.access import BEATING_DEVICE, DEVICE, OriginDep
 from portal.security.principal import Principal
 from portal.services.errors import InvalidInput
-from portal.services.providers import agents, commands, devices, verification
+from portal.services.providers import agents, commands, devices, liveness, verification
 from portal.services.rentals import autoscaling
 
 router = APIRouter(prefix="/worker", tags=["worker agent"])
@@ -61,7 +61,7 @@ def register(
 
 
 def _finish_beat(
-    parts: AppParts, device_id: uuid.UUID, beat: agents.Beat
+    parts: AppParts, device_id: uuid.UUID, beat: liveness.NotedBeat
 ) -> tuple[str, list[dict[str, Any]]]:
     with session_scope(parts.engine) as session:
         # Prometheus keeps the GPU samples when there is one; else the portal's own store does.
@@ -70,7 +70,7 @@ def _finish_beat(
         return state, [commands.as_message(command) for command in queued]
 
 
-async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: agents.Beat) -> HeartbeatOut:
+async def answer_beat(parts: AppParts, device_id: uuid.UUID, beat: liveness.NotedBeat) -> HeartbeatOut:
     """The answer to a beat just noted in the cache; the route below and ``heartbeat_lane`` both give it.
 
     Async: almost every beat is answered without a thread or a database connection.

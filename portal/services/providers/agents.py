@@ -60,7 +60,7 @@ def register(
 
     A re-registration is believed only as far as it was proven: GPUs that differ from the recorded ones
     (count, model, memory, UUIDs, simulated) clear the device's proof and send it back through proof of
-    compute; a hired device leaves its cluster, which heals elsewhere (``provisioning.Steps.heal``)."""
+    compute; a hired device leaves its cluster, which heals elsewhere (``ClusterLifecycle.heal``)."""
     indices = [gpu["index"] for gpu in report.gpus]
     if len(set(indices)) != len(indices):
         raise InvalidInput("Each GPU index may appear once.", details={"field": "gpus"})
@@ -151,10 +151,9 @@ def _metrics_url(device: Device, url: str | None, settings: Settings) -> str | N
 COMMAND_SWEEP_S = 600
 
 
-Beat = liveness.Noted
-
-
-def beat(cache: Cache, device_id: uuid.UUID, *, samples: list[dict[str, Any]], ray: dict[str, Any]) -> Beat:
+def beat(
+    cache: Cache, device_id: uuid.UUID, *, samples: list[dict[str, Any]], ray: dict[str, Any]
+) -> liveness.NotedBeat:
     """The hot path of the portal (every agent, every few seconds), on the cache alone: note the beat and
     learn whether this request also flushes the batch of beats (one per period, across processes) or
     looks for commands (every ``COMMAND_SWEEP_S`` per device; the long-poll delivers them at once, this
@@ -162,12 +161,17 @@ def beat(cache: Cache, device_id: uuid.UUID, *, samples: list[dict[str, Any]], r
     return liveness.record(cache, device_id, samples=samples, ray=ray, now=utcnow(), sweep_s=COMMAND_SWEEP_S)
 
 
-def needs_database(noted: Beat) -> bool:
+def needs_database(noted: liveness.NotedBeat) -> bool:
     return noted.state is None or noted.flush or noted.sweep_commands
 
 
 def finish_beat(
-    session: Session, cache: Cache, device_id: uuid.UUID, beat: Beat, *, store_samples: bool = True
+    session: Session,
+    cache: Cache,
+    device_id: uuid.UUID,
+    beat: liveness.NotedBeat,
+    *,
+    store_samples: bool = True,
 ) -> tuple[str, list[DeviceCommand]]:
     """The database part of a beat that needs one; returns the device's state and its commands."""
     states = liveness.flush(session, cache, store_samples=store_samples) if beat.flush else {}
@@ -186,4 +190,6 @@ def heartbeat(
     """One beat, written through at once (tests and tools); the API splits it into ``beat`` and
     ``finish_beat`` so that most beats never touch the database."""
     noted = beat(cache, device_id, samples=samples, ray=ray)
-    return finish_beat(session, cache, device_id, Beat(noted.state, flush=True, sweep_commands=True))
+    return finish_beat(
+        session, cache, device_id, liveness.NotedBeat(noted.state, flush=True, sweep_commands=True)
+    )

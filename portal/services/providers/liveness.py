@@ -48,7 +48,9 @@ def samples_key(device_id: uuid.UUID | str) -> str:
 
 
 @dataclass(frozen=True)
-class Noted:
+class NotedBeat:
+    """What noting one beat in the cache told its request."""
+
     state: str | None  # as last flushed; None until a flush has seen the device
     flush: bool  # this caller flushes the batch for this period (one caller across processes)
     sweep_commands: bool  # this beat also looks for commands (every ``sweep_s`` per device)
@@ -71,7 +73,7 @@ def _beat_texts(gpus_json: str, ray_json: str, now: datetime) -> tuple[str, str]
 
 
 def _noting(device_id: str, beat: str, sample: str, flush_claim: str, sweep_s: float) -> list[Operation]:
-    """The cache operations that note a beat: the first four answer ``Noted``."""
+    """The cache operations that note a beat: the first four answer ``NotedBeat``."""
     operations: list[Operation] = [
         ("hset", BEATS, device_id, beat),
         ("get", state_key(device_id)),
@@ -89,8 +91,8 @@ def _jittered(sweep_s: float) -> float:
     return sweep_s * random.uniform(0.75, 1.25)
 
 
-def _noted(state: str | None, flush_claims: int, sweeps: int) -> Noted:
-    return Noted(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
+def _noted(state: str | None, flush_claims: int, sweeps: int) -> NotedBeat:
+    return NotedBeat(state=state, flush=flush_claims == 1, sweep_commands=sweeps == 1)
 
 
 def record(
@@ -101,7 +103,7 @@ def record(
     ray: dict[str, Any],
     now: datetime,
     sweep_s: float,
-) -> Noted:
+) -> NotedBeat:
     """Note one beat, in one round trip to the cache."""
     beat, sample = _beat_texts(json.dumps(samples), json.dumps(ray), now)
     _, state, flush_claims, sweeps = cache.batch(
@@ -124,7 +126,7 @@ class TokenBeat:
 class TokenBeatNoted:
     rate_count: int  # the request's count in its rate-limit window
     token_entry: str | None  # the device token's cache entry (None: not cached)
-    noted: Noted | None  # None: not noted (over the limit, or the entry is not a device's)
+    noted: NotedBeat | None  # None: not noted (over the limit, or the entry is not a device's)
 
 
 # One beat of record_by_tokens. KEYS: rate counter, token entry, beats hash, flush claim. ARGV: cache

@@ -141,12 +141,12 @@ def _locked(
 @contextmanager
 def stepping(
     engine: Engine, settings: Settings, wakeups: Wakeups, cluster_id: uuid.UUID, *, wait: bool = True
-) -> Iterator[Steps | None]:
+) -> Iterator[ClusterLifecycle | None]:
     """The cluster's steps under its lock (None as in ``_locked``); the agents of the devices the steps
     sent commands to are woken once the transaction has committed."""
     woken: set[uuid.UUID] = set()
     with _locked(engine, cluster_id, wait=wait) as (session, cluster):
-        yield Steps(session, settings, cluster, woken) if cluster is not None else None
+        yield ClusterLifecycle(session, settings, cluster, woken) if cluster is not None else None
     for device_id in woken:
         commands.wake(wakeups, device_id)
 
@@ -169,7 +169,10 @@ def advance(
         return steps.cluster.state
 
 
-class Steps:
+class ClusterLifecycle:
+    """One cluster's next steps, taken under its lock: provisioning its nodes, healing it while it runs,
+    and its end (nodes stopped, escrow settled, devices returned)."""
+
     def __init__(self, session: Session, settings: Settings, cluster: Cluster, woken: set[uuid.UUID]) -> None:
         self.session, self.settings, self.cluster, self.woken = session, settings, cluster, woken
 
