@@ -8,7 +8,6 @@ Agents are played as in ``test_clusters.py``: their commands are answered as an 
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
@@ -279,7 +278,9 @@ def test_the_routes_answer_the_head_device_only(parts, api_client):
     assert api_client.delete("/api/v1/worker/autoscaler/nodes/nope", headers=headers).status_code == 422
 
 
-def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_outage(portal_api, tmp_path):
+def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_outage(
+    portal_api, tmp_path, monkeypatch
+):
     """Ray's autoscaler sees the cluster through ``PortalNodeProvider``: the head and the workers with
     their kinds and types, nodes it creates and terminates; while the portal is down it keeps the last
     list (an empty one would read as every node gone) and a launch fails with the reason."""
@@ -318,7 +319,7 @@ def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_ou
 
     server.stop()
     try:
-        time.sleep(autoscaler.LIST_TTL_S + 0.1)
+        monkeypatch.setattr(autoscaler, "LIST_TTL_S", 0.0)  # the list is stale: the next read asks the portal
         assert sorted(provider.non_terminated_nodes({})) == sorted([head_id, worker_id])
         with pytest.raises(httpx.HTTPError):
             provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)

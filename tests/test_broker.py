@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import dramatiq
@@ -14,7 +13,7 @@ from portal.config import PROJECT_ROOT
 from portal.infra.cache import RedisCache, get_cache
 from portal.infra.metrics import actor_runs_key
 from portal.services.health import wait_for_pong
-from tests.conftest import VENV_BIN, stop_process_group
+from tests.conftest import VENV_BIN, stop_process_group, wait_until
 
 
 def test_the_embedded_broker_runs_actors_on_worker_threads_in_this_process():
@@ -62,10 +61,10 @@ def test_a_message_goes_through_rabbitmq_to_portal_worker_and_back(rabbitmq_url,
         cache = RedisCache(redis_url, cache_prefix)
         assert wait_for_pong(cache, token, timeout_s=30), worker_output(worker)
         # The worker process counted the run where the portal's /metrics reads it.
-        deadline = time.monotonic() + 10
-        while cache.get(actor_runs_key("ping", "success")) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert cache.get(actor_runs_key("ping", "success")) == "1"
+        runs = wait_until(
+            lambda: cache.get(actor_runs_key("ping", "success")), timeout_s=10, what="a counted run"
+        )
+        assert runs == "1"
     finally:
         broker.close()
         stop_process_group(worker, signal.SIGTERM)

@@ -36,7 +36,7 @@ def test_many_values_are_set_read_and_deleted_in_one_step(cache):
     cache.delete("gpu:3", "gpu:4", "missing")
     assert cache.get_many(["gpu:3", "gpu:4", "gpu:5", "other"]) == [None, None, "25", "kept"]
     cache.delete()  # nothing to delete is no error
-    time.sleep(0.45)  # every key set together expires together; the others stay
+    time.sleep(0.45)  # expiry on the store's clock: every key set together expires together; the others stay
     assert cache.get_many(["gpu:5", "gpu:1999", "other"]) == [None, None, "kept"]
 
 
@@ -50,13 +50,13 @@ def test_a_one_time_value_can_be_taken_once(cache):
 def test_values_expire_after_their_ttl(cache):
     cache.set("short", "lived", ttl_s=0.2)
     assert cache.get("short") == "lived"
-    time.sleep(0.35)
+    time.sleep(0.35)  # expiry is the point: the TTL runs on the store's clock (Redis's too), not the test's
     assert cache.get("short") is None
 
 
 def test_counters_count_within_a_window_and_restart_after_it(cache):
     assert [cache.incr("hits", ttl_s=0.3) for _ in range(3)] == [1, 2, 3]
-    time.sleep(0.45)
+    time.sleep(0.45)  # the window must pass on the store's clock, which the test cannot move
     assert cache.incr("hits", ttl_s=0.3) == 1
 
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import VENV_BIN, RunningPortal, start_portal, stop_process_group
-from tests.test_cluster_journey import GPU_JOB, sign_in, wait_for
+from tests.conftest import VENV_BIN, RunningPortal, start_portal, stop_process_group, wait_until
+from tests.test_cluster_journey import GPU_JOB, sign_in
 
 
 def kill_agent(portal: RunningPortal, device_name: str) -> float:
@@ -47,7 +47,7 @@ def three_agent_portal(data_dir: Path, env: dict[str, str] | None = None) -> Ite
     )
     try:
         provider = sign_in(running, "provider")
-        wait_for(
+        wait_until(
             lambda: provider.get("/devices").json(),
             lambda devices: len(devices) == 3 and all(d["state"] == "ready" for d in devices),
             timeout_s=120,
@@ -72,7 +72,7 @@ def run_job(customer: httpx.Client, cluster_id: str, entrypoint: str = GPU_JOB) 
     job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": entrypoint})
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
-    wait_for(
+    wait_until(
         lambda: customer.get(f"/clusters/{cluster_id}/jobs/{job_id}").json(),
         lambda j: j["status"] in ("succeeded", "failed", "stopped"),
         timeout_s=120,
@@ -89,8 +89,11 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
     )
     assert reply.status_code == 202, reply.text
     cluster_id = reply.json()["id"]
-    cluster = wait_for(
-        lambda: customer.get(f"/clusters/{cluster_id}").json(), lambda c: c["state"] in ("running", "failed")
+    cluster = wait_until(
+        lambda: customer.get(f"/clusters/{cluster_id}").json(),
+        lambda c: c["state"] in ("running", "failed"),
+        timeout_s=120,
+        every_s=0.25,
     )
     assert cluster["state"] == "running", cluster["events"]
     head = next(n["device_name"] for n in cluster["nodes"] if n["role"] == "head")
@@ -98,7 +101,7 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
     (spare,) = {"demo-rig-1", "demo-rig-2", "demo-rig-3"} - {head, worker}
 
     killed_at = kill_agent(portal, worker)
-    healed = wait_for(
+    healed = wait_until(
         lambda: customer.get(f"/clusters/{cluster_id}").json(),
         lambda c: (
             c["state"] in ("running", "failed")
@@ -118,7 +121,7 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
     assert "GPUS 2.0 NODES 2 IDS [1, 1]" in run_job(customer, cluster_id)
 
     # The lost worker is charged only up to its last heartbeat (plus one interval), never for the outage.
-    wait_for(
+    wait_until(
         lambda: customer.get("/billing/usage", params={"cluster_id": cluster_id}).json()["items"],
         lambda lines: any(line["device_name"] == spare for line in lines),
         timeout_s=30,
@@ -152,14 +155,16 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
 
     # Losing the head: a Ray cluster does not outlive it; the cluster ends and the escrow comes back.
     kill_agent(portal, head)
-    ended = wait_for(
+    ended = wait_until(
         lambda: customer.get(f"/clusters/{cluster_id}").json(),
         lambda c: c["state"] in ("failed", "terminated"),
         timeout_s=120,
         every_s=0.5,
     )
     assert ended["state"] == "failed" and "cannot outlive its head" in ended["state_reason"]
-    wait_for(lambda: customer.get("/billing/balance").json(), lambda b: b["escrow_micro"] == 0, timeout_s=30)
+    wait_until(
+        lambda: customer.get("/billing/balance").json(), lambda b: b["escrow_micro"] == 0, timeout_s=30
+    )
     expect(page.locator("#cluster-state")).to_have_text("failed", timeout=30_000)
     assert re.search("head", page.locator("#cluster-log").inner_text())
 

@@ -25,15 +25,16 @@ from sqlmodel import select
 
 from portal.config import get_settings
 from portal.infra import migrations
+from portal.infra.cache import RedisCache
 from portal.infra.db import build_engine, session_scope
-from portal.models import ClusterNode, Device, Role
+from portal.infra.metrics import actor_runs_key
+from portal.models import ClusterNode, CommandState, Device, DeviceCommand, Role
 from portal.models.base import utcnow
 from portal.security.principal import RequestOrigin
 from portal.services.accounts import users
 from portal.services.money import ledger
 from portal.services.providers import devices
-from tests.conftest import PROJECT_ROOT, VENV_BIN, start_portal, stop_process_group
-from tests.test_cluster_journey import wait_for
+from tests.conftest import PROJECT_ROOT, VENV_BIN, start_portal, stop_process_group, wait_until
 
 pytestmark = pytest.mark.browser
 PASSWORD = "integration pass 1"
@@ -64,18 +65,23 @@ def services_env(postgres_url, redis_url, rabbitmq_url, cache_prefix, tmp_path) 
     }
 
 
-def drop_broker_connections(vhost: str) -> int:
-    """Close every RabbitMQ connection to ``vhost`` from the broker's side; returns how many."""
+def broker_connections(vhost: str) -> set[str]:
+    """The names of RabbitMQ's connections to ``vhost``."""
     listed = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "name", "vhost"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    names = [line.split("\t")[0] for line in listed.splitlines() if line.rstrip().endswith("\t" + vhost)]
+    return {line.split("\t")[0] for line in listed.splitlines() if line.rstrip().endswith("\t" + vhost)}
+
+
+def drop_broker_connections(vhost: str) -> set[str]:
+    """Close every RabbitMQ connection to ``vhost`` from the broker's side; returns their names."""
+    names = broker_connections(vhost)
     for name in names:
         subprocess.run(["rabbitmqctl", "-q", "close_connection", name, "chaos test"], capture_output=True)
-    return len(names)
+    return names
 
 
 def seed(database_url: str) -> tuple[str, list[str]]:
@@ -117,6 +123,7 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
     workers: list[subprocess.Popen] = []
     agents: list[subprocess.Popen] = []
     engine = build_engine(postgres_url)
+    cache = RedisCache(services_env["PORTAL_REDIS_URL"], services_env["PORTAL_CACHE_PREFIX"])
     try:
         workers.append(start_task_worker(services_env, tmp_path / "worker-1.log"))
         agents = [
@@ -141,7 +148,20 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
             fresh = utcnow() - timedelta(seconds=10)
             return sum(d.state in ("ready", "hired") and d.last_heartbeat_at > fresh for d in found)
 
-        wait_for(ready_devices, lambda n: n == 3, timeout_s=90)
+        def answered_commands() -> bool:
+            """Every command sent to an agent so far answered (at least one)."""
+            with session_scope(engine) as session:
+                states = [c.state for c in session.exec(select(DeviceCommand)).all()]
+            return bool(states) and all(s in (CommandState.SUCCEEDED, CommandState.FAILED) for s in states)
+
+        def sweep_runs() -> tuple[int, ...]:
+            """How often the task workers have run each sweep that could declare a node lost."""
+            return tuple(
+                int(cache.get(actor_runs_key(actor, "success")) or 0)
+                for actor in ("reconcile_clusters", "mark_silent_devices_offline")
+            )
+
+        wait_until(ready_devices, lambda n: n == 3, timeout_s=90)
         api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30)
         token = api.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["access_token"]
         api.headers["Authorization"] = f"Bearer {token}"
@@ -153,20 +173,30 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         cluster_id = reply.json()["id"]
 
         # Kill the only task worker as soon as provisioning has begun; results keep arriving meanwhile.
-        wait_for(
-            lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s != "pending", 30, 0.05
+        wait_until(
+            lambda: api.get(f"/clusters/{cluster_id}").json()["state"],
+            lambda s: s != "pending",
+            timeout_s=30,
+            every_s=0.05,
         )
         os.killpg(workers[0].pid, signal.SIGKILL)
         workers[0].wait(timeout=10)
-        time.sleep(3)
+        wait_until(answered_commands, timeout_s=90, what="an agent answering while no task worker runs")
         assert api.get(f"/clusters/{cluster_id}").json()["state"] == "provisioning"
         # The broker drops every connection of this test's virtual host (the portal's publisher among them);
         # other users of the shared broker are left alone, so the broker itself is not restarted.
-        assert drop_broker_connections(services_env["PORTAL_BROKER_URL"].rsplit("/", 1)[1]) >= 1
-        time.sleep(2)
+        vhost = services_env["PORTAL_BROKER_URL"].rsplit("/", 1)[1]
+        dropped = drop_broker_connections(vhost)
+        assert dropped
+        wait_until(
+            lambda: not dropped & broker_connections(vhost),
+            timeout_s=30,
+            every_s=0.5,
+            what="RabbitMQ closing the dropped connections",
+        )
 
         workers.append(start_task_worker(services_env, tmp_path / "worker-2.log"))
-        cluster = wait_for(
+        cluster = wait_until(
             lambda: api.get(f"/clusters/{cluster_id}").json(),
             lambda c: c["state"] in ("running", "failed"),
             timeout_s=120,
@@ -178,13 +208,21 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
 
         # The portal goes down for longer than three heartbeats and comes back.
         stop_process_group(portal.process)
-        time.sleep(25)
+        time.sleep(25)  # the outage itself (over three 5 s heartbeats): time must pass, nothing to await
         portal = start_portal(
             tmp_path / "portal", "--no-demo", env=services_env, port=int(portal.url.rsplit(":", 1)[1])
         )
         api = httpx.Client(base_url=portal.url + "/api/v1", timeout=30, headers=api.headers)
-        wait_for(ready_or_hired, lambda n: n == 3, timeout_s=60)
-        time.sleep(10)  # several reconciler passes with every agent heard again
+        wait_until(ready_or_hired, lambda n: n == 3, timeout_s=60)
+        # Several passes of the sweeps that could declare a node lost, with every agent heard again.
+        heard_at = sweep_runs()
+        wait_until(
+            sweep_runs,
+            lambda runs: all(now >= then + 2 for now, then in zip(runs, heard_at, strict=True)),
+            timeout_s=60,
+            every_s=0.5,
+            what="two passes of each sweep",
+        )
         after = api.get(f"/clusters/{cluster_id}").json()
         assert after["state"] == "running", after["events"]
         assert "node_lost" not in [e["kind"] for e in after["events"]]
@@ -194,13 +232,16 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         # and the next one finishes the healing on the spare device.
         worker_device = next(n["device_name"] for n in after["nodes"] if n["role"] == "worker")
         os.killpg(agents[int(worker_device.rsplit("-", 1)[1])].pid, signal.SIGKILL)
-        wait_for(
-            lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "degraded", 90, 0.1
+        wait_until(
+            lambda: api.get(f"/clusters/{cluster_id}").json()["state"],
+            lambda s: s == "degraded",
+            timeout_s=90,
+            every_s=0.1,
         )
         os.killpg(workers[-1].pid, signal.SIGKILL)
         workers[-1].wait(timeout=10)
         workers.append(start_task_worker(services_env, tmp_path / "worker-3.log"))
-        healed = wait_for(
+        healed = wait_until(
             lambda: api.get(f"/clusters/{cluster_id}").json(),
             lambda c: c["state"] == "running" and c["events"][-1]["kind"] == "running",
             timeout_s=120,
@@ -209,8 +250,12 @@ def test_a_task_worker_killed_mid_provisioning_loses_nothing(services_env, postg
         assert worker_device not in joined and len(joined) == 2, healed["events"]
 
         assert api.delete(f"/clusters/{cluster_id}").status_code == 202
-        wait_for(lambda: api.get(f"/clusters/{cluster_id}").json()["state"], lambda s: s == "terminated", 60)
-        wait_for(ready_devices, lambda n: n == 2, timeout_s=60)  # the dead machine's device stays offline
+        wait_until(
+            lambda: api.get(f"/clusters/{cluster_id}").json()["state"],
+            lambda s: s == "terminated",
+            timeout_s=60,
+        )
+        wait_until(ready_devices, lambda n: n == 2, timeout_s=60)  # the dead machine's device stays offline
         with session_scope(engine) as session:
             assert ledger.verify_books(session) == []
     finally:

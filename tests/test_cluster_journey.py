@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import RunningPortal, start_portal, stop_process_group
+from tests.conftest import RunningPortal, start_portal, stop_process_group, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -60,16 +60,6 @@ def sign_in(portal: RunningPortal, role: str) -> httpx.Client:
     return client
 
 
-def wait_for(fetch, done, timeout_s: float = 120, every_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fetch()
-        if done(value):
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not done within {timeout_s} s; last: {value}")
-
-
 def devices_ready(provider: httpx.Client) -> bool:
     devices = provider.get("/devices").json()
     return len(devices) == 2 and all(d["state"] == "ready" for d in devices)
@@ -77,7 +67,7 @@ def devices_ready(provider: httpx.Client) -> bool:
 
 def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     customer, provider = sign_in(demo_portal, "customer"), sign_in(demo_portal, "provider")
-    wait_for(lambda: provider, devices_ready, timeout_s=90)
+    wait_until(lambda: devices_ready(provider), timeout_s=90, what="both demo devices ready")
 
     offers = customer.get("/market/offers", params={"gpu_model": "H100-80GB"}).json()
     assert sum(o["gpus"] for o in offers) == 2 and all(o["simulated"] for o in offers)
@@ -92,9 +82,11 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     assert customer.post("/clusters", json={"name": "too many", **spec}).json()["error"]["code"] == (
         "capacity_short"
     )
-    cluster = wait_for(
+    cluster = wait_until(
         lambda: customer.get(f"/clusters/{cluster_id}").json(),
         lambda c: c["state"] in ("running", "failed"),
+        timeout_s=120,
+        every_s=0.25,
     )
     assert cluster["state"] == "running", cluster["events"]
     print(f"deploy to running: {time.monotonic() - started:.1f} s")
@@ -108,7 +100,7 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     job = customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": GPU_JOB})
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
-    finished = wait_for(
+    finished = wait_until(
         lambda: customer.get(f"/clusters/{cluster_id}/jobs/{job_id}").json(),
         lambda j: j["status"] in ("succeeded", "failed", "stopped"),
         timeout_s=120,
@@ -124,12 +116,15 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     assert extended["duration_hours"] == 3 and extended["expires_at"] > before
 
     assert customer.delete(f"/clusters/{cluster_id}").status_code == 202
-    ended = wait_for(
-        lambda: customer.get(f"/clusters/{cluster_id}").json(), lambda c: c["state"] == "terminated"
+    ended = wait_until(
+        lambda: customer.get(f"/clusters/{cluster_id}").json(),
+        lambda c: c["state"] == "terminated",
+        timeout_s=120,
+        every_s=0.25,
     )
     assert ended["escrow_micro"] == 0 and all(n["state"] == "released" for n in ended["nodes"])
     assert ended["spent_micro"] > 0
-    wait_for(lambda: provider, devices_ready, timeout_s=60)
+    wait_until(lambda: devices_ready(provider), timeout_s=60, what="both demo devices ready")
     # Ended: jobs can no longer be submitted, and other people never see the cluster.
     assert customer.post(f"/clusters/{cluster_id}/jobs", json={"entrypoint": "true"}).status_code == 409
     assert provider.get(f"/clusters/{cluster_id}").status_code == 403
@@ -137,7 +132,7 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
 
 def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(demo_portal, page: Page):
     provider = sign_in(demo_portal, "provider")
-    wait_for(lambda: provider, devices_ready, timeout_s=90)
+    wait_until(lambda: devices_ready(provider), timeout_s=90, what="both demo devices ready")
     login = {
         item["role"]: item for item in json.loads((demo_portal.data_dir / "demo_logins.json").read_text())
     }
@@ -185,7 +180,7 @@ def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(de
     expect(page.locator("#cluster-log")).to_contain_text("returned")
     page.goto(demo_portal.url + "/clusters")
     expect(page.locator("#cluster-table")).to_contain_text("from-the-wizard")
-    wait_for(lambda: provider, devices_ready, timeout_s=60)
+    wait_until(lambda: devices_ready(provider), timeout_s=60, what="both demo devices ready")
 
     # Billing: the cluster's uptime is charged per device, the rest of the escrow came back.
     page.goto(demo_portal.url + "/billing")

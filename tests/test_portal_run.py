@@ -4,7 +4,6 @@ stops everything on Ctrl-C."""
 import os
 import re
 import signal
-import time
 
 import httpx
 import psutil
@@ -13,7 +12,7 @@ from sqlmodel import select
 
 from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState
-from tests.conftest import start_portal, stop_process_group
+from tests.conftest import start_portal, stop_process_group, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -27,15 +26,21 @@ def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tm
         assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
         # Three local agents with simulated GPUs connect and prove themselves: the network is live at once.
         engine = build_engine(running.database_url)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def demo_devices() -> list[Device]:
             with session_scope(engine) as session:
-                devices = session.exec(select(Device)).all()
-            if len(devices) == 3 and all(d.state == DeviceState.READY and d.simulated for d in devices):
-                break
-            time.sleep(0.5)
+                return list(session.exec(select(Device)).all())
+
+        wait_until(
+            demo_devices,
+            lambda devices: (
+                len(devices) == 3 and all(d.state == DeviceState.READY and d.simulated for d in devices)
+            ),
+            timeout_s=60,
+            every_s=0.5,
+            what="three simulated demo devices ready",
+        )
         engine.dispose()
-        assert [d.state for d in devices] == [DeviceState.READY] * 3
         started = psutil.Process(running.process.pid)
         family = [started, *started.children(recursive=True)]
         # Ctrl-C in a terminal sends SIGINT to the whole foreground process group.

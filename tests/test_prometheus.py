@@ -5,7 +5,6 @@ heartbeats, and operators discover the agents' own endpoints over HTTP service d
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 
 import httpx
@@ -16,7 +15,7 @@ from portal.infra.db import session_scope
 from portal.models import Device, Role
 from portal.models.base import utcnow
 from portal.services.providers import telemetry
-from tests.conftest import IN_CI, free_port
+from tests.conftest import IN_CI, free_port, wait_until
 from tests.factories import access_token_for, api_key_for, device_token_for, make_user
 from tests.servers import ServerThread, portal_app
 
@@ -114,8 +113,8 @@ def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp
             start_new_session=True,
         )
         try:
-            deadline, found = time.monotonic() + 60, []
-            while time.monotonic() < deadline and not found:
+
+            def stored_gauge() -> list:
                 httpx.post(
                     f"{url}/api/v1/worker/heartbeat", json=BEAT, headers={"Authorization": f"Bearer {token}"}
                 )
@@ -125,11 +124,13 @@ def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp
                         params={"query": f'DCGM_FI_DEV_GPU_UTIL{{portal_device="{device_id}"}}'},
                         timeout=5,
                     )
-                    found = reply.json()["data"]["result"]
+                    return reply.json()["data"]["result"]
                 except (httpx.HTTPError, KeyError, ValueError):
-                    pass
-                time.sleep(0.5)
-            assert found, "Prometheus never stored the GPU gauge"
+                    return []
+
+            found = wait_until(
+                stored_gauge, timeout_s=60, every_s=0.5, what="Prometheus storing the GPU gauge"
+            )
             assert float(found[0]["value"][1]) == 42.0 and found[0]["metric"]["gpu"] == "0"
             # The query layer's Prometheus back end answers in the same shape as the embedded store.
             with_prometheus = parts.settings.model_copy(update={"prometheus_url": f"http://127.0.0.1:{port}"})
