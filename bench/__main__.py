@@ -81,17 +81,28 @@ def report(name: str, samples: list[float]) -> None:
 
 
 def credentials_in(url: str) -> tuple[str, str]:
-    """A customer in the running portal's database, with an access token and an API key."""
-    from portal.models import Role
-    from portal.services.accounts import users
-    from tests.factories import access_token_for, api_key_for
+    """A customer in the running portal's database, with an access token (a signed-in session's, as the
+    login route issues it) and an API key."""
+    from datetime import timedelta
+
+    from portal.models import AuthSession, Role
+    from portal.security.jwt import issue_access_token
+    from portal.security.principal import RequestOrigin
+    from portal.services.accounts import api_keys, users
 
     engine = build_engine(url)
     with session_scope(engine) as session:
         user = users.create_user(session, email="bench@example.com", password=None, roles=[Role.CUSTOMER])
-        credentials = access_token_for(session, user), api_key_for(session, user)
+        auth_session = AuthSession(user_id=user.id, expires_at=utcnow() + timedelta(days=1))
+        session.add(auth_session)
+        session.flush()
+        roles = {str(role) for role in users.roles_of(session, user.id)}
+        access_token, _ = issue_access_token(user.id, auth_session.id, roles)
+        _, api_key = api_keys.create_key(
+            session, user_id=user.id, name="bench key", scopes=list(api_keys.SCOPES), origin=RequestOrigin()
+        )
     engine.dispose()
-    return credentials
+    return access_token, api_key
 
 
 def bench_http() -> None:

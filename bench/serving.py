@@ -1,12 +1,17 @@
-"""Helpers for benches that start servers: a free loopback port, and waiting until a server answers."""
+"""Helpers for benches that start servers: a free loopback port, an app served in a thread of this process,
+and waiting until a server process answers."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
+import uvicorn
 
 
 def free_port() -> int:
@@ -26,3 +31,25 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 2
         except httpx.HTTPError:
             time.sleep(0.3)
     raise SystemExit(f"{url} did not answer in {timeout_s} s")
+
+
+@contextmanager
+def serving_in_thread(app: object) -> Iterator[str]:
+    """``with serving_in_thread(app) as url:`` serves the ASGI ``app`` on loopback (uvicorn in a thread,
+    no lifespan) until the block ends."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise SystemExit(f"a server on port {port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        # Forced: open connections would otherwise hold a graceful shutdown.
+        server.should_exit = server.force_exit = True
+        thread.join(timeout=10)

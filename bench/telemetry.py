@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.serving import free_port, serving_in_thread
 from portal.api.app import create_api
 from portal.config import Settings
 from portal.infra import migrations
@@ -32,7 +33,6 @@ from portal.models import Device, DeviceState, Gpu, GpuSample, User
 from portal.models.base import utcnow
 from portal.parts import AppParts
 from portal.services.providers import liveness, telemetry
-from tests.servers import ServerThread, free_port
 
 DEVICES = 10_000
 CLUSTER_DEVICES = 64
@@ -122,7 +122,7 @@ def serve_and_compare(parts: AppParts, cluster: list[uuid.UUID]) -> None:
     from bench.__main__ import report, timings_ms
 
     binary = shutil.which("prometheus")
-    with ServerThread(create_api(parts)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with serving_in_thread(create_api(parts)) as url, httpx.Client(base_url=url, timeout=60) as client:
         report("/metrics (20,000 GPUs)", timings_ms(lambda: client.get("/metrics"), 10, warmup=1))
         size = len(client.get("/metrics").content)
         print(f"  /metrics is {size / 1e6:.1f} MB")
