@@ -47,8 +47,9 @@ worker: setup
 test: setup browser
 	$(BIN)/pytest
 
+# Without the tests that drive Chromium or start real portals, Ray nodes or agents (pyproject.toml markers).
 test-fast: setup
-	$(BIN)/pytest -m "not browser"
+	$(BIN)/pytest -m "not browser and not slow"
 
 bench: setup
 	$(BIN)/python -m bench

@@ -10,7 +10,7 @@ from portal.infra.db import build_engine, session_scope
 from portal.models import Role
 from portal.services.accounts import users
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 PASSWORD = "a long test password"
 

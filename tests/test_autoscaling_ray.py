@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import RunningPortal
+from tests.conftest import RunningPortal, wait_until
 from tests.test_chaos import run_job, three_agent_portal
-from tests.test_cluster_journey import sign_in, wait_for
+from tests.test_cluster_journey import sign_in
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 IDLE_TIMEOUT_S = 15
 # Three one-GPU bundles on three distinct nodes, on a one-node cluster: the autoscaler must add two
 # one-GPU workers, and a task in each bundle reports its node.
@@ -65,7 +65,7 @@ def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal, pa
     expect(page.locator("#cluster-autoscaling")).to_have_text("0 to 2 workers, with the Ray load")
     cluster_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     fetch = lambda: customer.get(f"/clusters/{cluster_id}").json()  # noqa: E731
-    cluster = wait_for(fetch, lambda c: c["state"] == "running", timeout_s=120, every_s=1)
+    cluster = wait_until(fetch, lambda c: c["state"] == "running", timeout_s=120, every_s=1)
     assert len(active(cluster)) == 1
 
     # The load needs three GPUs: the autoscaler adds two workers and the job spreads over three nodes.
@@ -78,11 +78,11 @@ def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal, pa
     assert messages and all("The Ray autoscaler asked for" in m for m in messages)
 
     # Idle past the timeout: both workers are released, the cluster runs on as one node.
-    cluster = wait_for(fetch, lambda c: len(active(c)) == 1, timeout_s=IDLE_TIMEOUT_S + 90, every_s=1)
+    cluster = wait_until(fetch, lambda c: len(active(c)) == 1, timeout_s=IDLE_TIMEOUT_S + 90, every_s=1)
     assert cluster["state"] == "running" and cluster["gpu_count"] == 1
     assert len([e for e in cluster["events"] if e["kind"] == "scaled_down"]) == 2
     assert not [e for e in cluster["events"] if e["kind"] in ("node_lost", "scale_refused")]
-    wait_for(
+    wait_until(
         lambda: provider.get("/devices").json(),
         lambda devices: sorted(d["state"] for d in devices) == ["hired", "ready", "ready"],
         timeout_s=60,
@@ -91,7 +91,7 @@ def test_a_cluster_grows_with_its_ray_load_and_shrinks_back_when_idle(portal, pa
 
     # The added workers were metered like any other node: their devices have usage lines.
     assert customer.delete(f"/clusters/{cluster_id}").status_code in (200, 202)
-    wait_for(fetch, lambda c: c["state"] == "terminated", timeout_s=60, every_s=1)
+    wait_until(fetch, lambda c: c["state"] == "terminated", timeout_s=60, every_s=1)
     usage = customer.get("/billing/usage", params={"cluster_id": cluster_id, "limit": 100}).json()
     charged_devices = {line["device_name"] for line in usage["items"]}
     assert len(charged_devices) == 3

@@ -23,6 +23,8 @@ from playwright.sync_api import Page, expect
 from tests.conftest import VENV_BIN, RunningPortal, start_portal, stop_process_group, wait_until
 from tests.test_cluster_journey import GPU_JOB, sign_in
 
+pytestmark = pytest.mark.slow
+
 
 def kill_agent(portal: RunningPortal, device_name: str) -> float:
     """`portal demo kill-agent`: the device's machine dies, agent and Ray node at once. Returns when."""
@@ -81,6 +83,7 @@ def run_job(customer: httpx.Client, cluster_id: str, entrypoint: str = GPU_JOB) 
     return customer.get(f"/clusters/{cluster_id}/jobs/{job_id}/logs").json()["logs"]
 
 
+@pytest.mark.browser
 def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(chaos, page: Page):
     portal = chaos
     customer = sign_in(portal, "customer")

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import RunningPortal, start_portal, stop_process_group, wait_until
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.slow
 
 # Two tasks of one GPU each, held for 2 s so that they run at once: each lands on its own node and sees
 # the one GPU Ray gave it.
@@ -130,6 +130,7 @@ def test_deploy_run_a_gpu_job_extend_and_terminate(demo_portal):
     assert provider.get(f"/clusters/{cluster_id}").status_code == 403
 
 
+@pytest.mark.browser
 def test_the_wizard_deploys_the_cluster_page_follows_it_and_terminate_ends_it(demo_portal, page: Page):
     provider = sign_in(demo_portal, "provider")
     wait_until(lambda: devices_ready(provider), timeout_s=90, what="both demo devices ready")

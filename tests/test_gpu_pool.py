@@ -332,6 +332,7 @@ def command_and_wait(
         return session.get(DeviceCommand, command.id)
 
 
+@pytest.mark.slow
 def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api):
     server, parts = portal_api
     (head_id, head_token), (worker_id, worker_token) = add_device(parts, "head"), add_device(parts, "worker")

@@ -317,7 +317,7 @@ def test_pages_connect_only_to_the_portals_own_origin():
         assert connect == f"connect-src 'self' {websocket}"
 
 
-@pytest.mark.browser
+@pytest.mark.slow
 def test_the_running_portal_keeps_page_redirects_and_websockets_on_its_origin(portal):
     for path in ("/login", "/signup", "/unlock"):
         response = httpx.get(portal.url + path, headers={"Host": "evil.example"}, follow_redirects=False)

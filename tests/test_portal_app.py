@@ -10,9 +10,10 @@ from portal.infra.db import build_engine, session_scope
 from portal.models import DeviceState
 from tests.factories import make_device, make_provider
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.slow
 
 
+@pytest.mark.browser
 def test_the_landing_page_shows_live_network_counts_from_the_database(portal, page: Page):
     page.goto(portal.url + "/")
     expect(page.get_by_text("No GPUs are online yet")).to_be_visible()
@@ -40,6 +41,7 @@ def test_the_landing_page_shows_live_network_counts_from_the_database(portal, pa
     engine.dispose()
 
 
+@pytest.mark.browser
 def test_navigation_reaches_the_four_areas(portal, page: Page):
     page.goto(portal.url + "/")
     for link, heading in [
@@ -53,6 +55,7 @@ def test_navigation_reaches_the_four_areas(portal, page: Page):
     expect(page.get_by_role("heading", name="The network right now")).to_be_visible()
 
 
+@pytest.mark.browser
 def test_the_theme_switches_between_light_and_dark(portal, page: Page):
     page.goto(portal.url + "/")
     html = page.locator("html")
@@ -95,6 +98,7 @@ def test_pages_carry_the_security_headers(portal):
     assert headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.browser
 def test_the_api_docs_render_offline_in_the_browser(portal, page: Page):
     page.goto(portal.url + "/api/docs")
     expect(page.get_by_text("GPU Portal API").first).to_be_visible()

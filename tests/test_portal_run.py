@@ -14,7 +14,7 @@ from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState
 from tests.conftest import start_portal, stop_process_group, wait_until
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.slow
 
 
 def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tmp_path):

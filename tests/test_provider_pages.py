@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import VENV_BIN
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, page: Page):
