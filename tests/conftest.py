@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from portal.infra.db import build_engine  # noqa: E402
 from portal.infra.wakeups import MemoryWakeups  # noqa: E402
 from portal.parts import AppParts  # noqa: E402
 from tasks.followups import TaskFollowUps  # noqa: E402
-from tests.servers import ServerThread, portal_app  # noqa: E402
+from tests.servers import ServerThread, free_port, portal_app  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 VENV_BIN = Path(sys.executable).parent
@@ -70,12 +69,6 @@ def run_coroutine(coroutine: object) -> object:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def closed_port() -> int:
