@@ -2,10 +2,10 @@
 
 import dramatiq
 
-from portal.infra.cache import get_cache
+from portal import parts
 from portal.services.health import record_pong
 
 
 @dramatiq.actor(max_retries=3, time_limit=10_000)
 def ping(token: str) -> None:
-    record_pong(get_cache(), token)
+    record_pong(parts.current().cache, token)

@@ -46,9 +46,9 @@ def get_engine() -> Engine:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(engine or get_engine(), expire_on_commit=False) as session:
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (on the engine of the caller's parts)."""
+    with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

@@ -15,8 +15,8 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from sqlmodel import Session
 
+from portal import parts
 from portal.config import Settings
-from portal.infra.cache import get_cache
 from portal.models import DepositAccount, Role
 from portal.security.passwords import verify_password
 from portal.security.principal import RequestOrigin
@@ -132,7 +132,11 @@ def demo_devices(session: Session, count: int) -> list[tuple[str, str]]:
             )
         else:
             token = devices.rotate_token(
-                session, get_cache(), owner_id=provider.id, device_id=device.id, origin=RequestOrigin()
+                session,
+                parts.current().cache,
+                owner_id=provider.id,
+                device_id=device.id,
+                origin=RequestOrigin(),
             )
         agents.append((token, spec))
     return agents
