@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,13 @@ from sqlmodel import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
 from portal.infra.cache import MemoryCache, RedisCache
 from portal.infra.db import session_scope
 from portal.infra.metrics import REGISTRY
 from portal.models import Device, DeviceState, GpuSample, HearingGap, Role
 from portal.models.base import utcnow
+from portal.parts import AppParts
 from portal.security.firewall import API_CSP
 from portal.security.principal import RequestOrigin
 from portal.services.providers import devices, liveness
@@ -94,7 +95,8 @@ def beat(client: TestClient, token: str, body: object = BEAT) -> httpx.Response:
 
 
 def lane_answers() -> float:
-    labels = {"method": "POST", "route": HEARTBEAT_PATH, "status": "200"}
+    """Beats answered, by the app or the lane: both count them under the route's template in its router."""
+    labels = {"method": "POST", "route": "/worker/heartbeat", "status": "200"}
     return REGISTRY.get_sample_value("portal_http_requests_total", labels) or 0.0
 
 
@@ -126,6 +128,36 @@ def test_a_known_device_beats_without_reaching_the_app_and_gets_the_same_answer(
         assert device.last_heartbeat_at is not None
         utils = session.exec(GpuSample.__table__.select().where(GpuSample.device_id == device_id)).all()
         assert {row.util_pct for row in utils} == {42.5}
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_lane_answer_has_the_apps_headers_access_line_and_metrics(lane_parts, scheme, caplog):
+    app, spy = serve(lane_parts)
+    _, token = add_device(lane_parts)
+    answered_before = lane_answers()
+
+    def beat_as(client: TestClient, request_id: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "X-Request-Id": request_id}
+        return client.post(HEARTBEAT_PATH, json=BEAT, headers=headers)
+
+    with (
+        TestClient(app, base_url=f"{scheme}://portal") as client,
+        caplog.at_level(logging.INFO, logger="portal.access"),
+    ):
+        through_app = beat_as(client, "app-beat")
+        in_lane = beat_as(client, "lane-beat")
+
+    assert spy.reached == [HEARTBEAT_PATH]  # the second beat was the lane's
+    assert [through_app.headers["x-request-id"], in_lane.headers["x-request-id"]] == ["app-beat", "lane-beat"]
+    assert {**in_lane.headers, "x-request-id": ""} == {**through_app.headers, "x-request-id": ""}
+    assert ("strict-transport-security" in in_lane.headers) == (scheme == "https")
+    app_line, lane_line = [line for line in caplog.records if line.name == "portal.access"]
+    assert set(vars(lane_line)) == set(vars(app_line))
+    for line, request_id in ((app_line, "app-beat"), (lane_line, "lane-beat")):
+        assert line.getMessage() == f"POST {HEARTBEAT_PATH} 200"
+        assert (line.method, line.path, line.status) == ("POST", HEARTBEAT_PATH, 200)
+        assert line.request_id == request_id
+    assert lane_answers() == answered_before + 2
 
 
 def test_a_rotated_token_is_refused_by_the_app_even_though_the_lane_knew_it(lane):

@@ -4,9 +4,14 @@ Every agent beats every few seconds, so beats are most of the portal's requests.
 beat pays for Reflex's context middleware, Starlette's routing and error handling, the API's middleware and
 FastAPI's dependency solving: several times the cost of the beat itself. The lane answers the beats it can
 admit from the cache alone (a device token the cache knows, the caller's IP under its rate limit, a
-well-formed body nested no deeper than the firewall allows) with the route's own function, headers, metrics
-and access log. Anything else (a token not cached or revoked, a bad body, the limit reached, an error) goes
-on to the app with its body, so every refusal is the API's own answer.
+well-formed body nested no deeper than the firewall allows) with the route's own function. Anything else (a
+token not cached or revoked, a bad body, the limit reached, an error) goes on to the app with its body, so
+every refusal is the API's own answer.
+
+What the app's middleware does for every request, the lane does with the same functions: the per-IP count
+with the firewall's key and expiry (in the beat's own round trip to the cache; over the limit the script
+notes nothing and the firewall refuses the beat on that count, 429 with Retry-After), ``security_headers``,
+and ``RequestContext`` for the request id, the access log line and the metrics.
 """
 
 from __future__ import annotations
@@ -16,23 +21,22 @@ import functools
 import time
 import uuid
 
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from portal.api import worker
 from portal.api.app import API_PREFIX
-from portal.api.deps import AppParts
-from portal.api.middleware import record_request, request_id_of
-from portal.api.worker import answer_beat
-from portal.infra.logs import request_id_var
+from portal.api.middleware import RequestContext
 from portal.models.base import utcnow
+from portal.parts import AppParts
 from portal.schemas.devices import GpuSampleIn, HeartbeatIn, HeartbeatOut
 from portal.security.authentication import REVOKED, device_of_entry, device_token_key
 from portal.security.firewall import (
     IP_RATE_COUNT,
-    WINDOW_S,
-    client_ip,
+    counter_ttl_s,
+    ip_rate_counter,
     json_nesting_exceeds,
-    rate_counter,
     replaying,
     security_headers,
 )
@@ -40,6 +44,12 @@ from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash
 from portal.services.providers import agents, liveness
 
 HEARTBEAT_PATH = f"{API_PREFIX}/worker/heartbeat"
+# The route the app answers beats with: a beat the lane answers is counted and logged as that route's.
+_HEARTBEAT_ROUTE = next(
+    route
+    for route in worker.router.routes
+    if isinstance(route, APIRoute) and route.endpoint is worker.heartbeat
+)
 _BEARER = f"Bearer {DEVICE_TOKEN_PREFIX}_".encode()
 _GPUS = TypeAdapter(list[GpuSampleIn])
 
@@ -77,7 +87,7 @@ class _Batches:
                 [beat for beat, _ in batch],
                 revoked=REVOKED,
                 rate_limit=self.parts.settings.rate_limit_per_minute,
-                rate_window_s=WINDOW_S + 1,
+                rate_window_s=counter_ttl_s(),
                 now=utcnow(),
                 sweep_s=agents.COMMAND_SWEEP_S,
             )
@@ -126,14 +136,15 @@ class HeartbeatLane:
         if json_nesting_exceeds(body):  # the app's firewall refuses it, before anything parses it
             await self.app(scope, replaying(body, receive), send)
             return
-        request_id = request_id_of(headers)
-        context = request_id_var.set(request_id)
+        context = RequestContext(scope, headers, started)
+        answer = None
         try:
             answer = await self._answer(scope, token[len(b"Bearer ") :].decode("latin-1"), body)
         except Exception:  # the app answers the same request, with its own error handling
-            answer = None
+            pass
         finally:
-            request_id_var.reset(context)
+            if answer is None:
+                context.leave()  # the app answers it, in a context of its own
         if answer is None:
             await self.app(scope, replaying(body, receive), send)
             return
@@ -142,20 +153,23 @@ class HeartbeatLane:
             if not answer.commands
             else answer.model_dump_json().encode()
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"x-request-id", request_id.encode()),
-                    *security_headers(scope, self.parts.settings.base_url),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-        record_request(scope, HEARTBEAT_PATH, 200, time.perf_counter() - started)
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [  # in the order the app's answer has them
+                        (b"content-length", str(len(payload)).encode()),
+                        (b"content-type", b"application/json"),
+                        *security_headers(scope, self.parts.settings.base_url),
+                        context.id_header,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+        finally:
+            scope["route"] = _HEARTBEAT_ROUTE
+            context.answered(200)
 
     async def _answer(self, scope: Scope, token: str, body: bytes) -> HeartbeatOut | None:
         """The beat's answer, or None when the app must answer it."""
@@ -166,7 +180,7 @@ class HeartbeatLane:
         heard = await self.batches.note(
             liveness.TokenBeat(
                 token_key=_token_key(token),
-                rate_key=rate_counter("ip", client_ip(scope), time.time()),
+                rate_key=ip_rate_counter(scope, time.time()),
                 gpus_json=_GPUS.dump_json(sent.gpus).decode(),
                 ray_json=sent.ray.model_dump_json(),
             )
@@ -174,7 +188,7 @@ class HeartbeatLane:
         scope[IP_RATE_COUNT] = heard.rate_count
         if heard.noted is None or heard.token_entry is None:
             return None
-        return await answer_beat(self.parts, _device_of(heard.token_entry), heard.noted)
+        return await worker.answer_beat(self.parts, _device_of(heard.token_entry), heard.noted)
 
 
 @functools.lru_cache(maxsize=65_536)  # an entry per device: its token hashed once, not at every beat

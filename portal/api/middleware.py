@@ -23,6 +23,40 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _UNROUTED = "unrouted"
 
 
+class RequestContext:
+    """One request, from its arrival to its answer: its id, on every log line written meanwhile and sent back
+    in ``X-Request-Id``, then its access log line and metrics. The middleware below and the heartbeat lane
+    both answer through it, so their log lines, metrics and request ids are the same.
+
+    Enter and leave it in the same task: the id is a context variable, reset where it was set.
+    """
+
+    __slots__ = ("_context", "_started", "id_header", "scope")
+
+    def __init__(self, scope: Scope, headers: dict[bytes, bytes], started: float | None = None) -> None:
+        self.scope = scope
+        self._started = time.perf_counter() if started is None else started
+        request_id = request_id_of(headers)
+        self.id_header = (b"x-request-id", request_id.encode())
+        self._context = request_id_var.set(request_id)
+
+    def answered(self, status: int) -> None:
+        """Write the access log line and the metrics, the line still carrying the request's id; then leave.
+
+        Counted by the route that answered (``scope["route"]``, set by FastAPI's routing: the route's
+        template in its own router), else together with the web app's assets and websocket."""
+        matched = self.scope.get("route")
+        route = matched.path if isinstance(matched, Route) else _UNROUTED
+        try:
+            record_request(self.scope, route, status, time.perf_counter() - self._started)
+        finally:
+            self.leave()
+
+    def leave(self) -> None:
+        """Leave without a line: someone else answers the request."""
+        request_id_var.reset(self._context)
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -31,26 +65,20 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_of(dict(scope.get("headers") or []))
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
+        context = RequestContext(scope, dict(scope.get("headers") or []))
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), context.id_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            matched = scope.get("route")
-            route = matched.path if isinstance(matched, Route) else _UNROUTED
-            record_request(scope, route, status, time.perf_counter() - started)
-            request_id_var.reset(token)
+            context.answered(status)
 
 
 @functools.cache  # few: route templates, not paths
@@ -71,7 +99,7 @@ def record_request(scope: Scope, route: str, status: int, elapsed_s: float) -> N
     requests, seconds = _metrics_of(method, route, status)
     requests.inc()
     seconds.observe(elapsed_s)
-    if route != _UNROUTED:
+    if route != _UNROUTED and logger.isEnabledFor(logging.INFO):  # not even its fields when off
         logger.info(
             "%s %s %s",
             method,

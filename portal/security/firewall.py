@@ -31,7 +31,8 @@ _AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
 
 
 # The request's count in its IP's window, set on the scope by the heartbeat lane when it counted the
-# request already before handing it on.
+# request already (in its own round trip to the cache, with ``ip_rate_counter`` and ``counter_ttl_s``)
+# before handing it on: the firewall then decides on that count.
 IP_RATE_COUNT = "portal.ip_rate_count"
 
 
@@ -40,8 +41,18 @@ def rate_counter(scope: str, identity: str, now: float, window_s: int = WINDOW_S
     return f"rl:{scope}:{identity}:{int(now // window_s)}"
 
 
+def ip_rate_counter(scope: Scope, now: float) -> str:
+    """The key counting API requests from the client's IP: the firewall's and the heartbeat lane's."""
+    return rate_counter("ip", client_ip(scope), now)
+
+
+def counter_ttl_s(window_s: int = WINDOW_S) -> int:
+    """How long a window's counter is kept: a second past the window, so its last request still finds it."""
+    return window_s + 1
+
+
 def check_rate(cache: Cache, scope: str, identity: str, limit: int, window_s: int = WINDOW_S) -> None:
-    count = cache.incr(rate_counter(scope, identity, time.time(), window_s), ttl_s=window_s + 1)
+    count = cache.incr(rate_counter(scope, identity, time.time(), window_s), ttl_s=counter_ttl_s(window_s))
     enforce_rate(count, limit, window_s)
 
 
@@ -114,14 +125,13 @@ class FirewallMiddleware:
         parts = scope["app"].state.parts
         settings = parts.settings
         try:
-            counted = scope.get(IP_RATE_COUNT)
-            if counted is not None:
-                enforce_rate(counted, settings.rate_limit_per_minute)
-            else:
+            counted = scope.get(IP_RATE_COUNT)  # counted already when the heartbeat lane hands a beat on
+            if counted is None:
                 # The cache may be Redis: its blocking client must not stall the event loop.
-                await anyio.to_thread.run_sync(
-                    check_rate, parts.cache, "ip", client_ip(scope), settings.rate_limit_per_minute
+                counted = await anyio.to_thread.run_sync(
+                    parts.cache.incr, ip_rate_counter(scope, time.time()), counter_ttl_s()
                 )
+            enforce_rate(counted, settings.rate_limit_per_minute)
         except RateLimited as limited:
             await error_response(429, limited.code, limited.message, limited.details, limited.headers)(
                 scope, receive, send
@@ -193,7 +203,8 @@ def page_csp(base_url: str) -> str:
 
 
 def security_headers(scope: Scope, base_url: str) -> list[tuple[bytes, bytes]]:
-    """The headers every response to this request carries, whoever answers it."""
+    """The headers every response to this request carries, whoever answers it (the app's middleware below,
+    the heartbeat lane in front of it)."""
     path = scope["path"]
     csp = DOCS_CSP if path == "/api/docs" else API_CSP if path.startswith("/api/") else page_csp(base_url)
     headers = [
