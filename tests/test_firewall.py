@@ -4,9 +4,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from portal.api.app import create_api
-from portal.api.deps import AppParts
 from portal.infra.cache import RedisCache
 from portal.infra.db import session_scope
+from portal.parts import AppParts
 from tests.factories import access_token_for, make_user
 
 
