@@ -42,7 +42,7 @@ from portal.models import (
 )
 from portal.models.base import utcnow
 from portal.parts import AppParts
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.money import chain, ledger, payouts
 from portal.services.money.chain import LiteSvmChain
 from portal.services.money.treasury import local_settlement
@@ -131,13 +131,10 @@ def _running_clusters(engine: Engine) -> None:
 
 def _metering_pass(engine: Engine, settings: Settings) -> tuple[float, int, int]:
     """One run of the ``meter_clusters`` actor, as the scheduler sends it."""
-    use_parts(AppParts(settings, engine, MemoryCache()))
-    try:
+    with parts_in_use(AppParts(settings, engine, MemoryCache())):
         started = time.perf_counter()
         billing_actors.meter_clusters.fn()
         elapsed = time.perf_counter() - started
-    finally:
-        use_parts(None)
     with session_scope(engine) as session:
         lines = len(session.exec(select(UsageRecord.id)).scalars().all())  # type: ignore[call-overload]
         seconds = sum(session.exec(select(UsageRecord.seconds)).scalars().all())  # type: ignore[call-overload]

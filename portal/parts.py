@@ -8,6 +8,8 @@ so they share one database and cache. Nothing else reads the global settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -47,3 +49,14 @@ def use(chosen: AppParts | None) -> None:
     """Hand this process its parts (None: build them from the settings at the next ``current``)."""
     global _current
     _current = chosen
+
+
+@contextmanager
+def in_use(chosen: AppParts) -> Iterator[AppParts]:
+    """``chosen`` are this process's parts for the block (a test's or a bench's), then the previous ones."""
+    global _current
+    previous, _current = _current, chosen
+    try:
+        yield chosen
+    finally:
+        _current = previous

@@ -5,7 +5,7 @@ from sqlmodel import select
 
 from portal.infra.db import session_scope
 from portal.models import AuditLog, Cluster, Role, User
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.money import ledger
 from portal.services.rentals import clusters
 from tasks import billing as billing_actors
@@ -21,11 +21,8 @@ def test_a_running_cluster_is_metered_and_shows_in_balance_ledger_usage_and_earn
     cluster_id, customer_id, devices = run_to_running(parts.engine, [1], 1)
     backdate(parts.engine, cluster_id, 900)
     beat(parts.engine, devices)
-    use_parts(parts)
-    try:
+    with parts_in_use(parts):
         billing_actors.meter_clusters.fn()
-    finally:
-        use_parts(None)
     with session_scope(parts.engine) as session:
         customer = bearer(session, session.get(User, customer_id))
         provider = bearer(session, session.get(User, devices[0].owner_id))

@@ -7,7 +7,7 @@ from sqlmodel import col, select
 from portal.infra.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, HearingGap
 from portal.models.base import utcnow
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.providers import agents, faults, liveness
 from tasks import devices
 from tests.test_clusters import SETTINGS, market_with
@@ -19,11 +19,8 @@ def test_a_silent_idle_device_goes_offline_and_comes_back_with_its_next_beat(par
         silent.last_heartbeat_at = hired.last_heartbeat_at = utcnow() - timedelta(minutes=1)
         hired.state = DeviceState.HIRED
         session.add_all([silent, hired])
-    use_parts(parts)
-    try:
+    with parts_in_use(parts):
         devices.mark_silent_devices_offline.fn()
-    finally:
-        use_parts(None)
     with session_scope(parts.engine) as session:
         states = {d.id: d.state for d in session.exec(select(Device)).all()}
         assert states == {silent.id: "offline", hired.id: "hired", chatty.id: "ready"}

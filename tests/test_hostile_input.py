@@ -18,7 +18,7 @@ from sqlmodel import func, select
 
 from portal.infra.db import session_scope
 from portal.models import ApiKey, Cluster, Device, Role, User
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.security.firewall import MAX_JSON_DEPTH, json_nesting_exceeds
 from portal.security.principal import RequestOrigin
 from portal.services import csv_export
@@ -205,11 +205,8 @@ def test_a_device_named_like_a_formula_is_plain_text_in_its_customers_invoice(pa
     cluster_id, customer_id, found = run_to_running(parts.engine, [1], 1)
     backdate(parts.engine, cluster_id, 900)
     agents_beat(parts.engine, found)
-    use_parts(parts)
-    try:
+    with parts_in_use(parts):
         billing_actors.meter_clusters.fn()
-    finally:
-        use_parts(None)
     with session_scope(parts.engine) as session:
         device = session.get(Device, found[0].id)
         device.name = HYPERLINK

@@ -11,7 +11,7 @@ from sqlmodel import select
 from portal.infra.db import session_scope
 from portal.models import Device, DeviceState, FaultEvent, StateTransition
 from portal.models.base import utcnow
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.providers import reliability
 from portal.services.rentals import placement
 from tasks import devices as device_actors
@@ -65,11 +65,8 @@ def test_the_actor_stores_scores_and_placement_prefers_the_reliable_device_at_eq
         for device in (flaky, steady):
             up_since(session, device, 2)
         fault(session, flaky)
-    use_parts(parts)
-    try:
+    with parts_in_use(parts):
         device_actors.refresh_reliability.fn()
-    finally:
-        use_parts(None)
     with session_scope(parts.engine) as session:
         stored = dict(session.exec(select(Device.id, Device.reliability)).all())
         assert stored[steady.id] == pytest.approx(1.0) and stored[flaky.id] == pytest.approx(0.9)

@@ -11,7 +11,7 @@ from portal.infra.cache import MemoryCache
 from portal.infra.db import session_scope
 from portal.models import Device, DeviceCommand, DeviceState, FaultEvent
 from portal.models.base import utcnow
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.providers import agents, verification
 from tasks import devices, scheduler
 from tests.conftest import wait_until
@@ -22,9 +22,8 @@ from tests.test_gpu_pool import RunningAgent, WrongAgent, add_device, device_row
 @pytest.fixture
 def actors_use(portal_api):
     """The actors work on the test's database and wake-ups."""
-    use_parts(portal_api[1])
-    yield portal_api
-    use_parts(None)
+    with parts_in_use(portal_api[1]):
+        yield portal_api
 
 
 def age_proof(parts, device_id: str, hours: int) -> None:

@@ -15,7 +15,7 @@ from portal.infra.db import build_engine, session_scope
 from portal.infra.migrations import upgrade
 from portal.models import Payout, PayoutState, Role, User
 from portal.parts import AppParts
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.money import chain, treasury
 from tasks import billing as billing_actors
 from tests.conftest import settings_for
@@ -37,9 +37,8 @@ def parts(tmp_path):
         platform_fee_bps=1000,
     )
     parts = AppParts(settings, engine, MemoryCache())
-    use_parts(parts)
-    yield parts
-    use_parts(None)
+    with parts_in_use(parts):
+        yield parts
     engine.dispose()
 
 

@@ -12,7 +12,7 @@ from sqlmodel import select
 from portal.infra.db import session_scope
 from portal.models import DeviceState, Payout, PayoutState, Role, UsageRecord
 from portal.models.base import utcnow
-from portal.parts import use as use_parts
+from portal.parts import in_use as parts_in_use
 from portal.services.network import analytics
 from tasks import billing as billing_actors
 from tests.factories import access_token_for, make_user
@@ -23,11 +23,8 @@ def network(parts) -> tuple[str, dict]:
     cluster_id, _, devices = run_to_running(parts.engine, [1, 1], 2)
     backdate(parts.engine, cluster_id, 3600)
     beat(parts.engine, devices)
-    use_parts(parts)
-    try:
+    with parts_in_use(parts):
         billing_actors.meter_clusters.fn()
-    finally:
-        use_parts(None)
     with session_scope(parts.engine) as session:
         idle = market_with(session, [2])[0]
         idle.last_heartbeat_at = utcnow()
