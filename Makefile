@@ -18,7 +18,7 @@ export REFLEX_BUN_PATH := $(CURDIR)/$(BUN)
 export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
 export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
 
-.PHONY: setup run test test-fast bench lint browser worker clean
+.PHONY: setup run test test-fast bench lint browser mesh worker clean
 
 setup: $(VENV)/.installed $(BUN)
 
@@ -38,13 +38,18 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# Debian's Nebula: nebula-cert signs and checks the overlay's certificates in the tests (the portal is the
+# overlay's certificate authority), nebula runs its nodes.
+mesh:
+	@command -v nebula-cert >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nebula; }
+
 run: setup
 	$(BIN)/portal run
 
 worker: setup
 	$(BIN)/portal worker
 
-test: setup browser
+test: setup browser mesh
 	$(BIN)/pytest
 
 # Without the tests that drive Chromium or start real portals, Ray nodes or agents (pyproject.toml markers).

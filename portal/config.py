@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "PORTAL_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +39,38 @@ class Environment(StrEnum):
 class LogFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
+
+
+class MeshKind(StrEnum):
+    NONE = "none"  # every node on loopback, as on one host
+    NEBULA = "nebula"
+
+
+_HOST_PORT = re.compile(
+    r"^(?:(?P<name>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\]):(?P<port>[0-9]{1,5})$"
+)
+
+
+class Lighthouse(BaseModel):
+    """A Nebula lighthouse: its address on the overlay and where nodes reach it on the internet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    overlay_ip: ipaddress.IPv4Address
+    public_address: str = Field(description="host:port of its UDP listener, e.g. 203.0.113.7:4242.")
+
+    @field_validator("public_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        found = _HOST_PORT.match(value) if len(value) <= 260 else None
+        if found is None or not 1 <= int(found["port"]) <= 65535:
+            raise ValueError(f"{value[:80]!r} is not host:port, e.g. 203.0.113.7:4242 or lh.example.com:4242")
+        if found["ipv6"] is not None:
+            try:
+                ipaddress.IPv6Address(found["ipv6"])
+            except ValueError:
+                raise ValueError(f"{value[:80]!r} has no valid IPv6 address in its brackets") from None
+        return value
 
 
 class SettingsError(Exception):
@@ -187,6 +229,32 @@ class Settings(BaseSettings):
     max_node_replacements: Annotated[int, Field(ge=0, le=20)] = Field(
         default=3, description="Devices tried in place of failed ones before a deploy fails."
     )
+    mesh: MeshKind = Field(
+        default=MeshKind.NONE,
+        description="nebula: devices and the portal join one Nebula overlay, the portal its certificate "
+        "authority; none: everything on loopback, as on one host.",
+    )
+    overlay_cidr: str = Field(
+        default="100.64.0.0/10",
+        description="The overlay's IPv4 network; the portal's node takes its first host, devices the rest.",
+    )
+    mesh_cert_hours: Annotated[int, Field(ge=1, le=24 * 7)] = Field(
+        default=12, description="Lifetime of a device's overlay certificate; agents renew before it ends."
+    )
+    lighthouses: list[Lighthouse] = Field(
+        default_factory=list,
+        description='The overlay\'s lighthouses, as a JSON list of {"overlay_ip", "public_address"}.',
+    )
+    mesh_ca_key: SecretStr | None = Field(
+        default=None,
+        description="The overlay CA's private key (nebula-cert ca's ca.key, PEM); unset: generated once into "
+        "data_dir.",
+    )
+    mesh_ca_key_file: Path | None = Field(default=None, description="A file holding the CA's private key.")
+    mesh_ca_cert: str | None = Field(
+        default=None, description="The overlay CA's certificate (PEM), given with its key."
+    )
+    mesh_ca_cert_file: Path | None = Field(default=None, description="A file holding the CA's certificate.")
     oauth_github_client_id: str | None = None
     oauth_github_client_secret: SecretStr | None = None
     oauth_google_client_id: str | None = None
@@ -262,6 +330,24 @@ class Settings(BaseSettings):
             raise ValueError("must contain {signature}")
         return value
 
+    @field_validator("mesh", mode="before")
+    @classmethod
+    def _mesh_unset_is_none(cls, value: object) -> object:
+        return MeshKind.NONE if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    @field_validator("overlay_cidr")
+    @classmethod
+    def _overlay_network(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value.strip())
+        except ValueError as error:
+            raise ValueError(f"{value[:60]!r} is not an IPv4 network like 100.64.0.0/10 ({error})") from None
+        if network.version != 4:
+            raise ValueError("must be an IPv4 network (Nebula 1.6 carries IPv4 on the overlay)")
+        if network.prefixlen > 29:
+            raise ValueError("must be a /29 or larger: the portal's node and the devices need addresses")
+        return str(network)
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -289,6 +375,46 @@ class Settings(BaseSettings):
                 "PORTAL_SOLANA_RPC_URL is"
             )
         return self
+
+    @model_validator(mode="after")
+    def _mesh_addresses_and_authority(self) -> Settings:
+        reserved = {self.overlay_network.network_address, self.overlay_network.broadcast_address}
+        reserved.add(self.portal_overlay_ip)
+        for lighthouse in self.lighthouses:
+            if lighthouse.overlay_ip not in self.overlay_network:
+                raise ValueError(
+                    f"PORTAL_LIGHTHOUSES: {lighthouse.overlay_ip} is outside PORTAL_OVERLAY_CIDR "
+                    f"{self.overlay_cidr}"
+                )
+            if lighthouse.overlay_ip in reserved:
+                raise ValueError(
+                    f"PORTAL_LIGHTHOUSES: {lighthouse.overlay_ip} is taken (the overlay's network or "
+                    "broadcast address, the portal's node, or another lighthouse)"
+                )
+            reserved.add(lighthouse.overlay_ip)
+        if self.mesh_ca_key is not None and self.mesh_ca_key_file is not None:
+            raise ValueError("set PORTAL_MESH_CA_KEY or PORTAL_MESH_CA_KEY_FILE, not both")
+        if self.mesh_ca_cert is not None and self.mesh_ca_cert_file is not None:
+            raise ValueError("set PORTAL_MESH_CA_CERT or PORTAL_MESH_CA_CERT_FILE, not both")
+        key_given = self.mesh_ca_key is not None or self.mesh_ca_key_file is not None
+        cert_given = self.mesh_ca_cert is not None or self.mesh_ca_cert_file is not None
+        if key_given != cert_given:
+            raise ValueError(
+                "the overlay CA's key and certificate go together: set PORTAL_MESH_CA_KEY(_FILE) and "
+                "PORTAL_MESH_CA_CERT(_FILE), or neither (one is generated into PORTAL_DATA_DIR)"
+            )
+        return self
+
+    @property
+    def overlay_network(self) -> ipaddress.IPv4Network:
+        network = ipaddress.ip_network(self.overlay_cidr)
+        assert isinstance(network, ipaddress.IPv4Network)  # the validator allows IPv4 only
+        return network
+
+    @property
+    def portal_overlay_ip(self) -> ipaddress.IPv4Address:
+        """The portal's own node on the overlay: the network's first host."""
+        return self.overlay_network.network_address + 1
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -343,6 +469,10 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
+    except SourceError as error:  # a list or object setting that is not JSON
+        found = re.search(r'field "(\w+)"', str(error))
+        name = f"{ENV_PREFIX}{found[1].upper()}" if found else "a setting"
+        raise SettingsError(f"invalid setting {name}: not valid JSON (a JSON list is expected)") from None
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,18 @@ def require_service(name: str, probe: Callable[[], object]) -> None:
         if IN_CI:
             pytest.fail(f"{message}; under CI=true every service must run")
         pytest.skip(message)
+
+
+def require_program(program: str, debian_package: str) -> str:
+    """The path of a program from Debian; skipped when missing, failed under CI=true (make test installs
+    it)."""
+    found = shutil.which(program)
+    if found is None:
+        message = f"{program} is not installed (Debian package {debian_package}; make test installs it)"
+        if IN_CI:
+            pytest.fail(f"{message}; under CI=true every program the tests use must be there")
+        pytest.skip(message)
+    return found
 
 
 def run_coroutine(coroutine: object) -> object:

@@ -58,6 +58,7 @@ RULES = {
     ("GET", "/api/v1/worker/autoscaler/nodes"): "device",
     ("POST", "/api/v1/worker/autoscaler/nodes"): "device",
     ("DELETE", "/api/v1/worker/autoscaler/nodes/{node_id}"): "device",
+    ("POST", "/api/v1/worker/mesh/certificate"): "device",
     ("GET", "/api/v1/market/offers"): "public",
     ("POST", "/api/v1/market/quote"): "public",
     ("POST", "/api/v1/clusters"): "customer",

@@ -14,8 +14,10 @@ from portal.config import Settings
 from portal.models import Device, Role
 from portal.schemas.clusters import MetricsOut
 from portal.schemas.devices import CheckOut, DeviceCreatedOut, DeviceIn, DeviceOut, GpuOut, TokenOut
+from portal.schemas.mesh import MeshOut
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
+from portal.services.mesh import certificates
 from portal.services.providers import devices, telemetry
 
 router = APIRouter(prefix="/devices", tags=["provider: devices"])
@@ -25,13 +27,16 @@ Writer = Annotated[Principal, Depends(SignedIn([Role.PROVIDER], scope="devices:w
 
 def device_out(session: Session, device: Device, settings: Settings) -> DeviceOut:
     checks = devices.eligibility(session, device, settings)
+    mesh = certificates.status(device, settings)
+    columns = set(DeviceOut.model_fields) - {"gpus", "eligibility", "hireable", "mesh"}
     return DeviceOut(
-        **device.model_dump(include=set(DeviceOut.model_fields) - {"gpus", "eligibility", "hireable"}),
+        **device.model_dump(include=columns),
         gpus=[
             GpuOut.model_validate(gpu, from_attributes=True) for gpu in devices.gpus_of(session, device.id)
         ],
         eligibility=[CheckOut(key=c.key, ok=c.ok, message=c.message) for c in checks],
         hireable=devices.is_hireable(checks),
+        mesh=MeshOut(state=mesh.state, relayed=mesh.relayed),
     )
 
 

@@ -1,5 +1,5 @@
-"""The worker agent's routes (device token only): register, heartbeat, commands, proof of compute, and
-the Ray autoscaler of a cluster whose head the device hosts."""
+"""The worker agent's routes (device token only): register, heartbeat, commands, proof of compute, its
+overlay certificate, and the Ray autoscaler of a cluster whose head the device hosts."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ from portal.schemas.devices import (
     RegisterOut,
     ScaleUpIn,
 )
+from portal.schemas.mesh import LighthouseOut, MeshCertificateIn, MeshCertificateOut
 from portal.security.access import BEATING_DEVICE, DEVICE, OriginDep
 from portal.security.principal import Principal
 from portal.services.errors import InvalidInput
+from portal.services.mesh import certificates
 from portal.services.providers import agents, commands, devices, liveness, verification
 from portal.services.rentals import autoscaling
 
@@ -173,6 +175,28 @@ def answer_challenge(
             phase="done", passed=result.passed, reason=result.reason, tflops=result.tflops
         )
     raise InvalidInput("Send row_hashes (to commit) or rows (to reveal).")
+
+
+@router.post(
+    "/mesh/certificate",
+    summary="Sign the agent's public key into a short-lived overlay certificate (409 mesh_off without one)",
+)
+def mesh_certificate(body: MeshCertificateIn, parts: PartsDep, caller: Agent) -> MeshCertificateOut:
+    assert caller.device_id is not None
+    issued = certificates.issue(parts.engine, parts.settings, caller.device_id, body.public_key)
+    return MeshCertificateOut(
+        certificate=issued.certificate,
+        ca=issued.ca,
+        lighthouses=[
+            LighthouseOut(overlay_ip=str(lighthouse.overlay_ip), public_address=lighthouse.public_address)
+            for lighthouse in issued.lighthouses
+        ],
+        overlay_ip=str(issued.overlay_ip),
+        overlay_cidr=issued.overlay_cidr,
+        portal_overlay_ip=str(issued.portal_overlay_ip),
+        groups=issued.groups,
+        expires_at=issued.expires_at,
+    )
 
 
 @router.get(

@@ -24,7 +24,15 @@ from portal.models.clusters import (
     NodeRole,
     NodeState,
 )
-from portal.models.devices import CommandState, ConnectivityTier, Device, DeviceCommand, DeviceState, Gpu
+from portal.models.devices import (
+    CommandState,
+    ConnectivityTier,
+    Device,
+    DeviceCommand,
+    DeviceState,
+    Gpu,
+    MeshState,
+)
 from portal.models.monitoring import (
     AuditLog,
     FaultEvent,
@@ -62,6 +70,7 @@ __all__ = [
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "MeshState",
     "NetworkSnapshot",
     "NodeRole",
     "NodeState",

@@ -30,6 +30,13 @@ class DeviceState(StrEnum):
     UNSUPPORTED = "unsupported"
 
 
+class MeshState(StrEnum):
+    """Where a device stands on the overlay (``services.mesh``)."""
+
+    NONE = "none"  # never certified
+    CERTIFIED = "certified"  # holds a certificate the portal signed; its tunnels are not reported yet
+
+
 class ConnectivityTier(StrEnum):
     ULTRA_HIGH = "ultra_high"
     HIGH = "high"
@@ -78,6 +85,13 @@ class Device(SQLModel, table=True):
     # The host the portal calls for this device (its Ray head, its /metrics): the peer address of the
     # agent's registration. Hosts an agent reports elsewhere are checked against it (services/node_addresses).
     address: str | None = Field(default=None, sa_type=sa.String(45))
+    # The device's node on the overlay, allocated once by the portal (services/mesh/addresses) and kept for
+    # every certificate after; unique, so no two devices ever hold one address.
+    overlay_ip: str | None = Field(default=None, sa_type=sa.String(45), unique=True, index=True)
+    mesh_state: str = Field(default=MeshState.NONE, sa_type=sa.String(16))
+    # Whether the agent reaches its peers through a relay (hole punching failed); None until it reports.
+    mesh_relayed: bool | None = Field(default=None)
+    mesh_certificate_expires_at: datetime | None = timestamp_field()
     # Where the agent serves its own /metrics, for Prometheus service discovery.
     metrics_url: str | None = Field(default=None, sa_type=sa.String(255))
     verification_failures: int = Field(default=0)

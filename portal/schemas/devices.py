@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from portal.models import ConnectivityTier
 from portal.schemas.common import DisplayName, ShownText
+from portal.schemas.mesh import MeshOut
 
 Short = Annotated[str, Field(max_length=120)]
 
@@ -58,6 +59,8 @@ class DeviceOut(BaseModel):
     gpus: list[GpuOut]
     eligibility: list[CheckOut]
     hireable: bool
+    overlay_ip: str | None = Field(description="Its address on the overlay network, once allocated.")
+    mesh: MeshOut
 
 
 class DeviceCreatedOut(BaseModel):
