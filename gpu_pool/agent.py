@@ -189,8 +189,10 @@ class Agent:
                 self.stop_ray()
                 return True, "stopped"
             if kind == "verify":
-                verdict = self.verify()
-                return bool(verdict.get("passed")), verdict.get("reason", "")
+                # Retried while the portal is away, as at start: an escaping error would end the loop
+                # that took the command, and the agent would take no more commands by long-poll.
+                verdict = self._retrying(self.verify) or {}
+                return bool(verdict.get("passed")), verdict.get("reason", "stopped before the proof")
             return False, f"unknown command {kind}"
         except ray_node.RayNodeError as error:
             return False, str(error)
