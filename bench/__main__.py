@@ -84,18 +84,22 @@ def report(name: str, samples: list[float]) -> None:
     print(f"  {name:<44} p50 {p50:8.3f} ms   p95 {p95:8.3f} ms   {1000 / p50:9.0f} /s")
 
 
-def credentials_in(url: str) -> tuple[str, str]:
+def credentials_in(data_dir: Path) -> tuple[str, str]:
     """A customer in the running portal's database, with an access token (a signed-in session's, as the
-    login route issues it) and an API key."""
+    login route issues it) and an API key, signed and hashed with that portal's own secret key."""
     from datetime import timedelta
 
+    from portal.config import Settings
+    from portal.infra.cache import MemoryCache
     from portal.models import AuthSession, Role
+    from portal.parts import AppParts, in_use
     from portal.security.jwt import issue_access_token
     from portal.security.principal import RequestOrigin
     from portal.services.accounts import api_keys, users
 
-    engine = build_engine(url)
-    with session_scope(engine) as session:
+    settings = Settings(data_dir=data_dir)
+    engine = build_engine(settings.sqlalchemy_url)
+    with in_use(AppParts(settings, engine, MemoryCache())), session_scope(engine) as session:
         user = users.create_user(session, email="bench@example.com", password=None, roles=[Role.CUSTOMER])
         auth_session = AuthSession(user_id=user.id, expires_at=utcnow() + timedelta(days=1))
         session.add(auth_session)
@@ -107,6 +111,16 @@ def credentials_in(url: str) -> tuple[str, str]:
         )
     engine.dispose()
     return access_token, api_key
+
+
+class FailedRequest(RuntimeError):
+    """A benched request was refused: its time would measure the refusal, so the bench stops."""
+
+
+def answered(response: httpx.Response) -> httpx.Response:
+    if response.status_code != 200:
+        raise FailedRequest(f"{response.request.url} answered {response.status_code}: {response.text[:200]}")
+    return response
 
 
 def bench_http() -> None:
@@ -151,26 +165,26 @@ def bench_http() -> None:
         with httpx.Client() as client:
             report(
                 "baseline: bare Starlette /healthz",
-                timings_ms(lambda: client.get(f"http://127.0.0.1:{bare_port}/healthz"), 500),
+                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{bare_port}/healthz")), 500),
             )
             report(
                 "portal /healthz",
-                timings_ms(lambda: client.get(f"http://127.0.0.1:{portal_port}/healthz"), 500),
+                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{portal_port}/healthz")), 500),
             )
             report(
                 "portal /readyz (SQLite, in-process cache)",
-                timings_ms(lambda: client.get(f"http://127.0.0.1:{portal_port}/readyz"), 500),
+                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{portal_port}/readyz")), 500),
             )
             me = f"http://127.0.0.1:{portal_port}/api/v1/me"
             for label, credential in zip(
                 ("JWT access token", "API key"),
-                credentials_in(f"sqlite:///{data_dir / 'portal.db'}"),
+                credentials_in(data_dir),
                 strict=True,
             ):
                 headers = {"Authorization": f"Bearer {credential}"}
                 report(
                     f"portal /api/v1/me with a {label}",
-                    timings_ms(lambda h=headers: client.get(me, headers=h), 500),
+                    timings_ms(lambda h=headers: answered(client.get(me, headers=h)), 500),
                 )
         import psutil
 
