@@ -16,21 +16,17 @@ export REFLEX_HTTP_CLIENT_BIND_ADDRESS := 0.0.0.0
 export REFLEX_DIR := $(CURDIR)/.reflex
 export REFLEX_BUN_PATH := $(CURDIR)/$(BUN)
 export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
+export UV_CACHE_DIR := $(CURDIR)/.uv-cache
 export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
 
 .PHONY: setup run test test-fast bench lint browser mesh worker clean
 
-setup: $(VENV)/.installed $(BUN)
+SETUP := PYTHON=$(PYTHON) BUN_PACKAGE=$(BUN_PACKAGE) BUN_VERSION=$(BUN_VERSION) bash scripts/setup.sh
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $@
-
-$(BUN):
-	npm install --prefix .tools --no-save --no-audit --no-fund --ignore-scripts $(BUN_PACKAGE)@$(BUN_VERSION)
-	test -x $(BUN)
+# Checks what the machine must have, then installs the pinned packages with uv while bun comes from npm,
+# timing each step (scripts/setup.sh); what is current is skipped.
+setup:
+	@$(SETUP)
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own browser here), and Debian's
 # Prometheus (promtool checks the exposition; a real server scrapes the portal in the tests).
@@ -43,7 +39,8 @@ browser:
 mesh:
 	@command -v nebula-cert >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nebula; }
 
-run: setup
+run:
+	@$(SETUP) --run
 	$(BIN)/portal run
 
 worker: setup
@@ -65,4 +62,4 @@ lint: setup
 	$(BIN)/hadolint Dockerfile
 
 clean:
-	rm -rf $(VENV) .web .reflex .bun-cache .tools
+	rm -rf $(VENV) .web .reflex .bun-cache .uv-cache .tools

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Sets up a checkout for `make run` and `make test`: checks what it needs first (one line each for what is
+# missing, and how to get it), then installs the pinned Python packages with uv while bun comes from npm
+# alongside, timing each step. Steps whose result is current are skipped.
+#
+#   scripts/setup.sh          the packages and bun
+#   scripts/setup.sh --run    also checks that the portal's port is free and its data dir writable
+#
+# PYTHON (default python3.11), PORTAL_PORT (3000), PORTAL_DATA_DIR (data/), BUN_PACKAGE and BUN_VERSION come
+# from the environment (the Makefile sets them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+BUN_PACKAGE=${BUN_PACKAGE:-@oven/bun-linux-x64}
+BUN_VERSION=${BUN_VERSION:-1.4.5}
+BUN=.tools/node_modules/$BUN_PACKAGE/bin/bun
+PORT=${PORTAL_PORT:-3000}
+DATA_DIR=${PORTAL_DATA_DIR:-data}
+
+now() { date +%s.%N; }
+seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+started=$(now)
+
+# --- what the machine must have --------------------------------------------------------------------------
+missing=()
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  missing+=("Python 3.11 is missing ($PYTHON not found): install it (Debian: apt-get install python3.11 python3.11-venv), or name another 3.11 with PYTHON=...")
+elif ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  missing+=("$PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null), not Python 3.11: install 3.11, or name it with PYTHON=...")
+elif ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+  missing+=("$PYTHON cannot make virtual environments: install its venv module (Debian: apt-get install python3.11-venv)")
+fi
+if ! command -v node >/dev/null 2>&1; then
+  missing+=("Node.js is missing: install Node.js 20 or newer with npm (Debian: apt-get install nodejs npm)")
+elif [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
+  missing+=("Node.js $(node --version) is too old: install Node.js 20 or newer")
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=("npm is missing: install it with Node.js (Debian: apt-get install npm)")
+fi
+if [ "${1:-}" = "--run" ]; then
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    missing+=("port $PORT is taken (another portal?): stop what listens there, or choose another with PORTAL_PORT=...")
+  fi
+  if ! mkdir -p "$DATA_DIR" 2>/dev/null || [ ! -w "$DATA_DIR" ]; then
+    missing+=("the data dir $DATA_DIR is not writable: fix its permissions, or choose another with PORTAL_DATA_DIR=...")
+  fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'setup: %s\n' "${missing[@]}" >&2
+  exit 2
+fi
+
+# --- bun from npm, alongside the Python packages ------------------------------------------------------------
+bun_log=$(mktemp)
+if [ -x "$BUN" ]; then
+  bun_pid=
+else
+  (
+    step=$(now)
+    npm install --prefix .tools --no-save --no-audit --no-fund --ignore-scripts "$BUN_PACKAGE@$BUN_VERSION" \
+      >"$bun_log" 2>&1 && test -x "$BUN" && echo "setup: bun from npm             $(seconds_since "$step") s"
+  ) &
+  bun_pid=$!
+fi
+
+# --- the Python packages, pinned by constraints.txt, with uv -----------------------------------------------
+status=0
+if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [ constraints.txt -nt "$VENV/.installed" ]; then
+  step=$(now)
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV" || status=1
+  fi
+  [ $status -eq 0 ] && echo "setup: virtual environment       $(seconds_since "$step") s"
+  step=$(now)
+  if [ $status -eq 0 ] && [ ! -x "$VENV/bin/uv" ]; then
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -c constraints.txt uv || status=1
+    [ $status -eq 0 ] && echo "setup: uv                        $(seconds_since "$step") s"
+  fi
+  step=$(now)
+  if [ $status -eq 0 ]; then
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -c constraints.txt -e '.[dev]' || status=1
+  fi
+  if [ $status -eq 0 ]; then
+    touch "$VENV/.installed"
+    echo "setup: Python packages           $(seconds_since "$step") s"
+  fi
+fi
+
+if [ -n "$bun_pid" ] && ! wait "$bun_pid"; then
+  cat "$bun_log" >&2
+  echo "setup: bun could not be installed from npm (its output is above)" >&2
+  status=1
+fi
+rm -f "$bun_log"
+[ $status -eq 0 ] || { echo "setup: failed (see above)" >&2; exit 1; }
+echo "setup: ready in $(seconds_since "$started") s"
