@@ -37,3 +37,32 @@ def test_the_format_is_text_on_a_terminal_json_otherwise_and_the_setting_wins(mo
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert logs.log_format(settings_for()) is LogFormat.JSON
     assert logs.log_format(settings_for(log_format="text")) is LogFormat.TEXT
+
+
+def test_on_a_terminal_the_full_json_log_goes_to_the_data_dir(tmp_path, monkeypatch):
+    import json
+
+    settings = settings_for(data_dir=tmp_path, log_format="text")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        logs.configure_logging(settings)
+        logging.getLogger("portal.access").info(
+            "GET %s %s",
+            "/api/v1/worker/heartbeat",
+            200,
+            extra={"path": "/api/v1/worker/heartbeat", "status": 200},
+        )
+        for handler in root.handlers:
+            handler.flush()
+        (line,) = logs.log_file(settings).read_text().splitlines()
+        record = json.loads(line)
+        # The terminal leaves routine beats out; the file keeps every line, as JSON.
+        assert record["logger"] == "portal.access" and record["path"] == "/api/v1/worker/heartbeat"
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in before:
+            if handler not in root.handlers:
+                root.addHandler(handler)

@@ -1,6 +1,7 @@
 """`portal run` (what `make run` calls) prints the demo logins, starts demo agents, serves the portal and
 stops everything on Ctrl-C."""
 
+import json
 import os
 import re
 import signal
@@ -17,12 +18,21 @@ from tests.conftest import start_portal, stop_process_group, wait_until
 pytestmark = pytest.mark.slow
 
 
-def test_portal_run_prints_demo_logins_and_ctrl_c_stops_everything_it_started(tmp_path):
+def test_portal_run_prints_its_banner_once_serving_and_ctrl_c_stops_everything_it_started(tmp_path):
     running = start_portal(tmp_path / "run")
     try:
-        log = running.log.read_text()
-        logins = re.findall(r"^\s+(admin|customer|provider)\s+(\S+@\S+)\s+(\S+)$", log, flags=re.MULTILINE)
+        log = wait_until(
+            running.log.read_text, lambda text: "GPU Portal is ready at" in text, what="the welcome banner"
+        )
+        banner = log[log.index("GPU Portal is ready at") :]
+        assert f"GPU Portal is ready at {running.url}" in banner
+        logins = re.findall(r"^\s+(admin|customer|provider)\s+(\S+@\S+)\s+(\S+)$", banner, flags=re.MULTILINE)
+        saved = json.loads((running.data_dir / "demo_logins.json").read_text())
+        assert logins == [(login["role"], login["email"], login["password"]) for login in saved]
         assert [role for role, _, _ in logins] == ["admin", "customer", "provider"]
+        # The three things to try, with the exact commands.
+        assert f"{running.url}/market" in banner and "clusters create --name demo" in banner
+        assert f"{running.url}/devices" in banner and "demo kill-agent demo-rig-2" in banner
         assert httpx.get(running.url + "/readyz").json()["status"] == "ready"
         # Three local agents with simulated GPUs connect and prove themselves: the network is live at once.
         engine = build_engine(running.database_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,8 +83,12 @@ def run(
 
     migrations.upgrade(settings.sqlalchemy_url)
     env = reflex_environment(settings)
-    if settings.environment is Environment.DEVELOPMENT if demo is None else demo:
-        print_demo_logins(seed_demo_accounts(settings), settings)
+    welcome = settings.environment is Environment.DEVELOPMENT if demo is None else demo
+    if welcome:
+        seed_demo_accounts(settings)
+        typer.echo(
+            f"Demo accounts ready (their logins follow once the portal serves; kept in {settings.data_dir})"
+        )
         # Three local agents with simulated GPUs (two for a cluster, one to heal it), unless told
         # otherwise (PORTAL_DEMO_AGENTS=0).
         env.setdefault("PORTAL_DEMO_AGENTS", "3")
@@ -92,12 +97,25 @@ def run(
         env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
     if not frontend_build.is_current(frontend_build.fingerprint(env, settings.port)):
         _build_pages(env, settings.port)
-    typer.secho(f"Serving the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
+    typer.secho(f"Starting the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
+    if welcome:
+        _welcome_once_serving(settings)
     os.chdir(PROJECT_ROOT)
     args = frontend_build.serve_command(settings.host, settings.port)
     env[frontend_build.SERVE_PAGES] = "1"
     # Reflex replaces this process: Ctrl-C reaches it directly and it stops what it started.
     os.execve(args[0], args, env)
+
+
+def _welcome_once_serving(settings: Settings) -> None:
+    """The banner (``portal.cli.banner``), printed by a small process of its own once the portal answers:
+    this process becomes the server next. Same process group, so Ctrl-C ends it too."""
+    invoked = Path(sys.argv[0])
+    portal = str(invoked) if invoked.name == "portal" else "portal"  # the command as the user ran it
+    subprocess.Popen(
+        [sys.executable, "-m", "portal.cli.banner", settings.base_url, str(settings.data_dir), portal],
+        cwd=PROJECT_ROOT,
+    )
 
 
 def _build_pages(env: dict[str, str], port: int) -> None:

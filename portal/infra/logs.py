@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -46,26 +48,50 @@ def log_format(settings: Settings) -> LogFormat:
     return LogFormat.TEXT if sys.stdout.isatty() else LogFormat.JSON
 
 
+LOG_FILE_BYTES = 20 * 2**20
+LOG_FILES_KEPT = 3
+
+
+def log_file(settings: Settings) -> Path:
+    """Where the full JSON log goes while the terminal shows short lines."""
+    return settings.data_dir / "logs" / "portal.log"
+
+
+def _json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    """JSON lines on stdout; or, on a terminal, short lines there and the full JSON log in ``log_file``."""
+    handler: logging.Handler = logging.StreamHandler(sys.stdout)
+    handlers = [handler]
     if log_format(settings) is LogFormat.JSON:
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
-            )
-        )
+        handler.setFormatter(_json_formatter())
     else:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
         handler.addFilter(QuietWorkerTraffic())
+        path = log_file(settings)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = RotatingFileHandler(path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILES_KEPT, delay=True)
+        except OSError as error:
+            print(f"portal: no log file at {path}: {error.strerror}", file=sys.stderr)
+        else:
+            kept.setFormatter(_json_formatter())
+            handlers.append(kept)
     root = logging.getLogger()
     for existing in [h for h in root.handlers if getattr(h, "_portal", False)]:
         root.removeHandler(existing)
-    handler._portal = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+        existing.close()
+    for new in handlers:
+        new._portal = True  # type: ignore[attr-defined]
+        root.addHandler(new)
     root.setLevel(settings.log_level)
     # Our request middleware writes the access log with the request id; uvicorn's would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
