@@ -1,0 +1,90 @@
+"""`make run` and `make test` check what the machine must have before installing anything, and say in one
+line each what is missing and how to get it (scripts/setup.sh)."""
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from portal.config import PROJECT_ROOT
+
+SCRIPT = PROJECT_ROOT / "scripts" / "setup.sh"
+TOOLS = ("bash", "date", "awk", "mkdir", "mktemp", "dirname", "rm", "cat", "test")
+
+
+def machine(
+    tmp_path: Path, *, python: str | None = "3.11.7", node: str | None = "20.19.0", npm: bool = True
+) -> Path:
+    """A PATH with the shell's tools and the given Python, Node and npm (stand-ins saying their version)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    if python is not None:
+        major, minor = python.split(".")[:2]
+        fake = bin_dir / "python3.11"
+        fake.write_text(
+            "#!/bin/bash\n"
+            f'case "$*" in *version_info*) [ "{major}.{minor}" = "3.11" ]; exit $?;; '
+            f"*python_version*) echo {python}; exit 0;; *) exit 0;; esac\n"
+        )
+        fake.chmod(0o755)
+    if node is not None:
+        fake = bin_dir / "node"
+        fake.write_text(f'#!/bin/bash\n[ "$1" = "--version" ] && echo v{node} || echo {node.split(".")[0]}\n')
+        fake.chmod(0o755)
+    if npm:
+        (bin_dir / "npm").write_text("#!/bin/bash\nexit 0\n")
+        (bin_dir / "npm").chmod(0o755)
+    return bin_dir
+
+
+def preflight(bin_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        env={"PATH": str(bin_dir), "PYTHON": "python3.11", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("have", "says"),
+    [
+        ({"python": None}, "Python 3.11 is missing (python3.11 not found): install it"),
+        ({"python": "3.9.2"}, "python3.11 is 3.9.2, not Python 3.11"),
+        ({"node": None}, "Node.js is missing: install Node.js 20 or newer with npm"),
+        ({"node": "18.19.1"}, "Node.js v18.19.1 is too old: install Node.js 20 or newer"),
+        ({"npm": False}, "npm is missing: install it with Node.js"),
+    ],
+)
+def test_a_missing_tool_is_named_in_one_line_with_how_to_get_it(tmp_path, have, says):
+    checked = preflight(machine(tmp_path, **have))
+    assert checked.returncode == 2
+    (line,) = checked.stderr.splitlines()
+    assert line.startswith("setup: ") and says in line
+    assert checked.stdout == ""  # nothing was installed
+
+
+def test_make_run_says_when_its_port_is_taken_or_its_data_dir_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        checked = preflight(
+            machine(tmp_path), "--run", PORTAL_PORT=str(port), PORTAL_DATA_DIR=str(blocker / "data")
+        )
+    assert checked.returncode == 2
+    assert checked.stderr.splitlines() == [
+        f"setup: port {port} is taken (another portal?): stop what listens there, or choose another with "
+        "PORTAL_PORT=...",
+        f"setup: the data dir {blocker / 'data'} is not writable: fix its permissions, or choose another "
+        "with PORTAL_DATA_DIR=...",
+    ]
