@@ -34,8 +34,7 @@ def render(
         "    3. Kill an agent under the running cluster and watch the cluster heal:",
         f"         {portal} demo kill-agent demo-rig-2",
         "",
-        f"  The full logs (JSON) are in {log_file}.",
-        "",
+        *([f"  The full logs (JSON) are in {log_file}.", ""] if log_file else []),
     ]
     return "\n".join(lines)
 
@@ -57,7 +56,8 @@ def main(base_url: str, data_dir: str, portal: str) -> int:
         logins = json.loads(logins_file.read_text())
     except (OSError, ValueError):
         logins = []
-    print(render(base_url, logins, logins_file, Path(data_dir) / "logs" / "portal.log", portal), flush=True)
+    log_file = Path(data_dir) / "logs" / "portal.log"  # there when the terminal shows short lines
+    print(render(base_url, logins, logins_file, log_file if log_file.exists() else None, portal), flush=True)
     return 0
 
 
