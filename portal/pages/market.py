@@ -115,7 +115,7 @@ def market_page() -> rx.Component:
                     rx.spinner(),
                 ),
             ),
-            rx.moment(interval=REFRESH_MS, on_change=MarketState.refresh, display="none"),
+            rx.moment(interval=REFRESH_MS, on_change=MarketState.tick, display="none"),
             spacing="4",
             width="100%",
         )

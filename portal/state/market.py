@@ -96,7 +96,13 @@ class MarketState(rx.State):
 
     @rx.event
     @for_anyone
-    async def refresh(self, *_: Any) -> None:
+    async def tick(self, _now: str) -> None:
+        """The page's clock: Reflex hands the handler the moment by its parameter's name."""
+        await self.refresh()
+
+    @rx.event
+    @for_anyone
+    async def refresh(self) -> None:
         try:
             self.offers = await asyncio.to_thread(_offers, self._filters())
             self.error, self.loaded = "", True
