@@ -15,9 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     REFLEX_BUN_PATH=/opt/tools/node_modules/@oven/bun-linux-x64/bin/bun \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app
-# Reflex builds its frontend with bun (from npm) and checks for Node.js.
+# Reflex builds its frontend with bun (from npm) and checks for Node.js; nebula is the overlay's (the CA signs
+# with nebula-cert, `portal mesh` runs a lighthouse).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm \
+    && apt-get install -y --no-install-recommends nodejs npm nebula \
     && rm -rf /var/lib/apt/lists/* \
     && npm install --prefix /opt/tools --no-save --no-audit --no-fund --ignore-scripts @oven/bun-linux-x64@1.4.5 \
     && npm cache clean --force

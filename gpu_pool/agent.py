@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 from gpu_pool import __version__, compute, ray_node
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
 from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, SimulatedGpus, machine_facts
+from gpu_pool.mesh import Mesh, MeshError, tun_name
 
 logger = logging.getLogger("gpu_pool.agent")
 LONG_POLL_S = 25
@@ -34,6 +35,9 @@ class Agent:
         workdir: Path | None = None,
         metrics_url: str | None = None,
         device_label: str = "",
+        mesh_dir: Path | None = None,
+        mesh_tun: str | None = None,
+        mesh_port: int = 0,
     ) -> None:
         self.client = client
         self.gpus = gpus
@@ -41,6 +45,9 @@ class Agent:
         self.workdir = workdir
         self.metrics_url = metrics_url
         self.device_label = device_label
+        # The overlay, when the portal runs one: Nebula's files under mesh_dir, per device (None: not asked).
+        self.mesh_dir, self.mesh_tun, self.mesh_port = mesh_dir, mesh_tun, mesh_port
+        self.mesh: Mesh | None = None
         self.device_id: str | None = None
         self.state = "unknown"
         self.heartbeat_s = 5
@@ -124,6 +131,33 @@ class Agent:
         )
         return verdict
 
+    def join_mesh(self) -> bool:
+        """Join the portal's overlay if it runs one; Ray then binds to this device's overlay address."""
+        if self.mesh_dir is None or self.device_id is None:
+            return False
+        mesh = Mesh(
+            self.client,
+            self.mesh_dir / f"mesh-{self.device_id}",
+            tun_device=self.mesh_tun or tun_name(self.device_id),
+            listen_port=self.mesh_port,
+        )
+        try:
+            joined = self._retrying(mesh.start)
+        except MeshError as error:
+            logger.error("not on the overlay: %s; Ray nodes listen on %s", error, self.node_ip)
+            return False
+        if not joined:
+            logger.info("the portal runs without an overlay; Ray nodes listen on %s", self.node_ip)
+            return False
+        self.mesh = mesh
+        return True
+
+    @property
+    def ray_ip(self) -> str:
+        """Where this machine's Ray nodes listen: the overlay address when on the overlay."""
+        overlay = self.mesh.overlay_ip if self.mesh else None
+        return overlay or self.node_ip
+
     def vram_mb(self) -> int | None:
         """Memory the GPUs let the agent allocate, or None when it cannot tell (simulated, no torch)."""
         if self.simulated or not self.gpus:
@@ -156,7 +190,7 @@ class Agent:
             role=role,
             num_gpus=len(gpus),
             resources=resources,
-            node_ip=self.node_ip,
+            node_ip=self.ray_ip,
             head_address=payload.get("head_address"),
             dashboard=bool(payload.get("dashboard", False)),
             num_cpus=payload.get("num_cpus"),
@@ -208,6 +242,8 @@ class Agent:
             try:
                 if running:
                     self._stop_node()  # a node of an earlier cluster whose stop never arrived
+                if self.mesh:
+                    self.mesh.renew()  # the cluster's group, so that its other nodes get through
                 node = ray_node.start(self._node_spec(role, payload), self.workdir)
             finally:
                 with self._lock:
@@ -219,6 +255,8 @@ class Agent:
     def stop_ray(self) -> None:
         with self._node_lock:
             self._stop_node()
+            if self.mesh and not self.stopping.is_set():
+                self.mesh.renew()  # without the cluster's group: its nodes no longer get through
 
     def _stop_node(self) -> None:
         """Stop the node; the caller holds ``_node_lock``."""
@@ -250,9 +288,7 @@ class Agent:
 
     def heartbeat_loop(self) -> None:
         while not self.stopping.is_set():
-            reply = self._retrying(
-                lambda: self.client.heartbeat([s.as_dict() for s in self.sample()], self.ray_status())
-            )
+            reply = self._retrying(self._beat)
             if reply:
                 self.state, self.heartbeat_s = reply["state"], reply["next_heartbeat_s"]
                 for command in reply["commands"]:
@@ -260,6 +296,12 @@ class Agent:
                         target=self._guard(lambda c=command: self.run_command(c)), daemon=True
                     ).start()
             self.stopping.wait(self.heartbeat_s)
+
+    def _beat(self) -> dict[str, Any]:
+        samples, ray = [s.as_dict() for s in self.sample()], self.ray_status()
+        if self.mesh is None:
+            return self.client.heartbeat(samples, ray)
+        return self.client.heartbeat(samples, ray, self.mesh.status())
 
     def command_loop(self) -> None:
         while not self.stopping.is_set():
@@ -269,7 +311,10 @@ class Agent:
     def run(self) -> None:
         """Register, verify when asked, then heartbeat and take commands until stopped."""
         try:
-            if self.register() and not self.stopping.is_set():
+            verify = self.register()
+            if not self.stopping.is_set():
+                self.join_mesh()
+            if verify and not self.stopping.is_set():
                 self._retrying(self.verify)
             threads = [
                 threading.Thread(target=self._guard(loop), daemon=True, name=loop.__name__)
@@ -282,6 +327,8 @@ class Agent:
             self.fatal = f"the portal refused this device's token: {error}"
         finally:
             self.stop_ray()
+            if self.mesh:
+                self.mesh.stop()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -6,6 +6,7 @@ import logging
 import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -14,6 +15,8 @@ import typer
 from gpu_pool import __version__
 from gpu_pool.hardware import NvmlGpus, SimulatedGpus, driver_status, machine_facts, parse_simulation
 from gpu_pool.ray_node import PORT_NAMES, free_ports
+
+DEFAULT_STATE_DIR = Path.home() / ".gpu-pool"
 
 app = typer.Typer(help="GPU Portal worker agent.", no_args_is_help=True, add_completion=False)
 
@@ -41,6 +44,16 @@ def worker(
     metrics_port: Annotated[
         int, typer.Option(help="Serve DCGM-named GPU metrics on this port (0: off).")
     ] = 0,
+    mesh: Annotated[
+        bool, typer.Option(help="Join the portal's overlay network (Nebula) when it runs one.")
+    ] = True,
+    state_dir: Annotated[
+        Path, typer.Option(help="Where the agent keeps its overlay key pair and Nebula's config.")
+    ] = DEFAULT_STATE_DIR,
+    mesh_tun: Annotated[
+        str | None, typer.Option(help="Nebula's TUN device name (default: gp + the device id's start).")
+    ] = None,
+    mesh_port: Annotated[int, typer.Option(help="Nebula's UDP port (0: any free port).")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Connect this machine to the portal: register, prove the GPUs, heartbeat, run Ray nodes on command."""
@@ -85,7 +98,15 @@ def worker(
             bool(simulate),
         )
         metrics_url = serve(collector, metrics_port, node_ip)
-    agent = Agent(PortalClient(portal, token), gpus, node_ip=node_ip, metrics_url=metrics_url)
+    agent = Agent(
+        PortalClient(portal, token),
+        gpus,
+        node_ip=node_ip,
+        metrics_url=metrics_url,
+        mesh_dir=state_dir if mesh else None,
+        mesh_tun=mesh_tun,
+        mesh_port=mesh_port,
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
@@ -103,8 +124,14 @@ def doctor(
     portal: Annotated[
         str | None, typer.Option(help="Portal URL to check, e.g. https://portal.example.com")
     ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(help="The agent's state dir, where its overlay's config and log are.")
+    ] = DEFAULT_STATE_DIR,
 ) -> None:
-    """Check the NVIDIA driver, CUDA, Ray, local ports and the portal's reachability; say what to fix."""
+    """Check the NVIDIA driver, CUDA, Ray, local ports, the portal's reachability and the overlay (Nebula,
+    /dev/net/tun, the lighthouses over the overlay, punched or relayed); say what to fix."""
+    from gpu_pool import mesh
+
     checks: list[tuple[bool, str, str]] = []
     driver = driver_status()
     checks.append(
@@ -157,6 +184,7 @@ def doctor(
                     "check the URL, DNS and firewalls between this machine and the portal",
                 )
             )
+    checks += mesh.diagnose(state_dir)
     for ok, what, fix in checks:
         typer.echo(f"{'ok ' if ok else 'FIX'} {what}")
         if not ok and fix:

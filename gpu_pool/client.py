@@ -22,6 +22,10 @@ class PortalUnavailable(PortalError):
 class Rejected(PortalError):
     """The portal answered 4xx to what the agent sent: a bug or a version mismatch, not worth retrying."""
 
+    def __init__(self, message: str, *, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
 
 class PortalClient:
     def __init__(self, portal_url: str, token: str, *, timeout_s: float = 10) -> None:
@@ -50,14 +54,26 @@ class PortalClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise PortalUnavailable(f"portal answered {response.status_code}")
         if response.status_code >= 400:
-            raise Rejected(f"{response.status_code}: {response.text[:500]}")
+            raise Rejected(
+                f"{response.status_code}: {response.text[:500]}",
+                status=response.status_code,
+                code=_error_code(response),
+            )
         return response.json() if response.content else None
 
     def register(self, report: dict) -> dict:
         return self._call("POST", "/register", body=report)
 
-    def heartbeat(self, gpus: list[dict], ray: dict) -> dict:
-        return self._call("POST", "/heartbeat", body={"gpus": gpus, "ray": ray})
+    def heartbeat(self, gpus: list[dict], ray: dict, mesh: dict | None = None) -> dict:
+        body: dict[str, Any] = {"gpus": gpus, "ray": ray}
+        if mesh is not None:  # only agents on the overlay say how they stand on it
+            body["mesh"] = mesh
+        return self._call("POST", "/heartbeat", body=body)
+
+    def mesh_certificate(self, public_key: str) -> dict:
+        """A certificate for this agent's Nebula public key; Rejected with code ``mesh_off`` (409) when the
+        portal runs without the overlay."""
+        return self._call("POST", "/mesh/certificate", body={"public_key": public_key})
 
     def poll_commands(self, wait_s: int) -> list[dict]:
         return self._call("GET", "/commands", params={"wait": wait_s}, timeout_s=wait_s + 10)
@@ -73,3 +89,11 @@ class PortalClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        code = response.json().get("error", {}).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None

@@ -22,7 +22,7 @@ from solders.keypair import Keypair
 from sqlmodel import select
 
 from gpu_pool import compute
-from portal.config import Environment
+from portal.config import Environment, MeshKind
 from portal.infra.db import session_scope
 from portal.models import (
     Cluster,
@@ -465,6 +465,23 @@ def test_reported_addresses_the_portal_refuses_to_call(parts, host, port, reason
     refused = node_addresses.check(device, host, port, parts.settings)
     assert isinstance(refused, node_addresses.Refused) and reason in refused.reason
     assert node_addresses.check(device, AGENT_IP, 48265, parts.settings) == f"{AGENT_IP}:48265"
+
+
+def test_with_the_overlay_the_portal_calls_only_the_overlay_address_it_assigned(parts):
+    overlay = parts.settings.model_copy(update={"mesh": MeshKind.NEBULA})
+    device = Device(owner_id=uuid.uuid4(), name="d", country="DE", token_hash="x", token_prefix="x")
+    device.address, device.overlay_ip = AGENT_IP, "100.64.0.9"
+    assert node_addresses.check(device, "100.64.0.9", 48265, overlay) == "100.64.0.9:48265"
+    for host in (AGENT_IP, "100.64.0.10", "127.0.0.1"):  # the registration's peer, another device, loopback
+        refused = node_addresses.check(device, host, 48265, overlay)
+        assert isinstance(refused, node_addresses.Refused)
+        assert "not the device's overlay address (100.64.0.9)" in refused.reason
+    device.overlay_ip = None  # never certified: nothing to call
+    assert isinstance(node_addresses.check(device, AGENT_IP, 48265, overlay), node_addresses.Refused)
+    # Without the overlay, the registration's peer address as before.
+    assert node_addresses.check(device, AGENT_IP, 48265, parts.settings) == f"{AGENT_IP}:48265"
+    elsewhere = node_addresses.check(device, "100.64.0.9", 48265, parts.settings)
+    assert isinstance(elsewhere, node_addresses.Refused)
 
 
 def test_a_production_portal_never_calls_loopback(parts):

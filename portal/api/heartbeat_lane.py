@@ -183,6 +183,7 @@ class HeartbeatLane:
                 rate_key=ip_rate_counter(scope, time.time()),
                 gpus_json=_GPUS.dump_json(sent.gpus).decode(),
                 ray_json=sent.ray.model_dump_json(),
+                mesh_json=sent.mesh.model_dump_json() if sent.mesh else "",
             )
         )
         scope[IP_RATE_COUNT] = heard.rate_count

@@ -93,7 +93,11 @@ async def heartbeat(body: HeartbeatIn, parts: PartsDep, caller: BeatingAgent) ->
     # Most beats never get here: ``heartbeat_lane`` answers them in front of the app.
     assert caller.device_id is not None
     beat = agents.beat(
-        parts.cache, caller.device_id, samples=[s.model_dump() for s in body.gpus], ray=body.ray.model_dump()
+        parts.cache,
+        caller.device_id,
+        samples=[s.model_dump() for s in body.gpus],
+        ray=body.ray.model_dump(),
+        mesh=body.mesh.model_dump() if body.mesh else None,
     )
     return await answer_beat(parts, caller.device_id, beat)
 

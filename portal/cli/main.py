@@ -166,6 +166,54 @@ def worker(
     os.execv(args[0], args)
 
 
+@app.command()
+def mesh(
+    port: Annotated[int, typer.Option(help="Nebula's UDP port (open it to the internet).")] = 4242,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "0.0.0.0",
+    overlay_ip: Annotated[
+        str | None, typer.Option(help="Which of PORTAL_LIGHTHOUSES this is (default: the first).")
+    ] = None,
+    cert_hours: Annotated[
+        int, typer.Option(min=1, help="Its certificate's lifetime; renewed at half of it.")
+    ] = 720,
+) -> None:
+    """Run a lighthouse and relay of the overlay (PORTAL_MESH=nebula), certified by the portal's CA."""
+    import signal
+
+    from portal.services.errors import DomainError
+    from portal.services.mesh import lighthouse
+
+    settings = settings_or_exit()
+    try:
+        prepared = lighthouse.prepare(
+            settings, overlay_ip=overlay_ip, listen_port=port, listen_host=host, hours=cert_hours
+        )
+        process = lighthouse.run_nebula(prepared.config_path)
+    except DomainError as error:
+        raise fail(error.message) from None
+    typer.secho(
+        f"Lighthouse and relay {prepared.lighthouse.overlay_ip} on UDP {host}:{port} "
+        f"(listed as {prepared.lighthouse.public_address}); Ctrl-C stops it",
+        fg=typer.colors.GREEN,
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: process.terminate())
+    renew_in_s = cert_hours * 3600 / 2
+    while True:
+        try:
+            code = process.wait(timeout=renew_in_s)
+            break
+        except subprocess.TimeoutExpired:
+            try:
+                lighthouse.renew(settings, prepared)
+                process.send_signal(signal.SIGHUP)
+                renew_in_s = cert_hours * 3600 / 2
+            except DomainError as error:
+                typer.secho(f"portal: not renewed, retried in a minute: {error.message}", err=True)
+                renew_in_s = 60
+    raise typer.Exit(code=0 if code in (0, -signal.SIGTERM) else 1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to the newest revision)."""

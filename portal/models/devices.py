@@ -35,6 +35,11 @@ class MeshState(StrEnum):
 
     NONE = "none"  # never certified
     CERTIFIED = "certified"  # holds a certificate the portal signed; its tunnels are not reported yet
+    # As its agent reports in heartbeats (its Nebula's log): a lighthouse not reached yet, reached, or Nebula
+    # not running.
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DOWN = "down"
 
 
 class ConnectivityTier(StrEnum):

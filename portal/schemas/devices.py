@@ -121,9 +121,17 @@ class RayStatusIn(BaseModel):
     address: Annotated[str | None, Field(max_length=255)] = None
 
 
+class MeshStatusIn(BaseModel):
+    """How an agent on the overlay stands on it, from its Nebula's log."""
+
+    state: Literal["connecting", "connected", "down"]
+    relayed: bool | None = None
+
+
 class HeartbeatIn(BaseModel):
     gpus: Annotated[list[GpuSampleIn], Field(max_length=64)] = []
     ray: RayStatusIn = RayStatusIn()
+    mesh: MeshStatusIn | None = None  # only agents on the overlay send it
 
 
 class CommandOut(BaseModel):

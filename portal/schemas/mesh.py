@@ -46,5 +46,8 @@ class MeshCertificateOut(BaseModel):
 
 
 class MeshOut(BaseModel):
-    state: str = Field(description="off (no overlay), none (never certified), certified or expired.")
+    state: str = Field(
+        description="off (no overlay), none (never certified), certified, expired, or as the agent reports: "
+        "connecting (no lighthouse reached yet), connected, down (its Nebula not running)."
+    )
     relayed: bool | None = Field(description="Whether its tunnels go through a relay; null until reported.")

@@ -42,7 +42,7 @@ class Issued:
 
 @dataclass(frozen=True)
 class MeshStatus:
-    state: str  # off (no overlay), none, certified or expired
+    state: str  # off (no overlay), none, certified, connecting, connected, down or expired
     relayed: bool | None
 
 
@@ -119,6 +119,6 @@ def status(device: Device, settings: Settings, now: datetime | None = None) -> M
         return MeshStatus("off", None)
     state = device.mesh_state
     expires_at = device.mesh_certificate_expires_at
-    if state == MeshState.CERTIFIED and expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+    if state != MeshState.NONE and expires_at is not None and expires_at <= (now or datetime.now(UTC)):
         state = "expired"
     return MeshStatus(state, device.mesh_relayed)

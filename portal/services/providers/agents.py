@@ -152,13 +152,20 @@ COMMAND_SWEEP_S = 600
 
 
 def beat(
-    cache: Cache, device_id: uuid.UUID, *, samples: list[dict[str, Any]], ray: dict[str, Any]
+    cache: Cache,
+    device_id: uuid.UUID,
+    *,
+    samples: list[dict[str, Any]],
+    ray: dict[str, Any],
+    mesh: dict[str, Any] | None = None,
 ) -> liveness.NotedBeat:
     """The hot path of the portal (every agent, every few seconds), on the cache alone: note the beat and
     learn whether this request also flushes the batch of beats (one per period, across processes) or
     looks for commands (every ``COMMAND_SWEEP_S`` per device; the long-poll delivers them at once, this
     is the fallback)."""
-    return liveness.record(cache, device_id, samples=samples, ray=ray, now=utcnow(), sweep_s=COMMAND_SWEEP_S)
+    return liveness.record(
+        cache, device_id, samples=samples, ray=ray, mesh=mesh, now=utcnow(), sweep_s=COMMAND_SWEEP_S
+    )
 
 
 def needs_database(noted: liveness.NotedBeat) -> bool:
@@ -186,10 +193,11 @@ def heartbeat(
     *,
     samples: list[dict[str, Any]],
     ray: dict[str, Any],
+    mesh: dict[str, Any] | None = None,
 ) -> tuple[str, list[DeviceCommand]]:
     """One beat, written through at once (tests and tools); the API splits it into ``beat`` and
     ``finish_beat`` so that most beats never touch the database."""
-    noted = beat(cache, device_id, samples=samples, ray=ray)
+    noted = beat(cache, device_id, samples=samples, ray=ray, mesh=mesh)
     return finish_beat(
         session, cache, device_id, liveness.NotedBeat(noted.state, flush=True, sweep_commands=True)
     )

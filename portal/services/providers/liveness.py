@@ -64,12 +64,14 @@ def flush_claim_key(now: datetime) -> str:
     return f"beats-flush:{int(now.timestamp() // FLUSH_EVERY_S)}"
 
 
-def _beat_texts(gpus_json: str, ray_json: str, now: datetime) -> tuple[str, str]:
+def _beat_texts(gpus_json: str, ray_json: str, now: datetime, mesh_json: str = "") -> tuple[str, str]:
     """The beat as the flush reads it, and the GPU samples as pages read them ('' when none), from the
-    JSON the agent sent (composed as text: this runs for every beat)."""
+    JSON the agent sent (composed as text: this runs for every beat). ``mesh`` only when the agent said
+    how it stands on the overlay."""
     at = now.isoformat()
     sample = f'{{"at":"{at}","gpus":{gpus_json}}}' if gpus_json != "[]" else ""
-    return f'{{"at":"{at}","ray":{ray_json},"gpus":{gpus_json}}}', sample
+    mesh = f',"mesh":{mesh_json}' if mesh_json else ""
+    return f'{{"at":"{at}","ray":{ray_json},"gpus":{gpus_json}{mesh}}}', sample
 
 
 def _noting(device_id: str, beat: str, sample: str, flush_claim: str, sweep_s: float) -> list[Operation]:
@@ -103,9 +105,10 @@ def record(
     ray: dict[str, Any],
     now: datetime,
     sweep_s: float,
+    mesh: dict[str, Any] | None = None,
 ) -> NotedBeat:
     """Note one beat, in one round trip to the cache."""
-    beat, sample = _beat_texts(json.dumps(samples), json.dumps(ray), now)
+    beat, sample = _beat_texts(json.dumps(samples), json.dumps(ray), now, json.dumps(mesh) if mesh else "")
     _, state, flush_claims, sweeps = cache.batch(
         _noting(str(device_id), beat, sample, flush_claim_key(now), _jittered(sweep_s))
     )[:4]
@@ -120,6 +123,7 @@ class TokenBeat:
     rate_key: str
     gpus_json: str
     ray_json: str
+    mesh_json: str = ""  # '' when the agent is not on the overlay
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ async def record_by_tokens(
     expiries = [int(FLUSH_EVERY_S * 5 * 1000), SAMPLE_TTL_S * 1000]
     calls = []
     for beat in beats:
-        text, sample = _beat_texts(beat.gpus_json, beat.ray_json, now)
+        text, sample = _beat_texts(beat.gpus_json, beat.ray_json, now, beat.mesh_json)
         args = [*limits, text, sample, *stems, int(_jittered(sweep_s) * 1000), *expiries]
         calls.append(([beat.rate_key, beat.token_key, *keys_after_token], args))
     return [
@@ -268,8 +272,12 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
 _UPDATE_SQL = """
     UPDATE devices SET last_heartbeat_at = beat.at,
         ray_state = left(coalesce(beat.ray ->> 'state', 'none'), 24),
-        ray_node_id = left(beat.ray ->> 'node_id', 64)
-    FROM jsonb_to_recordset(CAST(:beats AS jsonb)) AS beat(id uuid, at timestamptz, ray jsonb, gpus jsonb)
+        ray_node_id = left(beat.ray ->> 'node_id', 64),
+        mesh_state = coalesce(left(beat.mesh ->> 'state', 16), devices.mesh_state),
+        mesh_relayed = CASE WHEN beat.mesh IS NULL THEN devices.mesh_relayed
+            ELSE (beat.mesh ->> 'relayed')::boolean END
+    FROM jsonb_to_recordset(CAST(:beats AS jsonb))
+        AS beat(id uuid, at timestamptz, ray jsonb, gpus jsonb, mesh jsonb)
     WHERE devices.id = beat.id
     RETURNING devices.id, devices.state, beat.at
 """
@@ -322,6 +330,13 @@ def _write_by_orm(
         for device_id in heard
     ]
     session.execute(update(Device), rows)
+    on_overlay = [
+        {"id": device_id, "mesh_state": str(mesh["state"])[:16], "mesh_relayed": mesh.get("relayed")}
+        for device_id in heard
+        if (mesh := beats[device_id].get("mesh"))
+    ]
+    if on_overlay:
+        session.execute(update(Device), on_overlay)
     samples = [
         {
             "device_id": device_id,

@@ -1,12 +1,14 @@
-"""Where the portal may call a device: only at the address it registered from, never at a host an agent names.
+"""Where the portal may call a device: only at an address the portal assigned (its overlay address) or
+validated (the address it registered from), never at a host an agent names.
 
 An agent reports where its Ray head's dashboard and GCS listen and where it serves ``/metrics``; the portal
 (and Prometheus, and the cluster's other agents) then connect there. Each reported address is accepted only
 when its host is an IP literal equal to the device's registered address (no DNS names: a name can be
 re-pointed after the check), its port is unprivileged, and, on loopback, it is none of the portal's own
 services. Loopback is allowed only in development (one machine); in production a device's address must
-be routable and not link-local (cloud metadata lives there). The mesh will assign overlay addresses: the
-same check then applies to them.
+be routable and not link-local (cloud metadata lives there). With the overlay on (``PORTAL_MESH=nebula``)
+the one host allowed is the overlay address the portal allocated to the device: Ray binds there, and the
+registration's peer address (a NAT's, most often) is never called.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from portal.config import Environment, Settings
+from portal.config import Environment, MeshKind, Settings
 from portal.models import Device
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,14 @@ def _own_ports(settings: Settings) -> set[int]:
     return ports
 
 
+def allowed_host(device: Device, settings: Settings) -> tuple[str | None, str]:
+    """The one host the portal calls the device at, and what it is: the overlay address the portal assigned
+    when the overlay is on, else the address the device registered from."""
+    if settings.mesh is MeshKind.NEBULA:
+        return device.overlay_ip, "overlay address"
+    return device.address, "registered address"
+
+
 def check(device: Device, host: str, port: int | None, settings: Settings) -> str | Refused:
     """``host:port`` in canonical form when the portal may call it for ``device``, else why not."""
     ip = parse_ip(host)
@@ -81,8 +91,9 @@ def check(device: Device, host: str, port: int | None, settings: Settings) -> st
     refused = _refused_host(ip, settings)
     if refused:
         return Refused(refused)
-    if device.address is None or parse_ip(device.address) != ip:
-        return Refused(f"{ip} is not the device's registered address ({device.address or 'none'})")
+    allowed, which = allowed_host(device, settings)
+    if allowed is None or parse_ip(allowed) != ip:
+        return Refused(f"{ip} is not the device's {which} ({allowed or 'none'})")
     if port is None or not LOWEST_PORT <= port <= 65535:
         return Refused(f"port {port} is outside {LOWEST_PORT}-65535")
     if ip.is_loopback and port in _own_ports(settings):
