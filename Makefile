@@ -35,9 +35,12 @@ browser:
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 # Debian's Nebula: nebula-cert signs and checks the overlay's certificates in the tests (the portal is the
-# overlay's certificate authority), nebula runs its nodes.
+# overlay's certificate authority), nebula runs its nodes. iproute2 and iptables build the namespace tests'
+# small internet (tests/netns.py: veth pairs, a bridge, NAT routers).
 mesh:
 	@command -v nebula-cert >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nebula; }
+	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2; }
+	@command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables; }
 
 run:
 	@$(SETUP) --run
