@@ -114,7 +114,8 @@ def test_an_agent_gets_a_certificate_for_its_own_key_and_a_config_nebula_accepts
     assert rendered["static_host_map"] == {"100.64.0.2": ["127.0.0.1:4242"]}
     assert rendered["lighthouse"] == {"am_lighthouse": False, "interval": 60, "hosts": ["100.64.0.2"]}
     assert rendered["relay"] == {"am_relay": False, "use_relays": True, "relays": ["100.64.0.2"]}
-    assert rendered["punchy"] == {"punch": True, "respond": True}
+    # Punching back at once keeps NATed pairs off the relay wherever a direct path exists.
+    assert rendered["punchy"] == {"punch": True, "respond": True, "delay": "0s"}
     assert rendered["tun"]["dev"] == tun_name(str(device_id)) and len(rendered["tun"]["dev"]) <= 15
     checked = subprocess.run(
         [nebula, "-test", "-config", str(mesh.config_path)], capture_output=True, text=True
