@@ -134,8 +134,16 @@ def test_a_real_prometheus_scrapes_the_gpus_while_an_agent_heartbeats(parts, tmp
             assert float(found[0]["value"][1]) == 42.0 and found[0]["metric"]["gpu"] == "0"
             # The query layer's Prometheus back end answers in the same shape as the embedded store.
             with_prometheus = parts.settings.model_copy(update={"prometheus_url": f"http://127.0.0.1:{port}"})
-            with session_scope(parts.engine) as session:
-                series = telemetry.series(session, with_prometheus, [device_id], 15)
+
+            def ranged() -> dict:
+                # A range query evaluates at its steps: a sample newer than the last step shows at the next.
+                stored_gauge()
+                with session_scope(parts.engine) as session:
+                    return telemetry.series(session, with_prometheus, [device_id], 15)
+
+            series = wait_until(
+                ranged, lambda found: found["util"], timeout_s=60, every_s=0.5, what="a range"
+            )
             (util,) = series["util"]
             assert (
                 (util.device_id, util.gpu_index) == (device_id, 0)
