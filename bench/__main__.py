@@ -52,7 +52,7 @@ from bench.heal import bench_heal
 from bench.heartbeats import bench_heartbeats
 from bench.mesh import bench_mesh
 from bench.placement import bench_placement
-from bench.serving import free_port, wait_until_serving
+from bench.serving import FailedRequests, free_port, wait_until_serving
 from bench.settlement import bench_settlement
 from bench.telemetry import bench_telemetry
 from bench.verification import bench_verification
@@ -113,13 +113,9 @@ def credentials_in(data_dir: Path) -> tuple[str, str]:
     return access_token, api_key
 
 
-class FailedRequest(RuntimeError):
-    """A benched request was refused: its time would measure the refusal, so the bench stops."""
-
-
 def answered(response: httpx.Response) -> httpx.Response:
     if response.status_code != 200:
-        raise FailedRequest(f"{response.request.url} answered {response.status_code}: {response.text[:200]}")
+        raise FailedRequests(f"{response.request.url} answered {response.status_code}: {response.text[:200]}")
     return response
 
 
@@ -329,16 +325,35 @@ def token() -> str:
     return _token_cache["jwt"]
 
 
+BENCHES = (
+    bench_auth,
+    bench_network_counts,
+    bench_task_round_trip,
+    bench_http,
+    bench_heartbeats,
+    bench_verification,
+    bench_placement,
+    bench_settlement,
+    bench_deploy,
+    bench_heal,
+    bench_telemetry,
+    bench_mesh,
+)
+
+
+def main() -> int:
+    """Every bench in turn; one whose requests fail says so, the others still run, and the run fails."""
+    failed = []
+    for bench in BENCHES:
+        try:
+            bench()
+        except FailedRequests as error:
+            print(f"  FAILED: {error}")
+            failed.append(bench.__name__)
+    if failed:
+        print(f"make bench: failed requests in {', '.join(failed)}")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
-    bench_auth()
-    bench_network_counts()
-    bench_task_round_trip()
-    bench_http()
-    bench_heartbeats()
-    bench_verification()
-    bench_placement()
-    bench_settlement()
-    bench_deploy()
-    bench_heal()
-    bench_telemetry()
-    bench_mesh()
+    sys.exit(main())

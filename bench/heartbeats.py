@@ -28,7 +28,7 @@ import psycopg
 import redis
 import uvloop
 
-from bench.serving import free_port, wait_until_serving
+from bench.serving import FailedRequests, free_port, wait_until_serving
 from portal.config import PROJECT_ROOT
 from portal.infra import migrations
 from portal.infra.db import build_engine
@@ -53,16 +53,20 @@ def redis_baseline() -> str:
 
 
 def create_devices(url: str, count: int, secret_key: str) -> list[str]:
-    """``count`` devices with known tokens, inserted in bulk (hashed with the portal's key)."""
-    os.environ["PORTAL_SECRET_KEY"] = secret_key
-    from portal.config import get_settings
+    """``count`` devices with known tokens, inserted in bulk (hashed with the benched portal's key, not
+    whatever parts this process had: inside ``make bench`` an earlier bench built them)."""
+    from pydantic import SecretStr
+
+    from portal.config import Settings
+    from portal.infra.cache import MemoryCache
+    from portal.parts import AppParts, in_use
     from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 
-    get_settings.cache_clear()
     engine = build_engine(url)
     owner = uuid.uuid4()
     tokens = [new_token(DEVICE_TOKEN_PREFIX) for _ in range(count)]
-    with engine.begin() as connection:
+    portal_parts = AppParts(Settings(secret_key=SecretStr(secret_key)), engine, MemoryCache())
+    with in_use(portal_parts), engine.begin() as connection:
         raw = connection.connection.driver_connection
         with raw.cursor() as cursor:
             cursor.execute(
@@ -329,6 +333,7 @@ def bench_heartbeats(
             failed = failed or bool(errors)
         if failed:
             print(f"  the portal's log: {server_log}")
+            raise FailedRequests("heartbeats were refused or failed (errors by status above)")
     finally:
         for process in processes:
             stop(process)

@@ -53,3 +53,7 @@ def serving_in_thread(app: object) -> Iterator[str]:
         # Forced: open connections would otherwise hold a graceful shutdown.
         server.should_exit = server.force_exit = True
         thread.join(timeout=10)
+
+
+class FailedRequests(RuntimeError):
+    """A bench's requests were refused or failed: its figures would time the failures, so it fails."""
