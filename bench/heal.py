@@ -128,12 +128,17 @@ def bench_heal() -> None:
         cluster = customer.get(f"/clusters/{cluster_id}").json()
         worker = next(n["device_name"] for n in cluster["nodes"] if n["role"] == "worker")
         killed_at = time.time()
-        subprocess.run(
+        # The benched portal's settings alone: a PORTAL_ variable of this process (an earlier bench's
+        # secret key) would make the command hash the agents' tokens with another key and find none.
+        own = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_")}
+        killing = subprocess.run(
             [str(Path(sys.executable).with_name("portal")), "demo", "kill-agent", worker],
-            env={**os.environ, "PORTAL_DATA_DIR": str(data_dir)},
-            check=True,
+            env={**own, "PORTAL_DATA_DIR": str(data_dir)},
             capture_output=True,
+            text=True,
         )
+        if killing.returncode != 0:
+            raise RuntimeError(f"portal demo kill-agent {worker} failed: {killing.stderr.strip()}")
         healed = _until(
             customer,
             cluster_id,
