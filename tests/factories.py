@@ -6,6 +6,8 @@ import secrets
 import uuid
 from datetime import timedelta
 
+from solders.keypair import Keypair
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from portal.models import AuthSession, Device, DeviceState, Gpu, Role, User
@@ -14,6 +16,7 @@ from portal.security.jwt import issue_access_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services.accounts import api_keys, users
+from portal.services.providers import devices
 from portal.services.providers.gpu_catalog import list_price
 
 
@@ -64,6 +67,26 @@ def make_device(
         )
     session.flush()
     return device
+
+
+def add_device(engine: Engine, *, name: str = "rig", payout_wallet: bool = False) -> tuple[uuid.UUID, str]:
+    """A provider's device added as the portal adds one (its token issued once); with a payout wallet the
+    provider's devices are hireable once proven."""
+    with Session(engine) as session:
+        owner = make_user(session, Role.PROVIDER)
+        if payout_wallet:
+            owner.wallet_address = str(Keypair().pubkey())
+        device, token = devices.add_device(
+            session,
+            owner_id=owner.id,
+            name=name,
+            country="DE",
+            connectivity_tier="high",
+            price_per_gpu_hour_micro=None,
+            origin=RequestOrigin(),
+        )
+        session.commit()
+        return device.id, token
 
 
 def make_user(session: Session, *roles: Role, email: str | None = None, password: str | None = None) -> User:

@@ -21,13 +21,13 @@ from gpu_pool.client import PortalClient, PortalUnavailable
 from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
 from portal.infra.db import session_scope
 from portal.infra.wakeups import Listener, RedisWakeups, Wakeups
-from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu, Role
+from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu
 from portal.parts import AppParts
 from portal.security.principal import RequestOrigin
 from portal.services.providers import commands, devices, verification
 from portal.services.providers.gpu_catalog import CATALOG
+from tests import factories
 from tests.conftest import VENV_BIN, wait_until
-from tests.factories import make_user
 from tests.servers import ServerThread, portal_app
 
 
@@ -69,18 +69,8 @@ def polling_portal(request, parts, cache_prefix) -> Iterator[tuple[ServerThread,
 
 
 def add_device(parts: AppParts, name: str = "rig") -> tuple[str, str]:
-    with session_scope(parts.engine) as session:
-        owner = make_user(session, Role.PROVIDER)
-        device, token = devices.add_device(
-            session,
-            owner_id=owner.id,
-            name=name,
-            country="DE",
-            connectivity_tier="high",
-            price_per_gpu_hour_micro=None,
-            origin=RequestOrigin(),
-        )
-        return str(device.id), token
+    device_id, token = factories.add_device(parts.engine, name=name)
+    return str(device_id), token
 
 
 def device_row(parts: AppParts, device_id: str) -> Device:

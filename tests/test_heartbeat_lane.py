@@ -25,13 +25,13 @@ from portal.api.heartbeat_lane import HEARTBEAT_PATH, HeartbeatLane
 from portal.infra.cache import MemoryCache, RedisCache
 from portal.infra.db import session_scope
 from portal.infra.metrics import REGISTRY
-from portal.models import Device, DeviceState, GpuSample, HearingGap, Role
+from portal.models import Device, DeviceState, GpuSample, HearingGap
 from portal.models.base import utcnow
 from portal.parts import AppParts
 from portal.security.firewall import API_CSP, WINDOW_S
 from portal.security.principal import RequestOrigin
 from portal.services.providers import devices, liveness
-from tests.factories import make_user
+from tests import factories
 from tests.test_clusters import market_with
 
 BEAT = {
@@ -75,18 +75,7 @@ def lane(lane_parts: AppParts) -> Iterator[tuple[TestClient, AppSpy, AppParts]]:
 
 
 def add_device(parts: AppParts) -> tuple[uuid.UUID, str]:
-    with session_scope(parts.engine) as session:
-        owner = make_user(session, Role.PROVIDER)
-        device, token = devices.add_device(
-            session,
-            owner_id=owner.id,
-            name="rig",
-            country="DE",
-            connectivity_tier="high",
-            price_per_gpu_hour_micro=None,
-            origin=RequestOrigin(),
-        )
-        return device.id, token
+    return factories.add_device(parts.engine)
 
 
 def beat(client: TestClient, token: str, body: object = BEAT) -> httpx.Response:

@@ -40,6 +40,7 @@ from portal.parts import AppParts
 from portal.services.money import ledger
 from portal.services.providers import commands, node_addresses, telemetry
 from portal.services.rentals import clusters, provisioning
+from tests import factories
 from tests.factories import make_device, make_user
 from tests.servers import ServerThread, portal_app
 
@@ -90,23 +91,8 @@ def served(portal_api) -> Iterator[tuple[ServerThread, object]]:
     yield portal_api
 
 
-def new_device(parts, *, state: DeviceState = DeviceState.REGISTERED) -> tuple[uuid.UUID, str]:
-    from portal.security.principal import RequestOrigin
-    from portal.services.providers import devices
-
-    with session_scope(parts.engine) as session:
-        owner = make_user(session, Role.PROVIDER)
-        owner.wallet_address = str(Keypair().pubkey())  # paid out on Solana: hireable
-        device, token = devices.add_device(
-            session,
-            owner_id=owner.id,
-            name="rig",
-            country="DE",
-            connectivity_tier="high",
-            price_per_gpu_hour_micro=None,
-            origin=RequestOrigin(),
-        )
-        return device.id, token
+def new_device(parts) -> tuple[uuid.UUID, str]:
+    return factories.add_device(parts.engine, payout_wallet=True)  # hireable once proven
 
 
 def device_row(parts, device_id: uuid.UUID) -> Device:
