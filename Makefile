@@ -19,7 +19,7 @@ export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
 export UV_CACHE_DIR := $(CURDIR)/.uv-cache
 export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
 
-.PHONY: setup run test test-fast bench lint browser mesh worker clean
+.PHONY: setup run test test-fast bench lint browser mesh k8s pgbouncer worker clean
 
 SETUP := PYTHON=$(PYTHON) BUN_PACKAGE=$(BUN_PACKAGE) BUN_VERSION=$(BUN_VERSION) bash scripts/setup.sh
 
@@ -42,6 +42,14 @@ mesh:
 	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2; }
 	@command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables; }
 
+# Debian's kubectl renders deploy/k8s offline (kubectl kustomize) for tests/test_k8s_manifests.py.
+k8s:
+	@command -v kubectl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client; }
+
+# Debian's PgBouncer: tests/test_pgbouncer.py runs the portal through one in transaction mode.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; }
+
 run:
 	@$(SETUP) --run
 	$(BIN)/portal run
@@ -49,7 +57,7 @@ run:
 worker: setup
 	$(BIN)/portal worker
 
-test: setup browser mesh
+test: setup browser mesh k8s pgbouncer
 	$(BIN)/pytest
 
 # Without the tests that drive Chromium or start real portals, Ray nodes or agents (pyproject.toml markers).
