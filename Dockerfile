@@ -24,6 +24,27 @@ RUN apt-get update \
     && npm cache clean --force
 WORKDIR /app
 
+# The worker agent alone, for providers' machines: only gpu_pool/ and its own pyproject (Ray, NVML, httpx;
+# none of the server). Build: docker build --target agent -t gpu-pool:0.1.0 .
+# Nebula: the agent joins the overlay when the portal runs one.
+FROM python:3.11-slim-bookworm AS agent
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nebula \
+    && rm -rf /var/lib/apt/lists/*
+COPY constraints.txt /tmp/agent/constraints.txt
+COPY gpu_pool /tmp/agent/gpu_pool
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install -c /tmp/agent/constraints.txt /tmp/agent/gpu_pool \
+    && rm -rf /tmp/agent \
+    && useradd --create-home --uid 10001 gpu-pool
+USER 10001
+CMD ["gpu-pool", "--help"]
+
 FROM base AS build
 COPY pyproject.toml constraints.txt README.md ./
 COPY portal ./portal

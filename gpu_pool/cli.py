@@ -157,7 +157,8 @@ def doctor(
     ray_path = shutil.which("ray") or shutil.which(
         "ray", path=str(__import__("pathlib").Path(sys.executable).parent)
     )
-    checks.append((ray_path is not None, f"Ray: {ray_path or 'not found'}", 'pip install "ray[default]"'))
+    ray_fix = "pip install gpu-pool (it brings the portal's Ray)"
+    checks.append((ray_path is not None, f"Ray: {ray_path or 'not found'}", ray_fix))
     try:
         free_ports(len(PORT_NAMES))
         checks.append((True, "Local ports: free ports are available for a Ray node", ""))

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, event, func
 from sqlmodel import Session, col, select
 
+from portal import __version__
 from portal.config import Environment, Settings
 from portal.infra.cache import Cache
 from portal.models import (
@@ -50,13 +51,16 @@ class Check:
 
 
 def launch_commands(settings: Settings, token: str) -> dict[str, str]:
-    """How a provider starts the agent: with pip, or with Docker; ``--simulate`` for development."""
+    """How a provider starts the agent: with pip, or with Docker; ``--simulate`` for development.
+
+    Both install the agent's own distribution, ``gpu-pool`` (gpu_pool/pyproject.toml), released with this
+    portal: it brings the portal's Ray and none of the server's packages."""
     portal = shlex.quote(settings.base_url)
     quoted = shlex.quote(token)
     return {
-        "pip": f"pip install gpu-portal && gpu-pool worker --portal {portal} --token {quoted}",
+        "pip": f"pip install gpu-pool=={__version__} && gpu-pool worker --portal {portal} --token {quoted}",
         "docker": (
-            f"docker run -d --gpus all --restart unless-stopped --network host gpu-portal:latest "
+            f"docker run -d --gpus all --restart unless-stopped --network host gpu-pool:{__version__} "
             f"gpu-pool worker --portal {portal} --token {quoted}"
         ),
         "simulate": f"gpu-pool worker --portal {portal} --token {quoted} --simulate 2xH100-80GB",
