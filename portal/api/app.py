@@ -15,6 +15,7 @@ from portal.api import (
     admin,
     auth,
     billing,
+    cluster_proxy,
     clusters,
     devices,
     health,
@@ -75,6 +76,7 @@ def create_api(parts: AppParts | None = None) -> FastAPI:
     ):
         v1.include_router(router)
     api.include_router(v1)
+    api.include_router(cluster_proxy.router)
     api.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-assets")
     api.add_api_route("/api/docs", _docs, include_in_schema=False, dependencies=[Depends(OPEN)])
     # Reflex is mounted after these routes and answers every other path with its web app; unknown API
