@@ -1,0 +1,427 @@
+"""Customer code in a container: every Ray node of a rental runs in an OCI container of its own, made by the
+machine's Podman or Docker, and the rental is wiped when the node stops.
+
+Each container is unprivileged (user 1000, every capability dropped, no new privileges), has a read-only
+root filesystem and one writable scratch volume (Ray's temp dir and the jobs' files, ``/scratch``), limits
+on memory, CPUs and processes, the rented GPUs only (CDI for Podman, ``--gpus`` for Docker; simulated GPUs:
+none) and nothing of the host mounted. Its label names the device and the cluster, so that an agent
+restarted after a crash finds and removes what its rentals left.
+
+Network: a bridge network per cluster (``gpu-pool-<cluster>``, made on demand), never the host's network.
+Ray binds some of its servers (the client server, the dashboard agent) to its node address, so that address
+must belong to the container: publishing Ray's ports on the host's address and advertising it makes Ray
+fail to bind. The node's cluster address is therefore the container's own address on that bridge, where
+the host and the cluster's other nodes on this machine reach it and nothing is published on the host at
+all. From inside, the host's loopback services (the portal's Redis on 127.0.0.1, …) are out of reach: the
+container's 127.0.0.1 is its own. The host's services listening on every address are reachable at the
+bridge's gateway as from any machine on the network (firewall them). Across machines the bridge's subnet
+has to be routed over the overlay (not done yet: see the README's provider section).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+
+from gpu_pool import ray_node
+from gpu_pool.ray_node import NodeSpec, RayNode, RayNodeError
+
+logger = logging.getLogger("gpu_pool.isolation")
+
+ENGINES = ("podman", "docker")
+LABEL_DEVICE = "org.gpu-portal.device"
+LABEL_CLUSTER = "org.gpu-portal.cluster"
+LABEL_RAY = "org.gpu-portal.ray-version"
+SCRATCH = "/scratch"
+USER = "1000:1000"
+# Inside its own network namespace a node's ports never collide with another's: Ray's own defaults.
+GCS_PORT, CLIENT_PORT, DASHBOARD_PORT = 6379, 10001, 8265
+STOP_GRACE_S = 5
+ENGINE_TIMEOUT_S = 60
+
+
+class IsolationError(RayNodeError):
+    """The container could not be made, checked or wiped; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one node's container may use: bytes of memory (swap included), CPUs, processes."""
+
+    memory_bytes: int = 8 * 2**30
+    cpus: float = 2.0
+    pids: int = 4096
+
+
+@dataclass
+class Wipe:
+    """What the last wipe removed and how long it took; ``leftovers`` names anything that survived it."""
+
+    container: str
+    seconds: float
+    leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.leftovers
+
+
+def find_engine(preferred: str | None = None) -> str:
+    """The container engine to use: ``preferred``, else the first of Podman and Docker that answers."""
+    candidates = [preferred] if preferred else list(ENGINES)
+    for name in candidates:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            if subprocess.run([path, "info"], capture_output=True, timeout=30).returncode == 0:
+                return name
+    wanted = preferred or "podman or docker"
+    raise IsolationError(
+        f"no container engine answers ({wanted}): install Podman (apt-get install podman runc) or start "
+        "Docker, or run with --isolation none for development with simulated GPUs"
+    )
+
+
+def portal_ray_version() -> str:
+    """The Ray the portal's clusters run: the agent's own, pinned to the portal's release."""
+    return metadata.version("ray")
+
+
+@dataclass
+class ContainerNode(RayNode):
+    """A Ray node in a container: ``process`` is the engine's attached client (alive while the container
+    runs), ``temp_dir`` the agent's own folder for its log."""
+
+    isolation: ContainerIsolation | None = None
+    container: str = ""
+    volume: str = ""
+    network: str = ""
+    last_wipe: Wipe | None = None
+
+    def stop(self) -> None:
+        """Wipe the rental: container and scratch volume removed, no process of it left (checked).
+
+        Raises IsolationError naming what survived, after removing everything it could."""
+        assert self.isolation is not None
+        self.last_wipe = self.isolation.wipe(self.container, self.volume, self.network)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not self.last_wipe.clean:
+            raise IsolationError(f"the wipe left {', '.join(self.last_wipe.leftovers)}")
+
+    def _processes(self) -> list:  # the container's processes are the engine's to end
+        return []
+
+
+@dataclass
+class ContainerIsolation:
+    """Starts Ray nodes in containers and wipes them; one per agent."""
+
+    engine: str
+    image: str
+    limits: Limits = field(default_factory=Limits)
+    device_id: str | None = None  # known once the agent registered
+    _checked_image: str | None = field(default=None, repr=False)
+
+    # --- the engine ---------------------------------------------------------------------------------
+
+    def _run(self, *args: str, check: bool = True, timeout: float = ENGINE_TIMEOUT_S) -> str:
+        try:
+            done = subprocess.run(
+                [self.engine, *args], capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise IsolationError(f"{self.engine} {args[0]}: {error}") from None
+        if check and done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise IsolationError(f"{self.engine} {' '.join(args[:2])} failed: {detail[0]}")
+        return done.stdout.strip()
+
+    def check_image(self) -> str:
+        """The image's Ray version, which must be the portal's; the image must be there (no pulls)."""
+        image_id = self._run("image", "inspect", "--format", "{{.Id}}", self.image, check=False)
+        if not image_id:
+            raise IsolationError(
+                f"the worker image {self.image} is not on this machine: build it from gpu_pool/Containerfile "
+                "(or gpu_pool/image/build-test-image.sh for development)"
+            )
+        labels = json.loads(self._run("image", "inspect", "--format", "{{json .Config.Labels}}", self.image))
+        found, wanted = (labels or {}).get(LABEL_RAY), portal_ray_version()
+        if found != wanted:
+            raise IsolationError(
+                f"the worker image {self.image} has Ray {found or 'of unknown version'} but the portal runs "
+                f"Ray {wanted}: rebuild it from gpu_pool/Containerfile with RAY_VERSION={wanted}"
+            )
+        self._checked_image = image_id
+        return found
+
+    def _labels(self, cluster: str) -> list[str]:
+        return [
+            "--label",
+            f"{LABEL_DEVICE}={self.device_id or 'unregistered'}",
+            "--label",
+            f"{LABEL_CLUSTER}={cluster}",
+        ]
+
+    def security_args(self) -> list[str]:
+        """The flags every container of a rental gets (and the hostile tests check)."""
+        return [
+            f"--user={USER}",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--read-only",
+            f"--memory={self.limits.memory_bytes}",
+            f"--memory-swap={self.limits.memory_bytes}",  # no swap beyond the memory limit
+            f"--cpus={self.limits.cpus}",
+            f"--pids-limit={self.limits.pids}",
+            # Ray's object store is shared memory: room for it, counted in the memory limit.
+            f"--shm-size={ray_node.OBJECT_STORE_BYTES + 64 * 2**20}",
+            # Podman mounts a tmpfs on /tmp under --read-only, Docker does not: say it for both (in memory,
+            # counted in the limit, gone with the container).
+            "--tmpfs=/tmp:rw,nosuid,nodev,size=256m",
+        ]
+
+    @staticmethod
+    def gpu_args(engine: str, gpu_indices: list[int]) -> list[str]:
+        """The rented GPUs only, by the engine's own way; none for simulated GPUs."""
+        if not gpu_indices:
+            return []
+        if engine == "podman":
+            return [f"--device=nvidia.com/gpu={index}" for index in gpu_indices]  # CDI
+        return ["--gpus", f'"device={",".join(str(i) for i in gpu_indices)}"']
+
+    def network_for(self, cluster: str) -> str:
+        """The cluster's bridge on this machine, made on first use (another agent may make it first)."""
+        name = f"gpu-pool-{cluster}"[:60]
+        if not self._exists("network", name):
+            self._run("network", "create", *self._labels(cluster), name, check=False)
+            if not self._exists("network", name):
+                raise IsolationError(f"could not make the container network {name}")
+        return name
+
+    def _exists(self, kind: str, name: str) -> bool:
+        """Whether the engine has this container, volume or network (``inspect`` answers for all three)."""
+        command = (
+            [self.engine, kind, "inspect", name] if kind != "container" else [self.engine, "inspect", name]
+        )
+        return subprocess.run(command, capture_output=True, timeout=ENGINE_TIMEOUT_S).returncode == 0
+
+    # --- nodes --------------------------------------------------------------------------------------
+
+    def start(
+        self,
+        spec: NodeSpec,
+        cluster: str | None,
+        gpu_indices: list[int] | None = None,
+        workdir: Path | None = None,
+    ) -> ContainerNode:
+        """Start the node in a container of its own and wait until Ray runs; raises IsolationError (with
+        the node's last log lines) after wiping what was made if not."""
+        if spec.autoscaling is not None:
+            # The autoscaler would call the portal with this device's token from inside the customer's
+            # container: not until the portal hands it a credential of the cluster's own.
+            raise IsolationError("autoscaled clusters do not run in containers yet")
+        if self._checked_image is None:
+            self.check_image()
+        cluster = re.sub(r"[^a-zA-Z0-9_.-]", "", cluster or "none") or "none"
+        name = f"gpu-pool-{cluster[:24]}-{self.device_id or 'x'}"[:63]
+        name = f"{name}-{int(time.time() * 1000) % 10**8}"
+        started = time.monotonic()
+        self._run("volume", "create", *self._labels(cluster), name)
+        network = self.network_for(cluster)
+        temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
+        log_path = temp_dir / "agent-ray.log"
+        env = {
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Drivers of any Python 3.11 may join (the image's patch release is Debian's).
+            "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor",
+            "HOME": SCRATCH,
+            **spec.env,
+        }
+        args = [
+            "run",
+            f"--name={name}",
+            *self._labels(cluster),
+            f"--network={network}",
+            *self.security_args(),
+            *self.gpu_args(self.engine, gpu_indices or []),
+            f"--volume={name}:{SCRATCH}",
+            f"--workdir={SCRATCH}",
+            *[f"--env={key}={value}" for key, value in env.items()],
+            self.image,
+            *self._ray_args(spec),
+        ]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [self.engine, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        ports = {"gcs": GCS_PORT, "client": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
+        node = ContainerNode(
+            spec,
+            temp_dir,
+            ports,
+            process,
+            log_path,
+            isolation=self,
+            container=name,
+            volume=name,
+            network=network,
+        )
+        deadline = time.monotonic() + ray_node.START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise IsolationError(
+                        f"the node's container exited with {process.returncode}: {_tail(log_path)}"
+                    )
+                if "Ray runtime started" in log_path.read_text(errors="replace"):
+                    address = self._address(name, network)
+                    node.spec = replace(spec, node_ip=address)
+                    node.node_id = self._node_id(name)
+                    node.started_at = time.time()
+                    logger.info(
+                        "node container %s started in %.1f s at %s", name, time.monotonic() - started, address
+                    )
+                    return node
+                time.sleep(0.2)
+            raise IsolationError(
+                f"the Ray node did not start within {ray_node.START_TIMEOUT_S} s: {_tail(log_path)}"
+            )
+        except BaseException:
+            with contextlib.suppress(IsolationError):
+                node.stop()
+            raise
+
+    def _ray_args(self, spec: NodeSpec) -> list[str]:
+        args = [
+            "ray",
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            # No --node-ip-address: Ray finds the container's own address on the cluster's bridge.
+            f"--temp-dir={SCRATCH}/ray",
+            f"--num-gpus={spec.num_gpus}",
+            f"--resources={json.dumps(spec.resources)}",
+            f"--object-store-memory={ray_node.OBJECT_STORE_BYTES}",
+        ]
+        if spec.num_cpus is not None:
+            args.append(f"--num-cpus={spec.num_cpus}")
+        if spec.role == "head":
+            return [
+                *args,
+                "--head",
+                f"--port={GCS_PORT}",
+                f"--ray-client-server-port={CLIENT_PORT}",
+                f"--include-dashboard={'true' if spec.dashboard else 'false'}",
+                "--dashboard-host=0.0.0.0",  # every address of the container's own namespace, no more
+                f"--dashboard-port={DASHBOARD_PORT}",
+            ]
+        if not spec.head_address:
+            raise IsolationError("a worker node needs the head's address")
+        return [*args, f"--address={spec.head_address}"]
+
+    def _address(self, container: str, network: str) -> str:
+        networks = json.loads(
+            self._run("inspect", "--format", "{{json .NetworkSettings.Networks}}", container) or "{}"
+        )
+        address = (networks.get(network) or {}).get("IPAddress")
+        if not address:
+            raise IsolationError(f"the container {container} has no address on {network}")
+        return address
+
+    def _node_id(self, container: str) -> str | None:
+        # Ray names some per-node files after the node id, e.g. session_latest/metrics_export_port_<id>.
+        listing = self._run("exec", container, "ls", f"{SCRATCH}/ray/session_latest", check=False)
+        for entry in listing.split():
+            if entry.startswith("metrics_export_port_"):
+                return entry.rsplit("_", 1)[-1]
+        return None
+
+    # --- wiping -------------------------------------------------------------------------------------
+
+    def wipe(self, container: str, volume: str, network: str | None = None) -> Wipe:
+        """Remove the container (SIGTERM, SIGKILL after the grace period) and its scratch volume, then check
+        that neither is there and that no process runs in the container's cgroup."""
+        started = time.monotonic()
+        full_id = self._run("inspect", "--format", "{{.Id}}", container, check=False)
+        self._run(
+            "rm", "--force", f"--time={STOP_GRACE_S}", container, check=False, timeout=STOP_GRACE_S + 60
+        )
+        self._run("volume", "rm", "--force", volume, check=False)
+        if network:
+            self._run("network", "rm", network, check=False)  # refused while another node of it runs here
+        leftovers = []
+        if self._exists("container", container):
+            leftovers.append(f"container {container}")
+        if self._exists("volume", volume):
+            leftovers.append(f"volume {volume}")
+        leftovers += [f"process {pid}" for pid in processes_of(full_id)] if full_id else []
+        wipe = Wipe(container, time.monotonic() - started, leftovers)
+        logger.info(
+            "wiped %s in %.2f s%s", container, wipe.seconds, "" if wipe.clean else f": left {leftovers}"
+        )
+        return wipe
+
+    def leftovers(self) -> list[str]:
+        """Containers this device's rentals left (all of them, when the agent runs no node)."""
+        if not self.device_id:
+            return []
+        return self._run(
+            "ps",
+            "--all",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            f"label={LABEL_DEVICE}={self.device_id}",
+            check=False,
+        ).split()
+
+    def wipe_leftovers(self) -> list[Wipe]:
+        """At the agent's start: remove every container and volume of this device's ended rentals."""
+        wipes = []
+        for container in self.leftovers():
+            network = self._run(
+                "inspect",
+                "--format",
+                "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+                container,
+                check=False,
+            ).split()
+            wipes.append(self.wipe(container, container, network[0] if network else None))
+        for volume in self._run(
+            "volume", "ls", "--quiet", "--filter", f"label={LABEL_DEVICE}={self.device_id}", check=False
+        ).split():
+            self._run("volume", "rm", "--force", volume, check=False)
+        if wipes:
+            logger.info(
+                "removed %d container(s) of ended rentals: %s", len(wipes), [w.container for w in wipes]
+            )
+        return wipes
+
+
+def processes_of(container_id: str) -> list[int]:
+    """PIDs on this machine whose cgroup names the container (its processes, wherever the engine put it)."""
+    found = []
+    for cgroup in Path("/proc").glob("[0-9]*/cgroup"):
+        with contextlib.suppress(OSError):
+            if container_id in cgroup.read_text():
+                found.append(int(cgroup.parent.name))
+    return found
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
