@@ -19,6 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 from gpu_pool import __version__, compute, ray_node
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
 from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, SimulatedGpus, machine_facts
+from gpu_pool.isolation import ContainerIsolation
 from gpu_pool.mesh import Mesh, MeshError, tun_name
 
 logger = logging.getLogger("gpu_pool.agent")
@@ -38,6 +39,7 @@ class Agent:
         mesh_dir: Path | None = None,
         mesh_tun: str | None = None,
         mesh_port: int = 0,
+        isolation: ContainerIsolation | None = None,
     ) -> None:
         self.client = client
         self.gpus = gpus
@@ -48,6 +50,8 @@ class Agent:
         # The overlay, when the portal runs one: Nebula's files under mesh_dir, per device (None: not asked).
         self.mesh_dir, self.mesh_tun, self.mesh_port = mesh_dir, mesh_tun, mesh_port
         self.mesh: Mesh | None = None
+        # Customer code in a container per node (None: on the host, development only).
+        self.isolation = isolation
         self.device_id: str | None = None
         self.state = "unknown"
         self.heartbeat_s = 5
@@ -113,6 +117,8 @@ class Agent:
         if reply is None:
             return False
         self.device_id, self.state = reply["device_id"], reply["state"]
+        if self.isolation:
+            self.isolation.device_id = self.device_id
         self.heartbeat_s = reply["next_heartbeat_s"]
         logger.info("registered as device %s (%s)", self.device_id, self.state)
         return bool(reply["verify"])
@@ -244,13 +250,20 @@ class Agent:
                     self._stop_node()  # a node of an earlier cluster whose stop never arrived
                 if self.mesh:
                     self.mesh.renew()  # the cluster's group, so that its other nodes get through
-                node = ray_node.start(self._node_spec(role, payload), self.workdir)
+                node = self._start_node(role, payload, cluster)
             finally:
                 with self._lock:
                     self._starting = False
             with self._lock:
                 self.node, self.node_cluster = node, cluster
             return True, json.dumps(node.status())
+
+    def _start_node(self, role: str, payload: dict[str, Any], cluster: str | None) -> ray_node.RayNode:
+        spec = self._node_spec(role, payload)
+        if self.isolation is None:
+            return ray_node.start(spec, self.workdir)
+        rented = [] if self.simulated else [gpu.index for gpu in self.describe()]
+        return self.isolation.start(spec, cluster, rented, self.workdir)
 
     def stop_ray(self) -> None:
         with self._node_lock:
@@ -312,6 +325,8 @@ class Agent:
         """Register, verify when asked, then heartbeat and take commands until stopped."""
         try:
             verify = self.register()
+            if self.isolation and not self.stopping.is_set():
+                self.isolation.wipe_leftovers()  # no node runs yet: whatever a rental left is removed
             if not self.stopping.is_set():
                 self.join_mesh()
             if verify and not self.stopping.is_set():

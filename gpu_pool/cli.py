@@ -54,6 +54,25 @@ def worker(
         str | None, typer.Option(help="Nebula's TUN device name (default: gp + the device id's start).")
     ] = None,
     mesh_port: Annotated[int, typer.Option(help="Nebula's UDP port (0: any free port).")] = 0,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            help="container: every Ray node runs in a container of its own, wiped after the rental; "
+            "none: on this host as this user (development with simulated GPUs only)."
+        ),
+    ] = "none",
+    engine: Annotated[
+        str | None, typer.Option(help="Container engine: podman or docker (default: the first that answers).")
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Worker image (default: gpu-pool-worker:ray-<the portal's Ray version>)."),
+    ] = None,
+    container_memory_gb: Annotated[
+        float, typer.Option(help="Memory of a node's container, swap included.")
+    ] = 8,
+    container_cpus: Annotated[float, typer.Option(help="CPUs of a node's container.")] = 2,
+    container_pids: Annotated[int, typer.Option(help="Processes a node's container may run at once.")] = 4096,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Connect this machine to the portal: register, prove the GPUs, heartbeat, run Ray nodes on command."""
@@ -89,6 +108,28 @@ def worker(
             )
             raise typer.Exit(code=2)
         gpus = NvmlGpus()
+    container_isolation = None
+    if isolation == "container":
+        from gpu_pool.isolation import (
+            ContainerIsolation,
+            IsolationError,
+            Limits,
+            find_engine,
+            portal_ray_version,
+        )
+
+        try:
+            container_isolation = ContainerIsolation(
+                find_engine(engine),
+                image or f"gpu-pool-worker:ray-{portal_ray_version()}",
+                Limits(int(container_memory_gb * 2**30), container_cpus, container_pids),
+            )
+            container_isolation.check_image()
+        except IsolationError as error:
+            typer.secho(f"gpu-pool: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+    elif isolation != "none":
+        raise typer.BadParameter("container or none", param_hint="--isolation")
     metrics_url = None
     if metrics_port:
         collector = DcgmCollector(
@@ -106,6 +147,7 @@ def worker(
         mesh_dir=state_dir if mesh else None,
         mesh_tun=mesh_tun,
         mesh_port=mesh_port,
+        isolation=container_isolation,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
