@@ -11,6 +11,7 @@ from portal.models import metadata
 from portal.models.base import UTCDateTime
 
 config = context.config
+MIGRATION_LOCK = 0x706F7274616C  # "portal": the advisory lock that serializes migrations on PostgreSQL
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
@@ -43,6 +44,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Portal processes and the migration Job may start together: one migrates, the others wait
+                # and then find the schema at head. A transaction's lock, so it holds through PgBouncer.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             context.run_migrations()
     engine.dispose()
 

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="How users reach the portal; default http://host:port.")
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 5
     db_pool_overflow: Annotated[int, Field(ge=0, le=200)] = 5
+    db_transaction_pooler: bool = Field(
+        default=False,
+        description="PostgreSQL is reached through a pooler in transaction mode (PgBouncer): no server-side "
+        "prepared statements, as a transaction's statements may meet another server connection next time.",
+    )
     log_level: str = "INFO"
     log_format: LogFormat | None = Field(
         default=None, description="json or text; unset: text on a terminal, JSON otherwise."

@@ -129,7 +129,7 @@ def test_the_shipped_prometheus_configs_send_the_metrics_token():
     assert token_file == f"/run/secrets/{secret}"
     assert compose["secrets"][secret] == {"environment": "PORTAL_METRICS_TOKEN"}
     documents = list(
-        yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" / "prometheus-scrape.yaml").read_text())
+        yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" / "base" / "prometheus-scrape.yaml").read_text())
     )
     (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
     scrape = yaml.safe_load(config_map["data"]["prometheus.yml"])

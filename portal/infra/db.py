@@ -12,10 +12,11 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
 
-from portal.config import get_settings
+from portal.config import Settings, get_settings
 
 
-def build_engine(url: str, **kwargs: Any) -> Engine:
+def build_engine(url: str, *, settings: Settings | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url``, pooled as ``settings`` say (by default the process's own)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -23,11 +24,15 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _tune_sqlite)
         return engine
+    settings = settings or get_settings()
     if "poolclass" not in kwargs:
         # Per process: with Redis, Reflex runs several backend workers, and all of them together must stay
         # below PostgreSQL's max_connections (100 by default).
-        settings = get_settings()
         kwargs = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_overflow} | kwargs
+    if settings.db_transaction_pooler:
+        # psycopg prepares a statement run 5 times on one connection (prepare_threshold); behind PgBouncer in
+        # transaction mode the next run may reach a server connection that never saw it, or one that has it.
+        kwargs["connect_args"] = {"prepare_threshold": None} | kwargs.get("connect_args", {})
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
