@@ -340,9 +340,10 @@ def test_create_waits_showing_each_event_until_the_cluster_runs(cli, signed_in, 
     assert sum(" node_joined " in line for line in lines) == 2
     assert "Cluster up is running: 2 x H100-80GB (simulated)." in result.stdout
     assert "Ray client address  ray://127.0.0.1:10001" in result.stdout
-    assert "Dashboard           http://127.0.0.1:8265" in result.stdout
-    # Each event once, in order, though the cluster was read many times.
+    # The dashboard through the portal's proxy, which works from the customer's own machine.
     (cluster,) = clusters_in_db(parts)
+    assert f"Dashboard           {parts.settings.base_url}/clusters/{cluster.id}/ray/" in result.stdout
+    # Each event once, in order, though the cluster was read many times.
     with session_scope(parts.engine) as session:
         from portal.services.rentals import clusters
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
 from portal.api.deps import FollowUpsDep, SessionDep, SettingsDep
-from portal.config import Settings
+from portal.config import MeshKind, Settings
 from portal.models import Cluster, ClusterState, Role
 from portal.schemas.clusters import (
     ClusterIn,
@@ -20,13 +20,14 @@ from portal.schemas.clusters import (
     JobLogsOut,
     JobOut,
     MetricsOut,
+    NetworkOut,
     NodeOut,
 )
 from portal.schemas.common import Limit, Offset, Page
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
 from portal.services.providers import telemetry
-from portal.services.rentals import clusters, jobs
+from portal.services.rentals import clusters, dashboard, jobs
 
 router = APIRouter(prefix="/clusters", tags=["customer: clusters"])
 Reader = Annotated[Principal, Depends(SignedIn([Role.CUSTOMER], scope="clusters:read"))]
@@ -39,7 +40,12 @@ def cluster_out(session: Session, settings: Settings, cluster: Cluster, *, event
     nodes = clusters.nodes_with_devices(session, cluster.id)
     spent, held = clusters.spent_and_escrow(session, settings, cluster)
     return ClusterOut(
-        **cluster.model_dump(include=set(ClusterOut.model_fields) - {"nodes", "events"}),
+        **cluster.model_dump(include=set(ClusterOut.model_fields) - {"nodes", "events", "dashboard_url"}),
+        dashboard_url=dashboard.public_url(settings, cluster),
+        network=NetworkOut(
+            overlay=settings.mesh is MeshKind.NEBULA,
+            head_overlay_ip=dashboard.head_overlay_ip(session, settings, cluster),
+        ),
         spent_micro=spent,
         escrow_micro=held,
         simulated=any(device.simulated for _, device in nodes),

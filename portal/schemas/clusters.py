@@ -94,6 +94,11 @@ class EventOut(BaseModel):
     message: str
 
 
+class NetworkOut(BaseModel):
+    overlay: bool  # the cluster's nodes are on the portal's overlay (PORTAL_MESH=nebula)
+    head_overlay_ip: str | None = None  # reachable after `portal clusters connect`
+
+
 class ClusterOut(BaseModel):
     id: uuid.UUID
     owner_id: uuid.UUID
@@ -110,7 +115,8 @@ class ClusterOut(BaseModel):
     price_per_gpu_hour_micro: int
     ray_address: str | None
     client_address: str | None
-    dashboard_url: str | None
+    dashboard_url: str | None  # the portal's proxy to the head's dashboard, while the cluster runs
+    network: NetworkOut
     created_at: datetime
     started_at: datetime | None
     expires_at: datetime | None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from portal.models import ClusterState, Role
+from portal.config import MeshKind, Settings
+from portal.models import Cluster, ClusterNode, ClusterState, Device, NodeRole, Role
 from portal.security.principal import Principal, PrincipalKind
 from portal.services.errors import NotFound
 from portal.services.rentals import clusters
+from portal.services.rentals.clusters import ACTIVE_NODE_STATES
 
 SERVED_STATES = (ClusterState.RUNNING, ClusterState.DEGRADED)
 SCOPE = "clusters:read"
@@ -37,3 +39,26 @@ def upstream(session: Session, principal: Principal | None, cluster_id: uuid.UUI
     if cluster.state not in SERVED_STATES or not cluster.dashboard_url:
         raise NotFound("No such cluster dashboard.")
     return cluster.dashboard_url
+
+
+def public_url(settings: Settings, cluster: Cluster) -> str | None:
+    """Where the customer opens the dashboard, from their own machine: the portal's proxy, while it runs."""
+    if cluster.state not in SERVED_STATES or not cluster.dashboard_url:
+        return None
+    return f"{settings.base_url}/clusters/{cluster.id}/ray/"
+
+
+def head_overlay_ip(session: Session, settings: Settings, cluster: Cluster) -> str | None:
+    """The head's overlay address (what ``portal clusters connect`` reaches), with the mesh on."""
+    if settings.mesh is not MeshKind.NEBULA:
+        return None
+    head = session.exec(
+        select(Device.overlay_ip)
+        .join(ClusterNode, col(ClusterNode.device_id) == col(Device.id))
+        .where(
+            ClusterNode.cluster_id == cluster.id,
+            ClusterNode.role == NodeRole.HEAD,
+            col(ClusterNode.state).in_(ACTIVE_NODE_STATES),
+        )
+    ).first()
+    return head
