@@ -76,7 +76,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile gpu_pool/Containerfile
 
 clean:
 	rm -rf $(VENV) .web .reflex .bun-cache .uv-cache .tools
