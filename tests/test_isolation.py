@@ -2,9 +2,9 @@
 
 Two agents start a cluster's head and worker in containers of their own; a job sees the cluster's GPUs,
 then attacks the isolation and fails: the agent user's home, the root filesystem, the host's processes and
-its loopback services stay out of reach. After the stop no container, scratch volume, network or process of
-the rental is left. An agent restarted after a crash removes what its ended rentals left, and an image with
-another Ray is refused.
+its loopback services stay out of reach, and a job past the memory limit is killed while the node goes on.
+After the stop no container, scratch volume, network or process of the rental is left. An agent restarted
+after a crash removes what its ended rentals left, and an image with another Ray is refused.
 
 Podman runs with tests/podman/containers.conf (runc, cgroupfs, no default ulimits: this machine's needs,
 given by CONTAINERS_CONF). The worker image is built once (gpu_pool/image/build-test-image.sh, ~60 s) and
@@ -216,6 +216,11 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             # The host's loopback services (Redis, the portal) are out of reach, at 127.0.0.1 and the gateway.
             for service in ("redis_loopback", "redis_gateway", "portal_loopback", "portal_gateway"):
                 assert seen[service].startswith("denied"), (service, seen[service])
+
+            # A job past the container's memory limit is killed; the node and the host go on.
+            outcome, logs = run_job(status["dashboard_url"], "b = bytearray(4 * 2**30); print('ALLOCATED')")
+            assert outcome == "FAILED" and "ALLOCATED" not in logs, logs[-2000:]
+            assert head_agent.ray_status()["state"] == "running"
 
             nodes = [head_agent.node, worker_agent.node]
             for device_id in (worker_id, head_id):
