@@ -66,6 +66,7 @@ RULES = {
     ("GET", "/api/v1/clusters/{cluster_id}"): "customer",
     ("DELETE", "/api/v1/clusters/{cluster_id}"): "customer",
     ("POST", "/api/v1/clusters/{cluster_id}/extend"): "customer",
+    ("POST", "/api/v1/clusters/{cluster_id}/connect"): "customer",
     ("POST", "/api/v1/clusters/{cluster_id}/jobs"): "customer",
     ("GET", "/api/v1/clusters/{cluster_id}/jobs"): "customer",
     ("GET", "/api/v1/clusters/{cluster_id}/jobs/{job_id}"): "customer",

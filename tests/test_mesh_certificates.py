@@ -6,6 +6,7 @@ allocation is raced on SQLite and PostgreSQL.
 """
 
 import base64
+import ipaddress
 import json
 import stat
 import subprocess
@@ -332,8 +333,9 @@ def test_a_blocked_device_gets_no_certificate(mesh):
 
 
 def test_concurrent_allocations_never_share_an_address_and_a_full_network_says_so(engine):
-    """A /27 holds 28 devices here (32 less the network, broadcast, portal and lighthouse addresses); 20
-    devices and 6 requests of one more race for them, so random picks collide and are retried."""
+    """A /27 holds 21 devices here (its first 24 addresses, the last quarter being customers', less the
+    network, portal and lighthouse addresses); 15 devices and 6 requests of one more race for them, so random
+    picks collide and are retried."""
     settings = settings_for(
         mesh="nebula",
         overlay_cidr="10.77.0.0/27",
@@ -341,11 +343,11 @@ def test_concurrent_allocations_never_share_an_address_and_a_full_network_says_s
     )
     with session_scope(engine) as session:
         owner = make_user(session, Role.PROVIDER).id
-        devices = [make_device(session, owner, state=DeviceState.READY).id for _ in range(29)]
-    racers, shared = devices[:20], devices[20]
+        devices = [make_device(session, owner, state=DeviceState.READY).id for _ in range(22)]
+    racers, shared = devices[:15], devices[15]
     got: dict[int, str] = {}
     errors: list[BaseException] = []
-    start = threading.Barrier(26)
+    start = threading.Barrier(21)
 
     def allocate(slot: int, device_id: uuid.UUID) -> None:
         try:
@@ -361,19 +363,20 @@ def test_concurrent_allocations_never_share_an_address_and_a_full_network_says_s
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len({got[n] for n in range(20)}) == 20
+    assert len({got[n] for n in range(15)}) == 15
     assert len({got[100 + n] for n in range(6)}) == 1  # one device, one address, however often it asks
-    assert got[100] not in {got[n] for n in range(20)}
+    assert got[100] not in {got[n] for n in range(15)}
     assert not {"10.77.0.0", "10.77.0.1", "10.77.0.2", "10.77.0.31"} & set(got.values())
+    assert all(int(address.rsplit(".", 1)[1]) < 24 for address in got.values())  # never a customer's
 
-    for device_id in devices[21:28]:  # the last 7 free addresses
+    for device_id in devices[16:21]:  # the last 5 free addresses
         addresses.assign(engine, settings, device_id)
     with pytest.raises(Conflict) as full:
-        addresses.assign(engine, settings, devices[28])
+        addresses.assign(engine, settings, devices[21])
     assert full.value.code == "overlay_full"
     with session_scope(engine) as session:
         held = session.exec(select(Device.overlay_ip).where(Device.overlay_ip.is_not(None))).all()
-    assert len(held) == len(set(held)) == 28
+    assert len(held) == len(set(held)) == 21
 
 
 def test_an_address_a_lighthouse_now_takes_is_given_up_for_another(engine):
@@ -421,3 +424,87 @@ def test_the_mesh_is_off_unless_asked_for(monkeypatch):
     settings = load_settings()
     assert settings.mesh == "none" and str(settings.portal_overlay_ip) == "100.64.0.1"
     assert settings.mesh_cert_hours == 12 and settings.lighthouses == []
+
+
+# --- a customer's machine on their cluster's network ---------------------------------------------------
+
+
+def running_cluster(parts: AppParts) -> tuple[uuid.UUID, str, dict[str, str], dict[str, str]]:
+    """A running cluster whose head is on a device with its overlay address; the cluster, that address, and
+    the owner's and another customer's headers."""
+    device_id, _ = agent_of(parts)
+    head_ip = str(addresses.assign(parts.engine, parts.settings, device_id))
+    with session_scope(parts.engine) as session:
+        device = session.get_one(Device, device_id)
+        device.state, device.verified_at, device.last_heartbeat_at = DeviceState.READY, utcnow(), utcnow()
+        session.get_one(User, device.owner_id).wallet_address = str(Keypair().pubkey())
+        owner, other = make_user(session, Role.CUSTOMER), make_user(session, Role.CUSTOMER)
+        ledger.grant_credits(
+            session, user_id=owner.id, amount_micro=100_000_000, reason="test", idempotency_key="connect"
+        )
+        spec = clusters.ClusterSpec(name="c", gpu_model=device.gpu_model, gpu_count=1, duration_hours=2)
+        cluster = clusters.create(session, parts.settings, owner.id, spec)
+        cluster.state, cluster.expires_at = ClusterState.RUNNING, utcnow() + timedelta(hours=2)
+        cluster.client_address = f"ray://{head_ip}:10001"
+        headers = [{"Authorization": f"Bearer {access_token_for(session, user)}"} for user in (owner, other)]
+        return cluster.id, head_ip, headers[0], headers[1]
+
+
+def test_the_owner_connects_their_machine_to_the_clusters_network_alone(mesh, nebula_cert, tmp_path):
+    client, parts = mesh
+    cluster_id, head_ip, owner, other = running_cluster(parts)
+    public_key = keygen(nebula_cert, tmp_path)
+
+    answer = client.post(
+        f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": public_key}, headers=owner
+    )
+    assert answer.status_code == 200, answer.text
+    joined = answer.json()
+    assert (joined["head_overlay_ip"], joined["ray_client_address"]) == (head_ip, f"ray://{head_ip}:10001")
+    assert joined["groups"] == ["customer", f"cluster-{cluster_id}"]
+    assert verifies(nebula_cert, tmp_path, joined["ca"], joined["certificate"])
+    details = printed(nebula_cert, tmp_path, joined["certificate"])["details"]
+    assert details["groups"] == ["customer", f"cluster-{cluster_id}"]
+    # An address of the overlay's last quarter (customers'), never a device's; it ends with the cluster.
+    network = parts.settings.overlay_network
+    address = details["ips"][0].split("/")[0]
+    assert address == joined["overlay_ip"] and address != head_ip
+    offset = int(ipaddress.IPv4Address(address)) - int(network.network_address)
+    assert offset >= network.num_addresses * 3 // 4
+    with session_scope(parts.engine) as session:
+        ends = session.get_one(Cluster, cluster_id).expires_at
+    assert datetime.fromisoformat(details["notAfter"]) <= ends
+    assert datetime.fromisoformat(joined["expires_at"]) == ends.replace(microsecond=0)
+    # Asked again: the same address.
+    again = client.post(
+        f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": public_key}, headers=owner
+    )
+    assert again.json()["overlay_ip"] == address
+
+    # Anyone else: 404; a bad key: 422; after the cluster ended: 409.
+    refused = client.post(
+        f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": public_key}, headers=other
+    )
+    assert refused.status_code == 404
+    bad = client.post(f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": "x"}, headers=owner)
+    assert bad.status_code == 422
+    with session_scope(parts.engine) as session:
+        session.get_one(Cluster, cluster_id).state = ClusterState.TERMINATED
+    ended = client.post(
+        f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": public_key}, headers=owner
+    )
+    assert (ended.status_code, ended.json()["error"]["code"]) == (409, "cluster_not_running")
+
+
+def test_without_the_mesh_a_customer_cannot_connect(tmp_path, nebula_cert):
+    client, parts = portal_with(tmp_path, rate_limit_per_minute=100_000)
+    with client:
+        with session_scope(parts.engine) as session:
+            owner = make_user(session, Role.CUSTOMER)
+            headers = {"Authorization": f"Bearer {access_token_for(session, owner)}"}
+        answer = client.post(
+            f"/api/v1/clusters/{uuid.uuid4()}/connect",
+            json={"public_key": keygen(nebula_cert, tmp_path)},
+            headers=headers,
+        )
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "mesh_off")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
-from portal.api.deps import FollowUpsDep, SessionDep, SettingsDep
+from portal.api.deps import FollowUpsDep, PartsDep, SessionDep, SettingsDep
 from portal.config import MeshKind, Settings
 from portal.models import Cluster, ClusterState, Role
 from portal.schemas.clusters import (
@@ -24,8 +24,10 @@ from portal.schemas.clusters import (
     NodeOut,
 )
 from portal.schemas.common import Limit, Offset, Page
+from portal.schemas.mesh import ClusterConnectionOut, LighthouseOut, MeshCertificateIn
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
+from portal.services.mesh import connections
 from portal.services.providers import telemetry
 from portal.services.rentals import clusters, dashboard, jobs
 
@@ -174,3 +176,28 @@ def stop_job(cluster_id: uuid.UUID, job_id: uuid.UUID, session: SessionDep, call
     cluster = clusters.get_cluster(session, caller.user_id, cluster_id)
     job = jobs.stop(session, cluster, jobs.get_job(session, cluster, job_id))
     return JobOut.model_validate(job, from_attributes=True)
+
+
+@router.post(
+    "/{cluster_id}/connect",
+    summary="Put the customer's machine on the cluster's private network: a certificate for its key",
+)
+def connect(
+    cluster_id: uuid.UUID, body: MeshCertificateIn, parts: PartsDep, caller: Writer
+) -> ClusterConnectionOut:
+    joined = connections.connect(parts.engine, parts.settings, caller.user_id, cluster_id, body.public_key)
+    return ClusterConnectionOut(
+        certificate=joined.certificate,
+        ca=joined.ca,
+        lighthouses=[
+            LighthouseOut(overlay_ip=str(lighthouse.overlay_ip), public_address=lighthouse.public_address)
+            for lighthouse in joined.lighthouses
+        ],
+        overlay_ip=str(joined.overlay_ip),
+        overlay_cidr=joined.overlay_cidr,
+        portal_overlay_ip=str(joined.portal_overlay_ip),
+        groups=joined.groups,
+        expires_at=joined.expires_at,
+        head_overlay_ip=joined.head_overlay_ip,
+        ray_client_address=joined.ray_client_address,
+    )

@@ -16,6 +16,7 @@ from portal.models.billing import (
 )
 from portal.models.clusters import (
     Cluster,
+    ClusterConnection,
     ClusterEvent,
     ClusterNode,
     ClusterState,
@@ -51,6 +52,7 @@ __all__ = [
     "AuditLog",
     "AuthSession",
     "Cluster",
+    "ClusterConnection",
     "ClusterEvent",
     "ClusterNode",
     "ClusterState",

@@ -135,3 +135,20 @@ class Job(SQLModel, table=True):
     created_at: datetime = created_at_field()
     started_at: datetime | None = timestamp_field()
     ended_at: datetime | None = timestamp_field()
+
+
+class ClusterConnection(SQLModel, table=True):
+    """A customer's own machine on their cluster's overlay network (``portal clusters connect``): one
+    overlay address per cluster and customer, kept for the cluster's life."""
+
+    __tablename__ = "cluster_connections"
+    __table_args__ = (
+        sa.UniqueConstraint("cluster_id", "user_id", name="uq_cluster_connections_cluster_user"),
+    )
+
+    id: uuid.UUID = id_field()
+    cluster_id: uuid.UUID = Field(foreign_key="clusters.id", index=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id")
+    overlay_ip: str = Field(sa_type=sa.String(45), unique=True)
+    created_at: datetime = created_at_field()
+    expires_at: datetime | None = timestamp_field()

@@ -51,3 +51,17 @@ class MeshOut(BaseModel):
         "connecting (no lighthouse reached yet), connected, down (its Nebula not running)."
     )
     relayed: bool | None = Field(description="Whether its tunnels go through a relay; null until reported.")
+
+
+class ClusterConnectionOut(MeshCertificateOut):
+    """A customer's machine on their cluster's network: the fields of a device's certificate, and where the
+    head is."""
+
+    groups: list[str] = Field(
+        description="customer and cluster-<id>: that cluster's nodes admit it, no other."
+    )
+    expires_at: datetime = Field(
+        description="The cluster's booked end; extend the cluster to connect longer."
+    )
+    head_overlay_ip: str = Field(description="The head's overlay address.")
+    ray_client_address: str | None = Field(description="ray://<head overlay ip>:<port> for ray.init().")

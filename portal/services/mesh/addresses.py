@@ -9,6 +9,9 @@ Allocation is race-free on SQLite and PostgreSQL alike without locks: the unique
 address only where the device has none yet, and a collision is retried with another address. Candidates
 are random (with 100,000 devices in a /10 fewer than 3 in 100 collide), and after a few misses they are
 drawn from the addresses the database says are free, so a nearly full network still fills up.
+
+The last quarter of the network is for customers' machines (``connections``): new devices never get an
+address there (one allocated there before stays its device's, and connections skip it).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def assign(engine: Engine, settings: Settings, device_id: uuid.UUID) -> ipaddres
             return ipaddress.IPv4Address(held)
         if attempt >= RANDOM_TRIES and taken_by_others is None:
             taken_by_others = _taken(engine)
-        candidate = _candidate(settings, taken_by_others)
+        candidate = pick(settings, taken_by_others, device_span(settings))
         unchanged = col(Device.overlay_ip).is_(None) if held is None else col(Device.overlay_ip) == held
         try:
             with session_scope(engine) as session:
@@ -85,17 +88,31 @@ def assign(engine: Engine, settings: Settings, device_id: uuid.UUID) -> ipaddres
     raise Unavailable("No overlay address could be allocated; try again.", code="overlay_busy")
 
 
-def _candidate(settings: Settings, taken: set[str] | None) -> ipaddress.IPv4Address:
+def device_span(settings: Settings) -> tuple[int, int]:
+    """Offsets into the network devices draw from: the first three quarters."""
+    total = settings.overlay_network.num_addresses
+    return 0, total - total // 4
+
+
+def connection_span(settings: Settings) -> tuple[int, int]:
+    """Offsets customers' machines draw from: the last quarter."""
+    total = settings.overlay_network.num_addresses
+    return total - total // 4, total // 4
+
+
+def pick(settings: Settings, taken: set[str] | None, span: tuple[int, int]) -> ipaddress.IPv4Address:
     network, excluded = settings.overlay_network, reserved(settings)
+    first, count = span
     if taken is None:
-        while True:
-            candidate = network.network_address + secrets.randbelow(network.num_addresses)
+        for _ in range(16):  # a tiny network may be nearly all reserved: then walk it
+            candidate = network.network_address + first + secrets.randbelow(count)
             if candidate not in excluded:
                 return candidate
+        taken = set()
     # Walk from a random offset to the first free address: uniform enough, and one pass at most.
-    start = secrets.randbelow(network.num_addresses)
-    for step in range(network.num_addresses):
-        candidate = network.network_address + (start + step) % network.num_addresses
+    start = secrets.randbelow(count)
+    for step in range(count):
+        candidate = network.network_address + first + (start + step) % count
         if candidate not in excluded and str(candidate) not in taken:
             return candidate
     raise _full(settings)

@@ -73,7 +73,7 @@ def authority(settings: Settings) -> Authority:
 
 
 def sign(
-    ca: Authority, *, public_key_pem: str, name: str, ip_cidr: str, groups: list[str], hours: int
+    ca: Authority, *, public_key_pem: str, name: str, ip_cidr: str, groups: list[str], hours: float
 ) -> str:
     """A certificate for ``public_key_pem`` (already checked: ``keys.parse_public_key``), as PEM."""
     if ca.not_after < datetime.now(UTC) + timedelta(hours=hours):
@@ -103,7 +103,7 @@ def sign(
             "-name", name,
             "-ip", ip_cidr,
             "-groups", ",".join(groups),
-            "-duration", f"{hours}h",
+            "-duration", f"{max(1, round(hours * 60))}m",
             "-out-crt", str(work / "device.crt"),
         ]  # fmt: skip
         _run(command, "sign a certificate")
