@@ -7,15 +7,17 @@ on memory, CPUs and processes, the rented GPUs only (CDI for Podman, ``--gpus`` 
 none) and nothing of the host mounted. Its label names the device and the cluster, so that an agent
 restarted after a crash finds and removes what its rentals left.
 
-Network: a bridge network per cluster (``gpu-pool-<cluster>``, made on demand), never the host's network.
-Ray binds some of its servers (the client server, the dashboard agent) to its node address, so that address
-must belong to the container: publishing Ray's ports on the host's address and advertising it makes Ray
-fail to bind. The node's cluster address is therefore the container's own address on that bridge, where
-the host and the cluster's other nodes on this machine reach it and nothing is published on the host at
-all. From inside, the host's loopback services (the portal's Redis on 127.0.0.1, …) are out of reach: the
+Network: never the host's. Each cluster has a bridge network of its own on this machine
+(``gpu-pool-<cluster>``, made on demand). Ray binds some of its servers (the client server, the dashboard
+agent) to its node address, so that address must be the container's own: Ray runs at the container's
+address on the bridge, where the cluster's other nodes on this machine reach it directly (a worker joins
+its head's container address). A head's three ports that the portal and the customer call (GCS, client
+server, dashboard) are published on the node's cluster address only (loopback in development, the overlay
+address with the mesh), and that is the address the agent reports; nothing else is published. From
+inside, the host's loopback services (the portal's Redis on 127.0.0.1, …) are out of reach: the
 container's 127.0.0.1 is its own. The host's services listening on every address are reachable at the
-bridge's gateway as from any machine on the network (firewall them). Across machines the bridge's subnet
-has to be routed over the overlay (not done yet: see the README's provider section).
+bridge's gateway as from any machine on the network (firewall them). Workers on other machines would need
+the bridge's subnet routed over the overlay: not done yet (see the README's provider section).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ logger = logging.getLogger("gpu_pool.isolation")
 ENGINES = ("podman", "docker")
 LABEL_DEVICE = "org.gpu-portal.device"
 LABEL_CLUSTER = "org.gpu-portal.cluster"
+LABEL_ROLE = "org.gpu-portal.role"
 LABEL_RAY = "org.gpu-portal.ray-version"
 SCRATCH = "/scratch"
 USER = "1000:1000"
-# Inside its own network namespace a node's ports never collide with another's: Ray's own defaults.
-GCS_PORT, CLIENT_PORT, DASHBOARD_PORT = 6379, 10001, 8265
+# Inside its own network namespace a node's ports never collide with another's: Ray's own defaults (the
+# GCS listens on the port published for it, so that its address has one port inside and out).
+CLIENT_PORT, DASHBOARD_PORT = 10001, 8265
 STOP_GRACE_S = 5
 ENGINE_TIMEOUT_S = 60
 
@@ -166,13 +170,11 @@ class ContainerIsolation:
         self._checked_image = image_id
         return found
 
-    def _labels(self, cluster: str) -> list[str]:
-        return [
-            "--label",
-            f"{LABEL_DEVICE}={self.device_id or 'unregistered'}",
-            "--label",
-            f"{LABEL_CLUSTER}={cluster}",
-        ]
+    def _labels(self, cluster: str, role: str | None = None) -> list[str]:
+        labels = [f"{LABEL_DEVICE}={self.device_id or 'unregistered'}", f"{LABEL_CLUSTER}={cluster}"]
+        if role:
+            labels.append(f"{LABEL_ROLE}={role}")
+        return [arg for label in labels for arg in ("--label", label)]
 
     def security_args(self) -> list[str]:
         """The flags every container of a rental gets (and the hostile tests check)."""
@@ -203,7 +205,7 @@ class ContainerIsolation:
 
     def network_for(self, cluster: str) -> str:
         """The cluster's bridge on this machine, made on first use (another agent may make it first)."""
-        name = f"gpu-pool-{cluster}"[:60]
+        name = network_name(cluster)
         if not self._exists("network", name):
             self._run("network", "create", *self._labels(cluster), name, check=False)
             if not self._exists("network", name):
@@ -242,6 +244,9 @@ class ContainerIsolation:
         network = self.network_for(cluster)
         temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
         log_path = temp_dir / "agent-ray.log"
+        ports, published = self._ports(spec)
+        if spec.role != "head":
+            spec = replace(spec, head_address=self._head_address(cluster, spec.head_address))
         env = {
             "RAY_USAGE_STATS_ENABLED": "0",
             # Drivers of any Python 3.11 may join (the image's patch release is Debian's).
@@ -252,21 +257,21 @@ class ContainerIsolation:
         args = [
             "run",
             f"--name={name}",
-            *self._labels(cluster),
+            *self._labels(cluster, spec.role),
             f"--network={network}",
+            *published,
             *self.security_args(),
             *self.gpu_args(self.engine, gpu_indices or []),
             f"--volume={name}:{SCRATCH}",
             f"--workdir={SCRATCH}",
             *[f"--env={key}={value}" for key, value in env.items()],
             self.image,
-            *self._ray_args(spec),
+            *self._ray_args(spec, ports["gcs"]),
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [self.engine, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        ports = {"gcs": GCS_PORT, "client": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
         node = ContainerNode(
             spec,
             temp_dir,
@@ -287,11 +292,14 @@ class ContainerIsolation:
                     )
                 if "Ray runtime started" in log_path.read_text(errors="replace"):
                     address = self._address(name, network)
-                    node.spec = replace(spec, node_ip=address)
                     node.node_id = self._node_id(name)
                     node.started_at = time.time()
                     logger.info(
-                        "node container %s started in %.1f s at %s", name, time.monotonic() - started, address
+                        "node container %s started in %.1f s at %s on %s",
+                        name,
+                        time.monotonic() - started,
+                        address,
+                        network,
                     )
                     return node
                 time.sleep(0.2)
@@ -303,7 +311,44 @@ class ContainerIsolation:
                 node.stop()
             raise
 
-    def _ray_args(self, spec: NodeSpec) -> list[str]:
+    @staticmethod
+    def _ports(spec: NodeSpec) -> tuple[dict[str, int], list[str]]:
+        """A head's ports on the node's address and the engine's flags that publish them there: the GCS
+        (the portal's allocated port, else a free one), the client server and the dashboard, which the
+        portal and the customer call. Nothing else is published: the cluster's own traffic stays on its
+        bridge. A worker publishes nothing."""
+        if spec.role != "head":
+            return {"gcs": 0, "client": 0, "dashboard": 0}, []
+        host = spec.node_ip
+        gcs, client, dashboard = ray_node.free_ports(3, host)
+        gcs = getattr(spec, "gcs_port", None) or gcs
+        bracketed = f"[{host}]" if ":" in host else host
+        published = [f"--publish={bracketed}:{gcs}:{gcs}", f"--publish={bracketed}:{client}:{CLIENT_PORT}"]
+        if spec.dashboard:
+            published.append(f"--publish={bracketed}:{dashboard}:{DASHBOARD_PORT}")
+        return {"gcs": gcs, "client": client, "dashboard": dashboard}, published
+
+    def _head_address(self, cluster: str, given: str | None) -> str:
+        """Where a worker's container reaches its head: the head's container address when the head runs
+        on this machine (the node's address may be loopback, the container's own), else as given."""
+        if not given:
+            raise IsolationError("a worker node needs the head's address")
+        _, _, port = given.rpartition(":")
+        heads = self._run(
+            "ps",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            f"label={LABEL_CLUSTER}={cluster}",
+            "--filter",
+            f"label={LABEL_ROLE}=head",
+            check=False,
+        ).split()
+        if heads:
+            return f"{self._address(heads[0], network_name(cluster))}:{port}"
+        return given
+
+    def _ray_args(self, spec: NodeSpec, gcs_port: int) -> list[str]:
         args = [
             "ray",
             "start",
@@ -321,7 +366,7 @@ class ContainerIsolation:
             return [
                 *args,
                 "--head",
-                f"--port={GCS_PORT}",
+                f"--port={gcs_port}",
                 f"--ray-client-server-port={CLIENT_PORT}",
                 f"--include-dashboard={'true' if spec.dashboard else 'false'}",
                 "--dashboard-host=0.0.0.0",  # every address of the container's own namespace, no more
@@ -408,6 +453,10 @@ class ContainerIsolation:
                 "removed %d container(s) of ended rentals: %s", len(wipes), [w.container for w in wipes]
             )
         return wipes
+
+
+def network_name(cluster: str) -> str:
+    return f"gpu-pool-{cluster}"[:60]
 
 
 def processes_of(container_id: str) -> list[int]:

@@ -190,6 +190,15 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             assert len(of_label(f"{LABEL_CLUSTER}={cluster}")["containers"]) == 2
             assert len(of_label(f"{LABEL_DEVICE}={head_id}")["containers"]) == 1
             containers = [head_agent.node.container, worker_agent.node.container]
+            # Only the head's GCS, client server and dashboard are published, on the node's address; the
+            # cluster's own traffic stays on its bridge.
+            assert status["address"].startswith("127.0.0.1:")
+            assert status["dashboard_url"].startswith("http://127.0.0.1:")
+            published = engine("port", containers[0]).splitlines()
+            assert len(published) == 3 and all(
+                line.split(" -> ")[1].startswith("127.0.0.1:") for line in published
+            )
+            assert engine("port", containers[1]) == ""
             ids = [engine("inspect", "--format", "{{.Id}}", name) for name in containers]
             assert all(processes_of(full_id) for full_id in ids)
 
@@ -231,6 +240,19 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             # Nothing of the rental is left: containers, scratch volumes, network, processes.
             assert of_label(f"{LABEL_CLUSTER}={cluster}") == NOTHING
             assert not any(processes_of(full_id) for full_id in ids)
+
+            # The next customer on the same device finds a scratch of their own, empty of the first's files.
+            second = str(uuid.uuid4())
+            head = command_and_wait(
+                parts, head_id, "start_ray_head", {"cluster_id": second, "num_cpus": 1, "dashboard": True}
+            )
+            assert head.state == CommandState.SUCCEEDED, head.result_detail
+            listing = "import os; print('SCRATCH', sorted(os.listdir('/scratch')))"
+            outcome, logs = run_job(json.loads(head.result_detail)["dashboard_url"], listing)
+            assert outcome == "SUCCEEDED", logs[-2000:]
+            assert "'mine'" not in logs.split("SCRATCH", 1)[1].splitlines()[0]
+            assert command_and_wait(parts, head_id, "stop_ray", {}).state == CommandState.SUCCEEDED
+            assert of_label(f"{LABEL_CLUSTER}={second}") == NOTHING
     finally:
         secret.unlink()
         for leftover in of_label(f"{LABEL_CLUSTER}={cluster}")["containers"]:
