@@ -41,6 +41,7 @@ from portal.infra.db import build_engine  # noqa: E402
 from portal.infra.wakeups import MemoryWakeups  # noqa: E402
 from portal.parts import AppParts  # noqa: E402
 from tasks.followups import TaskFollowUps  # noqa: E402
+from tests.containers import podman, worker_image  # noqa: E402, F401 (the isolation tests' fixtures)
 from tests.servers import ServerThread, free_port, portal_app  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -4,19 +4,14 @@ Two agents start a cluster's head and worker in containers of their own; a job s
 then attacks the isolation and fails: the agent user's home, the root filesystem, the host's processes and
 its loopback services stay out of reach, and a job past the memory limit is killed while the node goes on.
 After the stop no container, scratch volume, network or process of the rental is left. An agent restarted
-after a crash removes what its ended rentals left, and an image with another Ray is refused.
-
-Podman runs with tests/podman/containers.conf (runc, cgroupfs, no default ulimits: this machine's needs,
-given by CONTAINERS_CONF). The worker image is built once (gpu_pool/image/build-test-image.sh, ~60 s) and
-cached under a tag hashed from constraints.txt.
+after a crash removes what its ended rentals left, and an image with another Ray is refused. Podman's
+settings and the worker image: tests/containers.py.
 """
 
 import json
-import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,58 +28,13 @@ from gpu_pool.isolation import (
     processes_of,
 )
 from portal.models import CommandState, DeviceState
-from tests.conftest import require_program, wait_until
+from tests.conftest import wait_until
+from tests.containers import NOTHING, engine, of_label
 from tests.test_gpu_pool import RunningAgent, add_device, command_and_wait, device_row
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-CONTAINERS_CONF = ROOT / "tests" / "podman" / "containers.conf"
 LIMITS = Limits(memory_bytes=3 * 2**30, cpus=1.0, pids=2048)
-
-
-@pytest.fixture(scope="session")
-def podman() -> Iterator[str]:
-    """Podman with this machine's settings, for this process and the agents it runs."""
-    require_program("podman", "podman")
-    require_program("runc", "runc")
-    previous = os.environ.get("CONTAINERS_CONF")
-    os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-    yield "podman"
-    if previous is None:
-        os.environ.pop("CONTAINERS_CONF", None)
-    else:
-        os.environ["CONTAINERS_CONF"] = previous
-
-
-@pytest.fixture(scope="session")
-def worker_image(podman: str) -> str:
-    """The test worker image, built once and cached between runs (its tag hashes constraints.txt)."""
-    require_program("mmdebstrap", "mmdebstrap")
-    built = subprocess.run(
-        [str(ROOT / "gpu_pool" / "image" / "build-test-image.sh"), podman],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    return built.stdout.strip().splitlines()[-1]
-
-
-def engine(*args: str) -> str:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=60).stdout.strip()
-
-
-def of_label(label: str) -> dict[str, list[str]]:
-    """Containers, volumes and networks carrying the label, by kind."""
-    return {
-        "containers": engine("ps", "--all", "--quiet", "--filter", f"label={label}").split(),
-        "volumes": engine("volume", "ls", "--quiet", "--filter", f"label={label}").split(),
-        "networks": engine("network", "ls", "--quiet", "--filter", f"label={label}").split(),
-    }
-
-
-NOTHING = {"containers": [], "volumes": [], "networks": []}
 
 # What a hostile customer tries from inside a job; prints one JSON line of what happened.
 HOSTILE_JOB = r"""
