@@ -28,6 +28,8 @@
 - Overlay certificates (bench/mesh.py): certificates signed per second through ``mesh.certificates.issue``
   for new devices and renewals, against the bare ``nebula-cert sign`` process, and the CPU-seconds an hour
   that keeping 100,000 devices certified costs. Skipped when nebula-cert is not installed (make mesh).
+- Memory (bench/memory.py): the PSS of all of ``portal run``'s processes once it serves with its demo (the
+  demo agents shown apart), against a bare one-page Reflex app started by the same command. Target: 300 MiB.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sqlalchemy import text
 from bench.deploy import bench_deploy
 from bench.heal import bench_heal
 from bench.heartbeats import bench_heartbeats
+from bench.memory import bench_memory
 from bench.mesh import bench_mesh
 from bench.placement import bench_placement
 from bench.serving import FailedRequests, free_port, wait_until_serving
@@ -330,6 +333,7 @@ BENCHES = (
     bench_network_counts,
     bench_task_round_trip,
     bench_http,
+    bench_memory,
     bench_heartbeats,
     bench_verification,
     bench_placement,

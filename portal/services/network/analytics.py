@@ -1,5 +1,6 @@
 """Network statistics for everyone (``/stats/network``, GraphQL, the explorer) and revenue analytics for
-admins, computed with SQL and pandas; the public figures are cached for a short while.
+admins, computed with SQL and plain Python (pandas, for the admin's tables alone, is imported when they are
+asked for); the public figures are cached for a short while.
 
 Public: devices and GPUs by state, by model and by country; the hired share of online GPUs; the latest
 average utilization; compute hours served and earnings paid out, all time. Simulated GPUs are counted apart.
@@ -10,10 +11,12 @@ the month of their first charge, spending in each later month), as tables or CSV
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlalchemy import func
 from sqlmodel import Session, select
 
@@ -22,6 +25,11 @@ from portal.models import Device, NetworkSnapshot, Payout, PayoutState, UsageRec
 from portal.models.base import utcnow
 from portal.services import csv_export
 from portal.services.network.network_stats import ONLINE_STATES
+
+if TYPE_CHECKING:
+    # Only the admin's analytics tables use pandas, imported when asked for: about 50 MiB that the public
+    # statistics, asked for by every visitor and the explorer, need not hold in every portal process.
+    import pandas as pd
 
 CACHE_KEY = "stats:network"
 CACHE_TTL_S = 30
@@ -54,38 +62,40 @@ class NetworkStats:
     by_country: list[Group]
 
 
-def _groups(frame: pd.DataFrame, column: str) -> list[Group]:
-    if frame.empty:
-        return []
-    grouped = (
-        frame.assign(
-            hired=frame["gpus"].where(frame["state"] == "hired", 0),
-            simulated_gpus=frame["gpus"].where(frame["simulated"], 0),
-        )
-        .groupby(column)
-        .agg(
-            devices=("gpus", "size"),
-            gpus=("gpus", "sum"),
-            hired=("hired", "sum"),
-            sim=("simulated_gpus", "sum"),
-        )
-        .sort_values(["gpus", "devices"], ascending=False)
-    )
-    return [
-        Group(str(key), int(row.devices), int(row.gpus), int(row.hired), int(row.sim))
-        for key, row in grouped.iterrows()
-    ]
+@dataclass(frozen=True)
+class _DeviceRow:
+    state: str
+    model: str
+    gpus: int
+    country: str
+    simulated: bool
+
+
+def _groups(devices: Sequence[_DeviceRow], key: str) -> list[Group]:
+    """Devices grouped by one of their fields, the most GPUs (then devices) first, ties by key."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for device in devices:
+        total = totals[getattr(device, key)]
+        total[0] += 1
+        total[1] += device.gpus
+        total[2] += device.gpus if device.state == "hired" else 0
+        total[3] += device.gpus if device.simulated else 0
+    groups = [Group(str(name), *total) for name, total in sorted(totals.items())]
+    return sorted(groups, key=lambda group: (-group.gpus, -group.devices))
 
 
 def compute(session: Session) -> NetworkStats:
     rows = session.exec(
         select(Device.state, Device.gpu_model, Device.gpu_count, Device.country, Device.simulated)
     ).all()
-    devices = pd.DataFrame(rows, columns=["state", "model", "gpus", "country", "simulated"])
-    devices["model"] = devices["model"].replace("", "no GPU")
-    online = devices[devices["state"].isin([str(s) for s in ONLINE_STATES])]
-    gpus_online = int(online["gpus"].sum())
-    gpus_hired = int(online.loc[online["state"] == "hired", "gpus"].sum())
+    devices = [
+        _DeviceRow(str(state), model or "no GPU", int(gpus), country, bool(simulated))
+        for state, model, gpus, country, simulated in rows
+    ]
+    online_states = {str(state) for state in ONLINE_STATES}
+    online = [device for device in devices if device.state in online_states]
+    gpus_online = sum(device.gpus for device in online)
+    gpus_hired = sum(device.gpus for device in online if device.state == "hired")
     latest = session.exec(select(func.max(NetworkSnapshot.at))).one()
     utilization = None
     if latest is not None:
@@ -101,11 +111,11 @@ def compute(session: Session) -> NetworkStats:
     return NetworkStats(
         at=utcnow().isoformat(),
         devices=len(devices),
-        gpus=int(devices["gpus"].sum()),
+        gpus=sum(device.gpus for device in devices),
         devices_online=len(online),
         gpus_online=gpus_online,
         gpus_hired=gpus_hired,
-        simulated_gpus_online=int(online.loc[online["simulated"], "gpus"].sum()),
+        simulated_gpus_online=sum(device.gpus for device in online if device.simulated),
         hired_share=round(gpus_hired / gpus_online, 4) if gpus_online else 0.0,
         utilization_avg=round(float(utilization), 1) if utilization is not None else None,
         compute_hours=round(int(gpu_seconds) / 3600, 2),
@@ -131,6 +141,8 @@ def network_stats(session: Session, cache: Cache) -> NetworkStats:
 
 def revenue_by_day(session: Session, days: int = 30) -> pd.DataFrame:
     """Charges, platform fees and provider earnings per day (micro-USD), oldest first, empty days included."""
+    import pandas as pd
+
     since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = session.exec(
         select(UsageRecord.period_end, UsageRecord.amount_micro, UsageRecord.fee_micro).where(
@@ -149,6 +161,8 @@ def revenue_by_day(session: Session, days: int = 30) -> pd.DataFrame:
 def customer_cohorts(session: Session) -> pd.DataFrame:
     """Customers by the month of their first charge (rows) and what the cohort spent each month (columns,
     micro-USD), with the cohort's size."""
+    import pandas as pd
+
     rows = session.exec(
         select(UsageRecord.customer_id, UsageRecord.period_end, UsageRecord.amount_micro)
     ).all()
