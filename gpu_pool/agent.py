@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class Agent:
         # heartbeat (which reads the node's status) never waits for them.
         self._node_lock = threading.Lock()
         self._starting = False
+        # Set by a command that arrives while a start waits for its head: that start gives up and yields.
+        self._abandon_start = threading.Event()
 
     # --- what the machine is -----------------------------------------------------------------------
 
@@ -198,6 +201,7 @@ class Agent:
             resources=resources,
             node_ip=self.ray_ip,
             head_address=payload.get("head_address"),
+            gcs_port=int(payload["gcs_port"]) if payload.get("gcs_port") is not None else None,
             dashboard=bool(payload.get("dashboard", False)),
             num_cpus=payload.get("num_cpus"),
             env=env,
@@ -239,10 +243,13 @@ class Agent:
 
     def start_ray(self, role: str, payload: dict[str, Any]) -> tuple[bool, str]:
         cluster = payload.get("cluster_id")
+        self._abandon_waiting_start()
         with self._node_lock:
             with self._lock:
+                self._abandon_start.clear()
                 running = self.node if self.node and self.node.alive() else None
-                if running and cluster == self.node_cluster:
+                same_head = running is not None and running.spec.head_address == payload.get("head_address")
+                if running and cluster == self.node_cluster and same_head:
                     return True, json.dumps(running.status())  # already running: a redelivery
                 self._starting = True
             try:
@@ -258,14 +265,25 @@ class Agent:
                 self.node, self.node_cluster = node, cluster
             return True, json.dumps(node.status())
 
+    def _abandon_waiting_start(self) -> None:
+        """A start still waiting for its head is given up for this newer command (a worker sent to a
+        replaced head, a stop); it is answered as failed, which the portal ignores once it moved on."""
+        with self._lock:
+            if self._starting:
+                self._abandon_start.set()
+
     def _start_node(self, role: str, payload: dict[str, Any], cluster: str | None) -> ray_node.RayNode:
         spec = self._node_spec(role, payload)
         if self.isolation is None:
-            return ray_node.start(spec, self.workdir)
+            return ray_node.start(spec, self.workdir, self._abandon_start)
+        if spec.head_address:
+            deadline = time.monotonic() + ray_node.START_TIMEOUT_S
+            ray_node.wait_for_head(spec.head_address, deadline, self._abandon_start)
         rented = [] if self.simulated else [gpu.index for gpu in self.describe()]
         return self.isolation.start(spec, cluster, rented, self.workdir)
 
     def stop_ray(self) -> None:
+        self._abandon_waiting_start()
         with self._node_lock:
             self._stop_node()
             if self.mesh and not self.stopping.is_set():

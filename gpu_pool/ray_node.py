@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 5
+HEAD_POLL_S = 0.1  # a worker started with its head asks this often whether the head's GCS answers
 OBJECT_STORE_BYTES = 80 * 2**20
 WORKER_PORTS = 60
 HEAD_TYPE, WORKER_TYPE = "head", "gpu_worker"  # node types as Ray's autoscaler knows them
@@ -62,6 +64,7 @@ class NodeSpec:
     resources: dict[str, float]
     node_ip: str = "127.0.0.1"
     head_address: str | None = None  # workers: "ip:port" of the head's GCS
+    gcs_port: int | None = None  # heads: the GCS port the portal allocated (workers are told it); None: any
     dashboard: bool = False
     num_cpus: int | None = None
     env: dict[str, str] = field(default_factory=dict)  # e.g. the autoscaler's instance id for this node
@@ -137,11 +140,59 @@ def _ray_executable() -> str:
     return str(beside) if beside.exists() else "ray"
 
 
-def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
-    """Start the node and wait until it runs; raises RayNodeError with the node's last log lines if not."""
+def wait_for_head(address: str, deadline: float, abandon: threading.Event | None = None) -> None:
+    """Return once the head's GCS at ``address`` accepts a TCP connection: a worker may be started at the
+    same time as its head. Raises RayNodeError past ``deadline`` (monotonic) or once ``abandon`` is set (a
+    newer command replaced this start)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise RayNodeError(f"the head's address {address[:80]!r} is not host:port")
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return
+        if abandon is not None and abandon.is_set():
+            raise RayNodeError("abandoned for a newer command while waiting for the head")
+        if time.monotonic() >= deadline:
+            raise RayNodeError(f"the head's GCS at {address} did not answer within {START_TIMEOUT_S} s")
+        if abandon is not None:
+            abandon.wait(HEAD_POLL_S)
+        else:
+            time.sleep(HEAD_POLL_S)
+
+
+def _ports(spec: NodeSpec) -> dict[str, int]:
+    """The node's ports: free ones, but for a head the GCS port it was given, refused when busy."""
+    held = None
+    if spec.role == "head" and spec.gcs_port is not None:
+        held = socket.socket()
+        try:
+            held.bind((spec.node_ip, spec.gcs_port))
+        except OSError as error:
+            held.close()
+            raise RayNodeError(f"the GCS port {spec.gcs_port} on {spec.node_ip} is busy ({error})") from None
+    try:
+        # Chosen while the given port is held, so that none of the others is that one.
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), spec.node_ip), strict=True))
+    finally:
+        if held is not None:
+            held.close()
+    if spec.role == "head" and spec.gcs_port is not None:
+        ports["gcs"] = spec.gcs_port
+    return ports
+
+
+def start(spec: NodeSpec, workdir: Path | None = None, abandon: threading.Event | None = None) -> RayNode:
+    """Start the node and wait until it runs; raises RayNodeError with the node's last log lines if not.
+
+    A worker first waits for its head's GCS (within the same timeout); ``abandon`` cuts that wait short."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    if spec.role != "head":
+        if not spec.head_address:
+            raise RayNodeError("a worker node needs the head's address")
+        wait_for_head(spec.head_address, deadline, abandon)
+    ports = _ports(spec)
     # Ray's socket paths must stay short (Unix sockets allow ~107 bytes), so the temp dir lives in /tmp.
     temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
-    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), spec.node_ip), strict=True))
     worker_ports = free_ports(1)[0]
     while any(worker_ports <= port <= worker_ports + WORKER_PORTS for port in ports.values()):
         worker_ports = free_ports(1)[0]
@@ -179,8 +230,6 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
         if spec.autoscaling is not None:
             args.append(f"--autoscaling-config={_write_autoscaling(spec, temp_dir)}")
     else:
-        if not spec.head_address:
-            raise RayNodeError("a worker node needs the head's address")
         args.append(f"--address={spec.head_address}")
     log_path = temp_dir / "agent-ray.log"
     # Jobs' `python` is the agent's own (its virtual environment holds Ray), whatever PATH it was given.
@@ -191,7 +240,6 @@ def start(spec: NodeSpec, workdir: Path | None = None) -> RayNode:
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     node = RayNode(spec, temp_dir, ports, process, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RayNodeError(f"ray start exited with {process.returncode}: {_tail(log_path)}")

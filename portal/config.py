@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     node_start_timeout_s: Annotated[int, Field(ge=10, le=3600)] = Field(
         default=120, description="Time a device has to start its Ray node before another replaces it."
     )
+    ray_gcs_ports: str = Field(
+        default="20000-29999",
+        description="first-last: ports the portal gives Ray heads' GCS on their device's host, so every "
+        "node of a cluster can start at once (kept below Linux's ephemeral ports, which nodes take for "
+        "the rest).",
+    )
     autoscale_idle_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = Field(
         default=120, description="An autoscaled cluster releases a worker idle this long (min_workers stay)."
     )
@@ -353,6 +359,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a /29 or larger: the portal's node and the devices need addresses")
         return str(network)
 
+    @field_validator("ray_gcs_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        first, sep, last = value.strip().partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and 1024 <= int(first) <= int(last) <= 65535):
+            raise ValueError(f"{value[:40]!r} is not a port range like 20000-29999 within 1024-65535")
+        return f"{int(first)}-{int(last)}"
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -409,6 +423,11 @@ class Settings(BaseSettings):
                 "PORTAL_MESH_CA_CERT(_FILE), or neither (one is generated into PORTAL_DATA_DIR)"
             )
         return self
+
+    @property
+    def ray_gcs_port_range(self) -> range:
+        first, last = self.ray_gcs_ports.split("-")
+        return range(int(first), int(last) + 1)
 
     @property
     def overlay_network(self) -> ipaddress.IPv4Network:

@@ -81,11 +81,13 @@ def agent_answers(engine, device_id: uuid.UUID, *, ok: bool = True, node_id: str
         kind = command.kind
         detail = "stopped"
         if kind == "start_ray_head":
+            # A head listens where the portal allocated (6380 when it allocated none: not the Redis port).
+            port = command.payload.get("gcs_port", 6380)
             detail = json.dumps(
                 {
                     "state": "running",
                     "node_id": node_id or uuid.uuid4().hex,
-                    "address": "127.0.0.1:6380",  # on loopback, not the portal's Redis port
+                    "address": f"127.0.0.1:{port}",
                     "client_address": "ray://127.0.0.1:10001",
                     "dashboard_url": "http://127.0.0.1:8265",
                 }
@@ -239,35 +241,98 @@ def deploy(engine, gpus_per_device: list[int], gpus: int, credit: int = 100_000_
     return cluster.id, customer, devices
 
 
-def test_head_then_workers_then_running_once_the_head_sees_every_node(engine):
-    cluster_id, _, _ = deploy(engine, [1, 1], 2)
+def start_commands(engine, cluster_id) -> dict[str, DeviceCommand]:
+    """The latest start command of each of the cluster's devices, by the device's role."""
+    with session_scope(engine) as session:
+        found = {}
+        for node in clusters.nodes_of(session, cluster_id):
+            if node.command_id is not None:
+                command = session.get(DeviceCommand, node.command_id)
+                session.expunge(command)
+                found[f"{node.role}:{node.device_id}"] = command
+        return found
+
+
+def test_head_and_workers_start_at_once_then_running_once_the_head_sees_every_node(engine):
+    cluster_id, _, _ = deploy(engine, [1, 1, 1], 3)
     head = FakeHead()
     assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
-    head_node, worker_node = nodes(engine, cluster_id)
-    assert head_node.state == NodeState.STARTING and worker_node.state == NodeState.ASSIGNED
-    assert agent_answers(engine, head_node.device_id, node_id="head-id") == "start_ray_head"
-    assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
+    # One step asks every device: the portal allocated the head's GCS port, so workers know where to go.
+    head_node, *worker_nodes = nodes(engine, cluster_id)
+    assert [n.state for n in nodes(engine, cluster_id)] == [NodeState.STARTING] * 3
+    sent = start_commands(engine, cluster_id)
+    head_command = sent[f"head:{head_node.device_id}"]
+    port = head_command.payload["gcs_port"]
+    assert head_command.kind == "start_ray_head" and port in SETTINGS.ray_gcs_port_range
+    for worker in worker_nodes:
+        command = sent[f"worker:{worker.device_id}"]
+        assert command.kind == "start_ray_worker"
+        assert command.payload["head_address"] == f"127.0.0.1:{port}"
     with session_scope(engine) as session:
-        (worker_command,) = session.exec(
-            select(DeviceCommand).where(DeviceCommand.device_id == worker_node.device_id)
-        ).all()
-        assert worker_command.kind == "start_ray_worker"
-        assert worker_command.payload["head_address"] == "127.0.0.1:6380"
-    agent_answers(engine, worker_node.device_id, node_id="worker-id")
-    head.alive = {"head-id"}  # the worker has not reached the head yet
+        assert session.get(Cluster, cluster_id).ray_address == f"127.0.0.1:{port}"
+    # Workers may answer before their head: they joined once its GCS answered.
+    for number, worker in enumerate(worker_nodes):
+        agent_answers(engine, worker.device_id, node_id=f"worker-{number}")
     assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
-    head.alive = {"head-id", "worker-id"}
+    assert agent_answers(engine, head_node.device_id, node_id="head-id") == "start_ray_head"
+    head.alive = {"head-id", "worker-0"}  # a worker has not reached the head yet
+    assert advance(engine, cluster_id, head) == ClusterState.PROVISIONING
+    head.alive = {"head-id", "worker-0", "worker-1"}
     assert advance(engine, cluster_id, head) == ClusterState.RUNNING
     with session_scope(engine) as session:
         cluster = session.get(Cluster, cluster_id)
         assert cluster.client_address == "ray://127.0.0.1:10001"
         assert cluster.expires_at - cluster.started_at == timedelta(hours=2)
         kinds = [e.kind for e in clusters.events_of(session, cluster_id)]
-        assert kinds.count("node_joined") == 2 and kinds[-1] == "running"
+        assert kinds.count("node_joined") == 3 and kinds[-1] == "running"
     # Advancing again is harmless: no second start command.
     assert advance(engine, cluster_id, head) == ClusterState.RUNNING
     with session_scope(engine) as session:
-        assert len(session.exec(select(DeviceCommand)).all()) == 2
+        assert len(session.exec(select(DeviceCommand)).all()) == 3
+
+
+def test_heads_on_one_host_never_share_a_gcs_port_and_a_full_range_starts_nodes_in_turn(engine):
+    # Three ports, one of them PostgreSQL's (the portal's own on loopback): two heads fit, not three.
+    settings = settings_for(ray_gcs_ports="5431-5433", node_start_timeout_s=30)
+    ids = [deploy(engine, [1, 1], 2)[0] for _ in range(3)]
+    for cluster_id in ids:
+        state = provisioning.advance(engine, settings, MemoryWakeups(), cluster_id, FakeHead())
+        assert state == ClusterState.PROVISIONING
+    with session_scope(engine) as session:
+        addresses = [session.get(Cluster, cluster_id).ray_address for cluster_id in ids]
+    assert sorted(addresses[:2]) == ["127.0.0.1:5431", "127.0.0.1:5433"]  # every device is on 127.0.0.1
+    # The third head picks its own port; its worker is asked only once the head has joined there.
+    third = ids[2]
+    head_node, worker_node = nodes(engine, third)
+    assert worker_node.state == NodeState.ASSIGNED and addresses[2] is None
+    assert "gcs_port" not in start_commands(engine, third)[f"head:{head_node.device_id}"].payload
+    agent_answers(engine, head_node.device_id, node_id="third-head")
+    provisioning.advance(engine, settings, MemoryWakeups(), third, FakeHead())
+    worker_command = start_commands(engine, third)[f"worker:{worker_node.device_id}"]
+    assert worker_command.payload["head_address"] == "127.0.0.1:6380"
+
+
+def test_a_replaced_head_gets_a_new_address_and_its_workers_are_sent_there(engine):
+    cluster_id, _, _ = deploy(engine, [1, 1, 1], 2)
+    advance(engine, cluster_id)
+    first_head, worker = nodes(engine, cluster_id)
+    old = start_commands(engine, cluster_id)[f"worker:{worker.device_id}"]
+    agent_answers(engine, worker.device_id, node_id="worker")  # it joined the first head
+    agent_answers(engine, first_head.device_id, ok=False)
+    assert advance(engine, cluster_id) == ClusterState.PROVISIONING
+    dropped, worker, new_head = nodes(engine, cluster_id)
+    assert dropped.state == NodeState.RELEASED and new_head.state == NodeState.STARTING
+    sent = start_commands(engine, cluster_id)
+    port = sent[f"head:{new_head.device_id}"].payload["gcs_port"]
+    # The worker starts again, joining the new head (never the old address, which another head may take).
+    again = sent[f"worker:{worker.device_id}"]
+    assert worker.state == NodeState.STARTING and again.id != old.id
+    assert again.payload["head_address"] == f"127.0.0.1:{port}" != old.payload["head_address"]
+    head = FakeHead()
+    agent_answers(engine, new_head.device_id, node_id="head")
+    agent_answers(engine, worker.device_id, node_id="worker")
+    head.alive = {"head", "worker"}
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
 
 
 def run_to_running(engine, gpus_per_device: list[int], gpus: int):
@@ -530,7 +595,8 @@ def test_a_lost_worker_is_replaced_and_the_cluster_heals(engine):
     assert replacement.device_id == spare.id and replacement.state == NodeState.STARTING
     with session_scope(engine) as session:
         (command,) = session.exec(select(DeviceCommand).where(DeviceCommand.device_id == spare.id)).all()
-        assert command.kind == "start_ray_worker" and command.payload["head_address"] == "127.0.0.1:6380"
+        address = session.get(Cluster, cluster_id).ray_address
+        assert command.kind == "start_ray_worker" and command.payload["head_address"] == address
     assert device_state(engine, lost.device_id) == DeviceState.OFFLINE  # its agent is gone
     agent_answers(engine, spare.id, node_id="fresh")
     head.alive.add("fresh")

@@ -4,6 +4,7 @@ commands, token refusal, a portal restart, and Ray nodes of two agents joining o
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlmodel import select
 
-from gpu_pool import compute
+from gpu_pool import compute, ray_node
 from gpu_pool.agent import Agent
 from gpu_pool.client import PortalClient, PortalUnavailable
 from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
@@ -295,6 +296,28 @@ def test_the_cli_agent_connects_and_stops_on_ctrl_c(portal_api):
 # --- Ray -------------------------------------------------------------------------------------------
 
 
+def send_command(parts: AppParts, device_id: str, kind: str, payload: dict) -> uuid.UUID:
+    with session_scope(parts.engine) as session:
+        command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), kind, payload)
+    commands.wake(parts.wakeups, command.device_id)
+    return command.id
+
+
+def command_result(parts: AppParts, command_id: uuid.UUID, timeout_s: float = 120) -> DeviceCommand:
+    """The command once its agent has answered it."""
+
+    def finished() -> bool:
+        with session_scope(parts.engine) as session:
+            return session.get(DeviceCommand, command_id).state in (
+                CommandState.SUCCEEDED,
+                CommandState.FAILED,
+            )
+
+    wait_until(finished, timeout_s=timeout_s, every_s=0.3)
+    with session_scope(parts.engine) as session:
+        return session.get(DeviceCommand, command_id)
+
+
 def command_and_wait(
     parts: AppParts,
     device_id: str,
@@ -304,22 +327,10 @@ def command_and_wait(
     meanwhile: Callable[[], object] | None = None,
 ) -> DeviceCommand:
     """Queue a command for the device and wait for its agent's result; ``meanwhile`` runs while it waits."""
-    with session_scope(parts.engine) as session:
-        command = commands.enqueue(session, session.get(Device, uuid.UUID(device_id)), kind, payload)
-    commands.wake(parts.wakeups, command.device_id)
+    command_id = send_command(parts, device_id, kind, payload)
     if meanwhile is not None:
         meanwhile()
-
-    def finished() -> bool:
-        with session_scope(parts.engine) as session:
-            return session.get(DeviceCommand, command.id).state in (
-                CommandState.SUCCEEDED,
-                CommandState.FAILED,
-            )
-
-    wait_until(finished, timeout_s=timeout_s, every_s=0.3)
-    with session_scope(parts.engine) as session:
-        return session.get(DeviceCommand, command.id)
+    return command_result(parts, command_id, timeout_s)
 
 
 @pytest.mark.slow
@@ -332,19 +343,29 @@ def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api
     )
     with RunningAgent(head_agent), RunningAgent(worker_agent):
         wait_until(lambda: all(device_row(parts, d).state == DeviceState.READY for d in (head_id, worker_id)))
+        # The portal allocates the head's GCS port; a port something else holds fails the start at once.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            busy = command_and_wait(
+                parts, head_id, "start_ray_head", {"num_cpus": 1, "gcs_port": taken.getsockname()[1]}
+            )
+        assert busy.state == CommandState.FAILED and "is busy" in busy.result_detail
+        (gcs_port,) = ray_node.free_ports(1)
+        address = f"127.0.0.1:{gcs_port}"
+        # The worker is asked first: it waits (the portal hears "starting") until the head's GCS answers.
+        worker = send_command(parts, worker_id, "start_ray_worker", {"head_address": address, "num_cpus": 1})
+        wait_until(lambda: device_row(parts, worker_id).ray_state == "starting")
         # The agent keeps heartbeating while its node starts (seconds): the portal hears "starting".
         head = command_and_wait(
             parts,
             head_id,
             "start_ray_head",
-            {"num_cpus": 1},
+            {"num_cpus": 1, "gcs_port": gcs_port},
             meanwhile=lambda: wait_until(lambda: device_row(parts, head_id).ray_state == "starting"),
         )
         assert head.state == CommandState.SUCCEEDED, head.result_detail
-        address = json.loads(head.result_detail)["address"]
-        joined = command_and_wait(
-            parts, worker_id, "start_ray_worker", {"head_address": address, "num_cpus": 1}
-        )
+        assert json.loads(head.result_detail)["address"] == address
+        joined = command_result(parts, worker)
         assert joined.state == CommandState.SUCCEEDED, joined.result_detail
 
         probe = subprocess.run(
@@ -370,6 +391,29 @@ def test_two_agents_on_one_host_start_ray_nodes_that_join_one_cluster(portal_api
         ["pgrep", "-f", "gp-.*raylet|raylet.*gp-"], capture_output=True, text=True
     ).stdout
     assert leftovers.strip() == ""
+
+
+def test_a_worker_waiting_for_its_head_gives_way_to_a_stop_at_once():
+    agent = Agent(PortalClient("http://127.0.0.1:9", "unused"), SimulatedGpus(1, "H100-80GB", seed=1))
+    agent.device_id = "rig"
+    (nobody,) = ray_node.free_ports(1)  # no head listens here
+    started: list[tuple[bool, str]] = []
+    start = {
+        "kind": "start_ray_worker",
+        "payload": {"cluster_id": "c", "head_address": f"127.0.0.1:{nobody}"},
+    }
+    waiting = threading.Thread(target=lambda: started.append(agent.handle(start)))
+    waiting.start()
+    wait_until(lambda: agent.ray_status()["state"] == "starting", timeout_s=5)
+    time.sleep(0.3)  # still waiting: nothing answers there
+
+    began = time.monotonic()
+    assert agent.handle({"kind": "stop_ray"}) == (True, "stopped")
+
+    waiting.join(timeout=5)
+    assert time.monotonic() - began < 2
+    assert started == [(False, "abandoned for a newer command while waiting for the head")]
+    assert agent.ray_status()["state"] == "none"
 
 
 def test_real_gpus_that_cannot_allocate_their_claimed_memory_fail_verification(parts):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -230,24 +230,28 @@ class SeenHead:
         return self.alive
 
 
-def answer_start(parts, device_id: uuid.UUID, detail: dict) -> None:
+def answer_start(parts, device_id: uuid.UUID, detail: dict | Callable[[dict], dict]) -> None:
+    """Answer the device's start command with ``detail``, or with what it makes of the command's payload."""
     with session_scope(parts.engine) as session:
         (command,) = commands.take(session, device_id)
         assert command.kind in ("start_ray_head", "start_ray_worker")
-        commands.complete(session, device_id, command.id, ok=True, detail=json.dumps(detail))
+        answer = detail(command.payload) if callable(detail) else detail
+        commands.complete(session, device_id, command.id, ok=True, detail=json.dumps(answer))
 
 
 def advance(parts, cluster_id: uuid.UUID, head: SeenHead) -> str | None:
     return provisioning.advance(parts.engine, parts.settings, parts.wakeups, cluster_id, head)
 
 
-HEAD_STATUS = {
-    "state": "running",
-    "node_id": "head-node",
-    "address": "127.0.0.1:46379",
-    "client_address": "ray://127.0.0.1:40001",
-    "dashboard_url": "http://127.0.0.1:48265",
-}
+def head_status(payload: dict) -> dict:
+    """A head on loopback at the GCS port the portal allocated it."""
+    return {
+        "state": "running",
+        "node_id": "head-node",
+        "address": f"127.0.0.1:{payload['gcs_port']}",
+        "client_address": "ray://127.0.0.1:40001",
+        "dashboard_url": "http://127.0.0.1:48265",
+    }
 
 
 def test_a_hired_device_reregistering_other_gpus_loses_its_node_and_the_cluster_heals(served):
@@ -261,7 +265,7 @@ def test_a_hired_device_reregistering_other_gpus_loses_its_node_and_the_cluster_
     advance(parts, cluster_id, head)
     head_node, worker_node = roles(parts, cluster_id)
     assert worker_node.device_id == device_id
-    answer_start(parts, head_node.device_id, HEAD_STATUS)
+    answer_start(parts, head_node.device_id, head_status)
     advance(parts, cluster_id, head)
     answer_start(parts, device_id, {"state": "running", "node_id": "worker-node"})
     head.alive = {"head-node", "worker-node"}
@@ -297,7 +301,7 @@ def test_a_node_claiming_another_nodes_ray_id_is_dropped(served):
     head = SeenHead()
     advance(parts, cluster_id, head)
     head_node, _ = roles(parts, cluster_id)
-    answer_start(parts, head_node.device_id, HEAD_STATUS)
+    answer_start(parts, head_node.device_id, head_status)
     advance(parts, cluster_id, head)
     # The worker runs nothing and names the head's node: the head would see "it" alive.
     answer_start(parts, device_id, {"state": "running", "node_id": "head-node"})
@@ -390,6 +394,42 @@ def test_a_head_reporting_ray_addresses_on_another_host_is_dropped_and_never_cal
     assert cluster.dashboard_url is None and cluster.ray_address is None
 
 
+def test_a_head_listening_elsewhere_than_the_port_the_portal_allocated_is_dropped(served):
+    """Its workers were sent to the allocated address: a head elsewhere (even on its own host) is not
+    their head, and the portal never calls it."""
+    server, parts = served
+    head_id, token = new_device(parts)
+    agent = FakeAgent(server.url, token)
+    agent.register([A10])
+    agent.prove()
+    cluster_id = one_gpu_cluster(parts, "moved")
+    with Listener(AGENT_IP, ["moved-head"]) as moved:
+        provisioning.advance(parts.engine, parts.settings, parts.wakeups, cluster_id)
+        with session_scope(parts.engine) as session:
+            allocated = session.get(Cluster, cluster_id).ray_address
+        assert allocated and allocated.startswith(f"{AGENT_IP}:") and allocated != f"{AGENT_IP}:{moved.port}"
+        answer_start(
+            parts,
+            head_id,
+            {
+                "state": "running",
+                "node_id": "moved-head",
+                "address": f"{AGENT_IP}:{moved.port}",
+                "dashboard_url": f"http://{AGENT_IP}:{moved.port}",
+            },
+        )
+
+        state = provisioning.advance(parts.engine, parts.settings, parts.wakeups, cluster_id)
+
+        assert moved.requests == []
+    with session_scope(parts.engine) as session:
+        dropped = clusters.nodes_of(session, cluster_id)[0]
+        cluster = session.get(Cluster, cluster_id)
+    assert state == ClusterState.FAILED and dropped.state == NodeState.RELEASED
+    assert f"is not the one the portal allocated ({allocated})" in dropped.state_reason
+    assert cluster.ray_address is None and cluster.dashboard_url is None
+
+
 def test_a_head_on_its_own_address_is_called_there(served):
     server, parts = served
     head_id, token = new_device(parts)
@@ -402,10 +442,10 @@ def test_a_head_on_its_own_address_is_called_there(served):
         answer_start(
             parts,
             head_id,
-            {
+            lambda payload: {
                 "state": "running",
                 "node_id": "own-head",
-                "address": f"{AGENT_IP}:{own.port}",
+                "address": f"{AGENT_IP}:{payload['gcs_port']}",
                 "client_address": f"ray://{AGENT_IP}:{own.port}",
                 "dashboard_url": f"http://{AGENT_IP}:{own.port}/",
             },

@@ -34,7 +34,7 @@ N = NodeState
 NODE_MOVES: dict[str, set[str]] = {
     N.ASSIGNED: {N.STARTING, N.RELEASED, N.LOST},
     N.STARTING: {N.JOINED, N.RELEASED, N.LOST},
-    N.JOINED: {N.LOST, N.RELEASED},
+    N.JOINED: {N.LOST, N.RELEASED, N.STARTING},  # starting again: sent to a replaced head's successor
     N.LOST: {N.RELEASED},
     N.RELEASED: set(),
 }

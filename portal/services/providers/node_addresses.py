@@ -60,7 +60,7 @@ def _refused_host(ip: IPAddress, settings: Settings) -> str | None:
     return None
 
 
-def _own_ports(settings: Settings) -> set[int]:
+def own_ports(settings: Settings) -> set[int]:
     """The ports of the portal's own services on this host, which no device may name on loopback."""
     ports = {settings.port}
     for url in (settings.database_url, settings.redis_url, settings.broker_url, settings.prometheus_url):
@@ -96,7 +96,7 @@ def check(device: Device, host: str, port: int | None, settings: Settings) -> st
         return Refused(f"{ip} is not the device's {which} ({allowed or 'none'})")
     if port is None or not LOWEST_PORT <= port <= 65535:
         return Refused(f"port {port} is outside {LOWEST_PORT}-65535")
-    if ip.is_loopback and port in _own_ports(settings):
+    if ip.is_loopback and port in own_ports(settings):
         return Refused(f"port {port} is one of the portal's own services")
     return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
 

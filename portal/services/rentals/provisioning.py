@@ -45,7 +45,7 @@ from portal.services import state_machines
 from portal.services.errors import NotFound
 from portal.services.money import metering
 from portal.services.providers import commands, devices, node_addresses
-from portal.services.rentals import clusters, placement
+from portal.services.rentals import clusters, head_addresses, placement
 from portal.services.rentals.clusters import ACTIVE_NODE_STATES, record
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,8 @@ class ClusterLifecycle:
 
     def __init__(self, session: Session, settings: Settings, cluster: Cluster, woken: set[uuid.UUID]) -> None:
         self.session, self.settings, self.cluster, self.woken = session, settings, cluster, woken
+        # Addresses of heads replaced in this step: workers still waiting there must not find a new head.
+        self.retired_addresses: set[str] = set()
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -233,14 +235,40 @@ class ClusterLifecycle:
         return True
 
     def start_assigned(self) -> None:
+        """Start the head and, once its address is known, every worker at the same time: the portal
+        allocates the head's address up front, so workers need not wait for the head to join (they wait
+        for its GCS themselves). A worker sent to a head that was replaced since is sent to the new one."""
         head = self.head()
         for node in self.active_nodes():
-            if node.state != NodeState.ASSIGNED:
-                continue
             if node.role == NodeRole.HEAD:
-                self.start(node, "start_ray_head", {"dashboard": True, **self.autoscaling(node)})
-            elif head is not None and head.state == NodeState.JOINED and self.cluster.ray_address:
-                self.start(node, "start_ray_worker", {"head_address": self.cluster.ray_address})
+                if node.state == NodeState.ASSIGNED:
+                    self.start_head(node)
+                continue
+            address = self.cluster.ray_address
+            if head is None or head.state not in (NodeState.STARTING, NodeState.JOINED) or not address:
+                continue  # no head yet, or one that picks its own port: the workers wait until it joins
+            sent = self.sent_head_address(node)
+            if node.state == NodeState.ASSIGNED or (sent is not None and sent != address):
+                self.start(node, "start_ray_worker", {"head_address": address})
+
+    def start_head(self, node: ClusterNode) -> None:
+        payload = {"dashboard": True, **self.autoscaling(node)}
+        device = self.session.get(Device, node.device_id)
+        assert device is not None
+        address = head_addresses.allocate(self.session, self.settings, device, self.retired_addresses)
+        if address is not None:
+            payload["gcs_port"] = head_addresses.split(address)[1]
+        # Known before the head runs: the workers start with it, and the head must report this one.
+        self.cluster.ray_address = address
+        self.session.add(self.cluster)
+        self.start(node, "start_ray_head", payload)
+
+    def sent_head_address(self, node: ClusterNode) -> str | None:
+        """The head address the worker's latest start command carried."""
+        command = self.session.get(DeviceCommand, node.command_id) if node.command_id else None
+        if command is None or command.kind != "start_ray_worker":
+            return None
+        return command.payload.get("head_address")
 
     def autoscaling(self, head: ClusterNode) -> dict:
         """What the head of an autoscaled cluster needs to run Ray's autoscaler: the bounds, the idle
@@ -362,6 +390,9 @@ class ClusterLifecycle:
     def start(self, node: ClusterNode, kind: str, payload: dict) -> None:
         device = self.session.get(Device, node.device_id)
         assert device is not None
+        if node.command_id is not None:
+            # A worker sent to another head: its agent stops that node and starts one joining this head.
+            commands.cancel(self.session, node.command_id, "the head changed")
         command = commands.enqueue(
             self.session,
             device,
@@ -375,10 +406,15 @@ class ClusterLifecycle:
             self.session,
             self.cluster,
             "node_starting",
-            f"Asked device {device.name} to start the Ray {node.role}.",
+            f"Asked device {device.name} to start the Ray {node.role}{self.start_target(kind, payload)}.",
             device_id=str(device.id),
             node_id=str(node.id),
         )
+
+    def start_target(self, kind: str, payload: dict) -> str:
+        if kind == "start_ray_worker":
+            return f" joining {payload['head_address']}"
+        return f" at {self.cluster.ray_address}" if self.cluster.ray_address else ""
 
     def joined(self, node: ClusterNode, command: DeviceCommand) -> None:
         device = self.session.get(Device, node.device_id)
@@ -391,6 +427,10 @@ class ClusterLifecycle:
         ):
             # Another node's id: the head would see that node alive and count this one as joined.
             status = "its Ray node id is another node's"
+        allocated = self.cluster.ray_address if node.role == NodeRole.HEAD else None
+        if isinstance(status, dict) and allocated and status["address"] != allocated:
+            # The workers were sent to the allocated address: a head elsewhere is not theirs.
+            status = f"its address {status['address']} is not the one the portal allocated ({allocated})"
         if isinstance(status, str):
             self.replace(node, f"reported a Ray node the portal cannot use ({status})")
             return
@@ -445,6 +485,11 @@ class ClusterLifecycle:
         device = self.session.get(Device, node.device_id)
         assert device is not None
         self.release(node, f"device {device.name} {reason}", lost=True)
+        if node.role == NodeRole.HEAD and self.cluster.ray_address:
+            # The replacement head gets an address of its own; workers sent here are sent there.
+            self.retired_addresses.add(self.cluster.ray_address)
+            self.cluster.ray_address = self.cluster.dashboard_url = self.cluster.client_address = None
+            self.session.add(self.cluster)
         self.session.add(
             FaultEvent(
                 device_id=device.id,
