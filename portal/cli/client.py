@@ -400,6 +400,12 @@ class PortalClient:
     def delete_cluster(self, cluster_id: uuid.UUID | str) -> Cluster:
         return cast(Cluster, self._call("DELETE", f"/clusters/{cluster_id}"))
 
+    def connect_cluster(self, cluster_id: uuid.UUID | str, public_key: str) -> dict[str, Any]:
+        """A certificate for this machine's key on the cluster's private network."""
+        return cast(
+            dict[str, Any], self._call("POST", f"/clusters/{cluster_id}/connect", {"public_key": public_key})
+        )
+
     # --- jobs
 
     def submit_job(

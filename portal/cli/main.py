@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from portal import frontend_build
-from portal.cli import customer
-from portal.config import PROJECT_ROOT, Environment, Settings, SettingsError, load_settings
+from portal.cli import connect, customer
+from portal.config import PROJECT_ROOT, Environment, MeshKind, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -29,6 +29,7 @@ app.add_typer(admin_app, name="admin")
 app.command("login")(customer.login)
 app.command("logout")(customer.logout)
 app.add_typer(customer.clusters_app, name="clusters")
+assert connect.connect_cluster  # `portal clusters connect` registers itself on clusters_app
 app.add_typer(customer.jobs_app, name="jobs")
 
 BUN_PACKAGE_DIR = PROJECT_ROOT / ".tools" / "node_modules" / "@oven"
@@ -98,6 +99,8 @@ def run(
     if not frontend_build.is_current(frontend_build.fingerprint(env, settings.port)):
         _build_pages(env, settings.port)
     typer.secho(f"Starting the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
+    if settings.mesh is MeshKind.NEBULA:
+        _start_overlay_node()
     if welcome:
         _welcome_once_serving(settings)
     os.chdir(PROJECT_ROOT)
@@ -105,6 +108,14 @@ def run(
     env[frontend_build.SERVE_PAGES] = "1"
     # Reflex replaces this process: Ctrl-C reaches it directly and it stops what it started.
     os.execve(args[0], args, env)
+
+
+def _start_overlay_node() -> None:
+    """``portal mesh-node`` beside the server (it ends with it): without it the portal cannot reach heads
+    on the overlay. It says itself why when it cannot start (no TUN device, say)."""
+    invoked = Path(sys.argv[0])
+    portal = str(invoked) if invoked.name == "portal" else "portal"
+    subprocess.Popen([portal, "mesh-node", "--watch-parent"], cwd=PROJECT_ROOT)
 
 
 def _welcome_once_serving(settings: Settings) -> None:
@@ -212,6 +223,43 @@ def mesh(
                 typer.secho(f"portal: not renewed, retried in a minute: {error.message}", err=True)
                 renew_in_s = 60
     raise typer.Exit(code=0 if code in (0, -signal.SIGTERM) else 1)
+
+
+@app.command("mesh-node")
+def mesh_node(
+    tun: Annotated[
+        str, typer.Option(help="The TUN device to make (at most 15 characters).")
+    ] = "nebula-portal",
+    port: Annotated[int, typer.Option(help="Nebula's UDP port (0: any free one).")] = 0,
+    watch_parent: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run the portal's own node on the overlay (PORTAL_MESH=nebula): how the portal reaches heads across
+    NATs. Needs a TUN device: root, or CAP_NET_ADMIN and /dev/net/tun. ``portal run`` starts it itself."""
+    import signal
+    import threading
+
+    from gpu_pool.mesh import MeshError
+    from portal.services.errors import DomainError
+    from portal.services.mesh.portal_node import PortalNode
+
+    settings = settings_or_exit()
+    try:
+        node = PortalNode(settings, tun_device=tun, listen_port=port)
+        node.start()
+    except (DomainError, MeshError) as error:
+        raise fail(f"the portal's overlay node did not start: {getattr(error, 'message', error)}") from None
+    typer.secho(
+        f"The portal's overlay node {settings.portal_overlay_ip} is up on {tun}; Ctrl-C stops it",
+        fg=typer.colors.GREEN,
+    )
+    done, parent = threading.Event(), os.getppid()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    # Started by `portal run`: it ends with the portal, even when only the portal was signalled.
+    while not done.wait(1.0):
+        if watch_parent and os.getppid() != parent:
+            break
+    node.stop()
 
 
 @db_app.command("upgrade")
