@@ -237,8 +237,8 @@ class ContainerIsolation:
         if self._checked_image is None:
             self.check_image()
         cluster = re.sub(r"[^a-zA-Z0-9_.-]", "", cluster or "none") or "none"
-        name = f"gpu-pool-{cluster[:24]}-{self.device_id or 'x'}"[:63]
-        name = f"{name}-{int(time.time() * 1000) % 10**8}"
+        # Short and unique: the cluster's and the device's first characters, and the moment.
+        name = f"gpu-pool-{cluster[:8]}-{(self.device_id or 'x')[:8]}-{int(time.time() * 1000) % 10**8}"
         started = time.monotonic()
         self._run("volume", "create", *self._labels(cluster), name)
         network = self.network_for(cluster)
