@@ -247,8 +247,9 @@ def start(spec: NodeSpec, workdir: Path | None = None, abandon: threading.Event 
             node.node_id = _node_id(temp_dir)
             return node
         time.sleep(0.2)
+    last_lines = _tail(log_path)  # before stop() removes the node's temp dir, log included
     node.stop()
-    raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {_tail(log_path)}")
+    raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {last_lines}")
 
 
 def _write_autoscaling(spec: NodeSpec, temp_dir: Path) -> Path:
