@@ -30,6 +30,9 @@
   that keeping 100,000 devices certified costs. Skipped when nebula-cert is not installed (make mesh).
 - Memory (bench/memory.py): the PSS of all of ``portal run``'s processes once it serves with its demo (the
   demo agents shown apart), against a bare one-page Reflex app started by the same command. Target: 300 MiB.
+
+`python -m bench --quick` runs every bench at small sizes, seconds each (bench/sizes.py): it proves that they
+run (tests/test_bench_quick.py, in `make test`); its figures are not measurements.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="portal-bench-"))
+if "--quick" in sys.argv[1:]:
+    os.environ["BENCH_QUICK"] = "1"  # read by bench/sizes.py as the benches are imported below
 
 import httpx
 from sqlalchemy import text
@@ -55,8 +61,9 @@ from bench.heartbeats import bench_heartbeats
 from bench.memory import bench_memory
 from bench.mesh import bench_mesh
 from bench.placement import bench_placement
-from bench.serving import FailedRequests, free_port, wait_until_serving
+from bench.serving import FailedRequests, free_port, portal_port, wait_until_serving
 from bench.settlement import bench_settlement
+from bench.sizes import size
 from bench.telemetry import bench_telemetry
 from bench.verification import bench_verification
 from portal.config import PROJECT_ROOT
@@ -70,6 +77,7 @@ RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.
 
 
 def timings_ms(action: Callable[[], object], count: int, warmup: int = 20) -> list[float]:
+    count, warmup = size(count, max(5, count // 50)), size(warmup, min(warmup, 2))
     for _ in range(warmup):
         action()
     samples = []
@@ -126,11 +134,11 @@ def bench_http() -> None:
     print("HTTP on loopback (500 sequential requests, one keep-alive connection)")
     bin_dir = Path(sys.executable).parent
     data_dir = Path(tempfile.mkdtemp(prefix="portal-bench-http-"))
-    portal_port, bare_port = free_port(), free_port()
+    port, bare_port = portal_port(), free_port()
     env = {
         **os.environ,
         "PORTAL_DATA_DIR": str(data_dir),
-        "PORTAL_PORT": str(portal_port),
+        "PORTAL_PORT": str(port),
         "PORTAL_LOG_LEVEL": "WARNING",
         "PORTAL_RATE_LIMIT_PER_MINUTE": "1000000",
     }
@@ -159,7 +167,7 @@ def bench_http() -> None:
         ),
     ]
     try:
-        wait_until_serving(f"http://127.0.0.1:{portal_port}/healthz", servers[0])
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", servers[0])
         wait_until_serving(f"http://127.0.0.1:{bare_port}/healthz", servers[1])
         with httpx.Client() as client:
             report(
@@ -168,13 +176,13 @@ def bench_http() -> None:
             )
             report(
                 "portal /healthz",
-                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{portal_port}/healthz")), 500),
+                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{port}/healthz")), 500),
             )
             report(
                 "portal /readyz (SQLite, in-process cache)",
-                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{portal_port}/readyz")), 500),
+                timings_ms(lambda: answered(client.get(f"http://127.0.0.1:{port}/readyz")), 500),
             )
-            me = f"http://127.0.0.1:{portal_port}/api/v1/me"
+            me = f"http://127.0.0.1:{port}/api/v1/me"
             for label, credential in zip(
                 ("JWT access token", "API key"),
                 credentials_in(data_dir),
@@ -202,7 +210,7 @@ def bench_http() -> None:
                 os.killpg(server.pid, signal.SIGKILL)
 
 
-def bench_network_counts(devices: int = 10_000, gpus_per_device: int = 4) -> None:
+def bench_network_counts(devices: int = size(10_000, 200), gpus_per_device: int = 4) -> None:
     print(f"Landing page counts over {devices:,} devices and {devices * gpus_per_device:,} GPUs (SQLite)")
     url = f"sqlite:///{tempfile.mkdtemp(prefix='portal-bench-db-')}/bench.db"
     migrations.upgrade(url)
@@ -349,13 +357,19 @@ def main() -> int:
     """Every bench in turn; one whose requests fail says so, the others still run, and the run fails."""
     failed = []
     for bench in BENCHES:
+        started = time.monotonic()
         try:
             bench()
         except FailedRequests as error:
             print(f"  FAILED: {error}")
             failed.append(bench.__name__)
+        except Exception as error:  # a bench that breaks must not keep the others from running
+            traceback.print_exc()
+            print(f"  FAILED: {type(error).__name__}: {error}")
+            failed.append(bench.__name__)
+        print(f"  ({bench.__name__} took {time.monotonic() - started:.0f} s)")
     if failed:
-        print(f"make bench: failed requests in {', '.join(failed)}")
+        print(f"make bench: failed: {', '.join(failed)}")
     return 1 if failed else 0
 
 

@@ -40,12 +40,13 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.serving import free_port
+from bench.serving import portal_port
+from bench.sizes import size
 from gpu_pool import ray_node
 from gpu_pool.ray_node import NodeSpec, RayNode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RUNS = 3
+RUNS = size(3, 1)
 GPU_MODEL = "H100-80GB"
 POLL_S = 0.05
 DEPLOY_TIMEOUT_S = 120
@@ -187,7 +188,7 @@ def start_portal(
     data_dir: Path, agents: int = 2, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     """``portal run`` with the demo accounts and demo agents, as tests/conftest.py starts it."""
-    port = free_port()
+    port = portal_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("PORTAL_")}
     env |= {
         "PORTAL_DATA_DIR": str(data_dir),

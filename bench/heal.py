@@ -25,8 +25,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.deploy import devices_ready, serving, sign_in, start_portal, stop_portal, wait_for
+from bench.sizes import size
 
-ONE_NODE_RUNS = 3
+ONE_NODE_RUNS = size(3, 1)
 IDLE_TIMEOUT_S = 15
 THREE_NODE_JOB = (
     'python -c "import ray; from ray.util.placement_group import placement_group; ray.init(); '

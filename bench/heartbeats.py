@@ -28,20 +28,32 @@ import psycopg
 import redis
 import uvloop
 
-from bench.serving import FailedRequests, free_port, wait_until_serving
+from bench.serving import FailedRequests, portal_port, wait_until_serving
+from bench.sizes import size
 from portal.config import PROJECT_ROOT
 from portal.infra import migrations
 from portal.infra.db import build_engine
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SETTLE_S = 10
+SETTLE_S = size(10, 1)
 
 
 def redis_baseline() -> str:
     try:
         out = subprocess.run(
-            ["redis-benchmark", "-h", "127.0.0.1", "-t", "set", "-n", "200000", "-c", "50", "-q"],
+            [
+                "redis-benchmark",
+                "-h",
+                "127.0.0.1",
+                "-t",
+                "set",
+                "-n",
+                str(size(200_000, 5_000)),
+                "-c",
+                "50",
+                "-q",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -242,7 +254,10 @@ async def swarm(
 
 
 def bench_heartbeats(
-    devices: int = 10_000, seconds: float = 20, concurrency: int = 256, rate: float = 3_000
+    devices: int = size(10_000, 300),
+    seconds: float = size(20, 2),
+    concurrency: int = size(256, 16),
+    rate: float = size(3_000, 300),
 ) -> None:
     database = f"portal_bench_{uuid.uuid4().hex[:8]}"
     try:
@@ -253,7 +268,7 @@ def bench_heartbeats(
         return
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     secret_key = secrets.token_urlsafe(48)
-    port = free_port()
+    port = portal_port()
     cache_prefix = f"bench-{database}:"
     # As at scale: the periodic tasks (fault sweeps, reliability, metering) run in a task worker of their own
     # on RabbitMQ, not in threads of the web workers that answer the beats.

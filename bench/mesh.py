@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.sizes import size
 from portal.config import Settings
 from portal.infra import migrations
 from portal.infra.db import build_engine, session_scope
 from portal.models import Device, User
 from portal.services.mesh import ca, certificates
 
-CERTIFICATES = 200
+CERTIFICATES = size(200, 20)
 FLEET = 100_000
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col
 
+from bench.sizes import size
 from portal.config import Settings
 from portal.infra import migrations
 from portal.infra.db import build_engine
@@ -52,12 +53,12 @@ from portal.services.providers.gpu_catalog import list_price
 from portal.services.rentals import clusters, placement
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEVICES = 100_000
-PROVIDERS = 2_000
-THREADS = 32
-DEPLOYS = 3_000
-MAX_SECONDS = 20.0
-BASELINE_OPS = 6_000
+DEVICES = size(100_000, 2_000)
+PROVIDERS = size(2_000, 50)
+THREADS = size(32, 4)
+DEPLOYS = size(3_000, 100)
+MAX_SECONDS = size(20.0, 5.0)
+BASELINE_OPS = size(6_000, 200)
 MODELS = ("H100-80GB", "A100-80GB", "RTX-4090-24GB")
 GPU_COUNTS_PER_DEVICE = (1, 2, 4, 8)
 CLUSTER_GPU_COUNTS = (1, 2, 4, 8, 16)

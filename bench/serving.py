@@ -3,6 +3,8 @@ and waiting until a server process answers."""
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
 import subprocess
 import threading
@@ -18,6 +20,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@functools.cache
+def portal_port() -> int:
+    """The one port every `portal run` of this bench process serves on, one at a time (BENCH_PORTAL_PORT, or a
+    free one): the pages are built for a port, so each new port would build them again (a minute or more)."""
+    return int(os.environ.get("BENCH_PORTAL_PORT") or free_port())
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 240) -> None:

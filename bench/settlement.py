@@ -21,6 +21,7 @@ from datetime import timedelta
 from solders.keypair import Keypair
 from sqlalchemy import Engine, insert, select
 
+from bench.sizes import size
 from portal.config import Settings
 from portal.infra import migrations
 from portal.infra.cache import MemoryCache
@@ -48,9 +49,9 @@ from portal.services.money.chain import LiteSvmChain
 from portal.services.money.treasury import local_settlement
 from tasks import billing as billing_actors
 
-NODES = 10_000
-MINUTES = 100
-PAYOUTS = 10_000
+NODES = size(10_000, 200)
+MINUTES = size(100, 10)
+PAYOUTS = size(10_000, 100)
 RATE = 2_000_000
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.serving import free_port, serving_in_thread
+from bench.sizes import size
 from portal.api.app import create_api
 from portal.config import Settings
 from portal.infra import migrations
@@ -34,7 +35,7 @@ from portal.models.base import utcnow
 from portal.parts import AppParts
 from portal.services.providers import liveness, telemetry
 
-DEVICES = 10_000
+DEVICES = size(10_000, 200)
 CLUSTER_DEVICES = 64
 
 

@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 from sqlalchemy import Engine
 
+from bench.sizes import size
 from gpu_pool import compute
 from portal.infra import migrations
 from portal.infra.cache import MemoryCache
@@ -56,7 +57,7 @@ def _one_round(engine: Engine, cache: MemoryCache, device_id: uuid.UUID) -> tupl
     return n, agent_ms, portal_ms, _ms_since(started)
 
 
-def bench_verification(rounds: int = 3) -> None:
+def bench_verification(rounds: int = size(3, 1)) -> None:
     print("Proof of compute: one round through the portal's and the agent's functions (SQLite, in process)")
     url = f"sqlite:///{tempfile.mkdtemp(prefix='portal-bench-db-')}/verification.db"
     migrations.upgrade(url)
