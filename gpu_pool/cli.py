@@ -114,14 +114,14 @@ def worker(
             ContainerIsolation,
             IsolationError,
             Limits,
+            default_image,
             find_engine,
-            portal_ray_version,
         )
 
         try:
             container_isolation = ContainerIsolation(
                 find_engine(engine),
-                image or f"gpu-pool-worker:ray-{portal_ray_version()}",
+                image or default_image(),
                 Limits(int(container_memory_gb * 2**30), container_cpus, container_pids),
             )
             container_isolation.check_image()
@@ -169,6 +169,11 @@ def doctor(
     state_dir: Annotated[
         Path, typer.Option(help="The agent's state dir, where its overlay's config and log are.")
     ] = DEFAULT_STATE_DIR,
+    isolation: Annotated[
+        str, typer.Option(help="container: also check the engine, the image and GPUs in a container.")
+    ] = "container",
+    engine: Annotated[str | None, typer.Option(help="Container engine: podman or docker.")] = None,
+    image: Annotated[str | None, typer.Option(help="Worker image to check.")] = None,
 ) -> None:
     """Check the NVIDIA driver, CUDA, Ray, local ports, the portal's reachability and the overlay (Nebula,
     /dev/net/tun, the lighthouses over the overlay, punched or relayed); say what to fix."""
@@ -228,6 +233,11 @@ def doctor(
                 )
             )
     checks += mesh.diagnose(state_dir)
+    if isolation == "container":
+        from gpu_pool import isolation as containers
+
+        gpus = [gpu.index for gpu in NvmlGpus().describe()] if driver.available else []
+        checks += containers.diagnose(engine, image, gpus)
     for ok, what, fix in checks:
         typer.echo(f"{'ok ' if ok else 'FIX'} {what}")
         if not ok and fix:

@@ -101,6 +101,51 @@ def portal_ray_version() -> str:
     return metadata.version("ray")
 
 
+def default_image() -> str:
+    """The worker image's tag as gpu_pool/Containerfile's build instructions make it."""
+    return f"gpu-pool-worker:ray-{portal_ray_version()}"
+
+
+def diagnose(engine: str | None, image: str | None, gpu_indices: list[int]) -> list[tuple[bool, str, str]]:
+    """``gpu-pool doctor``'s checks for containers: (ok, what was found, how to fix it)."""
+    try:
+        name = find_engine(engine)
+    except IsolationError as error:
+        return [(False, f"Container engine: {error}", "apt-get install podman runc, or Docker")]
+    checks = [(True, f"Container engine: {name}", "")]
+    isolation = ContainerIsolation(name, image or default_image())
+    try:
+        version = isolation.check_image()
+    except IsolationError as error:
+        fix = f"podman build -f gpu_pool/Containerfile -t {isolation.image} . (from the portal's repository)"
+        return [*checks, (False, f"Worker image: {error}", fix)]
+    checks.append((True, f"Worker image {isolation.image}: Ray {version}", ""))
+    started = time.monotonic()
+    done = isolation.probe(["python", "-c", "import ray"], [])
+    checks.append(
+        (
+            done.returncode == 0,
+            f"A rental's container (unprivileged, read-only, limited) starts and imports Ray: "
+            f"{'in %.1f s' % (time.monotonic() - started) if done.returncode == 0 else done.stderr[-300:]}",
+            "check the engine's runtime (runc) and cgroup settings",
+        )
+    )
+    if not gpu_indices:
+        return [*checks, (True, "GPUs in a container: no NVIDIA GPU here, not checked", "")]
+    done = isolation.probe(["nvidia-smi", "-L"], gpu_indices)
+    seen = done.stdout.count("GPU ")
+    checks.append(
+        (
+            done.returncode == 0 and seen == len(gpu_indices),
+            f"GPUs in a container: {seen} of {len(gpu_indices)} seen",
+            "install the NVIDIA Container Toolkit and generate its CDI spec (nvidia-ctk cdi generate)"
+            if name == "podman"
+            else "install the NVIDIA Container Toolkit and restart Docker",
+        )
+    )
+    return checks
+
+
 @dataclass
 class ContainerNode(RayNode):
     """A Ray node in a container: ``process`` is the engine's attached client (alive while the container
@@ -218,6 +263,15 @@ class ContainerIsolation:
             [self.engine, kind, "inspect", name] if kind != "container" else [self.engine, "inspect", name]
         )
         return subprocess.run(command, capture_output=True, timeout=ENGINE_TIMEOUT_S).returncode == 0
+
+    def probe(self, command: list[str], gpu_indices: list[int]) -> subprocess.CompletedProcess:
+        """Run ``command`` once in a container made as a rental's is (no network, no volume); remove it."""
+        args = [self.engine, "run", "--rm", "--network=none", *self.security_args()]
+        args += [*self.gpu_args(self.engine, gpu_indices), self.image, *command]
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return subprocess.CompletedProcess(args, 1, "", str(error))
 
     # --- nodes --------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from gpu_pool.isolation import (
     processes_of,
 )
 from portal.models import CommandState, DeviceState
-from tests.conftest import wait_until
+from tests.conftest import VENV_BIN, wait_until
 from tests.containers import NOTHING, engine, of_label
 from tests.test_gpu_pool import RunningAgent, add_device, command_and_wait, device_row
 
@@ -253,3 +253,22 @@ def test_an_image_with_another_ray_is_refused(podman, tmp_path):
             ContainerIsolation("podman", tag + "-absent").check_image()
     finally:
         engine("rmi", "--force", tag)
+
+
+def test_doctor_checks_the_engine_the_image_and_a_rentals_container(worker_image):
+    done = subprocess.run(
+        [str(VENV_BIN / "gpu-pool"), "doctor", "--engine", "podman", "--image", worker_image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "ok  Container engine: podman" in done.stdout
+    assert f"ok  Worker image {worker_image}: Ray 2.60.0" in done.stdout
+    assert "ok  A rental's container (unprivileged, read-only, limited) starts and imports Ray" in done.stdout
+    missing = subprocess.run(
+        [str(VENV_BIN / "gpu-pool"), "doctor", "--engine", "podman", "--image", worker_image + "-absent"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "FIX Worker image" in missing.stdout and "podman build -f gpu_pool/Containerfile" in missing.stdout
