@@ -25,15 +25,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.serving import FailedRequests, free_port, wait_until_serving
+from bench.serving import FailedRequests, free_port, portal_port, wait_until_serving
+from bench.sizes import size
 from portal.config import PROJECT_ROOT
 
 TARGET_MIB = 300
-# Quick (BENCH_QUICK=1, `python -m bench --quick`): proves the bench runs, its figures are no measurement.
-QUICK = os.environ.get("BENCH_QUICK") == "1"
-SETTLE_S = 2 if QUICK else 10  # once the agents are online: periodic passes and beats run meanwhile
-SAMPLES = 1 if QUICK else 5
-AGENTS = 1 if QUICK else 3  # as many as `make run` starts
+SETTLE_S = size(10, 2)  # once the agents are online: periodic passes and beats run meanwhile
+SAMPLES = size(5, 1)
+AGENTS = size(3, 1)  # as many as `make run` starts
 BARE_APP = """import reflex as rx
 
 
@@ -138,8 +137,7 @@ def _wait_for_agents(base: str, wanted: int, process: subprocess.Popen, timeout_
 def measure_portal(agents: int = AGENTS) -> tuple[Memory, Memory]:
     """``portal run`` as ``make run`` starts it (development, the demo and its agents)."""
     data_dir = Path(tempfile.mkdtemp(prefix="portal-bench-memory-"))
-    # The pages are built for a port: BENCH_PORTAL_PORT reuses the build another bench made for it.
-    port = int(os.environ.get("BENCH_PORTAL_PORT") or free_port())
+    port = portal_port()  # the pages are built for a port: the one the other benches' portals use
     env = {
         **os.environ,
         "PORTAL_DATA_DIR": str(data_dir),
