@@ -368,3 +368,19 @@ def test_every_disruption_budget_autoscaler_and_service_finds_its_pods(rendered)
             assert any(spec["selector"]["matchLabels"].items() <= pod.items() for pod in labels.values())
         elif kind == "Service":
             assert any(spec["selector"].items() <= pod.items() for pod in labels.values()), resource
+
+
+def test_the_ingress_serves_the_public_url_from_the_portal_service(rendered):
+    ingresses = [r for r in rendered if r["kind"] == "Ingress"]
+    if not ingresses:
+        return  # the base leaves the way in to the operator
+    (ingress,) = ingresses
+    public = urlsplit(config(rendered)["PORTAL_PUBLIC_URL"])
+    (rule,) = ingress["spec"]["rules"]
+    assert public.scheme == "https" and rule["host"] == public.hostname
+    assert public.hostname in ingress["spec"]["tls"][0]["hosts"]
+    (path,) = rule["http"]["paths"]
+    service = one(rendered, "Service", path["backend"]["service"]["name"])
+    assert path["backend"]["service"]["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    # Websockets (the pages) and long-polls (the agents) outlive a proxy's default 60 s read.
+    assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
