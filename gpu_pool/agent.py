@@ -92,6 +92,7 @@ class Agent:
             "gpus": [gpu.as_dict() for gpu in self.describe()],
             "simulated": self.simulated,
             "metrics_url": self.metrics_url,
+            **(self.isolation.describe() if self.isolation else {"isolation": "none"}),
         }
 
     # --- the portal, with retries ------------------------------------------------------------------

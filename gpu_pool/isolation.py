@@ -183,6 +183,10 @@ class ContainerIsolation:
     device_id: str | None = None  # known once the agent registered
     _checked_image: str | None = field(default=None, repr=False)
 
+    def describe(self) -> dict[str, str]:
+        """What the agent tells the portal at registration (the device page shows it)."""
+        return {"isolation": "container", "container_engine": self.engine, "worker_image": self.image[:255]}
+
     # --- the engine ---------------------------------------------------------------------------------
 
     def _run(self, *args: str, check: bool = True, timeout: float = ENGINE_TIMEOUT_S) -> str:

@@ -100,6 +100,13 @@ class Device(SQLModel, table=True):
     # Where the agent serves its own /metrics, for Prometheus service discovery.
     metrics_url: str | None = Field(default=None, sa_type=sa.String(255))
     verification_failures: int = Field(default=0)
+    # How customers' code runs there, as the agent reports it: "container" (a container per Ray node, wiped
+    # after the rental) or "none" (on the host: development only, never hired in production).
+    isolation: str = Field(default="none", sa_type=sa.String(16))
+    container_engine: str = Field(default="", sa_type=sa.String(16))
+    worker_image: str = Field(default="", sa_type=sa.String(255))
+    # When the agent last confirmed a rental's wipe (container, scratch and processes gone).
+    last_wipe_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()
 
 

@@ -61,6 +61,10 @@ class DeviceOut(BaseModel):
     hireable: bool
     overlay_ip: str | None = Field(description="Its address on the overlay network, once allocated.")
     mesh: MeshOut
+    isolation: str = Field(description='"container": each rental\'s Ray node runs in a container of its own.')
+    container_engine: str
+    worker_image: str
+    last_wipe_at: datetime | None = Field(description="When the agent last confirmed a rental's wipe.")
 
 
 class DeviceCreatedOut(BaseModel):
@@ -96,6 +100,10 @@ class RegisterIn(BaseModel):
     gpus: Annotated[list[GpuInfoIn], Field(max_length=64)]
     simulated: bool
     metrics_url: Annotated[str | None, Field(max_length=255)] = None
+    # Agents before containers say nothing: "none".
+    isolation: Literal["container", "none"] = "none"
+    container_engine: Literal["", "podman", "docker"] = ""
+    worker_image: Annotated[str, Field(max_length=255), ShownText] = ""
 
 
 class RegisterOut(BaseModel):

@@ -35,6 +35,9 @@ class MachineReport:
     gpus: list[dict[str, Any]]
     simulated: bool
     metrics_url: str | None
+    isolation: str = "none"  # "container": each Ray node in a container, wiped after the rental
+    container_engine: str = ""
+    worker_image: str = ""
 
 
 def hardware_of(rows: Iterable[tuple[int, str, str, int]], simulated: bool) -> str:
@@ -76,6 +79,8 @@ def register(
     device.address = node_addresses.registered_address(peer, settings)
     device.metrics_url = _metrics_url(device, report.metrics_url, settings)
     device.simulated = report.simulated
+    device.isolation = report.isolation
+    device.container_engine, device.worker_image = report.container_engine, report.worker_image
     device.last_heartbeat_at = utcnow()
     existing = {gpu.index: gpu for gpu in before}
     for (index, gpu_uuid, model, memory_mb), given in zip(reported, report.gpus, strict=True):

@@ -299,6 +299,16 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
             else ("Simulated GPUs (development mode)." if device.simulated else "Real GPUs."),
         ),
         Check(
+            "isolated",
+            device.isolation == "container" or not production,
+            f"Customers' code runs in containers ({device.container_engine}, {device.worker_image})."
+            if device.isolation == "container"
+            else "No isolation: customers' code would run as the agent's user on this machine; start the "
+            "agent with --isolation container."
+            if production
+            else "No isolation (development mode).",
+        ),
+        Check(
             "wallet",
             bool(owner and owner.wallet_address),
             "A payout wallet is linked."

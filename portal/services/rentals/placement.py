@@ -58,8 +58,8 @@ def tiers_at_least(tier: str) -> list[str]:
 
 
 def hireable_clause(settings: Settings) -> list:
-    """The SQL form of the eligibility checklist: ready, online, verified, a payout wallet, real GPUs in
-    production. Keep in step with ``devices.eligibility``."""
+    """The SQL form of the eligibility checklist: ready, online, verified, a payout wallet, real GPUs and
+    customers' code in containers in production. Keep in step with ``devices.eligibility``."""
     fresh = utcnow() - timedelta(seconds=settings.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE)
     clauses = [
         Device.state == DeviceState.READY,
@@ -70,6 +70,7 @@ def hireable_clause(settings: Settings) -> list:
     ]
     if settings.environment is Environment.PRODUCTION:
         clauses.append(col(Device.simulated).is_(False))
+        clauses.append(Device.isolation == "container")
     return clauses
 
 

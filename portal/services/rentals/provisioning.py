@@ -595,7 +595,27 @@ class ClusterLifecycle:
                     reason = "agent gone while stopping its node"
                     state_machines.move(self.session, "device", device, DeviceState.OFFLINE, reason)
                 continue
+            if stop.state == CommandState.FAILED:
+                # The agent could not wipe the rental (a container, volume or process survived): the next
+                # customer must not land there.
+                self.wipe_failed(device, stop.result_detail or "no detail")
+                continue
+            if device.isolation == "container":
+                device.last_wipe_at = stop.completed_at
             state_machines.move(self.session, "device", device, DeviceState.READY, "released by its cluster")
+
+    def wipe_failed(self, device: Device, detail: str) -> None:
+        reason = f"wipe failed: {detail[:300]}"
+        state_machines.move(self.session, "device", device, DeviceState.BLOCKED, reason)
+        self.session.add(
+            FaultEvent(
+                device_id=device.id,
+                kind="wipe_failed",
+                severity="error",
+                message=f"The rental's wipe failed ({detail[:300]}): off the market until an admin "
+                "unblocks it.",
+            )
+        )
 
 
 def latest_node_id(session: Session, device_id: uuid.UUID) -> uuid.UUID | None:
