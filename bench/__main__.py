@@ -37,6 +37,7 @@ run (tests/test_bench_quick.py, in `make test`); its figures are not measurement
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -202,7 +203,8 @@ def bench_http() -> None:
         import signal
 
         for server in servers:
-            os.killpg(server.pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # a server that failed to start is gone already
+                os.killpg(server.pid, signal.SIGINT)
         for server in servers:
             try:
                 server.wait(timeout=20)
@@ -363,7 +365,7 @@ def main() -> int:
         except FailedRequests as error:
             print(f"  FAILED: {error}")
             failed.append(bench.__name__)
-        except Exception as error:  # a bench that breaks must not keep the others from running
+        except (Exception, SystemExit) as error:  # a bench that breaks must not stop the others
             traceback.print_exc()
             print(f"  FAILED: {type(error).__name__}: {error}")
             failed.append(bench.__name__)
