@@ -28,6 +28,9 @@
 - Overlay certificates (bench/mesh.py): certificates signed per second through ``mesh.certificates.issue``
   for new devices and renewals, against the bare ``nebula-cert sign`` process, and the CPU-seconds an hour
   that keeping 100,000 devices certified costs. Skipped when nebula-cert is not installed (make mesh).
+- Isolation (bench/isolation.py): a 2-node Ray cluster, a job and the stop with every node in a Podman
+  container (the wipe included), against the same on the host, same run. Target: at most 1.2x. Not measured
+  without Podman and mmdebstrap (make containers).
 - Memory (bench/memory.py): the PSS of all of ``portal run``'s processes once it serves with its demo (the
   demo agents shown apart), against a bare one-page Reflex app started by the same command. Target: 300 MiB.
 
@@ -59,6 +62,7 @@ from sqlalchemy import text
 from bench.deploy import bench_deploy
 from bench.heal import bench_heal
 from bench.heartbeats import bench_heartbeats
+from bench.isolation import bench_isolation
 from bench.memory import bench_memory
 from bench.mesh import bench_mesh
 from bench.placement import bench_placement
@@ -352,6 +356,7 @@ BENCHES = (
     bench_heal,
     bench_telemetry,
     bench_mesh,
+    bench_isolation,
 )
 
 

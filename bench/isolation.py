@@ -11,6 +11,7 @@ gpu_pool/image/build-test-image.sh (cached)."""
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.sizes import size
 from gpu_pool import ray_node
 from gpu_pool.isolation import ContainerIsolation, Limits
 from gpu_pool.ray_node import NodeSpec
@@ -63,7 +65,12 @@ def _round(start) -> dict[str, float]:
     return {"cluster": cluster, "job": job, "stop": time.monotonic() - began}
 
 
-def bench_isolation(rounds: int = 2) -> dict[str, float]:
+def bench_isolation(rounds: int | None = None) -> dict[str, float]:
+    rounds = rounds or size(2, 1)
+    print(f"Isolation: a 2-node cluster, a job and the stop in containers against the host ({rounds} rounds)")
+    if shutil.which("podman") is None or shutil.which("mmdebstrap") is None:
+        print("  not measured: Podman or mmdebstrap is not installed (make containers installs them)")
+        return {}
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "tests" / "podman" / "containers.conf"))
     image = _image()
     limits = Limits(memory_bytes=3 * 2**30, cpus=1.0, pids=2048)
@@ -86,13 +93,13 @@ def bench_isolation(rounds: int = 2) -> dict[str, float]:
         boxed = statistics.median(r[kind] for r in times["container"])
         figures[kind] = boxed / host
         label = {"cluster": "2-node cluster up", "job": "job submit to end", "stop": "stop (wipe)"}[kind]
-        print(f"{label:18} host {host:6.1f} s   container {boxed:6.1f} s   ratio {boxed / host:.2f}x")
+        print(f"  {label:18} host {host:6.1f} s   container {boxed:6.1f} s   ratio {boxed / host:.2f}x")
     print(
-        f"target: containers at most 1.2x the host for the cluster and the job: "
+        f"  target: containers at most 1.2x the host for the cluster and the job: "
         f"{'met' if figures['cluster'] <= 1.2 and figures['job'] <= 1.2 else 'NOT met'}"
     )
     return figures
 
 
 if __name__ == "__main__":
-    bench_isolation(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    bench_isolation(int(sys.argv[1]) if len(sys.argv) > 1 else None)
