@@ -55,12 +55,13 @@ def worker(
     ] = None,
     mesh_port: Annotated[int, typer.Option(help="Nebula's UDP port (0: any free port).")] = 0,
     isolation: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="container: every Ray node runs in a container of its own, wiped after the rental; "
-            "none: on this host as this user (development with simulated GPUs only)."
+            "none: on this host as this user (development with simulated GPUs only). "
+            "Default: container with real GPUs, none with --simulate or --cpu-only."
         ),
-    ] = "none",
+    ] = None,
     engine: Annotated[
         str | None, typer.Option(help="Container engine: podman or docker (default: the first that answers).")
     ] = None,
@@ -109,6 +110,7 @@ def worker(
             raise typer.Exit(code=2)
         gpus = NvmlGpus()
     container_isolation = None
+    isolation = isolation or ("none" if simulate or cpu_only else "container")
     if isolation == "container":
         from gpu_pool.isolation import (
             ContainerIsolation,
