@@ -360,7 +360,10 @@ class Agent:
         except TokenRefused as error:
             self.fatal = f"the portal refused this device's token: {error}"
         finally:
-            self.stop_ray()
+            try:
+                self.stop_ray()
+            except ray_node.RayNodeError as error:  # a wipe that left something: said, and the rest stops
+                logger.error("stopping the Ray node: %s", error)
             if self.mesh:
                 self.mesh.stop()
 
