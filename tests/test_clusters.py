@@ -170,6 +170,7 @@ def test_offers_and_quotes_group_capacity_and_price_it(engine):
             for o in offers
         ] == [(4, 9, 1_500_000, 2_000_000)]
         assert all(o.simulated and o.vram_mb == 81_559 for o in offers)
+        assert all(o.new for o in offers)  # devices added just now: too young to judge
         assert market.offers(session, SETTINGS, market.OfferFilters(max_price_micro=1_600_000))[0].gpus == 4
         quote = market.quote(session, SETTINGS, spec(5).placement(), 3)
         # The 4-GPU device at 1.5 plus one 1-GPU device at 2.0 is the cheapest exact set.

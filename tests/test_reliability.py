@@ -57,6 +57,10 @@ def test_the_score_is_uptime_lowered_by_each_serious_fault(engine):
         "0.81 = 100% uptime over 30 days x 0.9 per fault (2 serious faults in that time)."
     )
     assert fresh_score.score == 0.0 and "not proved" in fresh_score.explained()
+    with session_scope(engine) as session:
+        proved = session.get(Device, fresh.id)
+        proved.verified_at = utcnow()
+        assert reliability.assess(session, proved).explained().startswith("New: under a day of history")
 
 
 def test_the_actor_stores_scores_and_placement_prefers_the_reliable_device_at_equal_price(parts):

@@ -22,6 +22,13 @@ from portal.services.providers import telemetry
 WINDOW_DAYS = 30
 FAULT_FACTOR = 0.9
 SERIOUS = ("error", "critical")
+# Younger than this, a device's score says little (an hour of verifying reads as a bad uptime): people are
+# shown "new" instead.
+NEW_FOR = timedelta(days=1)
+
+
+def is_new(created_at: datetime) -> bool:
+    return created_at > utcnow() - NEW_FOR
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,13 @@ class Reliability:
     faults: int
     verified: bool
 
+    new: bool = False
+
     def explained(self) -> str:
         if not self.verified:
             return "0.00: it has not proved its compute yet."
+        if self.new:
+            return "New: under a day of history, too little to judge yet."
         faults = f"{self.faults} serious fault{'s' if self.faults != 1 else ''}"
         return (
             f"{self.score:.2f} = {self.uptime:.0%} uptime over {WINDOW_DAYS} days x {FAULT_FACTOR} per fault "
@@ -53,7 +64,7 @@ def assess(session: Session, device: Device) -> Reliability:
     ).one()
     verified = device.verified_at is not None
     score = round(uptime * FAULT_FACTOR**faults, 4) if verified else 0.0
-    return Reliability(score, uptime, int(faults), verified)
+    return Reliability(score, uptime, int(faults), verified, new=is_new(device.created_at))
 
 
 def changed_scores(session: Session) -> dict[uuid.UUID, float]:

@@ -10,8 +10,10 @@ from sqlmodel import Session, col, select
 
 from portal.config import Settings
 from portal.models import Device, Gpu, User
+from portal.models.base import utcnow
 from portal.services.money.escrow import fee_of
 from portal.services.providers.gpu_catalog import CATALOG
+from portal.services.providers.reliability import NEW_FOR
 from portal.services.rentals import placement
 
 
@@ -39,6 +41,7 @@ class Offer:
     max_price_per_gpu_hour_micro: int
     reliability: float
     simulated: bool
+    new: bool = False  # every device of the group is too young for its score to mean much
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def offers(session: Session, settings: Settings, filters: OfferFilters) -> list[
             func.max(price),
             func.avg(Device.reliability),
             func.max(case((col(Device.simulated), 1), else_=0)),
+            func.max(case((col(Device.created_at) <= utcnow() - NEW_FOR, 1), else_=0)),
         )
         .join(User, col(User.id) == Device.owner_id)
         .where(and_(*placement.hireable_clause(settings)))
@@ -102,12 +106,13 @@ def offers(session: Session, settings: Settings, filters: OfferFilters) -> list[
             largest_device_gpus=largest,
             min_price_per_gpu_hour_micro=int(low),
             max_price_per_gpu_hour_micro=int(high),
-            reliability=round(float(reliability), 4),
+            reliability=round(float(score), 4),
             simulated=bool(simulated),
+            new=not established,
         )
-        for model, country, tier, devices, gpus, largest, low, high, reliability, simulated in session.exec(
-            query
-        ).all()
+        for model, country, tier, devices, gpus, largest, low, high, score, simulated, established in (
+            session.exec(query).all()
+        )
     ]
     if filters.min_gpus:
         found = [offer for offer in found if offer.gpus >= filters.min_gpus]

@@ -1,0 +1,53 @@
+"""How the pages say amounts, rates and states to people: one formatter each, so every page agrees.
+
+Money is integer micro-USD (1 USD = 1,000,000 micro) and is never turned into a float here: the digits come
+from integer division, rounded half up.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+MICRO_PER_USD = 1_000_000
+MICRO_PER_CENT = 10_000
+RATE_DIGITS = 6  # every digit a micro-USD rate has
+
+
+def _dollars(micro: int, digits: int) -> str:
+    """``abs(micro)`` in dollars with ``digits`` decimals (half up) and thousands separators."""
+    step = 10 ** (6 - digits)
+    units = (abs(micro) + step // 2) // step
+    whole, fraction = divmod(units, 10**digits)
+    return f"{whole:,}" + (f".{fraction:0{digits}d}" if digits else "")
+
+
+def usd(micro: int, *, signed: bool = False) -> str:
+    """An amount or balance to the cent, its sign before the symbol: ``$1,234.50``, ``-$0.01``; with
+    ``signed`` a credit shows ``+``. A non-zero amount under half a cent reads ``<$0.01``, never ``$0.00``."""
+    sign = "-" if micro < 0 else ("+" if signed and micro > 0 else "")
+    if 0 < abs(micro) < MICRO_PER_CENT // 2:
+        return f"{sign}<$0.01"
+    return f"{sign}${_dollars(micro, 2)}"
+
+
+def usd_rate(micro: int, unit: str = "/h") -> str:
+    """A price with its unit: ``$1.20/h``; more than two decimals only where the rate has them
+    (``$0.004444/h``)."""
+    text = _dollars(micro, RATE_DIGITS)
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"{'-' if micro < 0 else ''}${whole}.{fraction}{unit}"
+
+
+def words(value: str | Enum | None) -> str:
+    """An enum value as people say it: ``ultra_high`` -> ``Ultra high``, ``node_joined`` -> ``Node
+    joined``."""
+    if value is None:
+        return ""
+    text = str(value.value if isinstance(value, Enum) else value).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def reliability(score: float, *, new: bool) -> str:
+    """A reliability score as a percentage; ``new`` for a device without the history to judge it."""
+    return "new" if new else f"{score * 100:.1f}%"

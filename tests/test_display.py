@@ -1,0 +1,46 @@
+"""What people read on the pages: amounts, rates, states and reliability, the same on every page."""
+
+from datetime import timedelta
+
+from portal.models import ConnectivityTier
+from portal.models.base import utcnow
+from portal.services.display import reliability, usd, usd_rate, words
+from portal.services.providers.reliability import is_new
+
+
+def test_amounts_are_in_cents_with_the_sign_before_the_symbol():
+    assert usd(12_345_678) == "$12.35"
+    assert usd(1_234_567_890) == "$1,234.57"
+    assert usd(0) == "$0.00"
+    assert usd(-8_333) == "-$0.01"
+    assert usd(-10_000) == "-$0.01"
+    assert usd(1_950_000, signed=True) == "+$1.95"
+    assert usd(-1_950_000, signed=True) == "-$1.95"
+
+
+def test_an_amount_under_half_a_cent_is_never_shown_as_nothing():
+    assert usd(3_400) == "<$0.01"
+    assert usd(-7) == "-<$0.01"
+    assert usd(5_000) == "$0.01"
+
+
+def test_rates_carry_their_unit_and_only_the_digits_they_need():
+    assert usd_rate(1_200_000) == "$1.20/h"
+    assert usd_rate(2_000_000, "/GPU-h") == "$2.00/GPU-h"
+    assert usd_rate(4_444) == "$0.004444/h"
+    assert usd_rate(1_234_560) == "$1.23456/h"
+    assert usd_rate(12_500_000_000) == "$12,500.00/h"
+
+
+def test_enum_values_read_as_words():
+    assert words("ultra_high") == "Ultra high"
+    assert words(ConnectivityTier.MEDIUM) == "Medium"
+    assert words("node_joined") == "Node joined"
+    assert words(None) == ""
+
+
+def test_a_device_without_a_days_history_is_new_rather_than_unreliable():
+    assert reliability(0.8791, new=False) == "87.9%"
+    assert reliability(0.0, new=True) == "new"
+    assert is_new(utcnow() - timedelta(hours=3))
+    assert not is_new(utcnow() - timedelta(days=2))
