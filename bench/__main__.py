@@ -28,6 +28,8 @@
 - Overlay certificates (bench/mesh.py): certificates signed per second through ``mesh.certificates.issue``
   for new devices and renewals, against the bare ``nebula-cert sign`` process, and the CPU-seconds an hour
   that keeping 100,000 devices certified costs. Skipped when nebula-cert is not installed (make mesh).
+- Overlay on the wire (bench/overlay.py): a TCP stream and one-byte round trips between two namespaces over
+  Nebula, against the plain veth path between the same two, same run. Needs root and nebula.
 - Isolation (bench/isolation.py): a 2-node Ray cluster, a job and the stop with every node in a Podman
   container (the wipe included), against the same on the host, same run. Target: at most 1.2x. Not measured
   without Podman and mmdebstrap (make containers).
@@ -65,6 +67,7 @@ from bench.heartbeats import bench_heartbeats
 from bench.isolation import bench_isolation
 from bench.memory import bench_memory
 from bench.mesh import bench_mesh
+from bench.overlay import bench_overlay
 from bench.placement import bench_placement
 from bench.serving import FailedRequests, free_port, portal_port, wait_until_serving
 from bench.settlement import bench_settlement
@@ -356,6 +359,7 @@ BENCHES = (
     bench_heal,
     bench_telemetry,
     bench_mesh,
+    bench_overlay,
     bench_isolation,
 )
 

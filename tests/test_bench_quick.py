@@ -28,6 +28,7 @@ FIGURES = {
     "bench_heal": r"loss detected \(kill -9 to node_lost\)\s+[\d.]+ s",
     "bench_telemetry": r"dashboard query, Prometheus",
     "bench_mesh": r"certificates\.issue, a renewal",
+    "bench_overlay": r"overlay/veth: throughput [\d.]+x",
     "bench_memory": r"portal run \(embedded, demo\)",
 }
 # A bench that could not measure says so with one of these, and make bench would still exit 0.

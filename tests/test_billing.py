@@ -82,13 +82,3 @@ def test_admins_grant_credits_with_a_reason_and_bad_grants_change_nothing(parts,
             a.action for a in session.exec(select(AuditLog).where(AuditLog.action == "billing.grant"))
         ] == ["billing.grant"]
         assert ledger.verify_books(session) == []
-
-
-def test_the_pages_show_an_amount_under_a_cent_exactly_rather_than_as_nothing() -> None:
-    from portal.state.market import usd as shown
-
-    assert shown(12_345_678) == "$12.35"
-    assert shown(0) == "$0.00"
-    assert shown(3_400) == "$0.0034"
-    assert shown(-7) == "-$0.000007"
-    assert shown(10_000) == "$0.01"

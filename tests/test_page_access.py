@@ -47,7 +47,7 @@ class _Probe:
     def __init__(self, principal):
         self.ran = False
         self._principal = principal
-        self.router = type("Router", (), {"url": type("Url", (), {"path": "/account"})()})()
+        self.router = type("Router", (), {"url": type("Url", (), {"path": "/account", "query": ""})()})()
 
     async def _resolve_principal(self):
         return self._principal
@@ -71,3 +71,18 @@ def test_a_guarded_handler_sends_the_signed_out_to_sign_in_and_refuses_the_wrong
     admin = _Probe(Principal(PrincipalKind.USER, uuid.uuid4(), roles=frozenset({Role.ADMIN})))
     run_coroutine(guarded(admin))
     assert admin.ran
+
+
+def test_sign_in_keeps_the_deep_link_and_only_a_local_one():
+    from reflex.istate.data import ReflexURL
+
+    from portal.state.session import safe_next, sign_in_first
+
+    deep = "/deploy?gpu_model=H100-80GB&country=DE"
+    assert sign_in_first(ReflexURL("http://portal" + deep)) == (
+        "/login?next=/deploy%3Fgpu_model%3DH100-80GB%26country%3DDE"
+    )
+    assert sign_in_first(ReflexURL("http://portal/account")) == "/login?next=/account"
+    assert safe_next(deep) == deep
+    for foreign in ("//evil.example", "https://evil.example", "/a?next=https://evil.example", "/\\evil"):
+        assert safe_next(foreign) == "/account"

@@ -7,10 +7,12 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from portal.infra.db import build_engine, session_scope
-from portal.models import DeviceState
+from portal.models import DeviceState, Role
+from portal.services.accounts import users
 from tests.factories import make_device, make_provider
 
 pytestmark = pytest.mark.slow
+PASSWORD = "a long test password"
 
 
 @pytest.mark.browser
@@ -42,17 +44,50 @@ def test_the_landing_page_shows_live_network_counts_from_the_database(portal, pa
 
 
 @pytest.mark.browser
-def test_navigation_reaches_the_four_areas(portal, page: Page):
+def test_navigation_offers_each_visitor_the_areas_they_can_use(portal, page: Page):
+    areas = page.get_by_role("navigation", name="Areas")
     page.goto(portal.url + "/")
-    for link, heading in [
-        ("Rent GPUs", "#area-customer"),
-        ("Provide GPUs", "#area-provider"),
-        ("Admin", "#area-admin"),
-    ]:
-        page.get_by_role("navigation", name="Areas").get_by_role("link", name=link).click()
+    for link, heading in [("Rent GPUs", "#area-customer"), ("Provide GPUs", "#area-provider")]:
+        areas.get_by_role("link", name=link).click()
         expect(page.locator(heading)).to_be_visible()
-    page.get_by_role("navigation", name="Areas").get_by_role("link", name="Network").click()
+    expect(areas.get_by_role("link", name="Admin")).to_have_count(0)
+    areas.get_by_role("link", name="Network").click()
     expect(page.get_by_role("heading", name="The network right now")).to_be_visible()
+
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="nav-customer@example.com", password=PASSWORD, roles=[Role.CUSTOMER])
+    engine.dispose()
+    page.goto(portal.url + "/login")
+    page.locator("#email").fill("nav-customer@example.com")
+    page.locator("#password").fill(PASSWORD)
+    page.locator("#submit-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/account/?$"))
+    expect(areas.get_by_role("link", name="Rent GPUs")).to_be_visible()
+    expect(areas.get_by_role("link", name="Provide GPUs")).to_have_count(0)
+    expect(areas.get_by_role("link", name="Admin")).to_have_count(0)
+    # The admin's pages say what they need rather than show an empty admin area.
+    page.goto(portal.url + "/admin/devices")
+    expect(page.locator("#role-needed")).to_have_text("This needs the admin role.")
+
+    # On a phone the areas fold into a menu, offering the same.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(areas).to_be_hidden()
+    page.get_by_role("button", name="Menu").click()
+    menu = page.get_by_role("menu")
+    expect(menu.get_by_role("menuitem", name="Rent GPUs")).to_be_visible()
+    expect(menu.get_by_role("menuitem", name="Admin")).to_have_count(0)
+    menu.get_by_role("menuitem", name="Marketplace").click()
+    expect(page).to_have_url(re.compile(r"/market/?$"))
+
+
+@pytest.mark.browser
+def test_an_unknown_address_gets_a_page_in_the_frame_with_ways_back(portal, page: Page):
+    reply = page.goto(portal.url + "/no/such/page")
+    assert reply is not None and reply.status == 404
+    expect(page.locator("#not-found")).to_have_text("This page does not exist")
+    page.get_by_role("link", name="Marketplace").first.click()
+    expect(page).to_have_url(re.compile(r"/market/?$"))
 
 
 @pytest.mark.browser

@@ -7,6 +7,21 @@ import reflex as rx
 from portal.state.charts import ChartsState
 
 REFRESH_MS = 5000
+# Plotly sizes a figure once, from its layout, unless told to follow its container: these make every chart
+# as wide as its card, and redraw it when the card changes width (a phone turned, a window resized).
+CHART_CONFIG = {"responsive": True, "displaylogo": False, "displayModeBar": False}
+
+
+def chart(figure: rx.Var, element_id: str) -> rx.Component:
+    """A Plotly figure as wide as the box it is in, never wider."""
+    return rx.box(
+        rx.plotly(data=figure, config=CHART_CONFIG, use_resize_handler=True, style={"width": "100%"}),
+        id=element_id,
+        width="100%",
+        # A grid cell may otherwise grow to the chart's first drawn width and push the page wider.
+        min_width="0",
+        class_name="portal-chart",
+    )
 
 
 def range_picker(ranges: rx.Var, value: rx.Var, on_change: object, **props: object) -> rx.Component:
@@ -33,10 +48,10 @@ def gpu_charts() -> rx.Component:
             rx.cond(
                 ChartsState.has_data,
                 rx.grid(
-                    rx.box(rx.plotly(data=ChartsState.util), id="chart-util"),
-                    rx.box(rx.plotly(data=ChartsState.memory), id="chart-memory"),
-                    rx.box(rx.plotly(data=ChartsState.temperature), id="chart-temperature"),
-                    rx.box(rx.plotly(data=ChartsState.power), id="chart-power"),
+                    chart(ChartsState.util, "chart-util"),
+                    chart(ChartsState.memory, "chart-memory"),
+                    chart(ChartsState.temperature, "chart-temperature"),
+                    chart(ChartsState.power, "chart-power"),
                     columns=rx.breakpoints(initial="1", md="2"),
                     spacing="3",
                     width="100%",
@@ -54,7 +69,7 @@ def gpu_charts() -> rx.Component:
             ),
             rx.cond(
                 ChartsState.has_uptime,
-                rx.box(rx.plotly(data=ChartsState.uptime), id="chart-uptime", width="100%"),
+                chart(ChartsState.uptime, "chart-uptime"),
             ),
             rx.text(ChartsState.points.to(str) + " points", size="1", color_scheme="gray", id="chart-points"),
             rx.moment(interval=REFRESH_MS, on_change=ChartsState.tick, display="none"),

@@ -5,22 +5,45 @@ from __future__ import annotations
 import reflex as rx
 
 from portal import __version__
-from portal.state.session import SessionState
+from portal.state.session import SessionState, refusal
 
+# The areas in the navigation, and who is shown each: everyone, the signed out and the role's holders
+# (a page nobody can use is not offered), or admins only.
 AREAS = (
-    ("Network", "/", "globe"),
-    ("Marketplace", "/market", "store"),
-    ("Explorer", "/explorer", "chart-line"),
-    ("Rent GPUs", "/customer", "rocket"),
-    ("Provide GPUs", "/provider", "server"),
-    ("Admin", "/admin", "shield"),
+    ("Network", "/", "globe", "everyone"),
+    ("Marketplace", "/market", "store", "everyone"),
+    ("Explorer", "/explorer", "chart-line", "everyone"),
+    ("Rent GPUs", "/customer", "rocket", "customer"),
+    ("Provide GPUs", "/provider", "server", "provider"),
+    ("Admin", "/admin", "shield", "admin"),
 )
+ADMIN_PAGES = (("Audit log", "/admin/audit"), ("Devices and faults", "/admin/devices"))
+# Widths (Reflex's breakpoints: xs 480 px, sm 768, md 992, lg 1280): below md the areas fold into a menu
+# (phone_menu); below lg the bar's links drop their icons and the account button its name, so the whole
+# bar fits a small laptop.
+
+
+def _shown_to(who: str) -> rx.Var | bool:
+    return {
+        "everyone": True,
+        "customer": SessionState.shows_customer_area,
+        "provider": SessionState.shows_provider_area,
+        "admin": SessionState.is_admin,
+    }[who]
+
+
+def for_whom(who: str, component: rx.Component) -> rx.Component:
+    shown = _shown_to(who)
+    return component if shown is True else rx.cond(shown, component)
 
 
 def nav_link(label: str, href: str, icon: str) -> rx.Component:
     return rx.link(
         rx.hstack(
-            rx.icon(icon, size=16), rx.text(label, size="2", weight="medium"), spacing="2", align="center"
+            rx.icon(icon, size=16, display=rx.breakpoints(initial="none", lg="block")),
+            rx.text(label, size="2", weight="medium", white_space="nowrap"),
+            spacing="2",
+            align="center",
         ),
         href=href,
         underline="none",
@@ -40,20 +63,18 @@ def account_menu() -> rx.Component:
             rx.menu.trigger(
                 rx.button(
                     rx.icon("circle_user", size=16),
-                    SessionState.display_name,
+                    rx.text(SessionState.display_name, display=rx.breakpoints(initial="none", lg="inline")),
                     variant="soft",
                     size="2",
                     id="account-menu",
+                    aria_label="Account",
                 )
             ),
             rx.menu.content(
                 rx.menu.item("Account and API keys", on_click=rx.redirect("/account")),
-                rx.cond(
-                    SessionState.is_admin, rx.menu.item("Audit log", on_click=rx.redirect("/admin/audit"))
-                ),
-                rx.cond(
-                    SessionState.is_admin,
-                    rx.menu.item("Devices and faults", on_click=rx.redirect("/admin/devices")),
+                *(
+                    rx.cond(SessionState.is_admin, rx.menu.item(label, on_click=rx.redirect(href)))
+                    for label, href in ADMIN_PAGES
                 ),
                 rx.menu.separator(),
                 rx.menu.item("Sign out", color="red", on_click=SessionState.sign_out),
@@ -61,11 +82,46 @@ def account_menu() -> rx.Component:
         ),
         rx.hstack(
             rx.button(
-                rx.link("Sign in", href="/login", underline="none"), as_child=True, variant="soft", size="2"
+                rx.link("Sign in", href="/login", underline="none", white_space="nowrap"),
+                as_child=True,
+                variant="soft",
+                size="2",
             ),
-            rx.button(rx.link("Sign up", href="/signup", underline="none"), as_child=True, size="2"),
+            rx.button(
+                rx.link("Sign up", href="/signup", underline="none", white_space="nowrap"),
+                as_child=True,
+                size="2",
+                # On a phone, Sign up waits in the menu: the bar has room for one button.
+                display=rx.breakpoints(initial="none", xs="inline-flex"),
+            ),
             spacing="2",
         ),
+    )
+
+
+def menu_link(label: str, href: str) -> rx.Component:
+    # A redirect, as the account menu's items: a link slotted into the item breaks Radix's Slot.
+    return rx.menu.item(label, on_click=rx.redirect(href))
+
+
+def phone_menu() -> rx.Component:
+    """The areas as a menu, for screens too narrow for the bar."""
+    return rx.box(
+        rx.menu.root(
+            rx.menu.trigger(
+                rx.icon_button(
+                    rx.icon("menu", size=18), variant="soft", size="2", aria_label="Menu", id="nav-menu"
+                )
+            ),
+            rx.menu.content(
+                *(for_whom(who, menu_link(label, href)) for label, href, _, who in AREAS),
+                rx.menu.separator(),
+                rx.cond(~SessionState.signed_in, menu_link("Sign up", "/signup")),
+                menu_link("API", "/api/docs"),
+                align="end",
+            ),
+        ),
+        display=rx.breakpoints(initial="block", md="none"),
     )
 
 
@@ -75,7 +131,7 @@ def navbar() -> rx.Component:
             rx.link(
                 rx.hstack(
                     rx.icon("cpu", size=22, color=rx.color("accent", 10)),
-                    rx.heading("GPU Portal", size="4", weight="bold"),
+                    rx.heading("GPU Portal", size="4", weight="bold", white_space="nowrap"),
                     spacing="2",
                     align="center",
                 ),
@@ -84,9 +140,21 @@ def navbar() -> rx.Component:
                 color_scheme="gray",
                 high_contrast=True,
             ),
-            rx.el.nav(rx.hstack(*(nav_link(*area) for area in AREAS), spacing="1"), aria_label="Areas"),
+            rx.el.nav(
+                rx.hstack(
+                    *(for_whom(who, nav_link(label, href, icon)) for label, href, icon, who in AREAS),
+                    spacing="1",
+                ),
+                aria_label="Areas",
+                display=rx.breakpoints(initial="none", md="block"),
+            ),
             rx.spacer(),
-            rx.link(rx.text("API", size="2"), href="/api/docs", color_scheme="gray"),
+            rx.link(
+                rx.text("API", size="2"),
+                href="/api/docs",
+                color_scheme="gray",
+                display=rx.breakpoints(initial="none", lg="inline"),
+            ),
             account_menu(),
             rx.color_mode.button(
                 size="2",
@@ -94,11 +162,12 @@ def navbar() -> rx.Component:
                 aria_label="Switch light or dark theme",
                 disabled=~rx.State.is_hydrated,  # a click before the page is live would be lost
             ),
+            phone_menu(),
             align="center",
-            spacing="4",
+            spacing=rx.breakpoints(initial="2", sm="4"),
             max_width="72rem",
             margin_x="auto",
-            padding_x="1.25rem",
+            padding_x=rx.breakpoints(initial="0.75rem", sm="1.25rem"),
             padding_y="0.75rem",
         ),
         border_bottom=f"1px solid {rx.color('gray', 5)}",
@@ -111,12 +180,18 @@ def navbar() -> rx.Component:
 
 
 def footer() -> rx.Component:
-    return rx.hstack(
+    return rx.flex(
         rx.text(f"GPU Portal {__version__} · open source, self-hostable", size="1", color_scheme="gray"),
         rx.spacer(),
         # /metrics is for Prometheus (behind its token in production); the API is what people read.
-        rx.link("API", href="/api/docs", size="1", color_scheme="gray"),
-        rx.link("Health", href="/readyz", size="1", color_scheme="gray"),
+        rx.hstack(
+            rx.link("API", href="/api/docs", size="1", color_scheme="gray"),
+            rx.link("Health", href="/readyz", size="1", color_scheme="gray"),
+            spacing="3",
+        ),
+        spacing="3",
+        wrap="wrap",
+        align="center",
         max_width="72rem",
         margin_x="auto",
         padding="1.25rem",
@@ -124,10 +199,28 @@ def footer() -> rx.Component:
     )
 
 
-def page_frame(*children: rx.Component) -> rx.Component:
+def role_gate(role: str, *children: rx.Component) -> rx.Component:
+    """The page for holders of ``role``; anyone else signed in is told, in the page, which role it needs
+    (its on-load handler, declared ``page_says``, refuses them without a notice of its own)."""
+    return rx.cond(
+        SessionState.signed_in & ~SessionState.roles.contains(role),
+        rx.callout(refusal([role]), icon="lock", color_scheme="gray", id="role-needed", margin_y="1.5rem"),
+        rx.fragment(*children),
+    )
+
+
+def page_frame(*children: rx.Component, role: str | None = None) -> rx.Component:
+    """Every page's frame; with ``role``, its content only for that role's holders (``role_gate``)."""
+    content = (role_gate(role, *children),) if role else children
     return rx.box(
         navbar(),
-        rx.el.main(*children, max_width="72rem", margin_x="auto", padding="1.25rem", width="100%"),
+        rx.el.main(
+            *content,
+            max_width="72rem",
+            margin_x="auto",
+            padding=rx.breakpoints(initial="0.75rem", sm="1.25rem"),
+            width="100%",
+        ),
         footer(),
         min_height="100vh",
         background=rx.color("gray", 1),

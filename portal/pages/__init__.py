@@ -16,6 +16,7 @@ from portal.pages import (
     explorer,
     landing,
     market,
+    not_found,
 )
 
 
@@ -31,3 +32,4 @@ def register_pages(app: rx.App) -> None:
     clusters.register(app)
     billing.register(app)
     explorer.register(app)
+    not_found.register(app)

@@ -72,7 +72,8 @@ def audit_log() -> rx.Component:
             ),
             spacing="4",
             width="100%",
-        )
+        ),
+        role="admin",
     )
 
 

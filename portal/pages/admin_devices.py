@@ -148,7 +148,8 @@ def admin_devices() -> rx.Component:
             block_dialog(),
             spacing="4",
             width="100%",
-        )
+        ),
+        role="admin",
     )
 
 

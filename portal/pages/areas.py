@@ -13,17 +13,30 @@ def area_page(
     summary: str,
     features: list[tuple[str, str]],
     test_id: str,
-    action: rx.Component | None = None,
+    action: rx.Component,
+    allowed: rx.Var,
+    role: str,
 ) -> rx.Component:
+    """An area's entry page; its actions only for those ``allowed`` in, others told which role it needs."""
     return page_frame(
         rx.vstack(
             rx.heading(title, size="7", id=test_id),
             rx.text(summary, size="3", color_scheme="gray", max_width="44rem"),
-            rx.cond(SessionState.signed_in, action or rx.fragment()),
+            rx.cond(SessionState.signed_in & allowed, action),
             rx.cond(
-                SessionState.signed_in,
+                SessionState.signed_in & ~allowed,
                 rx.callout(
-                    rx.text(
+                    f"This area is for accounts with the {role} role; yours does not have it.",
+                    icon="info",
+                    color_scheme="gray",
+                    id="area-not-allowed",
+                ),
+            ),
+            rx.cond(
+                SessionState.signed_in & allowed,
+                # A callout's text is a paragraph already: a <p> inside it breaks hydration (React #418).
+                rx.callout(
+                    rx.fragment(
                         "Signed in as ",
                         rx.text.strong(SessionState.email),
                         ". Your ",
@@ -33,8 +46,11 @@ def area_page(
                     icon="circle_check",
                     color_scheme="green",
                 ),
+            ),
+            rx.cond(
+                ~SessionState.signed_in,
                 rx.callout(
-                    rx.text(
+                    rx.fragment(
                         rx.link("Sign in", href="/login"),
                         " or ",
                         rx.link("create an account", href="/signup"),
@@ -72,11 +88,15 @@ def customer() -> rx.Component:
             ("Billing", "Credits, escrow, per-second usage lines and invoices."),
         ],
         "area-customer",
-        rx.hstack(
+        rx.flex(
             link_button("rocket", "Deploy a cluster", "/deploy"),
             link_button("layers", "Your clusters", "/clusters", soft=True),
             link_button("wallet", "Billing", "/billing", soft=True),
+            spacing="2",
+            wrap="wrap",
         ),
+        SessionState.shows_customer_area,
+        "customer",
     )
 
 
@@ -90,10 +110,14 @@ def provider() -> rx.Component:
             ("Payouts", "Solana payouts to your linked wallet, each with its transaction."),
         ],
         "area-provider",
-        rx.hstack(
+        rx.flex(
             link_button("server", "Your devices", "/devices"),
             link_button("coins", "Earnings", "/earnings", soft=True),
+            spacing="2",
+            wrap="wrap",
         ),
+        SessionState.shows_provider_area,
+        "provider",
     )
 
 
@@ -107,10 +131,14 @@ def admin() -> rx.Component:
             ("Audit log", "Who did what, from where, and whether it worked."),
         ],
         "area-admin",
-        rx.hstack(
+        rx.flex(
             link_button("server", "Devices and faults", "/admin/devices"),
             link_button("scroll_text", "Audit log", "/admin/audit", soft=True),
+            spacing="2",
+            wrap="wrap",
         ),
+        SessionState.is_admin,
+        "admin",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import reflex as rx
 
+from portal.components.charts import chart
 from portal.components.layout import page_frame, stat_card
 from portal.components.tables import data_table
 from portal.state.billing import BillingState
@@ -226,7 +227,7 @@ def earnings_page() -> rx.Component:
                             color_scheme="gray",
                         ),
                         rx.callout(
-                            rx.text(
+                            rx.fragment(
                                 "Link a payout wallet to be paid: ",
                                 rx.link("Account", href="/account"),
                                 ".",
@@ -235,7 +236,7 @@ def earnings_page() -> rx.Component:
                             color_scheme="amber",
                         ),
                     ),
-                    rx.box(rx.plotly(data=BillingState.earnings_chart), id="chart-earnings", width="100%"),
+                    chart(BillingState.earnings_chart, "chart-earnings"),
                     rx.heading("Payouts", size="4"),
                     rx.cond(
                         earnings["payouts"].to(list[dict]).length() > 0,

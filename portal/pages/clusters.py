@@ -288,7 +288,8 @@ def cluster_page() -> rx.Component:
                 ),
                 rx.center(rx.spinner(size="3"), padding="4rem"),
             ),
-        )
+        ),
+        role="customer",
     )
 
 

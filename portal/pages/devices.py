@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.charts import gpu_charts
+from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
 from portal.state.charts import ChartsState
@@ -89,7 +90,7 @@ def add_device_form() -> rx.Component:
                         id="device-country",
                         width="9rem",
                     ),
-                    rx.select(DevicesState.tiers, name="tier", default_value="medium", id="device-tier"),
+                    worded_select(DevicesState.tiers, name="tier", default_value="medium", id="device-tier"),
                     rx.input(
                         name="price",
                         placeholder="USD per GPU-hour (optional)",
@@ -124,7 +125,8 @@ def devices_page() -> rx.Component:
                 color_scheme="gray",
             ),
             new_device_callout(),
-            add_device_form(),
+            # Only a provider's list loads: nobody else is offered a form they may not use.
+            rx.cond(DevicesState.loaded, add_device_form()),
             rx.cond(
                 DevicesState.rows.length() > 0,
                 data_table(
@@ -218,6 +220,13 @@ def device_detail() -> rx.Component:
                             rx.data_list.value(detail["verified"], id="device-verified"),
                         ),
                         rx.data_list.item(
+                            rx.data_list.label("Price"),
+                            rx.data_list.value(detail["price"], id="device-price-shown"),
+                        ),
+                        rx.data_list.item(
+                            rx.data_list.label("Connectivity"), rx.data_list.value(detail["connectivity"])
+                        ),
+                        rx.data_list.item(
                             rx.data_list.label("Reliability"),
                             rx.data_list.value(detail["reliability"], id="device-reliability"),
                         ),
@@ -239,7 +248,7 @@ def device_detail() -> rx.Component:
                             detail["faults"].to(list[dict]),
                             lambda f: rx.table.row(
                                 rx.table.cell(rx.code(f["at"], size="1")),
-                                rx.table.cell(rx.code(f["kind"], size="1")),
+                                rx.table.cell(f["kind"]),
                                 rx.table.cell(f["severity"]),
                                 rx.table.cell(rx.text(f["message"], size="1")),
                             ),
@@ -262,7 +271,8 @@ def device_detail() -> rx.Component:
                 ),
                 rx.center(rx.spinner(size="3"), padding="4rem"),
             ),
-        )
+        ),
+        role="provider",
     )
 
 

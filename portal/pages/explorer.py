@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.components.charts import range_picker
+from portal.components.charts import chart, range_picker
 from portal.components.layout import page_frame, stat_card
 from portal.components.tables import data_table
 from portal.state.explorer import ExplorerState
+from portal.state.session import SessionState
 
 REFRESH_MS = 30_000
 
@@ -61,9 +62,9 @@ def explorer_page() -> rx.Component:
             rx.cond(
                 ExplorerState.points > 0,
                 rx.grid(
-                    rx.box(rx.plotly(data=ExplorerState.online), id="explorer-online"),
-                    rx.box(rx.plotly(data=ExplorerState.hired), id="explorer-hired"),
-                    rx.box(rx.plotly(data=ExplorerState.util), id="explorer-util"),
+                    chart(ExplorerState.online, "explorer-online"),
+                    chart(ExplorerState.hired, "explorer-hired"),
+                    chart(ExplorerState.util, "explorer-util"),
                     columns=rx.breakpoints(initial="1", md="2"),
                     spacing="3",
                     width="100%",
@@ -108,5 +109,8 @@ def explorer_page() -> rx.Component:
 
 def register(app: rx.App) -> None:
     app.add_page(
-        explorer_page, route="/explorer", title="Network explorer · GPU Portal", on_load=ExplorerState.refresh
+        explorer_page,
+        route="/explorer",
+        title="Network explorer · GPU Portal",
+        on_load=[SessionState.load_session, ExplorerState.refresh],
     )

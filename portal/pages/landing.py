@@ -21,7 +21,7 @@ def hero() -> rx.Component:
             color_scheme="gray",
             max_width="44rem",
         ),
-        rx.hstack(
+        rx.flex(
             rx.button(
                 rx.link(rx.icon("rocket", size=16), "Rent GPUs", href="/customer", underline="none"),
                 as_child=True,
@@ -36,6 +36,7 @@ def hero() -> rx.Component:
                 variant="outline",
             ),
             spacing="3",
+            wrap="wrap",
         ),
         spacing="4",
         padding_y="2.5rem",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
+from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import data_table
 from portal.state.market import DeployState, MarketState
@@ -12,73 +13,144 @@ from portal.state.session import SessionState
 REFRESH_MS = 5000
 
 
-def offer_row(offer: rx.Var) -> rx.Component:
-    return rx.table.row(
-        rx.table.cell(
-            rx.hstack(
-                rx.text(offer["gpu_model"], weight="medium"),
-                rx.cond(offer["simulated"], rx.badge("simulated", color_scheme="amber", variant="soft")),
-                spacing="2",
-            )
+def deploy_link(offer: rx.Var) -> rx.Component:
+    return rx.button(
+        rx.link(
+            "Deploy",
+            href="/deploy?gpu_model=" + offer["gpu_model"].to(str) + "&country=" + offer["country"].to(str),
+            underline="none",
         ),
-        rx.table.cell(offer["vram"]),
-        rx.table.cell(offer["country"]),
-        rx.table.cell(offer["tier"]),
-        rx.table.cell(offer["gpus"].to(str) + " on " + offer["devices"].to(str) + " device(s)"),
-        rx.table.cell(offer["price"]),
-        rx.table.cell(offer["reliability"]),
-        rx.table.cell(
-            rx.link(
-                "Deploy",
-                href="/deploy?gpu_model="
-                + offer["gpu_model"].to(str)
-                + "&country="
-                + offer["country"].to(str),
-            )
-        ),
+        as_child=True,
+        size="1",
+        variant="soft",
     )
 
 
-def filter_bar() -> rx.Component:
+def model_name(offer: rx.Var) -> rx.Component:
     return rx.hstack(
-        rx.select(
-            MarketState.models,
-            value=MarketState.gpu_model,
-            on_change=lambda v: MarketState.set_filter("gpu_model", v),
-            id="filter-model",
-        ),
-        rx.input(
-            placeholder="Country (DE)",
-            max_length=2,
-            width="8rem",
-            on_blur=lambda v: MarketState.set_filter("country", v),
-            id="filter-country",
-        ),
-        rx.select(
-            MarketState.tiers, value=MarketState.tier, on_change=lambda v: MarketState.set_filter("tier", v)
-        ),
-        rx.input(
-            placeholder="Min GPUs",
-            width="7rem",
-            on_blur=lambda v: MarketState.set_filter("min_gpus", v),
-        ),
-        rx.input(
-            placeholder="Min GiB per GPU",
-            width="9rem",
-            on_blur=lambda v: MarketState.set_filter("min_vram", v),
-        ),
-        rx.input(
-            placeholder="Max USD / GPU-hour",
-            width="11rem",
-            on_blur=lambda v: MarketState.set_filter("max_price", v),
-        ),
-        rx.input(
-            placeholder="Min reliability %",
-            width="10rem",
-            on_blur=lambda v: MarketState.set_filter("min_reliability", v),
-        ),
-        wrap="wrap",
+        rx.text(offer["gpu_model"], weight="medium", white_space="nowrap"),
+        rx.cond(offer["simulated"], rx.badge("simulated", color_scheme="amber", variant="soft")),
         spacing="2",
+        wrap="wrap",
+    )
+
+
+def offer_row(offer: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(model_name(offer)),
+        rx.table.cell(offer["vram"]),
+        rx.table.cell(offer["country"]),
+        rx.table.cell(offer["tier"]),
+        rx.table.cell(offer["available"]),
+        rx.table.cell(offer["price"], white_space="nowrap"),
+        rx.table.cell(offer["reliability"]),
+        rx.table.cell(deploy_link(offer)),
+    )
+
+
+def offer_card(offer: rx.Var) -> rx.Component:
+    """One offer on a phone: the table's columns would not fit, so each offer is a card."""
+    return rx.card(
+        rx.vstack(
+            rx.hstack(model_name(offer), rx.spacer(), rx.text(offer["price"], weight="bold"), width="100%"),
+            rx.text(
+                offer["vram"].to(str)
+                + " · "
+                + offer["country"].to(str)
+                + " · "
+                + offer["tier"].to(str)
+                + " connectivity",
+                size="2",
+                color_scheme="gray",
+            ),
+            rx.hstack(
+                rx.text(
+                    offer["available"].to(str) + " · reliability " + offer["reliability"].to(str),
+                    size="2",
+                ),
+                rx.spacer(),
+                deploy_link(offer),
+                width="100%",
+                align="center",
+            ),
+            spacing="2",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
+def filter_field(label: str, control: rx.Component) -> rx.Component:
+    return rx.vstack(rx.text(label, size="1", weight="medium", color_scheme="gray"), control, spacing="1")
+
+
+def filter_bar() -> rx.Component:
+    return rx.grid(
+        filter_field(
+            "GPU model",
+            rx.select(
+                MarketState.models,
+                value=MarketState.gpu_model,
+                on_change=lambda v: MarketState.set_filter("gpu_model", v),
+                id="filter-model",
+                aria_label="GPU model",
+                width="100%",
+            ),
+        ),
+        filter_field(
+            "Country",
+            rx.input(
+                placeholder="any, e.g. DE",
+                max_length=2,
+                on_blur=lambda v: MarketState.set_filter("country", v),
+                id="filter-country",
+                aria_label="Country",
+            ),
+        ),
+        filter_field(
+            "Connectivity at least",
+            worded_select(
+                MarketState.tiers,
+                value=MarketState.tier,
+                on_change=lambda v: MarketState.set_filter("tier", v),
+                aria_label="Connectivity at least",
+            ),
+        ),
+        filter_field(
+            "Min GPUs",
+            rx.input(
+                placeholder="any",
+                on_blur=lambda v: MarketState.set_filter("min_gpus", v),
+                aria_label="Min GPUs",
+            ),
+        ),
+        filter_field(
+            "Min GiB per GPU",
+            rx.input(
+                placeholder="any",
+                on_blur=lambda v: MarketState.set_filter("min_vram", v),
+                aria_label="Min GiB per GPU",
+            ),
+        ),
+        filter_field(
+            "Max USD per GPU-hour",
+            rx.input(
+                placeholder="any",
+                on_blur=lambda v: MarketState.set_filter("max_price", v),
+                aria_label="Max USD per GPU-hour",
+            ),
+        ),
+        filter_field(
+            "Min reliability %",
+            rx.input(
+                placeholder="any",
+                on_blur=lambda v: MarketState.set_filter("min_reliability", v),
+                aria_label="Min reliability %",
+            ),
+        ),
+        columns=rx.breakpoints(initial="2", sm="4", lg="7"),
+        spacing="2",
+        width="100%",
     )
 
 
@@ -98,11 +170,33 @@ def market_page() -> rx.Component:
             ),
             rx.cond(
                 MarketState.offers.length() > 0,
-                data_table(
-                    ("GPU", "Memory", "Country", "Connectivity", "Available", "Price", "Reliability", ""),
-                    MarketState.offers,
-                    offer_row,
-                    id="offers-table",
+                rx.fragment(
+                    rx.box(
+                        data_table(
+                            (
+                                "GPU",
+                                "Memory",
+                                "Country",
+                                "Connectivity",
+                                "Available",
+                                "Price per GPU",
+                                "Reliability",
+                                "",
+                            ),
+                            MarketState.offers,
+                            offer_row,
+                            id="offers-table",
+                        ),
+                        width="100%",
+                        display=rx.breakpoints(initial="none", md="block"),
+                    ),
+                    rx.vstack(
+                        rx.foreach(MarketState.offers, offer_card),
+                        width="100%",
+                        spacing="2",
+                        display=rx.breakpoints(initial="flex", md="none"),
+                        id="offer-cards",
+                    ),
                 ),
                 rx.cond(
                     MarketState.loaded,
@@ -123,7 +217,10 @@ def market_page() -> rx.Component:
 
 
 def labelled(label: str, control: rx.Component) -> rx.Component:
-    return rx.vstack(rx.text(label, size="2", weight="medium"), control, spacing="1")
+    # min_width 0: a grid cell otherwise grows to its widest control and overlaps its neighbour.
+    return rx.vstack(
+        rx.text(label, size="2", weight="medium"), control, spacing="1", width="100%", min_width="0"
+    )
 
 
 def number_field(label: str, field: str, least: int, most: int, element_id: str) -> rx.Component:
@@ -225,6 +322,7 @@ def deploy_form() -> rx.Component:
                         rx.segmented_control.item("Inference", value="inference"),
                         value=DeployState.purpose,
                         on_change=lambda v: DeployState.set_field("purpose", v),
+                        width="100%",
                     ),
                 ),
                 labelled(
@@ -249,7 +347,7 @@ def deploy_form() -> rx.Component:
                 ),
                 labelled(
                     "Slowest connectivity accepted",
-                    rx.select(
+                    worded_select(
                         DeployState.tiers,
                         value=DeployState.tier,
                         on_change=lambda v: DeployState.set_field("tier", v),

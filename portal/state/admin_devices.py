@@ -97,7 +97,7 @@ class AdminDevicesState(SessionState):
         self.loaded = True
 
     @rx.event
-    @for_users(Role.ADMIN)
+    @for_users(Role.ADMIN, page_says=True)
     async def load(self) -> None:
         await self._fetch()
 

@@ -71,7 +71,7 @@ class AuditState(SessionState):
         self.loaded = True
 
     @rx.event
-    @for_users(Role.ADMIN)
+    @for_users(Role.ADMIN, page_says=True)
     async def load(self) -> None:
         await self._fetch()
 

@@ -15,10 +15,10 @@ from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
 from portal.services import dates
+from portal.services.display import usd, usd_rate
 from portal.services.errors import DomainError
 from portal.services.money import billing, deposits, payouts, treasury
 from portal.state.charts import styled
-from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
 
 PAGE = 25
@@ -59,7 +59,7 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
                 "at": line.at.strftime("%Y-%m-%d %H:%M:%S"),
                 "what": KINDS.get(line.kind, line.kind),
                 "account": ACCOUNTS.get(line.account, line.account),
-                "amount": ("+" if line.amount_micro > 0 else "") + usd(line.amount_micro),
+                "amount": usd(line.amount_micro, signed=True),
                 "description": line.description,
             }
             for line in lines
@@ -70,7 +70,7 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
                 "device": name,
                 "gpus": u.gpu_count,
                 "seconds": u.seconds,
-                "rate": usd(u.rate_micro) + " / GPU-hour",
+                "rate": usd_rate(u.rate_micro, "/GPU-h"),
                 "amount": usd(u.amount_micro),
             }
             for u, name in usage

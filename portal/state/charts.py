@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import plotly.graph_objects as go
 import reflex as rx
 
 from portal import parts
 from portal.infra.db import session_scope
+from portal.models.base import utcnow
 from portal.security.principal import Principal
 from portal.services.errors import DomainError
 from portal.services.providers import devices, telemetry
@@ -30,6 +31,7 @@ def styled(figure: go.Figure, title: str, *, height: int = 230, **layout: object
     """The look every chart of the portal shares: a small title, tight margins, a transparent background
     that follows the page's theme, a y axis from zero, the legend below."""
     figure.update_layout(
+        autosize=True,  # the width is the container's (see components.charts.chart)
         title={"text": title, "font": {"size": 14}},
         margin={"l": 40, "r": 10, "t": 36, "b": 30},
         height=height,
@@ -58,9 +60,28 @@ def _series(
         return telemetry.series(session, parts.current().settings, device_ids, minutes), []
 
 
+DAY_MS = 86_400_000
+
+
 def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:
-    figure = go.Figure([go.Bar(x=[day for day, _ in days], y=[pct for _, pct in days], name="uptime")])
-    return styled(figure, "Uptime per day, last 30 days (%)", yaxis={"range": [0, 100]})
+    # A bar a day wide on a 30-day axis: left alone, Plotly fits one bar's axis to a millisecond.
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=[day for day, _ in days],
+                y=[pct for _, pct in days],
+                width=[DAY_MS * 0.8] * len(days),
+                name="uptime",
+            )
+        ]
+    )
+    end = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return styled(
+        figure,
+        "Uptime per day, last 30 days (%)",
+        yaxis={"range": [0, 100]},
+        xaxis={"type": "date", "range": [end - timedelta(days=30), end]},
+    )
 
 
 class ChartsState(SessionState):

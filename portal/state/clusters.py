@@ -15,9 +15,9 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal, RequestOrigin
+from portal.services.display import usd, usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.rentals import clusters, jobs
-from portal.state.market import usd
 from portal.state.session import SessionState, for_users, principal
 
 STATE_COLORS = {
@@ -83,14 +83,14 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
                     "role": node.role,
                     "state": node.state,
                     "gpus": node.gpu_count,
-                    "rate": usd(node.rate_micro) + " / GPU-hour",
+                    "rate": usd_rate(node.rate_micro, "/GPU-h"),
                     "simulated": device.simulated,
                     "reason": node.state_reason,
                 }
                 for node, device in nodes
             ],
             "events": [
-                {"at": event.at.strftime("%H:%M:%S"), "kind": event.kind, "message": event.message}
+                {"at": event.at.strftime("%H:%M:%S"), "kind": words(event.kind), "message": event.message}
                 for event in clusters.events_of(session, cluster.id)
             ],
         }
@@ -179,7 +179,7 @@ class ClustersState(SessionState):
         return self.router.url.path.rstrip("/").rsplit("/", 1)[-1]
 
     @rx.event
-    @for_users(Role.CUSTOMER)
+    @for_users(Role.CUSTOMER, page_says=True)
     async def load_detail(self) -> None:
         self.job_id, self.job_logs, self.job_status, self.action_error = "", "", "", ""
         await self._refresh()

@@ -14,6 +14,7 @@ from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
+from portal.services.display import usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.providers import device_admin, devices, reliability
 from portal.state.session import SessionState, for_users, principal
@@ -96,11 +97,14 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             if device.agent_version
             else "not connected yet",
             "token_prefix": device.token_prefix,
+            "connectivity": words(device.connectivity_tier),
+            "price": usd_rate(device.hourly_price_micro, " per GPU-hour")
+            + ("" if device.price_per_gpu_hour_micro is not None else " (the model's list price)"),
             "reliability": reliability.assess(session, device).explained(),
             "faults": [
                 {
                     "at": f"{fault.at:%Y-%m-%d %H:%M:%S}",
-                    "kind": fault.kind,
+                    "kind": words(fault.kind),
                     "severity": fault.severity,
                     "message": fault.message,
                 }
@@ -144,8 +148,8 @@ class DevicesState(SessionState):
     detail_error: str = ""
 
     @rx.var
-    def tiers(self) -> list[str]:
-        return [tier.value for tier in ConnectivityTier]
+    def tiers(self) -> list[dict[str, str]]:
+        return [{"value": tier.value, "label": words(tier)} for tier in ConnectivityTier]
 
     @rx.event
     @for_users()
@@ -180,7 +184,7 @@ class DevicesState(SessionState):
         self.new_token, self.new_commands = "", {}
 
     @rx.event
-    @for_users(Role.PROVIDER)
+    @for_users(Role.PROVIDER, page_says=True)
     async def load_detail(self) -> None:
         await self._refresh_detail()
 

@@ -11,10 +11,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portal import parts
 from portal.infra.db import session_scope
+from portal.services.display import usd
 from portal.services.network import analytics, network_history
 from portal.services.providers.telemetry import RANGES
 from portal.state.charts import styled
-from portal.state.market import usd
 from portal.state.session import for_anyone
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, in
     points = sum(len(t.times) for t in trends)
     return (
         styled(online, "GPUs online", height=260),
-        styled(hired, "Hired share (%)", height=260),
+        styled(hired, "Hired share (%)", height=260, yaxis={"range": [0, 100]}),
         styled(util, "Average GPU utilization (%)", height=260),
         points,
     )

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal import parts
 from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Role
+from portal.services.display import reliability, usd, usd_rate, words
 from portal.services.errors import DomainError
 from portal.services.providers.gpu_catalog import CATALOG
 from portal.services.rentals import clusters, market
@@ -21,13 +22,10 @@ from portal.state.session import SessionState, for_anyone, for_users, principal
 
 logger = logging.getLogger(__name__)
 ANY = "any"
-
-
-def usd(micro: int) -> str:
-    """Dollars to the cent; an amount under a cent shows its exact digits rather than a misleading $0.00."""
-    if 0 < abs(micro) < 10_000:
-        return ("-" if micro < 0 else "") + "$" + f"{abs(micro) / 1_000_000:.6f}".rstrip("0")
-    return f"${micro / 1_000_000:,.2f}"
+TIER_CHOICES = [
+    {"value": ANY, "label": "Any"},
+    *({"value": t.value, "label": words(t)} for t in ConnectivityTier),
+]
 
 
 def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
@@ -38,13 +36,16 @@ def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
             "gpu_model": o.gpu_model,
             "vram": f"{o.vram_mb / 1024:.0f} GiB",
             "country": o.country,
-            "tier": o.connectivity_tier,
+            "tier": words(o.connectivity_tier),
             "devices": o.devices,
             "gpus": o.gpus,
+            "available": f"{o.gpus} GPU{'s' if o.gpus != 1 else ''} on {o.devices} "
+            + f"device{'s' if o.devices != 1 else ''}",
             "largest": o.largest_device_gpus,
-            "price": usd(o.min_price_per_gpu_hour_micro)
-            + ("" if o.min_price_per_gpu_hour_micro == o.max_price_per_gpu_hour_micro else "+"),
-            "reliability": f"{o.reliability * 100:.1f}%",
+            # "from" when the group's devices ask different prices: the cheapest is placed first.
+            "price": ("" if o.min_price_per_gpu_hour_micro == o.max_price_per_gpu_hour_micro else "from ")
+            + usd_rate(o.min_price_per_gpu_hour_micro),
+            "reliability": reliability(o.reliability, new=o.new),
             "simulated": o.simulated,
         }
         for o in found
@@ -77,12 +78,12 @@ class MarketState(rx.State):
         return [ANY, *CATALOG]
 
     @rx.var
-    def tiers(self) -> list[str]:
-        return [ANY, *(tier.value for tier in ConnectivityTier)]
+    def tiers(self) -> list[dict[str, str]]:
+        return TIER_CHOICES
 
     def _filters(self) -> market.OfferFilters:
         price = _number(self.max_price, float)
-        reliability = _number(self.min_reliability, float)
+        least_reliable = _number(self.min_reliability, float)
         vram_gib = _number(self.min_vram, float)
         return market.OfferFilters(
             min_vram_mb=round(vram_gib * 1024) if vram_gib else None,
@@ -91,7 +92,7 @@ class MarketState(rx.State):
             country=self.country.strip().upper()[:2] or None,
             connectivity_tier=None if self.tier == ANY else self.tier,
             max_price_micro=round(price * 1_000_000) if price else None,
-            min_reliability=reliability / 100 if reliability else None,
+            min_reliability=least_reliable / 100 if least_reliable else None,
         )
 
     @rx.event
@@ -123,15 +124,15 @@ def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:
         found = market.quote(session, parts.current().settings, spec.placement(), spec.duration_hours)
     return {
         "available": found.available,
-        "per_hour": usd(found.price_per_hour_micro),
+        "per_hour": usd_rate(found.price_per_hour_micro),
         "total": usd(found.total_micro),
         "fee": usd(found.fee_micro),
         "reason": found.reason,
         "lines": [
             {
                 "what": f"{line['gpus']} x {line['gpu_model']} in {line['country']} "
-                f"({line['connectivity_tier']})",
-                "rate": usd(line["price_per_gpu_hour_micro"]) + " / GPU-hour",
+                f"({words(line['connectivity_tier']).lower()} connectivity)",
+                "rate": usd_rate(line["price_per_gpu_hour_micro"], "/GPU-h"),
                 "subtotal": usd(line["subtotal_micro"]),
             }
             for line in found.breakdown
@@ -170,8 +171,8 @@ class DeployState(SessionState):
         return list(CATALOG)
 
     @rx.var
-    def tiers(self) -> list[str]:
-        return [ANY, *(tier.value for tier in ConnectivityTier)]
+    def tiers(self) -> list[dict[str, str]]:
+        return TIER_CHOICES
 
     @rx.var
     def can_deploy(self) -> bool:

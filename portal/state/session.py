@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import reflex as rx
 
@@ -39,11 +40,12 @@ def for_anyone(handler: HandlerT) -> HandlerT:
     return handler
 
 
-def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
+def for_users(*roles: Role, page_says: bool = False) -> Callable[[HandlerT], HandlerT]:
     """Declares a handler for a signed-in user holding one of ``roles`` (any user when none are given).
 
     The check runs on every call against the session cookie; a caller without a live session is sent to
-    the sign-in page, one without the role gets an error notice.
+    the sign-in page, one without the role gets an error notice, unless ``page_says``: an on-load handler
+    of a page that shows the refusal itself (``components.layout.role_gate``) stays quiet.
     """
 
     def decorate(handler: HandlerT) -> HandlerT:
@@ -54,9 +56,9 @@ def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
         async def guarded(self: SessionState, *args: Any, **kwargs: Any) -> Any:
             principal = await self._resolve_principal()
             if principal is None:
-                return rx.redirect(f"/login?next={self.router.url.path}")
+                return rx.redirect(sign_in_first(self.router.url))
             if roles and not principal.roles & set(roles):
-                return rx.toast.error(f"This needs the {' or '.join(sorted(roles))} role.")
+                return None if page_says else rx.toast.error(refusal(roles))
             token = current_principal.set(principal)
             try:
                 result = handler(self, *args, **kwargs)
@@ -70,6 +72,10 @@ def for_users(*roles: Role) -> Callable[[HandlerT], HandlerT]:
     return decorate
 
 
+def refusal(roles: tuple[Role, ...] | list[str]) -> str:
+    return f"This needs the {' or '.join(sorted(roles))} role."
+
+
 def _guard_generator(handler: HandlerT, roles: tuple[Role, ...]) -> HandlerT:
     """``for_users`` for a handler that yields (to show progress before it finishes)."""
 
@@ -77,10 +83,10 @@ def _guard_generator(handler: HandlerT, roles: tuple[Role, ...]) -> HandlerT:
     async def guarded(self: SessionState, *args: Any, **kwargs: Any) -> Any:
         principal = await self._resolve_principal()
         if principal is None:
-            yield rx.redirect(f"/login?next={self.router.url.path}")
+            yield rx.redirect(sign_in_first(self.router.url))
             return
         if roles and not principal.roles & set(roles):
-            yield rx.toast.error(f"This needs the {' or '.join(sorted(roles))} role.")
+            yield rx.toast.error(refusal(roles))
             return
         token = current_principal.set(principal)
         try:
@@ -124,6 +130,15 @@ class SessionState(rx.State):
     def is_admin(self) -> bool:
         return Role.ADMIN in self.roles
 
+    @rx.var
+    def shows_customer_area(self) -> bool:
+        """Whether the navigation offers renting: to the signed out (to learn about it) and customers."""
+        return not self.signed_in or Role.CUSTOMER in self.roles
+
+    @rx.var
+    def shows_provider_area(self) -> bool:
+        return not self.signed_in or Role.PROVIDER in self.roles
+
     def _cookie_secret(self) -> str | None:
         cookies: SimpleCookie = SimpleCookie()
         try:
@@ -161,7 +176,7 @@ class SessionState(rx.State):
     async def require_session(self) -> Any:
         """On-load check of pages that only signed-in users see."""
         if await self._resolve_principal() is None:
-            return rx.redirect(f"/login?next={self.router.url.path}")
+            return rx.redirect(sign_in_first(self.router.url))
         return None
 
     @rx.event
@@ -174,7 +189,14 @@ class SessionState(rx.State):
         )
 
 
-_LOCAL_PATH = re.compile(r"^/[A-Za-z0-9/_-]*$")
+# A path on this portal, with an optional query of plain words (a deep link such as /deploy?gpu_model=X).
+_LOCAL_PATH = re.compile(r"^/[A-Za-z0-9/_-]*(\?[A-Za-z0-9_.=&%-]*)?$")
+
+
+def sign_in_first(url: Any) -> str:
+    """The sign-in page, returning afterwards to ``url``'s path and query (the deep link is kept)."""
+    target = url.path + (f"?{url.query}" if url.query else "")
+    return "/login?next=" + quote(target, safe="/")
 
 
 def safe_next(next_path: str | None, default: str = "/account") -> str:
