@@ -17,7 +17,12 @@ AREAS = (
     ("Provide GPUs", "/provider", "server", "provider"),
     ("Admin", "/admin", "shield", "admin"),
 )
-ADMIN_PAGES = (("Audit log", "/admin/audit"), ("Devices and faults", "/admin/devices"))
+ADMIN_PAGES = (
+    ("People", "/admin/users"),
+    ("Clusters", "/admin/clusters"),
+    ("Devices and faults", "/admin/devices"),
+    ("Audit log", "/admin/audit"),
+)
 # Widths (Reflex's breakpoints: xs 480 px, sm 768, md 992, lg 1280): below md the areas fold into a menu
 # (phone_menu); below lg the bar's links drop their icons and the account button its name, so the whole
 # bar fits a small laptop.

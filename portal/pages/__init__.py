@@ -7,7 +7,9 @@ import reflex as rx
 from portal.pages import (
     account,
     admin_audit,
+    admin_clusters,
     admin_devices,
+    admin_users,
     areas,
     auth,
     billing,
@@ -27,6 +29,8 @@ def register_pages(app: rx.App) -> None:
     account.register(app)
     admin_audit.register(app)
     admin_devices.register(app)
+    admin_users.register(app)
+    admin_clusters.register(app)
     devices.register(app)
     market.register(app)
     clusters.register(app)

@@ -124,15 +124,17 @@ def provider() -> rx.Component:
 def admin() -> rx.Component:
     return area_page(
         "Admin",
-        "Operate the network: people, devices, clusters, faults, credits and payouts.",
+        "Operate the network: people and their credits, clusters, devices and faults, and the audit log.",
         [
+            ("People", "Find accounts, set their roles, lock them, grant credits."),
+            ("Clusters", "See any cluster by state and terminate it with a reason."),
             ("Devices and faults", "Block and unblock devices, review fault events."),
-            ("Clusters", "See and terminate any cluster."),
-            ("Audit log", "Who did what, from where, and whether it worked."),
         ],
         "area-admin",
         rx.flex(
-            link_button("server", "Devices and faults", "/admin/devices"),
+            link_button("users", "People", "/admin/users"),
+            link_button("layers", "Clusters", "/admin/clusters", soft=True),
+            link_button("server", "Devices and faults", "/admin/devices", soft=True),
             link_button("scroll_text", "Audit log", "/admin/audit", soft=True),
             spacing="2",
             wrap="wrap",

@@ -1,0 +1,141 @@
+"""The admin's clusters: every customer's, filtered by state; terminate one with a reason they see."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.forms import worded_select
+from portal.components.layout import page_frame
+from portal.components.tables import data_table
+from portal.state.admin_clusters import AdminClustersState
+
+
+def cluster_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(
+            rx.text(row["name"], weight="medium"), rx.text(row["gpus"], size="1", color_scheme="gray")
+        ),
+        rx.table.cell(rx.text(row["owner"], size="2")),
+        rx.table.cell(
+            rx.badge(row["state"], color_scheme=row["color"]),
+            rx.text(row["reason"], size="1", color_scheme="gray"),
+        ),
+        rx.table.cell(row["spent"], white_space="nowrap"),
+        rx.table.cell(row["created"], white_space="nowrap"),
+        rx.table.cell(
+            rx.cond(
+                row["active"],
+                rx.button(
+                    "Terminate",
+                    size="1",
+                    variant="soft",
+                    color_scheme="red",
+                    on_click=AdminClustersState.start_terminate(row["id"], row["name"]),
+                ),
+            )
+        ),
+    )
+
+
+def terminate_dialog() -> rx.Component:
+    return rx.alert_dialog.root(
+        rx.alert_dialog.content(
+            rx.alert_dialog.title("Terminate " + AdminClustersState.ending_name),
+            rx.alert_dialog.description(
+                "Its nodes stop now and the unused escrow returns to the customer, who sees your reason.",
+                size="2",
+            ),
+            rx.input(
+                placeholder="Reason, e.g. abuse report 1432",
+                value=AdminClustersState.reason,
+                on_change=AdminClustersState.set_reason,
+                max_length=300,
+                id="terminate-reason",
+                margin_y="1rem",
+            ),
+            rx.cond(
+                AdminClustersState.error != "",
+                rx.callout(
+                    AdminClustersState.error, icon="triangle_alert", color_scheme="red", margin_bottom="1rem"
+                ),
+            ),
+            rx.hstack(
+                rx.button("Keep it", variant="soft", color_scheme="gray", on_click=AdminClustersState.cancel),
+                rx.button(
+                    "Terminate",
+                    color_scheme="red",
+                    on_click=AdminClustersState.confirm_terminate,
+                    id="confirm-terminate",
+                ),
+                justify="end",
+                spacing="3",
+            ),
+        ),
+        open=AdminClustersState.ending_id != "",
+        on_open_change=lambda _open: AdminClustersState.cancel(),
+    )
+
+
+def admin_clusters() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading("Clusters", size="7"),
+            rx.text("Every customer's clusters, newest first.", color_scheme="gray"),
+            rx.box(
+                worded_select(
+                    AdminClustersState.states,
+                    value=AdminClustersState.state_filter,
+                    on_change=AdminClustersState.pick_state,
+                    aria_label="State",
+                ),
+                width="12rem",
+                id="cluster-state-filter",
+            ),
+            rx.cond(
+                AdminClustersState.rows.length() > 0,
+                data_table(
+                    ("Cluster", "Customer", "State", "Spent", "Created (UTC)", ""),
+                    AdminClustersState.rows,
+                    cluster_row,
+                    id="admin-clusters-table",
+                ),
+                rx.cond(
+                    AdminClustersState.loaded,
+                    rx.text("No cluster in this state.", color_scheme="gray", id="no-clusters"),
+                    rx.spinner(),
+                ),
+            ),
+            rx.hstack(
+                rx.button(
+                    "Newer",
+                    size="1",
+                    variant="soft",
+                    disabled=~AdminClustersState.has_newer,
+                    on_click=AdminClustersState.page(-1),
+                ),
+                rx.text(AdminClustersState.shown, size="1", color_scheme="gray"),
+                rx.button(
+                    "Older",
+                    size="1",
+                    variant="soft",
+                    disabled=~AdminClustersState.has_older,
+                    on_click=AdminClustersState.page(1),
+                ),
+                align="center",
+                spacing="3",
+            ),
+            terminate_dialog(),
+            spacing="4",
+            width="100%",
+        ),
+        role="admin",
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(
+        admin_clusters,
+        route="/admin/clusters",
+        title="Clusters · GPU Portal",
+        on_load=AdminClustersState.load,
+    )
