@@ -38,7 +38,7 @@ LIMITS = Limits(memory_bytes=3 * 2**30, cpus=1.0, pids=2048)
 
 # What a hostile customer tries from inside a job; prints one JSON line of what happened.
 HOSTILE_JOB = r"""
-import json, os, socket, ray
+import json, os, socket, subprocess, ray
 def attempt(action):
     try:
         return "allowed: " + repr(action())[:200]
@@ -66,6 +66,8 @@ gateway = open("/proc/net/route").read().split("\n")[1].split()[2]
 gateway = socket.inet_ntoa(bytes.fromhex(gateway)[::-1])
 status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
 ray.init()
+# A process meant to outlive the rental, in a session of its own.
+subprocess.Popen(["sleep", "7777"], start_new_session=True)
 print("RESULT " + json.dumps({
     "gpus": ray.cluster_resources().get("GPU"),
     "uid": os.getuid(),
@@ -181,6 +183,10 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             assert outcome == "FAILED" and "ALLOCATED" not in logs, logs[-2000:]
             assert head_agent.ray_status()["state"] == "running"
 
+            # The process the job left behind still runs, in the head's container.
+            lingering = subprocess.run(["pgrep", "-f", "sleep 7777"], capture_output=True, text=True).stdout
+            assert lingering.split() and all(int(pid) in processes_of(ids[0]) for pid in lingering.split())
+
             nodes = [head_agent.node, worker_agent.node]
             for device_id in (worker_id, head_id):
                 assert command_and_wait(parts, device_id, "stop_ray", {}).state == CommandState.SUCCEEDED
@@ -190,6 +196,8 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             # Nothing of the rental is left: containers, scratch volumes, network, processes.
             assert of_label(f"{LABEL_CLUSTER}={cluster}") == NOTHING
             assert not any(processes_of(full_id) for full_id in ids)
+            survivors = subprocess.run(["pgrep", "-f", "sleep 7777"], capture_output=True, text=True).stdout
+            assert survivors.strip() == ""
 
             # The next customer on the same device finds a scratch of their own, empty of the first's files.
             second = str(uuid.uuid4())
