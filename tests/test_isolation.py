@@ -183,6 +183,11 @@ def test_a_hostile_job_in_a_containerised_cluster_fails_and_the_rental_leaves_no
             assert outcome == "FAILED" and "ALLOCATED" not in logs, logs[-2000:]
             assert head_agent.ray_status()["state"] == "running"
 
+            # A node's container that dies (killed, or out of memory as a whole) is reported failed at once:
+            # the portal heals the cluster as for any lost node.
+            engine("kill", containers[1])
+            wait_until(lambda: device_row(parts, worker_id).ray_state == "failed", timeout_s=30)
+
             # The process the job left behind still runs, in the head's container.
             lingering = subprocess.run(["pgrep", "-f", "sleep 7777"], capture_output=True, text=True).stdout
             assert lingering.split() and all(int(pid) in processes_of(ids[0]) for pid in lingering.split())
