@@ -11,6 +11,12 @@ current cluster's group and from the portal's node, ICMP from anyone. So the age
 certificate's life and whenever it starts or stops a Ray node, and reloads Nebula (SIGHUP) when the
 certificate changed: Nebula re-reads the certificate and the firewall from the config.
 
+Each answer carries the blocklist: fingerprints of certificates the portal revoked (a blocked or removed
+device's, an ended cluster's), rendered into ``pki.blocklist`` so this node refuses them and tears down
+tunnels that use them. The lighthouses refuse them as well; an agent whose own certificate was revoked
+before it could replace it (it was offline when its cluster ended) reaches no lighthouse, so after
+``LIGHTHOUSE_LOST_S`` without one it asks for a new certificate, whatever its age.
+
 What the agent reports (``status``) comes from Nebula's own log (JSON lines): ``connected`` once a
 handshake with a lighthouse completed, ``connecting`` before, ``down`` while Nebula is not running;
 ``relayed`` says whether a tunnel to a peer other than a lighthouse completed without a UDP address of its
@@ -31,7 +37,7 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,9 @@ logger = logging.getLogger("gpu_pool.mesh")
 
 RENEW_AT = 0.5  # of a certificate's life
 RENEW_RETRY_S = 30.0
+LIGHTHOUSE_LOST_S = 60.0  # without a lighthouse this long: renew (the certificate may have been revoked)
+LOST_RENEW_EVERY_S = 600.0  # and again at most this often while none answers (a lighthouse outage)
+WATCH_S = 5.0
 RESTART_MAX_S = 30.0
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
@@ -73,6 +82,7 @@ class Certificate:
     groups: list[str]
     expires_at: datetime
     received_at: datetime
+    blocklist: list[str] = field(default_factory=list)  # fingerprints of revoked certificates
 
     @classmethod
     def from_answer(cls, answer: dict[str, Any], received_at: datetime | None = None) -> Certificate:
@@ -90,6 +100,7 @@ class Certificate:
             groups=list(answer["groups"]),
             expires_at=expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC),
             received_at=received_at or datetime.now(UTC),
+            blocklist=[str(fingerprint) for fingerprint in answer.get("blocklist", [])],
         )
 
     @property
@@ -134,7 +145,14 @@ def config(
     used as relays; hole punching on; the firewall of ``firewall``."""
     lighthouses = certificate.lighthouse_ips
     return {
-        "pki": {"ca": str(ca_path), "cert": str(cert_path), "key": str(key_path)},
+        "pki": {
+            "ca": str(ca_path),
+            "cert": str(cert_path),
+            "key": str(key_path),
+            "blocklist": certificate.blocklist,
+            # Tunnels whose peer's certificate is revoked or expired are torn down, not kept to the end.
+            "disconnect_invalid": True,
+        },
         "static_host_map": {
             lighthouse["overlay_ip"]: [lighthouse["public_address"]] for lighthouse in certificate.lighthouses
         },
@@ -236,6 +254,7 @@ class Mesh:
         self.process: subprocess.Popen[str] | None = None
         self.tunnels = Tunnels([])
         self.restarts = 0
+        self.lighthouse_lost_s = LIGHTHOUSE_LOST_S
         self.stopping = threading.Event()
         self._lock = threading.Lock()  # the certificate, the process and the tunnels
         self._threads: list[threading.Thread] = []
@@ -285,7 +304,9 @@ class Mesh:
             self.certificate = certificate
             self.tunnels.lighthouses = set(certificate.lighthouse_ips)
             changed = previous is None or (
-                previous.certificate != certificate.certificate or previous.ca != certificate.ca
+                previous.certificate != certificate.certificate
+                or previous.ca != certificate.ca
+                or previous.blocklist != certificate.blocklist
             )
             if changed:
                 _write(ca_path, certificate.ca)
@@ -365,12 +386,27 @@ class Mesh:
             self._spawn(nebula)
 
     def _renew_loop(self) -> None:
+        lost_since: float | None = None  # monotonic: since when no lighthouse answers
+        lost_renewed: float | None = None
         while not self.stopping.is_set():
             certificate = self.certificate
             assert certificate is not None
             wait_s = (certificate.renew_at() - datetime.now(UTC)).total_seconds()
-            if self.stopping.wait(max(wait_s, 0)):
-                return
+            if wait_s > 0:
+                if self.stopping.wait(min(wait_s, WATCH_S)):
+                    return
+                now = time.monotonic()
+                if not certificate.lighthouses or self.status()["state"] == "connected":
+                    lost_since = lost_renewed = None
+                    continue
+                lost_since = lost_since or now
+                if now - lost_since < self.lighthouse_lost_s or (
+                    lost_renewed is not None and now - lost_renewed < LOST_RENEW_EVERY_S
+                ):
+                    continue
+                # A revoked certificate is refused by the lighthouses: a new one gets this node back.
+                logger.warning("no lighthouse for %.0f s: renewing the overlay certificate", now - lost_since)
+                lost_renewed = now
             if not self.renew():
                 self.stopping.wait(RENEW_RETRY_S)
 

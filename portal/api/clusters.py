@@ -198,6 +198,7 @@ def connect(
         portal_overlay_ip=str(joined.portal_overlay_ip),
         groups=joined.groups,
         expires_at=joined.expires_at,
+        blocklist=joined.blocklist,
         head_overlay_ip=joined.head_overlay_ip,
         ray_client_address=joined.ray_client_address,
     )

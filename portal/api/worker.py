@@ -200,6 +200,7 @@ def mesh_certificate(body: MeshCertificateIn, parts: PartsDep, caller: Agent) ->
         portal_overlay_ip=str(issued.portal_overlay_ip),
         groups=issued.groups,
         expires_at=issued.expires_at,
+        blocklist=issued.blocklist,
     )
 
 

@@ -188,17 +188,34 @@ def mesh(
         int, typer.Option(min=1, help="Its certificate's lifetime; renewed at half of it.")
     ] = 720,
 ) -> None:
-    """Run a lighthouse and relay of the overlay (PORTAL_MESH=nebula), certified by the portal's CA."""
+    """Run a lighthouse and relay of the overlay (PORTAL_MESH=nebula), certified by the portal's CA. It
+    refuses the certificates the portal revoked, re-reading them from the database every 30 s."""
     import signal
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from portal.infra.db import build_engine
     from portal.services.errors import DomainError
     from portal.services.mesh import lighthouse
 
     settings = settings_or_exit()
+    engine = build_engine(settings.sqlalchemy_url, settings=settings)
+
+    def refresh_blocklist() -> bool:
+        try:
+            return lighthouse.refresh_blocklist(engine, prepared.config_path)
+        except SQLAlchemyError as error:
+            # The database away must not take the overlay down: the last blocklist stays.
+            typer.secho(
+                f"portal: blocklist not re-read ({type(error).__name__}); the last one stays", err=True
+            )
+            return False
+
     try:
         prepared = lighthouse.prepare(
             settings, overlay_ip=overlay_ip, listen_port=port, listen_host=host, hours=cert_hours
         )
+        refresh_blocklist()
         process = lighthouse.run_nebula(prepared.config_path)
     except DomainError as error:
         raise fail(error.message) from None
@@ -209,19 +226,23 @@ def mesh(
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: process.terminate())
-    renew_in_s = cert_hours * 3600 / 2
+    renew_at = time.monotonic() + cert_hours * 3600 / 2
     while True:
         try:
-            code = process.wait(timeout=renew_in_s)
+            code = process.wait(timeout=lighthouse.BLOCKLIST_EVERY_S)
             break
         except subprocess.TimeoutExpired:
+            pass
+        reload = refresh_blocklist()
+        if time.monotonic() >= renew_at:
             try:
                 lighthouse.renew(settings, prepared)
-                process.send_signal(signal.SIGHUP)
-                renew_in_s = cert_hours * 3600 / 2
+                reload, renew_at = True, time.monotonic() + cert_hours * 3600 / 2
             except DomainError as error:
                 typer.secho(f"portal: not renewed, retried in a minute: {error.message}", err=True)
-                renew_in_s = 60
+                renew_at = time.monotonic() + 60
+        if reload:
+            process.send_signal(signal.SIGHUP)
     raise typer.Exit(code=0 if code in (0, -signal.SIGTERM) else 1)
 
 

@@ -34,6 +34,7 @@ from portal.models.devices import (
     Gpu,
     MeshState,
 )
+from portal.models.mesh import MeshCertificate
 from portal.models.monitoring import (
     AuditLog,
     FaultEvent,
@@ -72,6 +73,7 @@ __all__ = [
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
+    "MeshCertificate",
     "MeshState",
     "NetworkSnapshot",
     "NodeRole",

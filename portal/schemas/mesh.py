@@ -43,6 +43,9 @@ class MeshCertificateOut(BaseModel):
     portal_overlay_ip: str = Field(description="The portal's own node on the overlay.")
     groups: list[str] = Field(description="device, and cluster-<id> while the device serves that cluster.")
     expires_at: datetime = Field(description="Renew before this (the certificate's not-after, or earlier).")
+    blocklist: list[str] = Field(
+        description="Fingerprints of revoked certificates not yet expired, for Nebula's pki.blocklist."
+    )
 
 
 class MeshOut(BaseModel):

@@ -4,7 +4,8 @@ address and the groups that say what it may reach.
 Groups are ``device`` and, while the device serves a cluster (a node of it that is assigned, starting or
 joined), ``cluster-<id>``: Nebula's firewall on each node admits Ray traffic from its cluster's group only.
 A certificate carries the groups of the moment it is signed; the agent renews before it expires, and the
-next certificate after a cluster ends no longer names it.
+next certificate after a cluster ends no longer names it. Each one is recorded (``revocations``), and the
+answer carries the blocklist of revoked ones, which the agent's Nebula refuses.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from portal.infra.db import session_scope
 from portal.models import ClusterNode, Device, DeviceState, MeshState
 from portal.models.base import utcnow
 from portal.services.errors import Conflict
-from portal.services.mesh import addresses, ca, keys
+from portal.services.mesh import addresses, ca, keys, revocations
 from portal.services.rentals.clusters import ACTIVE_NODE_STATES
 
 DEVICE_GROUP = "device"
@@ -38,6 +39,7 @@ class Issued:
     portal_overlay_ip: ipaddress.IPv4Address
     groups: list[str]
     expires_at: datetime
+    blocklist: list[str]
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def issue(engine: Engine, settings: Settings, device_id: uuid.UUID, public_key: 
         overlay_ip = addresses.assign(engine, settings, device_id)
     hours = settings.mesh_cert_hours
     # nebula-cert counts the lifetime from its own clock, a moment later: this is never after it.
-    expires_at = utcnow().replace(microsecond=0) + timedelta(hours=hours)
+    issued_at = utcnow()
+    expires_at = issued_at.replace(microsecond=0) + timedelta(hours=hours)
     certificate = ca.sign(
         authority,
         public_key_pem=key_pem,
@@ -101,6 +104,15 @@ def issue(engine: Engine, settings: Settings, device_id: uuid.UUID, public_key: 
             .where(col(Device.id) == device_id)
             .values(mesh_state=MeshState.CERTIFIED, mesh_certificate_expires_at=expires_at)
         )
+        revocations.record(
+            session,
+            certificate,
+            groups=groups,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            device_id=device_id,
+        )
+        blocklist = revocations.blocklist_of(session, issued_at)
     return Issued(
         certificate=certificate,
         ca=authority.cert_pem,
@@ -110,6 +122,7 @@ def issue(engine: Engine, settings: Settings, device_id: uuid.UUID, public_key: 
         portal_overlay_ip=settings.portal_overlay_ip,
         groups=groups,
         expires_at=expires_at,
+        blocklist=blocklist,
     )
 
 

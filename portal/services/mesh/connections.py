@@ -25,7 +25,7 @@ from portal.infra.db import session_scope
 from portal.models import ClusterConnection, Device
 from portal.models.base import utcnow
 from portal.services.errors import Conflict, Unavailable
-from portal.services.mesh import addresses, ca, keys
+from portal.services.mesh import addresses, ca, keys, revocations
 from portal.services.mesh.certificates import cluster_group, require_mesh
 from portal.services.rentals import clusters, dashboard
 
@@ -45,6 +45,7 @@ class Connection:
     head_overlay_ip: str
     ray_client_address: str | None
     expires_at: datetime
+    blocklist: list[str]
 
 
 def connect(
@@ -77,6 +78,12 @@ def connect(
         # Whole minutes, never past the cluster's end (nebula-cert counts from its own clock).
         hours=math.floor(left.total_seconds() / 60) / 60,
     )
+    with session_scope(engine) as session:
+        now = utcnow()
+        revocations.record(
+            session, certificate, groups=groups, issued_at=now, expires_at=expires_at, user_id=owner_id
+        )
+        blocklist = revocations.blocklist_of(session, now)
     return Connection(
         certificate=certificate,
         ca=authority.cert_pem,
@@ -88,6 +95,7 @@ def connect(
         head_overlay_ip=head,
         ray_client_address=client_address,
         expires_at=expires_at,
+        blocklist=blocklist,
     )
 
 

@@ -4,10 +4,15 @@ portal's CA signs for one of ``PORTAL_LIGHTHOUSES``, and Nebula's config for it.
 The lighthouse runs without a TUN device (no root, no ``NET_ADMIN``): it only answers where peers are, relays
 for peers that cannot punch through their NATs, and answers pings (``gpu-pool doctor``). Its key stays in
 ``data_dir/mesh-lighthouse-<overlay ip>`` (directory 700, key 600).
+
+It refuses revoked certificates: ``portal mesh`` writes the portal's blocklist (``revocations.blocklist``)
+into ``pki.blocklist`` at start and every ``BLOCKLIST_EVERY_S``, and reloads Nebula when it changed; with
+``pki.disconnect_invalid`` Nebula also tears down the tunnels of peers whose certificate it now refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -17,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import Engine
 
 from portal.config import Lighthouse, Settings
 from portal.services.errors import Conflict, Unavailable
-from portal.services.mesh import ca, certificates, keys
+from portal.services.mesh import ca, certificates, keys, revocations
 
 GROUP = "lighthouse"
 DEFAULT_PORT = 4242
 DEFAULT_CERT_HOURS = 24 * 30
+BLOCKLIST_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ def config(home: Path, *, listen_port: int, listen_host: str = "0.0.0.0") -> dic
             "ca": str(home / "ca.crt"),
             "cert": str(home / "host.crt"),
             "key": str(home / "host.key"),
+            "blocklist": [],  # the portal's, from ``refresh_blocklist``
+            "disconnect_invalid": True,
         },
         "static_host_map": {},
         "lighthouse": {"am_lighthouse": True, "serve_dns": False, "interval": 60},
@@ -89,6 +98,9 @@ def prepare(
     sign(settings, lighthouse, home, public_key, hours)
     path = home / "nebula.yml"
     rendered = config(home, listen_port=listen_port, listen_host=listen_host)
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
+        # The last blocklist stays until ``refresh_blocklist`` reads the portal's (its database may be away).
+        rendered["pki"]["blocklist"] = list(yaml.safe_load(path.read_text())["pki"]["blocklist"])
     path.write_text(yaml.safe_dump(rendered, sort_keys=False))
     return Prepared(path, lighthouse, hours)
 
@@ -108,6 +120,19 @@ def sign(settings: Settings, lighthouse: Lighthouse, home: Path, public_key: str
         staging = home / f"{name}.new"
         staging.write_text(text)
         os.replace(staging, home / name)
+
+
+def refresh_blocklist(engine: Engine, config_path: Path) -> bool:
+    """Write the portal's blocklist into the lighthouse's config; True when it changed (reload Nebula)."""
+    fingerprints = revocations.blocklist(engine)
+    rendered = yaml.safe_load(config_path.read_text())
+    if rendered["pki"].get("blocklist") == fingerprints:
+        return False
+    rendered["pki"]["blocklist"] = fingerprints
+    staging = config_path.with_name(config_path.name + ".new")
+    staging.write_text(yaml.safe_dump(rendered, sort_keys=False))
+    os.replace(staging, config_path)  # Nebula never reads half a file
+    return True
 
 
 def renew(settings: Settings, prepared: Prepared) -> None:

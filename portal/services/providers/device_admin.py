@@ -14,6 +14,7 @@ from portal.security.principal import RequestOrigin
 from portal.services import audit, state_machines
 from portal.services.errors import Conflict, NotFound
 from portal.services.followups import FollowUps
+from portal.services.mesh import revocations
 from portal.services.providers import commands
 
 BLOCKED_PREFIX = "blocked by an admin: "
@@ -56,6 +57,7 @@ def block(
     if device.state == DeviceState.BLOCKED:
         raise Conflict("The device is blocked already.", code="invalid_state")
     state_machines.move(session, "device", device, DeviceState.BLOCKED, BLOCKED_PREFIX + reason)
+    revocations.revoke_device(session, device.id)  # off the overlay too, once the lighthouses re-read
     session.add(
         FaultEvent(
             device_id=device.id,

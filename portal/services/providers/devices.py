@@ -33,6 +33,7 @@ from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit, names
 from portal.services.errors import Conflict, InvalidInput, NotFound
+from portal.services.mesh import revocations
 from portal.services.providers.gpu_catalog import list_price
 from portal.services.providers.liveness import AGENT_RETRY_MAX_S, HEARING_GAP_S
 
@@ -211,6 +212,7 @@ def remove_device(
     # Its faults (failed proofs, say) go with a device that never served a cluster.
     session.execute(delete(FaultEvent).where(col(FaultEvent.device_id) == device.id))
     session.execute(delete(DeviceCommand).where(col(DeviceCommand.device_id) == device.id))
+    revocations.revoke_device(session, device.id)  # its rows stay, blocklisted until they expire
     session.flush()
     session.delete(device)
 

@@ -43,6 +43,7 @@ from portal.models import (
 from portal.models.base import utcnow
 from portal.services import state_machines
 from portal.services.errors import NotFound
+from portal.services.mesh import revocations
 from portal.services.money import metering
 from portal.services.providers import commands, devices, node_addresses
 from portal.services.rentals import clusters, head_addresses, placement
@@ -566,6 +567,7 @@ class ClusterLifecycle:
             self.release(node, reason)
         self.cluster.ended_at = self.cluster.ended_at or now
         self.move(final_state, reason)
+        revocations.revoke_cluster(self.session, self.cluster.id, self.cluster.ended_at)
         charged, refunded = metering.settle(self.session, self.settings, self.cluster)
         record(
             self.session,
@@ -607,6 +609,7 @@ class ClusterLifecycle:
     def wipe_failed(self, device: Device, detail: str) -> None:
         reason = f"wipe failed: {detail[:300]}"
         state_machines.move(self.session, "device", device, DeviceState.BLOCKED, reason)
+        revocations.revoke_device(self.session, device.id)
         self.session.add(
             FaultEvent(
                 device_id=device.id,
