@@ -256,6 +256,7 @@ class Mesh:
         self.restarts = 0
         self.lighthouse_lost_s = LIGHTHOUSE_LOST_S
         self.stopping = threading.Event()
+        self._restarting = threading.Event()  # set while ``_restart`` replaces the process
         self._lock = threading.Lock()  # the certificate, the process and the tunnels
         self._threads: list[threading.Thread] = []
 
@@ -308,14 +309,41 @@ class Mesh:
                 or previous.ca != certificate.ca
                 or previous.blocklist != certificate.blocklist
             )
+            regrouped = previous is not None and previous.groups != certificate.groups
+            running = self.process is not None and self.process.poll() is None
             if changed:
                 _write(ca_path, certificate.ca)
                 _write(cert_path, certificate.certificate)
                 _write(self.config_path, rendered)
-                if self.process is not None and self.process.poll() is None:
-                    self.process.send_signal(signal.SIGHUP)
+                if running and not regrouped:
+                    self.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
                     logger.info("nebula reloaded: groups %s", ",".join(certificate.groups))
+        if changed and running and regrouped:
+            self._restart()
+            logger.info("nebula restarted: groups %s", ",".join(certificate.groups))
         return changed
+
+    def _restart(self) -> None:
+        """Nebula 1.6 keeps the certificates a tunnel was made with for the tunnel's life (a SIGHUP reaches
+        new tunnels only), so the firewall of a peer would judge this node by its old groups: a change of
+        groups restarts Nebula instead, and every tunnel is made again with the new certificates (a peer's
+        stale tunnel is answered with recv_error, and it handshakes again)."""
+        with self._lock:
+            process = self.process
+            self._restarting.set()
+        try:
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._spawn(program("nebula"))
+            if not self.tunnels.interface_up.wait(START_TIMEOUT_S):
+                logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
+        finally:
+            self._restarting.clear()
 
     def renew(self) -> bool:
         """Ask for a certificate now (a cluster joined or left, or half its life passed) and reload Nebula
@@ -378,6 +406,10 @@ class Mesh:
                 pass
             if self.stopping.is_set():
                 return
+            if self._restarting.is_set() or process is not self.process:
+                while self._restarting.is_set() and not self.stopping.wait(0.1):
+                    pass
+                continue  # stopped on purpose and started again (``_restart``)
             logger.warning("nebula exited (%s): %s; restarting", process.returncode, _tail(self.log_path))
             pause = 1.0 if time.monotonic() - started > 60 else min(pause * 2, RESTART_MAX_S)
             if self.stopping.wait(pause):

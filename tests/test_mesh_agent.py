@@ -42,7 +42,7 @@ from portal.services.mesh import lighthouse
 from portal.services.money import ledger
 from portal.services.providers import agents, liveness
 from portal.services.rentals import clusters
-from tests.conftest import IN_CI, require_program, settings_for
+from tests.conftest import IN_CI, require_program, settings_for, wait_until
 from tests.factories import device_token_for, make_user
 from tests.servers import ServerThread, free_port, portal_app
 
@@ -145,7 +145,9 @@ def test_a_certificate_is_renewed_at_half_its_life():
     assert answer(["device"], hours=1, now=now).renew_at() == now + timedelta(minutes=30)
 
 
-def test_a_changed_certificate_reloads_nebula_and_the_same_one_does_not(tmp_path):
+def test_a_renewal_reloads_nebula_a_change_of_groups_restarts_it_and_the_same_one_does_neither(tmp_path):
+    """A renewal with the same groups is a SIGHUP; a change of groups restarts Nebula, since Nebula 1.6 keeps
+    a tunnel's old certificate (and so its old groups, at the peer's firewall) for the tunnel's life."""
     reloads = tmp_path / "reloads"
     stand_in = subprocess.Popen(  # stands in for nebula: counts its SIGHUPs
         [
@@ -159,24 +161,28 @@ def test_a_changed_certificate_reloads_nebula_and_the_same_one_does_not(tmp_path
         stdout=subprocess.PIPE,
         text=True,
     )
+    mesh = Mesh(PortalClient("http://127.0.0.1:9", "t"), tmp_path, tun_device="gptest0")
     try:
         assert stand_in.stdout is not None and stand_in.stdout.readline() == "ready\n"
-        mesh = Mesh(PortalClient("http://127.0.0.1:9", "t"), tmp_path, tun_device="gptest0")
         (tmp_path / "host.key").write_text("key")
         assert mesh.install(answer(["device"]))
         mesh.process = stand_in  # type: ignore[assignment]
         assert not mesh.install(answer(["device"]))  # the same certificate: nothing to reload
+        renewed = Certificate(**{**answer(["device"]).__dict__, "certificate": "CERT renewed"})
+        assert mesh.install(renewed)
+        wait_until(reloads.exists, timeout_s=5, what="the SIGHUP")
+        assert reloads.read_text() == "x" and stand_in.poll() is None
+
         joined = answer(["device", CLUSTER])
         joined = Certificate(**{**joined.__dict__, "certificate": "CERT serving the cluster"})
         assert mesh.install(joined)
-        deadline = time.monotonic() + 5
-        while not reloads.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert reloads.read_text() == "x"
+        assert stand_in.wait(timeout=5) is not None  # stopped, not signalled: a new Nebula took its place
+        assert reloads.read_text() == "x" and mesh.process is not stand_in
         assert {"group": CLUSTER, "port": "any", "proto": "tcp"} in yaml.safe_load(
             mesh.config_path.read_text()
         )["firewall"]["inbound"]
     finally:
+        mesh.stop()
         stand_in.kill()
         stand_in.wait()
 
