@@ -1,10 +1,12 @@
 """The HTTP API's ground rules: health, readiness, metrics, the error envelope and request ids."""
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
-from fastapi import FastAPI
+import sqlalchemy
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
@@ -100,7 +102,7 @@ class Thing(BaseModel):
 
 
 @pytest.fixture
-def probe_client() -> Iterator[TestClient]:
+def probe_client(tmp_path) -> Iterator[TestClient]:
     """A bare app with the portal's error handling, to drive every kind of error through it."""
     probe = FastAPI()
     install_error_handlers(probe)
@@ -114,8 +116,28 @@ def probe_client() -> Iterator[TestClient]:
     def boom() -> None:
         raise RuntimeError("secret internals")
 
+    @probe.post("/locked")
+    def locked(request: Request) -> None:
+        """A write to a SQLite database that another connection holds locked (busy timeout 0)."""
+        engine = sqlalchemy.create_engine(f"sqlite:///{request.app.state.db}", connect_args={"timeout": 0})
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("INSERT INTO t VALUES (1)"))
+
+    probe.state.db = tmp_path / "locked.db"
+    holder = sqlite3.connect(probe.state.db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
     with TestClient(probe, raise_server_exceptions=False) as client:
         yield client
+    holder.close()
+
+
+def test_a_busy_or_unreachable_database_is_a_503_to_retry_not_a_500(probe_client):
+    response = probe_client.post("/locked")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response.headers["retry-after"] == "1"
+    assert "INSERT" not in response.text
 
 
 def test_validation_errors_name_the_field_and_do_not_echo_the_input(probe_client):

@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 import redis
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -75,6 +76,15 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
         logger.error("the cache is unreachable: %s", error)
         return error_response(503, "unavailable", "The portal's cache is unreachable; try again shortly.")
+    if isinstance(error, sqlalchemy.exc.OperationalError):
+        # The database went away, or (SQLite) stayed locked past the busy timeout: nothing was changed.
+        logger.error("the database did not answer: %s", str(error).splitlines()[0][:300])
+        return error_response(
+            503,
+            "unavailable",
+            "The portal's database is busy or unreachable; try again shortly.",
+            headers={"Retry-After": "1"},
+        )
     logger.exception("unhandled error", exc_info=error)
     return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
 

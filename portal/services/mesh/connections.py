@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -103,25 +103,26 @@ def _address(
     engine: Engine, settings: Settings, owner_id: uuid.UUID, cluster_id: uuid.UUID, expires_at: datetime
 ) -> ipaddress.IPv4Address:
     """The customer's address on this cluster's network: the one it had, else a free one of the
-    connections' quarter (the unique index refuses a second holder; a collision is retried)."""
+    connections' quarter (the unique index refuses a second holder; a collision is retried). Each write is a
+    transaction that writes first: on SQLite a read that then writes fails at once ("database is locked")
+    when another connection wrote in between."""
+    mine = (col(ClusterConnection.cluster_id) == cluster_id) & (col(ClusterConnection.user_id) == owner_id)
     for _ in range(MAX_TRIES):
         with session_scope(engine) as session:
-            held = session.exec(
-                select(ClusterConnection).where(
-                    ClusterConnection.cluster_id == cluster_id, ClusterConnection.user_id == owner_id
-                )
-            ).first()
-            if held is not None:
-                held.expires_at = expires_at
-                if addresses.usable(settings, held.overlay_ip):
-                    return ipaddress.IPv4Address(held.overlay_ip)
-                session.delete(held)  # the overlay was reconfigured: take a new one below
+            held = session.exec(select(ClusterConnection.overlay_ip).where(mine)).first()
+        if held is not None:
+            with session_scope(engine) as session:
+                if addresses.usable(settings, held):
+                    session.execute(update(ClusterConnection).where(mine).values(expires_at=expires_at))
+                    return ipaddress.IPv4Address(held)
+                session.execute(delete(ClusterConnection).where(mine))  # the overlay was reconfigured
         candidate = addresses.pick(settings, None, addresses.connection_span(settings))
+        with session_scope(engine) as session:
+            # Devices allocated before the connections' quarter existed may hold one of its addresses.
+            if session.exec(select(Device.id).where(col(Device.overlay_ip) == str(candidate))).first():
+                continue
         try:
             with session_scope(engine) as session:
-                # Devices allocated before the connections' quarter existed may hold one of its addresses.
-                if session.exec(select(Device.id).where(col(Device.overlay_ip) == str(candidate))).first():
-                    continue
                 session.add(
                     ClusterConnection(
                         cluster_id=cluster_id,
