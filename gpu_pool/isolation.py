@@ -8,16 +8,17 @@ none) and nothing of the host mounted. Its label names the device and the cluste
 restarted after a crash finds and removes what its rentals left.
 
 Network: never the host's. Each cluster has a bridge network of its own on this machine
-(``gpu-pool-<cluster>``, made on demand). Ray binds some of its servers (the client server, the dashboard
-agent) to its node address, so that address must be the container's own: Ray runs at the container's
-address on the bridge, where the cluster's other nodes on this machine reach it directly (a worker joins
-its head's container address). A head's three ports that the portal and the customer call (GCS, client
-server, dashboard) are published on the node's cluster address only (loopback in development, the overlay
-address with the mesh), and that is the address the agent reports; nothing else is published. From
-inside, the host's loopback services (the portal's Redis on 127.0.0.1, …) are out of reach: the
-container's 127.0.0.1 is its own. The host's services listening on every address are reachable at the
-bridge's gateway as from any machine on the network (firewall them). Workers on other machines would need
-the bridge's subnet routed over the overlay: not done yet (see the README's provider section).
+(``gpu-pool-<cluster>``, made on demand, isolated from the other clusters' bridges). Ray binds some of its
+servers (the client server, the dashboard agent) to its node address, so that address must be the
+container's own: Ray runs at the container's address on the bridge, where the cluster's other nodes on this
+machine reach it directly (a worker joins its head's container address). A head's three ports that the
+portal and the customer call (GCS, client server, dashboard) are published on the node's cluster address
+only (loopback in development, the overlay address with the mesh), and that is the address the agent
+reports; nothing else is published. From inside, the host's loopback services (the portal's Redis on
+127.0.0.1, …) are out of reach: the container's 127.0.0.1 is its own. The host's services listening on
+every address are reachable at the bridge's gateway as from any machine on the network (firewall them).
+Workers on other machines would need the bridge's subnet routed over the overlay: not done yet (see the
+README's provider section).
 """
 
 from __future__ import annotations
@@ -256,10 +257,23 @@ class ContainerIsolation:
         """The cluster's bridge on this machine, made on first use (another agent may make it first)."""
         name = network_name(cluster)
         if not self._exists("network", name):
-            self._run("network", "create", *self._labels(cluster), name, check=False)
+            self._run(
+                "network",
+                "create",
+                *self._labels(cluster),
+                *self.network_args(self.engine),
+                name,
+                check=False,
+            )
             if not self._exists("network", name):
                 raise IsolationError(f"could not make the container network {name}")
         return name
+
+    @staticmethod
+    def network_args(engine: str) -> list[str]:
+        """A cluster's bridge reaches no other bridge of the machine (another cluster's nodes): Podman's
+        ``isolate`` option; Docker's bridges are isolated from each other already."""
+        return ["--opt", "isolate=true"] if engine == "podman" else []
 
     def _exists(self, kind: str, name: str) -> bool:
         """Whether the engine has this container, volume or network (``inspect`` answers for all three)."""

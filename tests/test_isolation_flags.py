@@ -47,3 +47,8 @@ def test_an_autoscaled_head_is_refused_in_a_container():
 def test_no_engine_says_what_to_install():
     with pytest.raises(IsolationError, match="install Podman"):
         find_engine("no-such-engine")
+
+
+def test_a_clusters_bridge_is_isolated_from_the_other_clusters_bridges():
+    assert ContainerIsolation.network_args("podman") == ["--opt", "isolate=true"]
+    assert ContainerIsolation.network_args("docker") == []  # Docker isolates its bridges itself
