@@ -274,6 +274,12 @@ def test_every_portal_container_starts_with_settings_the_portal_accepts(rendered
         assert urlsplit(settings.sqlalchemy_url).scheme == "postgresql+psycopg", name
         if container["command"][1] in {"run", "worker"}:
             assert settings.redis_url and settings.broker_url, f"{name} would run embedded parts"
+        if container["command"][1] == "run" and settings.mesh == "nebula":
+            # portal run then starts the portal's overlay node, its only way to the heads: a TUN device.
+            added = container.get("securityContext", {}).get("capabilities", {}).get("add", [])
+            assert "NET_ADMIN" in added, f"{name}: the overlay is on but the portal's node cannot start"
+        if container["command"][1] == "mesh":
+            assert settings.mesh == "nebula" and settings.lighthouses, name
 
 
 def test_commands_are_ones_the_portal_cli_has(rendered):
