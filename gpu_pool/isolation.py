@@ -320,7 +320,7 @@ class ContainerIsolation:
         if spec.role != "head":
             spec = replace(spec, head_address=self._head_address(cluster, spec.head_address))
         env = {
-            "RAY_USAGE_STATS_ENABLED": "0",
+            **ray_node.RAY_ENV,
             # Drivers of any Python 3.11 may join (the image's patch release is Debian's).
             "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor",
             "HOME": SCRATCH,

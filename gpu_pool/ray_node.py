@@ -39,6 +39,11 @@ PORT_NAMES = (
 )
 
 
+# Every Ray node's environment: no usage reports; and its dashboard agent, slow to import on a busy machine,
+# gets two minutes to report its ports before the raylet gives up on it (it aborted after 15 s under load).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "120000"}
+
+
 class RayNodeError(Exception):
     pass
 
@@ -234,7 +239,7 @@ def start(spec: NodeSpec, workdir: Path | None = None, abandon: threading.Event 
     log_path = temp_dir / "agent-ray.log"
     # Jobs' `python` is the agent's own (its virtual environment holds Ray), whatever PATH it was given.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, **spec.env}
+    env = {**os.environ, **RAY_ENV, "PATH": path, **spec.env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
