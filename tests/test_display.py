@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from portal.models import ConnectivityTier
 from portal.models.base import utcnow
-from portal.services.display import reliability, usd, usd_rate, words
+from portal.services.display import plain_text, reliability, usd, usd_rate, words
 from portal.services.providers.reliability import is_new
 
 
@@ -44,3 +44,9 @@ def test_a_device_without_a_days_history_is_new_rather_than_unreliable():
     assert reliability(0.0, new=True) == "new"
     assert is_new(utcnow() - timedelta(hours=3))
     assert not is_new(utcnow() - timedelta(days=2))
+
+
+def test_job_output_loses_its_terminal_escapes():
+    assert (
+        plain_text("\x1b[32mINFO\x1b[0m job \x1b[1;33mstarted\x1b[0m\x1b]0;title\x07") == "INFO job started"
+    )

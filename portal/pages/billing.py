@@ -25,7 +25,8 @@ def ledger_row(line: rx.Var) -> rx.Component:
 
 def usage_row(line: rx.Var) -> rx.Component:
     return rx.table.row(
-        rx.table.cell(line["period"]),
+        rx.table.cell(line["period"], white_space="nowrap"),
+        rx.table.cell(line["cluster"]),
         rx.table.cell(line["device"]),
         rx.table.cell(line["gpus"]),
         rx.table.cell(line["seconds"]),
@@ -167,7 +168,7 @@ def billing_page() -> rx.Component:
                 rx.cond(
                     summary["usage"].to(list[dict]).length() > 0,
                     data_table(
-                        ("Period (UTC)", "Device", "GPUs", "Seconds", "Rate", "Amount"),
+                        ("Period (UTC)", "Cluster", "Device", "GPUs", "Seconds", "Rate", "Amount"),
                         summary["usage"].to(list[dict]),
                         usage_row,
                         id="usage-table",
@@ -182,8 +183,22 @@ def billing_page() -> rx.Component:
                     id="ledger-table",
                 ),
                 rx.hstack(
-                    rx.button("Newer", size="1", variant="soft", on_click=BillingState.page(-1)),
-                    rx.button("Older", size="1", variant="soft", on_click=BillingState.page(1)),
+                    rx.button(
+                        "Newer",
+                        size="1",
+                        variant="soft",
+                        disabled=~BillingState.has_newer,
+                        on_click=BillingState.page(-1),
+                        id="ledger-newer",
+                    ),
+                    rx.button(
+                        "Older",
+                        size="1",
+                        variant="soft",
+                        disabled=~BillingState.has_older,
+                        on_click=BillingState.page(1),
+                        id="ledger-older",
+                    ),
                     rx.text(summary["total"].to(str) + " lines", size="1", color_scheme="gray"),
                     align="center",
                 ),

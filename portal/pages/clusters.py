@@ -131,7 +131,15 @@ def jobs_card() -> rx.Component:
                     reset_on_submit=True,
                     width="100%",
                 ),
-                rx.text("Jobs run once the cluster is running.", size="2", color_scheme="gray"),
+                rx.text(
+                    rx.cond(
+                        ClustersState.detail["active"],
+                        "Jobs run once the cluster is running.",
+                        "This cluster has ended: it runs no more jobs.",
+                    ),
+                    size="2",
+                    color_scheme="gray",
+                ),
             ),
             rx.cond(
                 ClustersState.jobs.length() > 0,
@@ -201,25 +209,35 @@ def info() -> rx.Component:
             rx.data_list.label("Autoscaling"),
             rx.data_list.value(detail["autoscaling"], id="cluster-autoscaling"),
         ),
-        rx.data_list.item(
-            rx.data_list.label("Ray client address"),
-            rx.data_list.value(rx.code(detail["client_address"], id="client-address")),
-        ),
-        rx.data_list.item(
-            rx.data_list.label("Ray address (inside the cluster)"),
-            rx.data_list.value(rx.code(detail["ray_address"])),
-        ),
-        rx.data_list.item(
-            rx.data_list.label("Ray dashboard"),
-            rx.data_list.value(
-                rx.cond(
-                    detail["dashboard_url"] != "",
-                    rx.link(detail["dashboard_url"], href=detail["dashboard_url"].to(str), is_external=True),
-                    rx.text("—"),
-                )
+        # Addresses and the planned end mean something only while the cluster lives.
+        rx.cond(
+            detail["active"],
+            rx.fragment(
+                rx.data_list.item(
+                    rx.data_list.label("Ray client address"),
+                    rx.data_list.value(rx.code(detail["client_address"], id="client-address")),
+                ),
+                rx.data_list.item(
+                    rx.data_list.label("Ray address (inside the cluster)"),
+                    rx.data_list.value(rx.code(detail["ray_address"])),
+                ),
+                rx.data_list.item(
+                    rx.data_list.label("Ray dashboard"),
+                    rx.data_list.value(
+                        rx.cond(
+                            detail["dashboard_url"] != "",
+                            rx.link(
+                                detail["dashboard_url"],
+                                href=detail["dashboard_url"].to(str),
+                                is_external=True,
+                            ),
+                            rx.text("—"),
+                        )
+                    ),
+                ),
+                rx.data_list.item(rx.data_list.label("Ends"), rx.data_list.value(detail["expires"])),
             ),
         ),
-        rx.data_list.item(rx.data_list.label("Ends"), rx.data_list.value(detail["expires"])),
         rx.data_list.item(
             rx.data_list.label("Spent so far"), rx.data_list.value(detail["spent"], id="cluster-spent")
         ),

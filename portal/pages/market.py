@@ -287,7 +287,14 @@ def quote_card() -> rx.Component:
                         quote["reason"], icon="circle_alert", color_scheme="amber", id="quote-unavailable"
                     ),
                 ),
-                rx.spinner(),
+                # No quote for input the service refused: the form says why; a spinner would wait forever.
+                rx.cond(
+                    DeployState.error != "",
+                    rx.text(
+                        "A quote follows once the fields are right.", color_scheme="gray", id="quote-waiting"
+                    ),
+                    rx.spinner(),
+                ),
             ),
             width="100%",
             spacing="3",

@@ -6,11 +6,14 @@ from integer division, rounded half up.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 MICRO_PER_USD = 1_000_000
 MICRO_PER_CENT = 10_000
 RATE_DIGITS = 6  # every digit a micro-USD rate has
+# Terminal escape sequences (colours, cursor moves) as programs print them: CSI ... final byte, and OSC.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 
 def _dollars(micro: int, digits: int) -> str:
@@ -51,3 +54,8 @@ def words(value: str | Enum | None) -> str:
 def reliability(score: float, *, new: bool) -> str:
     """A reliability score as a percentage; ``new`` for a device without the history to judge it."""
     return "new" if new else f"{score * 100:.1f}%"
+
+
+def plain_text(output: str) -> str:
+    """A program's output without its terminal escapes (a page would show them as ``[32m`` noise)."""
+    return ANSI_ESCAPE.sub("", output)

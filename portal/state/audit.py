@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from typing import Any
 
 import reflex as rx
@@ -11,6 +13,8 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Role
 from portal.services import audit
+from portal.services.accounts import users
+from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users
 
 PAGE_SIZE = 25
@@ -26,15 +30,33 @@ def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list
             limit=PAGE_SIZE,
             offset=offset,
         )
+        emails: dict[str, str] = {}
+
+        def who(kind: str | None, ident: str | None) -> str:
+            """A user as their email (people read emails, not ids); anything else as kind:id."""
+            if not kind:
+                return ""
+            if kind != "user" or not ident:
+                return f"{kind}:{ident}" if ident else kind
+            if ident not in emails:
+                try:
+                    user = users.get_user(session, uuid.UUID(ident))
+                    emails[ident] = user.email or user.display_name or f"user:{ident}"
+                except (DomainError, ValueError):
+                    emails[ident] = f"user:{ident}"
+            return emails[ident]
+
         rows = [
             {
                 "at": e.at.strftime("%Y-%m-%d %H:%M:%S"),
                 "action": e.action,
                 "outcome": e.outcome,
-                "actor": e.actor_id or e.actor_kind,
-                "target": f"{e.target_type}:{e.target_id}" if e.target_type else "",
+                "actor": who(*(e.actor_id or "").partition(":")[::2]) if e.actor_id else e.actor_kind,
+                "target": who(e.target_type, e.target_id),
                 "ip": e.ip or "",
-                "details": ", ".join(f"{k}={v}" for k, v in e.details.items()),
+                "details": ", ".join(
+                    f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in e.details.items()
+                ),
             }
             for e in entries
         ]

@@ -18,6 +18,7 @@ from portal.services import dates
 from portal.services.display import usd, usd_rate
 from portal.services.errors import DomainError
 from portal.services.money import billing, deposits, payouts, treasury
+from portal.services.rentals import clusters
 from portal.state.charts import styled
 from portal.state.session import SessionState, for_users, principal
 
@@ -39,6 +40,11 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
         lines, total = billing.ledger_lines(session, caller.user_id, limit=PAGE, offset=offset)
         usage, _ = billing.usage_lines(session, caller.user_id, cluster_id=None, limit=PAGE, offset=0)
         found, _ = deposits.list_deposits(session, caller.user_id, limit=10, offset=0)
+        # Each usage line names its cluster: what a customer recognises, unlike a provider's device.
+        cluster_names = {
+            cluster_id: clusters.get_cluster(session, caller.user_id, cluster_id).name
+            for cluster_id in {u.cluster_id for u, _ in usage}
+        }
     settings = parts.current().settings
     return {
         "deposits": [
@@ -67,6 +73,7 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
         "usage": [
             {
                 "period": f"{u.period_start:%H:%M:%S} to {u.period_end:%H:%M:%S}",
+                "cluster": cluster_names.get(u.cluster_id, ""),
                 "device": name,
                 "gpus": u.gpu_count,
                 "seconds": u.seconds,
@@ -202,6 +209,14 @@ class BillingState(SessionState):
     @for_users()
     async def tick(self, _now: str) -> None:
         self.summary = await asyncio.to_thread(_billing, principal(), self.offset)
+
+    @rx.var
+    def has_newer(self) -> bool:
+        return self.offset > 0
+
+    @rx.var
+    def has_older(self) -> bool:
+        return self.offset + PAGE < int(self.summary.get("total", 0))
 
     @rx.event
     @for_users()

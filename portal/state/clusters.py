@@ -15,7 +15,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.display import usd, usd_rate, words
+from portal.services.display import plain_text, usd, usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.rentals import clusters, jobs
 from portal.state.session import SessionState, for_users, principal
@@ -116,7 +116,7 @@ def _logs(caller: Principal, cluster_id: str, job_id: str) -> tuple[str, str]:
     with session_scope(parts.current().engine) as session:
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(cluster_id))
         job = jobs.refresh(session, cluster, jobs.get_job(session, cluster, uuid.UUID(job_id)))
-        return job.status, jobs.logs(cluster, job)
+        return job.status, plain_text(jobs.logs(cluster, job))
 
 
 def _submit(caller: Principal, cluster_id: str, entrypoint: str, runtime_env: str) -> str:
