@@ -72,19 +72,22 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return error_response(422, "invalid_input", f"{first['field']}: {first['message']}", fields)
 
 
+async def _database_unavailable(_: Request, error: Exception) -> JSONResponse:
+    # The database went away, or (SQLite) stayed locked past the busy timeout: nothing was changed. A handler
+    # of its own, not the catch-all's: Starlette re-raises what reaches that one, and logs it as a 500.
+    logger.error("the database did not answer: %s", str(error).splitlines()[0][:300])
+    return error_response(
+        503,
+        "unavailable",
+        "The portal's database is busy or unreachable; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
         logger.error("the cache is unreachable: %s", error)
         return error_response(503, "unavailable", "The portal's cache is unreachable; try again shortly.")
-    if isinstance(error, sqlalchemy.exc.OperationalError):
-        # The database went away, or (SQLite) stayed locked past the busy timeout: nothing was changed.
-        logger.error("the database did not answer: %s", str(error).splitlines()[0][:300])
-        return error_response(
-            503,
-            "unavailable",
-            "The portal's database is busy or unreachable; try again shortly.",
-            headers={"Retry-After": "1"},
-        )
     logger.exception("unhandled error", exc_info=error)
     return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
 
@@ -93,4 +96,5 @@ def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(DomainError, _domain_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
     api.add_exception_handler(Exception, _unexpected_error)

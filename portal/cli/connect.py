@@ -11,7 +11,9 @@ Ctrl-C leaves the network. It needs a TUN device: root, or CAP_NET_ADMIN and /de
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +22,11 @@ from typing import Annotated
 import typer
 
 from gpu_pool import mesh
-from portal.cli.client import ApiError, PortalClient, config_dir
+from portal.cli.client import ApiError, PortalClient, PortalUnreachable, config_dir
 from portal.cli.customer import ClusterId, clusters_app, fail, local_time, signed_in
+
+ATTEMPTS = 4
+RETRY_PAUSE_S = 2.0
 
 
 class ClusterNetwork(mesh.Mesh):
@@ -36,13 +41,20 @@ class ClusterNetwork(mesh.Mesh):
 
     def request(self) -> mesh.Certificate:
         _, public_key = mesh.keygen(self.state_dir)
-        try:
-            self.answer = self.portal.connect_cluster(self.cluster_id, public_key)
-        except ApiError as error:
-            if error.code == "mesh_off":
-                raise mesh.MeshOff(error.message) from None
-            raise mesh.MeshError(error.message) from None
-        return mesh.Certificate.from_answer(self.answer)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self.answer = self.portal.connect_cluster(self.cluster_id, public_key)
+                return mesh.Certificate.from_answer(self.answer)
+            except ApiError as error:
+                if error.code == "mesh_off":
+                    raise mesh.MeshOff(error.message) from None
+                if error.status != 503 or attempt == ATTEMPTS:
+                    raise mesh.MeshError(error.message) from None
+            except PortalUnreachable as error:
+                if attempt == ATTEMPTS:
+                    raise mesh.MeshError(str(error)) from None
+            time.sleep(RETRY_PAUSE_S * attempt)  # a busy or restarting portal: asked again, a little later
+        raise AssertionError("unreachable")
 
 
 @clusters_app.command("connect")
@@ -73,6 +85,7 @@ def connect_cluster(
         )
         typer.echo(f"Head                {answer.get('head_overlay_ip')}")
         typer.echo(f"Ray client address  {answer.get('ray_client_address') or '-'}")
+        sys.stdout.flush()  # it stays in the foreground: what it printed must show now, piped or not
         left = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: left.set())
