@@ -103,6 +103,7 @@ def test_only_admins_see_the_audit_log(portal, page: Page):
     expect(page).to_have_url(re.compile(r"/account/?$"))
     page.goto(portal.url + "/admin/audit")
     expect(page.locator("#audit-table")).to_contain_text("user.signup")
+    expect(page.locator("#audit-table")).to_contain_text("eve@example.com")  # people, not user:<uuid>
     page.get_by_placeholder("action or prefix, e.g. auth.").fill("user.signup")
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#audit-table")).not_to_contain_text("auth.login")
@@ -154,3 +155,19 @@ def test_a_provider_links_a_payout_wallet_from_the_account_page(portal, page: Pa
     sign_up(page, portal, "payee@example.com")
     page.locator("#link-wallet").click()
     expect(page.locator("#account-wallet")).to_have_text(address)
+
+
+def test_a_deep_link_is_kept_through_sign_in(portal, page: Page):
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="deep@example.com", password=PASSWORD, roles=[Role.CUSTOMER])
+    engine.dispose()
+    # A marketplace row's Deploy, followed while signed out.
+    page.goto(portal.url + "/deploy?gpu_model=A100-80GB&country=NL")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.locator("#email").fill("deep@example.com")
+    page.locator("#password").fill(PASSWORD)
+    page.locator("#submit-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/deploy/?\?gpu_model=A100-80GB&country=NL$"))
+    expect(page.locator("#deploy-model")).to_contain_text("A100-80GB")
+    expect(page.locator("#deploy-countries")).to_have_value("NL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import plotly.graph_objects as go
 import reflex as rx
@@ -11,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portal import parts
 from portal.infra.db import session_scope
+from portal.models.base import utcnow
 from portal.services.display import usd
 from portal.services.network import analytics, network_history
 from portal.services.providers.telemetry import RANGES
@@ -39,10 +41,16 @@ def _figures(minutes: int, by: str) -> tuple[go.Figure, go.Figure, go.Figure, in
     )
     util = go.Figure([go.Scatter(x=t.times, y=t.util, name=t.key, mode="lines") for t in trends])
     points = sum(len(t.times) for t in trends)
+    # The axis spans the range asked for (one picture alone would span a millisecond), and a short series
+    # shows its points: a line needs two.
+    now = utcnow()
+    window = {"xaxis": {"range": [now - timedelta(minutes=minutes), now]}}
+    for figure in (online, hired, util):
+        figure.update_traces(mode="lines+markers" if points < 3 * max(len(trends), 1) else "lines")
     return (
-        styled(online, "GPUs online", height=260),
-        styled(hired, "Hired share (%)", height=260, yaxis={"range": [0, 100]}),
-        styled(util, "Average GPU utilization (%)", height=260),
+        styled(online, "GPUs online", height=260, **window),
+        styled(hired, "Hired share (%)", height=260, yaxis={"range": [0, 100]}, **window),
+        styled(util, "Average GPU utilization (%)", height=260, **window),
         points,
     )
 
