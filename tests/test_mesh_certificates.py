@@ -35,7 +35,7 @@ from portal.services.mesh import addresses
 from portal.services.money import ledger
 from portal.services.rentals import clusters, provisioning
 from tests.conftest import require_program, settings_for
-from tests.factories import access_token_for, device_token_for, make_device, make_user
+from tests.factories import access_token_for, api_key_for, device_token_for, make_device, make_user
 
 LIGHTHOUSE = {"overlay_ip": "100.64.0.2", "public_address": "lighthouse.example.net:4242"}
 MESH = {"mesh": "nebula", "lighthouses": [LIGHTHOUSE], "rate_limit_per_minute": 100_000}
@@ -475,10 +475,15 @@ def test_the_owner_connects_their_machine_to_the_clusters_network_alone(mesh, ne
         ends = session.get_one(Cluster, cluster_id).expires_at
     assert datetime.fromisoformat(details["notAfter"]) <= ends
     assert datetime.fromisoformat(joined["expires_at"]) == ends.replace(microsecond=0)
-    # Asked again: the same address.
+    # Asked again, with an API key (whose use is written as it authenticates): the same address.
+    with session_scope(parts.engine) as session:
+        key = api_key_for(session, session.get_one(User, session.get_one(Cluster, cluster_id).owner_id))
     again = client.post(
-        f"/api/v1/clusters/{cluster_id}/connect", json={"public_key": public_key}, headers=owner
+        f"/api/v1/clusters/{cluster_id}/connect",
+        json={"public_key": public_key},
+        headers={"Authorization": f"Bearer {key}"},
     )
+    assert again.status_code == 200, again.text
     assert again.json()["overlay_ip"] == address
 
     # Anyone else: 404; a bad key: 422; after the cluster ended: 409.

@@ -183,8 +183,11 @@ def stop_job(cluster_id: uuid.UUID, job_id: uuid.UUID, session: SessionDep, call
     summary="Put the customer's machine on the cluster's private network: a certificate for its key",
 )
 def connect(
-    cluster_id: uuid.UUID, body: MeshCertificateIn, parts: PartsDep, caller: Writer
+    cluster_id: uuid.UUID, body: MeshCertificateIn, session: SessionDep, parts: PartsDep, caller: Writer
 ) -> ClusterConnectionOut:
+    # What authenticating wrote (an API key's last use) is committed first: the service writes in sessions of
+    # its own, and on SQLite this request's open write would hold them off until the busy timeout.
+    session.commit()
     joined = connections.connect(parts.engine, parts.settings, caller.user_id, cluster_id, body.public_key)
     return ClusterConnectionOut(
         certificate=joined.certificate,
