@@ -1,7 +1,8 @@
 """GPU samples ride the heartbeats into the portal's own store, and come back as per-GPU series over the
 API, bucket-averaged, on SQLite and PostgreSQL."""
 
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -121,3 +122,13 @@ def test_daily_uptime_follows_the_recorded_state_transitions(engine):
         days = telemetry.daily_uptime(session, session.get(Device, device.id))
     assert [(day, pct) for day, pct in days][:2] == [(day0, 75.0), (day0 + timedelta(days=1), 50.0)]
     assert days[-1] == (midnight, 100.0) and len(days) == 3
+
+
+def test_a_clusters_charts_begin_with_its_rental():
+    start = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    before, during = start - timedelta(minutes=5), start + timedelta(minutes=5)
+    device = uuid.uuid4()
+    found = {"util": [telemetry.Series(device, "rig", 0, [before, start, during], [99.0, 10.0, 20.0])]}
+    (kept,) = telemetry.from_moment(found, start)["util"]
+    assert (kept.times, kept.values) == ([start, during], [10.0, 20.0])
+    assert (kept.device_id, kept.device_name, kept.gpu_index) == (device, "rig", 0)

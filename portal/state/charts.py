@@ -57,7 +57,8 @@ def _series(
             return found, telemetry.daily_uptime(session, device)
         cluster = clusters.get_cluster(session, caller.user_id, uuid.UUID(raw_id))
         device_ids = clusters.device_ids_of(session, cluster.id)
-        return telemetry.series(session, parts.current().settings, device_ids, minutes), []
+        found = telemetry.series(session, parts.current().settings, device_ids, minutes)
+        return telemetry.from_moment(found, cluster.created_at), []
 
 
 DAY_MS = 86_400_000

@@ -70,6 +70,24 @@ def _bucket(session: Session, step: int) -> ColumnElement[int]:
     return cast(func.floor(func.extract("epoch", GpuSample.at) / step), Integer)
 
 
+def from_moment(found: dict[str, list[Series]], start: datetime) -> dict[str, list[Series]]:
+    """The same series without their points before ``start``: a cluster's charts begin with its rental,
+    not with what its devices did for the tenants before."""
+    return {
+        metric: [
+            Series(
+                one.device_id,
+                one.device_name,
+                one.gpu_index,
+                [at for at in one.times if at >= start],
+                [value for at, value in zip(one.times, one.values, strict=True) if at >= start],
+            )
+            for one in everyone
+        ]
+        for metric, everyone in found.items()
+    }
+
+
 def series(
     session: Session, settings: Settings, device_ids: list[uuid.UUID], minutes: int
 ) -> dict[str, list[Series]]:
