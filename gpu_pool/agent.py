@@ -241,6 +241,9 @@ class Agent:
             return False, f"unknown command {kind}"
         except ray_node.RayNodeError as error:
             return False, str(error)
+        except OSError as error:  # a port or an address not there: this command fails, the agent goes on
+            logger.warning("command %s failed: %s", kind, error)
+            return False, f"{type(error).__name__}: {error}"
 
     def start_ray(self, role: str, payload: dict[str, Any]) -> tuple[bool, str]:
         cluster = payload.get("cluster_id")

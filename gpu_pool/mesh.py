@@ -340,10 +340,23 @@ class Mesh:
                     process.kill()
                     process.wait()
             self._spawn(program("nebula"))
-            if not self.tunnels.interface_up.wait(START_TIMEOUT_S):
+            if not self.tunnels.interface_up.wait(START_TIMEOUT_S) or not self._address_ready():
                 logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
         finally:
             self._restarting.clear()
+
+    def _address_ready(self) -> bool:
+        """Whether the overlay address can be bound (the Ray node binds it next), waiting a little: the old
+        interface's going and the new one's address can lag Nebula's own word that it is active."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.overlay_ip and time.monotonic() < deadline:
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.overlay_ip, 0))
+                    return True
+                except OSError:
+                    time.sleep(0.1)
+        return self.overlay_ip is None
 
     def renew(self) -> bool:
         """Ask for a certificate now (a cluster joined or left, or half its life passed) and reload Nebula
