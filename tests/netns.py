@@ -93,9 +93,11 @@ def require_namespaces() -> None:
         pytest.skip(message)
 
 
-def _run(command: list[str], *, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    command: list[str], *, stdin: str | None = None, check: bool = True, timeout_s: float = COMMAND_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
+        command, input=stdin, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
@@ -141,8 +143,16 @@ class Namespace:
     role: str
     address: str  # on the public segment, or on its LAN behind a router
 
-    def run(self, *command: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return _run(["ip", "netns", "exec", self.name, *command], stdin=stdin, check=check)
+    def run(
+        self,
+        *command: str,
+        check: bool = True,
+        stdin: str | None = None,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+    ) -> subprocess.CompletedProcess:
+        return _run(
+            ["ip", "netns", "exec", self.name, *command], stdin=stdin, check=check, timeout_s=timeout_s
+        )
 
     def start(self, command: list[str], log: Path) -> Process:
         """Start ``command`` in this namespace; ``ip netns exec`` execs it, so the PID is the program's."""

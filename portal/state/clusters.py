@@ -17,7 +17,7 @@ from portal.models import Cluster, Role
 from portal.security.principal import Principal, RequestOrigin
 from portal.services.display import plain_text, usd, usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
-from portal.services.rentals import clusters, jobs
+from portal.services.rentals import clusters, dashboard, jobs
 from portal.state.session import SessionState, for_users, principal
 
 STATE_COLORS = {
@@ -70,7 +70,7 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
             "running": cluster.state in ("running", "degraded"),
             "client_address": cluster.client_address or "—",
             "ray_address": cluster.ray_address or "—",
-            "dashboard_url": cluster.dashboard_url or "",
+            "dashboard_url": dashboard.public_url(parts.current().settings, cluster) or "",
             "hours": cluster.duration_hours,
             "autoscaling": (
                 f"{cluster.min_workers} to {cluster.max_workers} workers, with the Ray load"
