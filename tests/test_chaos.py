@@ -198,4 +198,5 @@ def test_a_cluster_that_loses_a_worker_heals_and_one_that_loses_its_head_ends(ch
     page.locator("#password").fill(owner["password"])
     page.locator("#submit-sign-in").click()
     expect(page.locator("#device-faults")).to_contain_text("Blocked by an admin", timeout=15_000)
-    expect(page.locator("#device-reliability")).to_contain_text("uptime over 30 days")
+    # A demo device is minutes old: its score is not judged yet, and the page says why (issue 20).
+    expect(page.locator("#device-reliability")).to_contain_text("under a day of history, too little to judge")
