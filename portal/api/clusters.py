@@ -24,7 +24,7 @@ from portal.schemas.clusters import (
     NodeOut,
 )
 from portal.schemas.common import Limit, Offset, Page
-from portal.schemas.mesh import ClusterConnectionOut, LighthouseOut, MeshCertificateIn
+from portal.schemas.mesh import ClusterConnectionOut, MeshCertificateIn, certificate_fields
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
 from portal.services.mesh import connections
@@ -190,18 +190,7 @@ def connect(
     session.commit()
     joined = connections.connect(parts.engine, parts.settings, caller.user_id, cluster_id, body.public_key)
     return ClusterConnectionOut(
-        certificate=joined.certificate,
-        ca=joined.ca,
-        lighthouses=[
-            LighthouseOut(overlay_ip=str(lighthouse.overlay_ip), public_address=lighthouse.public_address)
-            for lighthouse in joined.lighthouses
-        ],
-        overlay_ip=str(joined.overlay_ip),
-        overlay_cidr=joined.overlay_cidr,
-        portal_overlay_ip=str(joined.portal_overlay_ip),
-        groups=joined.groups,
-        expires_at=joined.expires_at,
-        blocklist=joined.blocklist,
+        **certificate_fields(joined),
         head_overlay_ip=joined.head_overlay_ip,
         ray_client_address=joined.ray_client_address,
     )

@@ -29,7 +29,7 @@ from portal.schemas.devices import (
     RegisterOut,
     ScaleUpIn,
 )
-from portal.schemas.mesh import LighthouseOut, MeshCertificateIn, MeshCertificateOut
+from portal.schemas.mesh import MeshCertificateIn, MeshCertificateOut, certificate_fields
 from portal.security.access import BEATING_DEVICE, DEVICE, OriginDep
 from portal.security.principal import Principal
 from portal.services.errors import InvalidInput
@@ -188,20 +188,7 @@ def answer_challenge(
 def mesh_certificate(body: MeshCertificateIn, parts: PartsDep, caller: Agent) -> MeshCertificateOut:
     assert caller.device_id is not None
     issued = certificates.issue(parts.engine, parts.settings, caller.device_id, body.public_key)
-    return MeshCertificateOut(
-        certificate=issued.certificate,
-        ca=issued.ca,
-        lighthouses=[
-            LighthouseOut(overlay_ip=str(lighthouse.overlay_ip), public_address=lighthouse.public_address)
-            for lighthouse in issued.lighthouses
-        ],
-        overlay_ip=str(issued.overlay_ip),
-        overlay_cidr=issued.overlay_cidr,
-        portal_overlay_ip=str(issued.portal_overlay_ip),
-        groups=issued.groups,
-        expires_at=issued.expires_at,
-        blocklist=issued.blocklist,
-    )
+    return MeshCertificateOut(**certificate_fields(issued))
 
 
 @router.get(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from portal.services.mesh.certificates import Issued
 from portal.services.mesh.keys import MAX_PEM_CHARS
 
 EXAMPLE_KEY = (
@@ -68,3 +69,21 @@ class ClusterConnectionOut(MeshCertificateOut):
     )
     head_overlay_ip: str = Field(description="The head's overlay address.")
     ray_client_address: str | None = Field(description="ray://<head overlay ip>:<port> for ray.init().")
+
+
+def certificate_fields(issued: Issued) -> dict[str, Any]:
+    """What ``MeshCertificateOut`` says of a signed certificate (a device's or a customer's machine's)."""
+    return {
+        "certificate": issued.certificate,
+        "ca": issued.ca,
+        "lighthouses": [
+            LighthouseOut(overlay_ip=str(lighthouse.overlay_ip), public_address=lighthouse.public_address)
+            for lighthouse in issued.lighthouses
+        ],
+        "overlay_ip": str(issued.overlay_ip),
+        "overlay_cidr": issued.overlay_cidr,
+        "portal_overlay_ip": str(issued.portal_overlay_ip),
+        "groups": issued.groups,
+        "expires_at": issued.expires_at,
+        "blocklist": issued.blocklist,
+    }

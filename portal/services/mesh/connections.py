@@ -20,13 +20,13 @@ from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from portal.config import Lighthouse, Settings
+from portal.config import Settings
 from portal.infra.db import session_scope
 from portal.models import ClusterConnection, Device
 from portal.models.base import utcnow
 from portal.services.errors import Conflict, Unavailable
 from portal.services.mesh import addresses, ca, keys, revocations
-from portal.services.mesh.certificates import cluster_group, require_mesh
+from portal.services.mesh.certificates import Issued, cluster_group, require_mesh
 from portal.services.rentals import clusters, dashboard
 
 CUSTOMER_GROUP = "customer"
@@ -34,18 +34,11 @@ MAX_TRIES = 32
 
 
 @dataclass(frozen=True)
-class Connection:
-    certificate: str
-    ca: str
-    lighthouses: list[Lighthouse]
-    overlay_ip: ipaddress.IPv4Address
-    overlay_cidr: str
-    portal_overlay_ip: ipaddress.IPv4Address
-    groups: list[str]
+class Connection(Issued):
+    """A certificate as a device's, and where the cluster's head is."""
+
     head_overlay_ip: str
     ray_client_address: str | None
-    expires_at: datetime
-    blocklist: list[str]
 
 
 def connect(
