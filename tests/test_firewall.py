@@ -1,5 +1,8 @@
 """The firewall inside the app: rate limits with Retry-After, body size limits, security headers."""
 
+import time
+from types import SimpleNamespace
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -8,6 +11,15 @@ from portal.infra.cache import RedisCache
 from portal.infra.db import session_scope
 from portal.parts import AppParts
 from tests.factories import access_token_for, make_user
+
+
+@pytest.fixture(autouse=True)
+def mid_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limiter counts per wall-clock minute; a run that straddles a minute's end would start afresh
+    halfway through a test, so the firewall's clock stands still in the middle of one."""
+    now = time.time()
+    pinned = now - now % 60 + 30
+    monkeypatch.setattr("portal.security.firewall.time", SimpleNamespace(time=lambda: pinned))
 
 
 def client_with(parts: AppParts, **settings) -> TestClient:
