@@ -152,7 +152,7 @@ def test_the_autoscaler_adds_a_worker_that_joins_the_running_cluster_and_is_mete
     assert hold == pytest.approx(row.rate_micro * remaining_s / 3600, abs=row.rate_micro * 2 / 3600)
     assert held > hold
     (scaled,) = [e for e in clusters_events(engine, cluster_id) if e.kind == "scaled_up"]
-    assert "asked for 1 more worker(s): 1 booked" in scaled.message
+    assert "asked for 1 more worker: 1 booked" in scaled.message
     agent_answers(engine, row.device_id, node_id="added")
     head.alive.add("added")
     assert advance(engine, cluster_id, head) == ClusterState.RUNNING

@@ -25,6 +25,7 @@ from portal.models import (
     FaultEvent,
     NodeState,
     Role,
+    StateTransition,
     UsageRecord,
 )
 from portal.models.base import utcnow
@@ -346,6 +347,33 @@ def run_to_running(engine, gpus_per_device: list[int], gpus: int):
         head.alive.add(str(node.id))
     assert advance(engine, cluster_id, head) == ClusterState.RUNNING
     return cluster_id, customer, devices
+
+
+@pytest.mark.parametrize(("gpus_per_device", "gpus"), [([1], 1), ([2, 1], 3)])
+def test_the_log_and_reasons_a_customer_reads_are_sentences_with_right_plurals(engine, gpus_per_device, gpus):
+    """Issue 20: no command names (``start_ray_head sent``), no ``all 1 nodes joined``, no ``node(s)``."""
+    cluster_id, _, devices = run_to_running(engine, gpus_per_device, gpus)
+    with session_scope(engine) as session:
+        cluster = session.get(Cluster, cluster_id)
+        texts = [cluster.state_reason] + [e.message for e in clusters.events_of(session, cluster_id)]
+        texts += [node.state_reason for node in clusters.nodes_of(session, cluster_id)]
+        transitions = session.exec(select(StateTransition.reason)).all()
+    for text in texts + list(transitions):
+        assert "(s)" not in text and "start_ray" not in text and "all 1 " not in text, text
+        assert " 1 nodes" not in text and " 1 GPUs" not in text, text
+    running = [t for t in texts if t.startswith("Running on")]
+    if gpus == 1:
+        assert cluster.state_reason == "its node is up"
+        assert running == ["Running on 1 node with 1 GPU; the Ray head sees every node."]
+    else:
+        assert cluster.state_reason == "all 2 nodes are up"
+        assert running == ["Running on 2 nodes with 3 GPUs; the Ray head sees every node."]
+    head = next(node for node in nodes(engine, cluster_id) if node.role == "head")
+    head_name = next(device.name for device in devices if device.id == head.device_id)
+    placed = f"Device {head_name} ({head.gpu_count} GPU{'s' if head.gpu_count > 1 else ''}, "
+    assert any(t.startswith(placed) and "booked as head" in t for t in texts), texts
+    assert any(t == "asked its device to start the Ray head" for t in transitions)
+    assert any(t == "the Ray worker is up" for t in transitions) == (len(gpus_per_device) > 1)
 
 
 def beat(engine, devices) -> None:

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from portal.models import ConnectivityTier
 from portal.models.base import utcnow
-from portal.services.display import plain_text, reliability, usd, usd_rate, words
+from portal.services.display import count, plain_text, reliability, sentence, usd, usd_rate, words
 from portal.services.providers.reliability import is_new
 
 
@@ -50,3 +50,17 @@ def test_job_output_loses_its_terminal_escapes():
     assert (
         plain_text("\x1b[32mINFO\x1b[0m job \x1b[1;33mstarted\x1b[0m\x1b]0;title\x07") == "INFO job started"
     )
+
+
+def test_counts_take_the_plural_only_when_they_are_not_one():
+    assert count(1, "node") == "1 node"
+    assert count(2, "node") == "2 nodes"
+    assert count(0, "GPU") == "0 GPUs"
+    assert count(1_200, "device") == "1,200 devices"
+    assert count(3, "more worker") == "3 more workers"
+
+
+def test_recorded_reasons_read_as_sentences():
+    assert sentence("the cluster did not come up within 600 s") == "The cluster did not come up within 600 s."
+    assert sentence("Done.") == "Done."
+    assert sentence("") == ""

@@ -119,6 +119,10 @@ def local_time(text: str | None, pattern: str = "%Y-%m-%d %H:%M") -> str:
     return moment.astimezone().strftime(pattern)
 
 
+def nodes_label(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
+
+
 def gpus_label(cluster: Cluster) -> str:
     label = f"{cluster['gpu_count']} x {cluster['gpu_model']}"
     return f"{label} (simulated)" if cluster["simulated"] else label
@@ -432,7 +436,7 @@ def get_cluster(cluster_id: ClusterId, as_json: JsonOption = False) -> None:
     for label, value in [
         ("Cluster", f"{cluster['name']} ({cluster['id']})"),
         ("State", cluster["state"] + (f": {cluster['state_reason']}" if cluster["state_reason"] else "")),
-        ("GPUs", f"{gpus_label(cluster)} on {len(cluster['nodes'])} node(s), {cluster['purpose']}"),
+        ("GPUs", f"{gpus_label(cluster)} on {nodes_label(len(cluster['nodes']))}, {cluster['purpose']}"),
         (
             "Price",
             f"{usd(cluster['price_per_gpu_hour_micro'])} per GPU-hour for {cluster['duration_hours']} h",

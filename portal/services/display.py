@@ -51,6 +51,20 @@ def words(value: str | Enum | None) -> str:
     return text[:1].upper() + text[1:]
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """A number with its noun in the right form: ``1 node``, ``2 nodes``, ``0 GPUs``."""
+    return f"{number:,} {noun if number == 1 else (plural or noun + 's')}"
+
+
+def sentence(text: str) -> str:
+    """A reason recorded in lower case (``the cluster did not come up within 600 s``) as a sentence."""
+    text = text.strip()
+    if not text:
+        return ""
+    text = text[:1].upper() + text[1:]
+    return text if text[-1] in ".!?…" else text + "."
+
+
 def reliability(score: float, *, new: bool) -> str:
     """A reliability score as a percentage; ``new`` for a device without the history to judge it."""
     return "new" if new else f"{score * 100:.1f}%"

@@ -15,7 +15,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.display import plain_text, usd, usd_rate, words
+from portal.services.display import plain_text, sentence, usd, usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.rentals import clusters, dashboard, jobs
 from portal.state.session import SessionState, for_users, principal
@@ -44,7 +44,7 @@ def _summary(session: Any, cluster: Cluster) -> dict[str, Any]:
         "name": cluster.name,
         "state": cluster.state,
         "color": STATE_COLORS.get(cluster.state, "gray"),
-        "reason": cluster.state_reason,
+        "reason": sentence(cluster.state_reason),
         "gpus": f"{cluster.gpu_count} x {cluster.gpu_model}",
         "created": _when(cluster.created_at),
         "expires": _when(cluster.expires_at),
@@ -85,7 +85,7 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
                     "gpus": node.gpu_count,
                     "rate": usd_rate(node.rate_micro, "/GPU-h"),
                     "simulated": device.simulated,
-                    "reason": node.state_reason,
+                    "reason": sentence(node.state_reason),
                 }
                 for node, device in nodes
             ],

@@ -21,6 +21,7 @@ from portal.config import Settings
 from portal.infra.wakeups import Wakeups
 from portal.models import AccountKind, Cluster, ClusterEvent, ClusterNode, ClusterState, NodeRole
 from portal.models.base import utcnow
+from portal.services import display
 from portal.services.errors import Conflict, NotFound
 from portal.services.money import escrow, ledger
 from portal.services.rentals import clusters, placement, provisioning
@@ -129,7 +130,7 @@ def scale_up(engine: Engine, settings: Settings, wakeups: Wakeups, device_id: uu
                 session,
                 cluster,
                 "scaled_up",
-                f"The Ray autoscaler asked for {count} more worker(s): {len(added)} booked"
+                f"The Ray autoscaler asked for {display.count(count, 'more worker')}: {len(added)} booked"
                 + (f" ({refusal})" if refusal else "")
                 + ".",
             )
@@ -210,6 +211,7 @@ def scale_down(
             session,
             cluster,
             "scaled_down",
-            f"The Ray autoscaler released an idle worker ({node.gpu_count} GPU); its charges stopped.",
+            f"The Ray autoscaler released an idle worker ({display.count(node.gpu_count, 'GPU')}); "
+            "its charges stopped.",
             node_id=str(node.id),
         )

@@ -30,6 +30,7 @@ from portal.models import (
 )
 from portal.security.principal import RequestOrigin
 from portal.services import audit, names, state_machines
+from portal.services.display import count, words
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.followups import FollowUps
 from portal.services.money import escrow, metering
@@ -127,16 +128,18 @@ def add_nodes(
             role=role,
             gpu_count=candidate.gpus,
             rate_micro=candidate.price_per_gpu_hour_micro,
-            state_reason="placed",
+            state_reason="booked for this cluster",
         )
         session.add(node)
         nodes.append(node)
+        device = session.get(Device, candidate.device_id)
+        device_name = device.name if device else str(candidate.device_id)[:8]
         record(
             session,
             cluster,
             "placed",
-            f"Device {str(candidate.device_id)[:8]} ({candidate.gpus} GPU, {candidate.country}, "
-            f"{candidate.connectivity_tier}) booked as {role} at "
+            f"Device {device_name} ({count(candidate.gpus, 'GPU')}, {candidate.country}, "
+            f"{words(candidate.connectivity_tier).lower()} connectivity) booked as {role} at "
             f"{candidate.price_per_gpu_hour_micro / 1e6:.2f} USD per GPU-hour.",
             device_id=str(candidate.device_id),
         )

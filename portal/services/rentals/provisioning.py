@@ -42,6 +42,7 @@ from portal.models import (
 )
 from portal.models.base import utcnow
 from portal.services import state_machines
+from portal.services.display import count
 from portal.services.errors import NotFound
 from portal.services.mesh import revocations
 from portal.services.money import metering
@@ -344,8 +345,8 @@ class ClusterLifecycle:
                     self.session,
                     self.cluster,
                     "no_replacement",
-                    f"No device fits to replace {missing} GPU(s) yet; the cluster runs degraded and is "
-                    "charged only for the nodes that run. The portal keeps looking.",
+                    f"No device fits to replace {count(missing, 'GPU')} yet; the cluster runs degraded "
+                    "and is charged only for the nodes that run. The portal keeps looking.",
                 )
             return
         self.start_assigned()
@@ -401,7 +402,10 @@ class ClusterLifecycle:
             {**payload, "cluster_id": str(self.cluster.id), "node_id": str(node.id)},
         )
         node.command_id, node.started_at = command.id, utcnow()
-        state_machines.move(self.session, "node", node, NodeState.STARTING, f"{kind} sent")
+        # The node's reason is read by its owner: what was asked, not the command's internal name.
+        state_machines.move(
+            self.session, "node", node, NodeState.STARTING, f"asked its device to start the Ray {node.role}"
+        )
         self.woken.add(device.id)
         record(
             self.session,
@@ -436,7 +440,7 @@ class ClusterLifecycle:
             self.replace(node, f"reported a Ray node the portal cannot use ({status})")
             return
         node.ray_node_id, node.joined_at = status["node_id"], utcnow()
-        state_machines.move(self.session, "node", node, NodeState.JOINED, "Ray node started")
+        state_machines.move(self.session, "node", node, NodeState.JOINED, f"the Ray {node.role} is up")
         if node.role == NodeRole.HEAD:
             self.cluster.ray_address = status["address"]
             self.cluster.dashboard_url = status["dashboard_url"]
@@ -470,15 +474,14 @@ class ClusterLifecycle:
         if not healed:
             self.cluster.started_at = now
             self.cluster.expires_at = now + timedelta(hours=self.cluster.duration_hours)
-        self.move(
-            ClusterState.RUNNING, "healed: every node is back" if healed else f"all {len(nodes)} nodes joined"
-        )
+        up = "its node is up" if len(nodes) == 1 else f"all {len(nodes)} nodes are up"
+        self.move(ClusterState.RUNNING, f"healed: {up} again" if healed else up)
         record(
             self.session,
             self.cluster,
             "running",
-            f"Running: {len(nodes)} node(s), {sum(n.gpu_count for n in nodes)} GPU(s); "
-            "the head sees every node.",
+            f"Running on {count(len(nodes), 'node')} with {count(sum(n.gpu_count for n in nodes), 'GPU')}; "
+            "the Ray head sees every node.",
         )
 
     def replace(self, node: ClusterNode, reason: str) -> None:
@@ -535,7 +538,7 @@ class ClusterLifecycle:
             self.session,
             self.cluster,
             "replaced",
-            f"Booked {len(chosen)} device(s) to replace {gpus} GPU(s).",
+            f"Booked {count(len(chosen), 'device')} to replace {count(gpus, 'GPU')}.",
         )
         clusters.add_nodes(self.session, self.cluster, chosen, head=head)
         return True
