@@ -154,6 +154,36 @@ def filter_bar() -> rx.Component:
     )
 
 
+def sort_bar() -> rx.Component:
+    """How many offers there are, and the order they come in (kept in the URL: a link keeps it)."""
+    return rx.flex(
+        rx.text(
+            MarketState.offers.length().to(str)
+            + rx.cond(MarketState.offers.length() == 1, " offer", " offers"),
+            size="2",
+            color_scheme="gray",
+            id="offer-count",
+        ),
+        rx.spacer(),
+        rx.vstack(
+            rx.text("Sort by", size="1", weight="medium", color_scheme="gray"),
+            worded_select(
+                MarketState.sorts,
+                value=MarketState.sort,
+                on_change=MarketState.set_sort,
+                aria_label="Sort by",
+            ),
+            spacing="1",
+            id="market-sort",
+            width=rx.breakpoints(initial="100%", sm="18rem"),
+        ),
+        direction=rx.breakpoints(initial="column-reverse", sm="row"),
+        align=rx.breakpoints(initial="start", sm="end"),
+        gap="2",
+        width="100%",
+    )
+
+
 def market_page() -> rx.Component:
     return page_frame(
         rx.vstack(
@@ -164,6 +194,7 @@ def market_page() -> rx.Component:
                 color_scheme="gray",
             ),
             filter_bar(),
+            sort_bar(),
             rx.cond(
                 MarketState.error != "",
                 rx.callout(MarketState.error, icon="triangle_alert", color_scheme="red"),

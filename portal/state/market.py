@@ -28,9 +28,31 @@ TIER_CHOICES = [
 ]
 
 
-def _offers(filters: market.OfferFilters) -> list[dict[str, Any]]:
+# The marketplace's orders, as the sort control names them; the URL carries ``sort`` and ``order``.
+SORT_CHOICES = [
+    {"value": "price-asc", "label": "Price per GPU-hour, lowest first"},
+    {"value": "price-desc", "label": "Price per GPU-hour, highest first"},
+    {"value": "model-asc", "label": "GPU model, A to Z"},
+    {"value": "model-desc", "label": "GPU model, Z to A"},
+    {"value": "reliability-desc", "label": "Reliability, highest first"},
+    {"value": "reliability-asc", "label": "Reliability, lowest first"},
+    {"value": "free-desc", "label": "Free GPUs, most first"},
+    {"value": "free-asc", "label": "Free GPUs, fewest first"},
+]
+DEFAULT_SORT = "price-asc"
+
+
+def sort_from_query(params: dict[str, str]) -> str:
+    """The sort a link asks for (``?sort=reliability&order=desc``); the default for anything else."""
+    chosen = f"{params.get('sort', '')}-{params.get('order', 'asc')}"
+    return chosen if any(choice["value"] == chosen for choice in SORT_CHOICES) else DEFAULT_SORT
+
+
+def _offers(filters: market.OfferFilters, sort: str = DEFAULT_SORT) -> list[dict[str, Any]]:
+    by, _, order = sort.partition("-")
     with session_scope(parts.current().engine) as session:
         found = market.offers(session, parts.current().settings, filters)
+    found = market.sort_offers(found, by, descending=order == "desc")
     return [
         {
             "gpu_model": o.gpu_model,
@@ -72,10 +94,15 @@ class MarketState(rx.State):
     min_gpus: str = ""
     min_vram: str = ""
     min_reliability: str = ""
+    sort: str = DEFAULT_SORT
 
     @rx.var
     def models(self) -> list[str]:
         return [ANY, *CATALOG]
+
+    @rx.var
+    def sorts(self) -> list[dict[str, str]]:
+        return SORT_CHOICES
 
     @rx.var
     def tiers(self) -> list[dict[str, str]]:
@@ -104,8 +131,10 @@ class MarketState(rx.State):
     @rx.event
     @for_anyone
     async def refresh(self) -> None:
+        # The URL holds the order, so a shared or reloaded link shows the offers as they were sorted.
+        self.sort = sort_from_query(self.router.url.query_parameters)
         try:
-            self.offers = await asyncio.to_thread(_offers, self._filters())
+            self.offers = await asyncio.to_thread(_offers, self._filters(), self.sort)
             self.error, self.loaded = "", True
         except SQLAlchemyError:
             logger.exception("offers unavailable")
@@ -117,6 +146,16 @@ class MarketState(rx.State):
         if name in ("gpu_model", "country", "tier", "max_price", "min_gpus", "min_vram", "min_reliability"):
             setattr(self, name, value)
         await self.refresh()
+
+    @rx.event
+    @for_anyone
+    async def set_sort(self, value: str) -> Any:
+        """Put the order in the URL; the page's load then sorts by it (and a copied link keeps it)."""
+        by, _, order = value.partition("-")
+        if sort_from_query({"sort": by, "order": order}) == value:
+            self.sort = value
+            return rx.redirect(f"/market?sort={by}&order={order}", replace=True)
+        return None
 
 
 def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from portal.config import Settings
 from portal.models import Device, Gpu, User
 from portal.models.base import utcnow
+from portal.services.errors import InvalidInput
 from portal.services.money.escrow import fee_of
 from portal.services.providers.gpu_catalog import CATALOG
 from portal.services.providers.reliability import NEW_FOR
@@ -119,6 +120,32 @@ def offers(session: Session, settings: Settings, filters: OfferFilters) -> list[
     if filters.min_vram_mb:
         found = [offer for offer in found if offer.vram_mb >= filters.min_vram_mb]
     return sorted(found, key=lambda o: (o.min_price_per_gpu_hour_micro, -o.gpus, o.gpu_model, o.country))
+
+
+# How the marketplace may order its offers; each also sorts the other way.
+OFFER_SORTS: dict[str, str] = {
+    "price": "Price per GPU-hour",
+    "model": "GPU model",
+    "reliability": "Reliability",
+    "free": "Free GPUs",
+}
+
+
+def sort_offers(found: list[Offer], by: str = "price", *, descending: bool = False) -> list[Offer]:
+    """``found`` ordered by one of ``OFFER_SORTS``; ties keep the cheapest-first order. Groups too new to
+    have a reliability score come after the scored ones in either direction: "new" is not a score."""
+    if by not in OFFER_SORTS:
+        raise InvalidInput(f"Sort by one of: {', '.join(OFFER_SORTS)}.", details={"field": "sort"})
+    # Python's sort is stable, also reversed: the tie-break order set first survives the main sort.
+    ordered = sorted(found, key=lambda o: (o.min_price_per_gpu_hour_micro, -o.gpus, o.gpu_model, o.country))
+    if by == "price":
+        return sorted(ordered, key=lambda o: o.min_price_per_gpu_hour_micro, reverse=descending)
+    if by == "model":
+        return sorted(ordered, key=lambda o: o.gpu_model.casefold(), reverse=descending)
+    if by == "free":
+        return sorted(ordered, key=lambda o: o.gpus, reverse=descending)
+    ordered = sorted(ordered, key=lambda o: o.reliability, reverse=descending)
+    return sorted(ordered, key=lambda o: o.new)
 
 
 def alternatives(
