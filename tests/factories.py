@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from solders.keypair import Keypair
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from portal.models import AuthSession, Device, DeviceState, Gpu, Role, User
+from portal.models import (
+    AuthSession,
+    Cluster,
+    ClusterNode,
+    Device,
+    DeviceState,
+    Gpu,
+    Role,
+    UsageRecord,
+    User,
+)
 from portal.models.base import utcnow
 from portal.security.jwt import issue_access_token
 from portal.security.principal import RequestOrigin
@@ -143,3 +153,51 @@ class RecordedFollowUps:
 
     def wake_agent(self, device_id: uuid.UUID) -> None:
         self.handed.append(("wake_agent", device_id))
+
+
+def make_usage(
+    session: Session,
+    *,
+    customer_id: uuid.UUID,
+    device: Device,
+    ended_at: datetime,
+    seconds: int = 3600,
+    gpu_count: int = 1,
+    amount_micro: int = 2_000_000,
+    fee_micro: int = 200_000,
+) -> UsageRecord:
+    """A metered period of a node of a cluster of the customer's on ``device``, ending at ``ended_at``: what
+    the meter writes, without running a cluster."""
+    cluster = Cluster(
+        owner_id=customer_id,
+        name=f"usage-{uuid.uuid4().hex[:6]}",
+        gpu_model=device.gpu_model or "H100-80GB",
+        gpu_count=gpu_count,
+        duration_hours=1,
+        price_per_gpu_hour_micro=amount_micro,
+        state="terminated",
+    )
+    session.add(cluster)
+    session.flush()
+    node = ClusterNode(
+        cluster_id=cluster.id, device_id=device.id, role="head", gpu_count=gpu_count, rate_micro=amount_micro
+    )
+    session.add(node)
+    session.flush()
+    record = UsageRecord(
+        cluster_id=cluster.id,
+        node_id=node.id,
+        device_id=device.id,
+        customer_id=customer_id,
+        provider_id=device.owner_id,
+        period_start=ended_at - timedelta(seconds=seconds),
+        period_end=ended_at,
+        seconds=seconds,
+        gpu_count=gpu_count,
+        rate_micro=amount_micro,
+        amount_micro=amount_micro,
+        fee_micro=fee_micro,
+    )
+    session.add(record)
+    session.flush()
+    return record

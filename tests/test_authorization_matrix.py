@@ -88,6 +88,8 @@ RULES = {
     ("GET", "/api/v1/admin/faults"): "admin",
     ("GET", "/api/v1/admin/analytics"): "admin",
     ("GET", "/api/v1/admin/analytics/{table}.csv"): "admin",
+    ("GET", "/api/v1/admin/analytics/daily"): "admin",
+    ("GET", "/api/v1/admin/analytics/daily.csv"): "admin",
     ("GET", "/api/v1/stats/network"): "public",
     ("POST", "/api/v1/graphql"): "public",
     ("POST", "/api/v1/admin/credits"): "admin",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
+from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -15,7 +17,16 @@ from portal.api.devices import device_out
 from portal.api.users import user_out
 from portal.models import DeviceState, PayoutState
 from portal.schemas.auth import AuditEntryOut, UserOut
-from portal.schemas.billing import BalanceOut, CreditGrantIn, PayoutOut, PayoutRetryIn
+from portal.schemas.billing import (
+    AdminPayoutOut,
+    AnalyticsDayOut,
+    AnalyticsTotalsOut,
+    BalanceOut,
+    CreditGrantIn,
+    DailyAnalyticsOut,
+    PayoutOut,
+    PayoutRetryIn,
+)
 from portal.schemas.clusters import ClusterOut
 from portal.schemas.common import Limit, Moment, Offset, Page
 from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
@@ -24,7 +35,7 @@ from portal.security.principal import Principal
 from portal.services import audit
 from portal.services.accounts import users
 from portal.services.money import billing, payouts
-from portal.services.network import analytics
+from portal.services.network import analytics, daily_figures
 from portal.services.providers import device_admin
 from portal.services.rentals import clusters
 
@@ -133,17 +144,36 @@ def grant_credits(
     return BalanceOut(available_micro=available, escrow_micro=escrow)
 
 
-@router.get("/payouts", summary="Every payout, newest first; filter by state")
+@router.get("/payouts", summary="Every payout, newest first; filter by state, provider and when it was made")
 def list_payouts(
     session: SessionDep,
     settings: SettingsDep,
     _: AdminCaller,
     state: Annotated[PayoutState | None, Query()] = None,
+    provider_id: uuid.UUID | None = None,
+    provider: Annotated[
+        str | None, Query(max_length=320, description="Part of the provider's email.")
+    ] = None,
+    since: Annotated[Moment | None, Query(description="Made at or after this moment.")] = None,
+    until: Annotated[Moment | None, Query(description="Made before this moment.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> Page[PayoutOut]:
-    rows, total = payouts.list_payouts(session, None, state=state, limit=limit, offset=offset)
-    return Page(items=[payout_out(settings, row) for row in rows], total=total, limit=limit, offset=offset)
+) -> Page[AdminPayoutOut]:
+    rows, total = payouts.search_payouts(
+        session,
+        state=state,
+        provider_id=provider_id,
+        provider_email=provider,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    items = [
+        AdminPayoutOut(**payout_out(settings, payout).model_dump(), provider_email=email)
+        for payout, email in rows
+    ]
+    return Page(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.post("/payouts/{payout_id}/retry", summary="Send a failed payout again (audited)")
@@ -254,6 +284,45 @@ ANALYTICS_TABLES = {"revenue": analytics.revenue_by_day, "cohorts": analytics.cu
 @router.get("/analytics", summary="Revenue, fees and earnings per day (30 days) and customer cohorts")
 def analytics_tables(session: SessionDep, _: AdminCaller) -> dict[str, list[dict]]:
     return {name: table(session).to_dict(orient="records") for name, table in ANALYTICS_TABLES.items()}
+
+
+@router.get(
+    "/analytics/daily",
+    summary="Revenue, fees, earnings, GPU-hours (in all and by GPU model) and active customers and providers "
+    "per day over a period of up to 366 days (default: the last 30)",
+)
+def analytics_daily(
+    session: SessionDep, _: AdminCaller, since: date | None = None, until: date | None = None
+) -> DailyAnalyticsOut:
+    return _daily_out(daily_figures.daily_figures(session, *daily_figures.period(since, until)))
+
+
+@router.get(
+    "/analytics/daily.csv",
+    summary="The figures per day over a period as CSV",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def analytics_daily_csv(
+    session: SessionDep, _: AdminCaller, since: date | None = None, until: date | None = None
+) -> Response:
+    figures = daily_figures.daily_figures(session, *daily_figures.period(since, until))
+    name = f"gpu-portal-daily-{figures.start:%Y-%m-%d}-{figures.end:%Y-%m-%d}.csv"
+    return Response(
+        daily_figures.as_csv(figures),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _daily_out(figures: daily_figures.DailyFigures) -> DailyAnalyticsOut:
+    return DailyAnalyticsOut(
+        since=figures.start,
+        until=figures.end,
+        days=[AnalyticsDayOut(**asdict(day)) for day in figures.days],
+        gpu_hours_by_model=figures.gpu_hours_by_model,
+        totals=AnalyticsTotalsOut(**asdict(figures.totals)),
+    )
 
 
 @router.get(

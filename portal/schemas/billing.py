@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,3 +95,38 @@ class CreditGrantIn(BaseModel):
     user_id: uuid.UUID
     amount_micro: Annotated[int, Field(gt=0, le=1_000_000_000_000)]
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class AdminPayoutOut(PayoutOut):
+    """A payout as admins see it: whose it is."""
+
+    provider_email: str | None
+
+
+class AnalyticsDayOut(BaseModel):
+    day: date
+    revenue_micro: int
+    fees_micro: int
+    provider_earnings_micro: int
+    gpu_hours: float
+    active_customers: int
+    active_providers: int
+
+
+class AnalyticsTotalsOut(BaseModel):
+    revenue_micro: int
+    fees_micro: int
+    provider_earnings_micro: int
+    gpu_hours: float
+    customers: int
+    providers: int
+
+
+class DailyAnalyticsOut(BaseModel):
+    """The admin's figures per day over a period (both ends included), and the period's totals."""
+
+    since: date
+    until: date
+    days: list[AnalyticsDayOut]
+    gpu_hours_by_model: dict[str, list[float]]
+    totals: AnalyticsTotalsOut

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from solders.hash import Hash
 from solders.instruction import Instruction
@@ -34,7 +35,7 @@ from portal.models import AccountKind, LedgerAccount, Payout, PayoutState, User
 from portal.models.base import utcnow
 from portal.security.principal import RequestOrigin
 from portal.services import audit, state_machines
-from portal.services.errors import Conflict, NotFound
+from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.followups import FollowUps
 from portal.services.money import chain, ledger
 from portal.services.money.chain import Chain, ChainError, Outcome
@@ -333,6 +334,43 @@ def list_payouts(
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(Payout.created_at).desc()).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def search_payouts(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    state: str | None = None,
+    provider_id: uuid.UUID | None = None,
+    provider_email: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[tuple[Payout, str | None]], int]:
+    """Every provider's payouts for admins, newest first, each with its provider's email: filtered by
+    state, provider (id, or part of the email), and made at or after ``since`` and before ``until``."""
+    if since is not None and until is not None and until <= since:
+        raise InvalidInput(
+            "until is not after since: the period ends after it starts.", details={"field": "until"}
+        )
+    if state is not None and state not in set(PayoutState):
+        raise InvalidInput(f"No payout is {state!r}.", details={"field": "state"})
+    query = select(Payout, User.email).join(User, col(User.id) == Payout.provider_id)
+    if state is not None:
+        query = query.where(Payout.state == state)
+    if provider_id is not None:
+        query = query.where(Payout.provider_id == provider_id)
+    if provider_email:
+        query = query.where(func.lower(User.email).contains(provider_email.strip().lower(), autoescape=True))
+    if since is not None:
+        query = query.where(col(Payout.created_at) >= since)
+    if until is not None:
+        query = query.where(col(Payout.created_at) < until)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(
+        query.order_by(col(Payout.created_at).desc(), col(Payout.id)).limit(limit).offset(offset)
+    ).all()
+    return [(payout, email) for payout, email in rows], total
 
 
 def explorer_url(settings: Settings, signature: str | None) -> str | None:

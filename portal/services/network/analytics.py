@@ -14,7 +14,6 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func
@@ -24,6 +23,7 @@ from portal.infra.cache import Cache
 from portal.models import Device, NetworkSnapshot, Payout, PayoutState, UsageRecord
 from portal.models.base import utcnow
 from portal.services import csv_export
+from portal.services.network import daily_figures
 from portal.services.network.network_stats import ONLINE_STATES
 
 if TYPE_CHECKING:
@@ -140,22 +140,19 @@ def network_stats(session: Session, cache: Cache) -> NetworkStats:
 
 
 def revenue_by_day(session: Session, days: int = 30) -> pd.DataFrame:
-    """Charges, platform fees and provider earnings per day (micro-USD), oldest first, empty days included."""
+    """Charges, platform fees and provider earnings per day (micro-USD), oldest first, empty days included
+    (summed by the database: ``daily_figures``)."""
     import pandas as pd
 
-    since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = session.exec(
-        select(UsageRecord.period_end, UsageRecord.amount_micro, UsageRecord.fee_micro).where(
-            UsageRecord.period_end >= since
-        )
-    ).all()
-    frame = pd.DataFrame(rows, columns=["at", "revenue_micro", "fees_micro"])
-    frame["day"] = pd.to_datetime(frame["at"], utc=True).dt.strftime("%Y-%m-%d")
-    daily = frame.groupby("day")[["revenue_micro", "fees_micro"]].sum()
-    every_day = [(since + timedelta(days=n)).strftime("%Y-%m-%d") for n in range(days)]
-    daily = daily.reindex(every_day, fill_value=0).astype("int64")
-    daily["provider_earnings_micro"] = daily["revenue_micro"] - daily["fees_micro"]
-    return daily.rename_axis("day").reset_index()
+    start, end = daily_figures.period(None, None, default_days=days)
+    figures = daily_figures.daily_figures(session, start, end)
+    return pd.DataFrame(
+        [
+            (f"{d.day:%Y-%m-%d}", d.revenue_micro, d.fees_micro, d.provider_earnings_micro)
+            for d in figures.days
+        ],
+        columns=["day", "revenue_micro", "fees_micro", "provider_earnings_micro"],
+    )
 
 
 def customer_cohorts(session: Session) -> pd.DataFrame:
