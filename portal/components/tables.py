@@ -44,3 +44,16 @@ def confirm_button(
             ),
         ),
     )
+
+
+def pager(shown: rx.Var, has_newer: rx.Var, has_older: rx.Var, page: Any, **props: Any) -> rx.Component:
+    """Newer and Older around "26-50 of 120" under a table newest first; ``page`` is the state's handler
+    that moves by a step (-1 newer, 1 older), and each button is disabled at its end of the list."""
+    return rx.hstack(
+        rx.button("Newer", size="1", variant="soft", disabled=~has_newer, on_click=page(-1)),
+        rx.text(shown, size="1", color_scheme="gray"),
+        rx.button("Older", size="1", variant="soft", disabled=~has_older, on_click=page(1)),
+        align="center",
+        spacing="3",
+        **props,
+    )

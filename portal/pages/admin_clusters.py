@@ -6,7 +6,7 @@ import reflex as rx
 
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
-from portal.components.tables import data_table
+from portal.components.tables import data_table, pager
 from portal.state.admin_clusters import AdminClustersState
 
 
@@ -105,24 +105,11 @@ def admin_clusters() -> rx.Component:
                     rx.spinner(),
                 ),
             ),
-            rx.hstack(
-                rx.button(
-                    "Newer",
-                    size="1",
-                    variant="soft",
-                    disabled=~AdminClustersState.has_newer,
-                    on_click=AdminClustersState.page(-1),
-                ),
-                rx.text(AdminClustersState.shown, size="1", color_scheme="gray"),
-                rx.button(
-                    "Older",
-                    size="1",
-                    variant="soft",
-                    disabled=~AdminClustersState.has_older,
-                    on_click=AdminClustersState.page(1),
-                ),
-                align="center",
-                spacing="3",
+            pager(
+                AdminClustersState.shown,
+                AdminClustersState.has_newer,
+                AdminClustersState.has_older,
+                AdminClustersState.page,
             ),
             terminate_dialog(),
             spacing="4",

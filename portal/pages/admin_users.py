@@ -5,7 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
-from portal.components.tables import data_table
+from portal.components.tables import data_table, pager
 from portal.state.admin_users import ROLES, AdminUsersState
 
 
@@ -172,24 +172,11 @@ def admin_users() -> rx.Component:
                     rx.spinner(),
                 ),
             ),
-            rx.hstack(
-                rx.button(
-                    "Newer",
-                    size="1",
-                    variant="soft",
-                    disabled=~AdminUsersState.has_newer,
-                    on_click=AdminUsersState.page(-1),
-                ),
-                rx.text(AdminUsersState.shown, size="1", color_scheme="gray"),
-                rx.button(
-                    "Older",
-                    size="1",
-                    variant="soft",
-                    disabled=~AdminUsersState.has_older,
-                    on_click=AdminUsersState.page(1),
-                ),
-                align="center",
-                spacing="3",
+            pager(
+                AdminUsersState.shown,
+                AdminUsersState.has_newer,
+                AdminUsersState.has_older,
+                AdminUsersState.page,
             ),
             user_dialog(),
             spacing="4",
