@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sqlmodel import Session
 
-from portal.api.deps import CacheDep, SessionDep
+from portal.api.deps import CacheDep, SessionDep, SettingsDep
 from portal.models import User
 from portal.schemas.auth import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut, SessionOut, UserOut, WalletVerifyIn
 from portal.security.access import SIGNED_IN_BROWSER_OR_TOKEN, OriginDep, SignedIn
 from portal.security.principal import Principal
-from portal.services.accounts import api_keys, auth, users
+from portal.services.accounts import api_keys, auth, provider_role, users
 
 router = APIRouter(tags=["account"])
 # An API key reads the account only with the account:read scope (a billing:read key must not).
@@ -54,6 +54,23 @@ def link_wallet(
         origin=origin,
     )
     return user_out(session, user)
+
+
+@router.put("/me/provider", summary="Become a provider: offer GPUs on the marketplace")
+def become_provider(session: SessionDep, origin: OriginDep, caller: AccountOwner) -> UserOut:
+    provider_role.become_provider(session, caller.user_id, origin=origin)
+    return user_out(session, users.get_user(session, caller.user_id))
+
+
+@router.delete(
+    "/me/provider",
+    summary="Stop being a provider; 409 while a device of yours serves a rental or is on the market",
+)
+def stop_providing(
+    session: SessionDep, settings: SettingsDep, origin: OriginDep, caller: AccountOwner
+) -> UserOut:
+    provider_role.stop_providing(session, settings, caller.user_id, origin=origin)
+    return user_out(session, users.get_user(session, caller.user_id))
 
 
 @router.get("/me/sessions", summary="Signed-in browsers and clients")

@@ -207,9 +207,18 @@ def footer() -> rx.Component:
 def role_gate(role: str, *children: rx.Component) -> rx.Component:
     """The page for holders of ``role``; anyone else signed in is told, in the page, which role it needs
     (its on-load handler, declared ``page_says``, refuses them without a notice of its own)."""
+    told: rx.Component = rx.callout(
+        refusal([role]), icon="lock", color_scheme="gray", id="role-needed", margin_y="1.5rem"
+    )
+    if role == "provider":  # anyone may take this role themselves: say where
+        told = rx.vstack(
+            told,
+            rx.link("Become a provider on your account page", href="/account", id="become-provider-link"),
+            spacing="2",
+        )
     return rx.cond(
         SessionState.signed_in & ~SessionState.roles.contains(role),
-        rx.callout(refusal([role]), icon="lock", color_scheme="gray", id="role-needed", margin_y="1.5rem"),
+        told,
         rx.fragment(*children),
     )
 

@@ -57,6 +57,85 @@ def profile() -> rx.Component:
     )
 
 
+def providing() -> rx.Component:
+    """Become a provider, or stop: the navigation follows at once."""
+    return rx.card(
+        rx.vstack(
+            rx.heading("Offer your GPUs", size="4"),
+            rx.cond(
+                AccountState.provider_error != "",
+                rx.callout(
+                    AccountState.provider_error,
+                    icon="triangle_alert",
+                    color_scheme="red",
+                    id="provider-error",
+                    width="100%",
+                ),
+            ),
+            rx.cond(
+                AccountState.is_provider,
+                rx.flex(
+                    rx.text(
+                        "You are a provider: your devices' GPUs are offered on the marketplace and you are "
+                        "paid for their verified uptime.",
+                        size="2",
+                        id="provider-status",
+                    ),
+                    rx.spacer(),
+                    rx.hstack(
+                        rx.button(
+                            rx.link("Your devices", href="/devices", underline="none"),
+                            as_child=True,
+                            size="2",
+                            variant="soft",
+                        ),
+                        confirm_button(
+                            "Stop being a provider",
+                            title="Stop being a provider?",
+                            description="The provider area leaves your navigation. You cannot stop while one "
+                            "of your devices serves a rental or is on the market. You can become a provider "
+                            "again at any time.",
+                            confirm="Stop being a provider",
+                            keep="Keep providing",
+                            on_confirm=AccountState.stop_providing,
+                            id="stop-providing",
+                        ),
+                        wrap="wrap",
+                        spacing="2",
+                    ),
+                    direction=rx.breakpoints(initial="column", md="row"),
+                    gap="3",
+                    align=rx.breakpoints(initial="start", md="center"),
+                    width="100%",
+                ),
+                rx.flex(
+                    rx.text(
+                        "Earn from idle GPUs: become a provider, add a device and run the agent on it. You "
+                        "keep renting as a customer.",
+                        size="2",
+                        id="provider-status",
+                    ),
+                    rx.spacer(),
+                    rx.button(
+                        rx.icon("server", size=14),
+                        "Become a provider",
+                        on_click=AccountState.become_provider,
+                        id="become-provider",
+                    ),
+                    direction=rx.breakpoints(initial="column", md="row"),
+                    gap="3",
+                    align=rx.breakpoints(initial="start", md="center"),
+                    width="100%",
+                ),
+            ),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+        id="provider-card",
+    )
+
+
 def session_row(row: rx.Var) -> rx.Component:
     return rx.table.row(
         rx.table.cell(
@@ -221,6 +300,7 @@ def account() -> rx.Component:
             rx.vstack(
                 rx.heading("Your account", size="7"),
                 profile(),
+                providing(),
                 api_keys(),
                 sessions(),
                 spacing="5",

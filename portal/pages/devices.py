@@ -140,8 +140,18 @@ def devices_page() -> rx.Component:
                     rx.text("No devices yet: add one above.", color_scheme="gray"),
                     rx.cond(
                         DevicesState.forbidden,
-                        rx.callout(
-                            "Your account does not have the provider role.", icon="info", id="not-provider"
+                        rx.vstack(
+                            rx.callout(
+                                "Your account does not have the provider role.",
+                                icon="info",
+                                id="not-provider",
+                            ),
+                            rx.link(
+                                "Become a provider on your account page",
+                                href="/account",
+                                id="become-provider-link",
+                            ),
+                            spacing="2",
                         ),
                         rx.spinner(),
                     ),

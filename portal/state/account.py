@@ -10,9 +10,9 @@ import reflex as rx
 
 from portal import parts
 from portal.infra.db import session_scope
-from portal.models import User
+from portal.models import Role, User
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.accounts import api_keys, auth
+from portal.services.accounts import api_keys, auth, provider_role
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users, principal
 from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes
@@ -89,6 +89,15 @@ def _revoke_key(caller: Principal, key_id: str, origin: RequestOrigin) -> None:
         api_keys.revoke_key(session, user_id=caller.user_id, key_id=uuid.UUID(key_id), origin=origin)
 
 
+def _set_providing(caller: Principal, providing: bool, origin: RequestOrigin) -> None:
+    p = parts.current()
+    with session_scope(p.engine) as session:
+        if providing:
+            provider_role.become_provider(session, caller.user_id, origin=origin)
+        else:
+            provider_role.stop_providing(session, p.settings, caller.user_id, origin=origin)
+
+
 class AccountState(SessionState):
     loaded: bool = False
     wallet: str = ""
@@ -97,8 +106,13 @@ class AccountState(SessionState):
     new_key: str = ""
     key_error: str = ""
     wallet_error: str = ""
+    provider_error: str = ""
     _wallet_address: str = ""
     _wallet_nonce: str = ""
+
+    @rx.var
+    def is_provider(self) -> bool:
+        return Role.PROVIDER in self.roles
 
     @rx.var
     def scope_choices(self) -> list[list[str]]:
@@ -112,8 +126,33 @@ class AccountState(SessionState):
     @rx.event
     @for_users()
     async def load(self) -> None:
-        self.new_key, self.key_error = "", ""
+        self.new_key, self.key_error, self.provider_error = "", "", ""
         await self._refresh()
+
+    async def _set_providing(self, providing: bool) -> Any:
+        try:
+            await asyncio.to_thread(_set_providing, principal(), providing, self._origin())
+        except DomainError as error:
+            self.provider_error = error.message
+            return None
+        self.provider_error = ""
+        # The roles come from the database again: the navigation shows or hides the provider area at once.
+        await self._resolve_principal()
+        return rx.toast.success(
+            "You are a provider: add a device to offer its GPUs."
+            if providing
+            else "You no longer offer GPUs; your customer account is unchanged."
+        )
+
+    @rx.event
+    @for_users()
+    async def become_provider(self) -> Any:
+        return await self._set_providing(True)
+
+    @rx.event
+    @for_users()
+    async def stop_providing(self) -> Any:
+        return await self._set_providing(False)
 
     @rx.event
     @for_users()
