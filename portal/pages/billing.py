@@ -8,6 +8,7 @@ import reflex as rx
 from portal.components.charts import chart
 from portal.components.layout import page_frame, stat_card
 from portal.components.tables import data_table
+from portal.pages import invoice
 from portal.state.billing import BillingState
 
 REFRESH_MS = 5000
@@ -139,7 +140,19 @@ def invoice_picker() -> rx.Component:
             on_click=BillingState.download_invoice,
             id="download-invoice",
         ),
+        rx.button(
+            rx.link(
+                rx.hstack(rx.icon("printer", size=14), "Invoice", spacing="1", align="center"),
+                href="/billing/invoice/" + BillingState.month,
+                underline="none",
+            ),
+            as_child=True,
+            size="1",
+            variant="soft",
+            id="open-invoice",
+        ),
         align="center",
+        wrap="wrap",
     )
 
 
@@ -299,6 +312,7 @@ def earnings_page() -> rx.Component:
 
 def register(app: rx.App) -> None:
     app.add_page(billing_page, route="/billing", title="Billing · GPU Portal", on_load=BillingState.load)
+    invoice.register(app)  # the printable invoice, under /billing
     app.add_page(
         earnings_page, route="/earnings", title="Earnings · GPU Portal", on_load=BillingState.load_earnings
     )

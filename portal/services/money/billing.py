@@ -226,6 +226,78 @@ def invoice_csv(session: Session, customer_id: uuid.UUID, month: date) -> str:
     return csv_export.csv_text(INVOICE_COLUMNS, lines)
 
 
+@dataclass(frozen=True)
+class InvoiceLine:
+    """One cluster's usage in the month."""
+
+    cluster_id: uuid.UUID
+    cluster: str
+    gpu_model: str
+    gpu_seconds: int
+    amount_micro: int
+
+
+@dataclass(frozen=True)
+class Invoice:
+    number: str
+    customer_email: str
+    period_start: date
+    period_end: date  # the month's last day, inclusive
+    lines: list[InvoiceLine]
+    total_micro: int
+    fee_micro: int  # of the total, the platform's fee; the rest is paid to the providers
+
+
+def _month_span(month: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(month.replace(day=1), time.min, tzinfo=UTC)
+    end = datetime.combine((month.replace(day=28) + timedelta(days=4)).replace(day=1), time.min, tzinfo=UTC)
+    return start, end
+
+
+def invoice_number(customer_id: uuid.UUID, month: date) -> str:
+    """Stable for a customer and month, so a reprint carries the same number: GP-202611-1A2B3C4D."""
+    return f"GP-{month:%Y%m}-{customer_id.hex[:8].upper()}"
+
+
+def invoice(session: Session, customer_id: uuid.UUID, month: date) -> Invoice:
+    """The month's invoice: one line per cluster (its GPU-seconds and what they cost), the total and the
+    platform's share of it. The same usage lines as ``invoice_csv``, summed per cluster."""
+    start, end = _month_span(month)
+    rows = session.exec(
+        select(
+            Cluster.id,
+            Cluster.name,
+            Cluster.gpu_model,
+            func.sum(UsageRecord.seconds * UsageRecord.gpu_count),
+            func.sum(UsageRecord.amount_micro),
+            func.sum(UsageRecord.fee_micro),
+            func.min(UsageRecord.period_start),
+        )
+        .join(Cluster, col(Cluster.id) == UsageRecord.cluster_id)
+        .where(
+            UsageRecord.customer_id == customer_id,
+            UsageRecord.period_start >= start,
+            UsageRecord.period_start < end,
+        )
+        .group_by(Cluster.id, Cluster.name, Cluster.gpu_model)
+        .order_by(func.min(UsageRecord.period_start))
+    ).all()
+    lines = [
+        InvoiceLine(cluster_id, name, model, int(seconds or 0), _money(amount))
+        for cluster_id, name, model, seconds, amount, _, _ in rows
+    ]
+    user = users.get_user(session, customer_id)
+    return Invoice(
+        number=invoice_number(customer_id, month),
+        customer_email=user.email or user.display_name,
+        period_start=start.date(),
+        period_end=(end - timedelta(days=1)).date(),
+        lines=lines,
+        total_micro=sum(line.amount_micro for line in lines),
+        fee_micro=sum(_money(fee) for *_, fee, _ in rows),
+    )
+
+
 def grant_credits(
     session: Session,
     *,
