@@ -21,6 +21,8 @@ ADMIN_PAGES = (
     ("People", "/admin/users"),
     ("Clusters", "/admin/clusters"),
     ("Devices and faults", "/admin/devices"),
+    ("Payouts", "/admin/payouts"),
+    ("Analytics", "/admin/analytics"),
     ("Audit log", "/admin/audit"),
 )
 # Widths (Reflex's breakpoints: xs 480 px, sm 768, md 992, lg 1280): below md the areas fold into a menu

@@ -6,9 +6,11 @@ import reflex as rx
 
 from portal.pages import (
     account,
+    admin_analytics,
     admin_audit,
     admin_clusters,
     admin_devices,
+    admin_payouts,
     admin_users,
     areas,
     auth,
@@ -31,6 +33,8 @@ def register_pages(app: rx.App) -> None:
     admin_devices.register(app)
     admin_users.register(app)
     admin_clusters.register(app)
+    admin_payouts.register(app)
+    admin_analytics.register(app)
     devices.register(app)
     market.register(app)
     clusters.register(app)

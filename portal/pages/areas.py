@@ -124,17 +124,22 @@ def provider() -> rx.Component:
 def admin() -> rx.Component:
     return area_page(
         "Admin",
-        "Operate the network: people and their credits, clusters, devices and faults, and the audit log.",
+        "Operate the network: people and their credits, clusters, devices and faults, payouts, analytics and "
+        "the audit log.",
         [
             ("People", "Find accounts, set their roles, lock them, grant credits."),
             ("Clusters", "See any cluster by state and terminate it with a reason."),
             ("Devices and faults", "Block and unblock devices, review fault events."),
+            ("Payouts", "Providers' payouts by state, provider and date; retry a failed one."),
+            ("Analytics", "Revenue, fees, earnings, GPU-hours and active people per day, and CSV exports."),
         ],
         "area-admin",
         rx.flex(
             link_button("users", "People", "/admin/users"),
             link_button("layers", "Clusters", "/admin/clusters", soft=True),
             link_button("server", "Devices and faults", "/admin/devices", soft=True),
+            link_button("coins", "Payouts", "/admin/payouts", soft=True),
+            link_button("chart-line", "Analytics", "/admin/analytics", soft=True),
             link_button("scroll_text", "Audit log", "/admin/audit", soft=True),
             spacing="2",
             wrap="wrap",

@@ -30,3 +30,19 @@ def month_start(month: str, *, field: str = "month") -> date:
     if not EARLIEST.date() <= first < LATEST.date():
         raise InvalidInput(f"{field} {OUT_OF_RANGE}.", details={"field": field})
     return first
+
+
+def day_of(text: str, *, field: str = "day") -> date | None:
+    """A day typed as YYYY-MM-DD (a date field's value), None when left empty; InvalidInput when it is not
+    a day, or outside the span."""
+    if not text.strip():
+        return None
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{field} is a day as YYYY-MM-DD, e.g. 2026-03-01.", details={"field": field}
+        ) from None
+    if not EARLIEST.date() <= day < LATEST.date():
+        raise InvalidInput(f"{field} {OUT_OF_RANGE}.", details={"field": field})
+    return day

@@ -98,8 +98,9 @@ def _hours(gpu_seconds: int | None) -> float:
     return round(int(gpu_seconds or 0) / 3600, 3)
 
 
-def daily_figures(session: Session, start: date, end: date) -> DailyFigures:
-    """The figures of every day from ``start`` to ``end`` (both included; see ``period``)."""
+def daily_figures(session: Session, start: date | None, end: date | None) -> DailyFigures:
+    """The figures of every day from ``start`` to ``end`` (both included; see ``period`` for the days
+    taken when they are left out, and those refused)."""
     start, end = period(start, end)
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)

@@ -1,0 +1,174 @@
+"""The admin's analytics: revenue, platform fees, provider earnings, GPU-hours by GPU model and active
+customers and providers per day over a chosen period, and the analytics tables as CSV."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.charts import chart, range_picker
+from portal.components.layout import page_frame, stat_card
+from portal.state.admin_analytics import AdminAnalyticsState
+
+
+def period_form() -> rx.Component:
+    return rx.form(
+        rx.flex(
+            rx.vstack(
+                rx.text("From", size="1", color_scheme="gray"),
+                rx.input(
+                    type="date", name="since", default_value=AdminAnalyticsState.since, id="analytics-since"
+                ),
+                spacing="1",
+            ),
+            rx.vstack(
+                rx.text("To", size="1", color_scheme="gray"),
+                rx.input(
+                    type="date", name="until", default_value=AdminAnalyticsState.until, id="analytics-until"
+                ),
+                spacing="1",
+            ),
+            rx.button("Show", type="submit", variant="soft", id="analytics-show"),
+            spacing="3",
+            wrap="wrap",
+            align="end",
+        ),
+        on_submit=AdminAnalyticsState.show_days,
+        reset_on_submit=False,
+        # A new period drawn from a preset refills the fields: the key makes React take the new defaults.
+        key=AdminAnalyticsState.since + AdminAnalyticsState.until,
+    )
+
+
+def totals() -> rx.Component:
+    return rx.grid(
+        stat_card("Revenue", AdminAnalyticsState.totals["revenue"], "receipt", "stat-revenue"),
+        stat_card("Platform fees", AdminAnalyticsState.totals["fees"], "landmark", "stat-fees"),
+        stat_card("Provider earnings", AdminAnalyticsState.totals["earnings"], "coins", "stat-earnings"),
+        stat_card("GPU-hours", AdminAnalyticsState.totals["gpu_hours"], "clock", "stat-gpu-hours"),
+        stat_card("Active customers", AdminAnalyticsState.totals["customers"], "users", "stat-customers"),
+        stat_card("Active providers", AdminAnalyticsState.totals["providers"], "server", "stat-providers"),
+        columns=rx.breakpoints(initial="2", md="3", lg="6"),
+        spacing="3",
+        width="100%",
+    )
+
+
+def exports() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.heading("Exports (CSV)", size="4"),
+            rx.flex(
+                rx.button(
+                    rx.icon("download", size=14),
+                    "These days",
+                    variant="soft",
+                    on_click=AdminAnalyticsState.download_days,
+                    id="export-days",
+                ),
+                rx.button(
+                    rx.icon("download", size=14),
+                    "Revenue, last 30 days",
+                    variant="soft",
+                    on_click=AdminAnalyticsState.download_table("revenue"),
+                    id="export-revenue",
+                ),
+                rx.button(
+                    rx.icon("download", size=14),
+                    "Customer cohorts",
+                    variant="soft",
+                    on_click=AdminAnalyticsState.download_table("cohorts"),
+                    id="export-cohorts",
+                ),
+                spacing="2",
+                wrap="wrap",
+            ),
+            rx.text(
+                "Money in micro-USD (1 USD = 1,000,000). The same over the API: ",
+                rx.code("GET /api/v1/admin/analytics/daily.csv?since=&until="),
+                ", ",
+                rx.code("revenue.csv"),
+                " and ",
+                rx.code("cohorts.csv"),
+                ".",
+                size="1",
+                color_scheme="gray",
+            ),
+            spacing="3",
+        ),
+        width="100%",
+    )
+
+
+def admin_analytics() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.flex(
+                rx.heading("Analytics", size="7"),
+                rx.spacer(),
+                range_picker(
+                    AdminAnalyticsState.periods,
+                    AdminAnalyticsState.period,
+                    AdminAnalyticsState.pick_period,
+                    id="analytics-period",
+                ),
+                width="100%",
+                align="center",
+                wrap="wrap",
+                gap="3",
+            ),
+            rx.text(
+                "What the network earned and served per day (UTC), from metered usage.",
+                color_scheme="gray",
+            ),
+            period_form(),
+            rx.cond(
+                AdminAnalyticsState.error != "",
+                rx.callout(
+                    AdminAnalyticsState.error,
+                    icon="triangle_alert",
+                    color_scheme="amber",
+                    id="analytics-error",
+                ),
+            ),
+            rx.cond(
+                AdminAnalyticsState.loaded,
+                rx.vstack(
+                    rx.text(AdminAnalyticsState.totals["period"], size="2", id="analytics-period-label"),
+                    totals(),
+                    rx.cond(
+                        ~AdminAnalyticsState.has_usage,
+                        rx.text(
+                            "No metered usage in this period: the charts are empty.",
+                            color_scheme="gray",
+                            size="2",
+                            id="analytics-empty",
+                        ),
+                    ),
+                    rx.card(chart(AdminAnalyticsState.money, "chart-money"), width="100%"),
+                    rx.grid(
+                        rx.card(chart(AdminAnalyticsState.gpu_hours, "chart-gpu-hours"), min_width="0"),
+                        rx.card(chart(AdminAnalyticsState.active, "chart-active"), min_width="0"),
+                        columns=rx.breakpoints(initial="1", md="2"),
+                        spacing="3",
+                        width="100%",
+                    ),
+                    spacing="4",
+                    width="100%",
+                ),
+                rx.spinner(),
+            ),
+            exports(),
+            spacing="4",
+            width="100%",
+        ),
+        role="admin",
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(
+        admin_analytics,
+        route="/admin/analytics",
+        title="Analytics · GPU Portal",
+        on_load=AdminAnalyticsState.load,
+    )

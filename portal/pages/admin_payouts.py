@@ -1,0 +1,175 @@
+"""The admin's payouts: every provider's, filtered by state, provider and date; a failed one sent again."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from portal.components.forms import worded_select
+from portal.components.layout import page_frame
+from portal.components.tables import data_table, pager
+from portal.state.admin_payouts import AdminPayoutsState
+
+
+def payout_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(
+            rx.text(row["provider"], size="2", weight="medium"),
+            rx.code(row["wallet"], size="1", variant="ghost"),
+        ),
+        rx.table.cell(row["amount"], white_space="nowrap"),
+        rx.table.cell(
+            rx.badge(row["state"], color_scheme=row["color"]),
+            rx.text(row["why"], size="1", color_scheme="gray"),
+            # Beside the state, not in a column of its own: on a phone the table's far columns scroll away.
+            rx.cond(
+                row["failed"],
+                rx.button(
+                    "Retry",
+                    size="1",
+                    variant="soft",
+                    margin_top="0.35rem",
+                    on_click=AdminPayoutsState.start_retry(row["id"], row["label"]),
+                ),
+            ),
+        ),
+        rx.table.cell(row["attempts"]),
+        rx.table.cell(row["created"], white_space="nowrap"),
+        rx.table.cell(
+            rx.cond(
+                row["link"] != "",
+                rx.link("Transaction", href=row["link"], is_external=True, size="2"),
+            )
+        ),
+    )
+
+
+def retry_dialog() -> rx.Component:
+    return rx.alert_dialog.root(
+        rx.alert_dialog.content(
+            rx.alert_dialog.title("Retry the payout of " + AdminPayoutsState.retrying_label),
+            rx.alert_dialog.description(
+                "It failed on chain, so nothing was paid; its amount is still held for it. The next "
+                "settlement sends it once. Your reason goes to the audit log.",
+                size="2",
+            ),
+            rx.input(
+                placeholder="Reason, e.g. treasury topped up",
+                value=AdminPayoutsState.reason,
+                on_change=AdminPayoutsState.set_reason,
+                max_length=300,
+                id="retry-reason",
+                margin_y="1rem",
+            ),
+            rx.cond(
+                AdminPayoutsState.error != "",
+                rx.callout(
+                    AdminPayoutsState.error,
+                    icon="triangle_alert",
+                    color_scheme="red",
+                    margin_bottom="1rem",
+                    id="retry-error",
+                ),
+            ),
+            rx.hstack(
+                rx.button("Cancel", variant="soft", color_scheme="gray", on_click=AdminPayoutsState.cancel),
+                rx.button("Retry payout", on_click=AdminPayoutsState.confirm_retry, id="confirm-retry"),
+                justify="end",
+                spacing="3",
+            ),
+        ),
+        open=AdminPayoutsState.retrying_id != "",
+        on_open_change=lambda _open: AdminPayoutsState.cancel(),
+    )
+
+
+def labelled(label: str, control: rx.Component, width: str) -> rx.Component:
+    return rx.vstack(rx.text(label, size="1", color_scheme="gray"), control, spacing="1", width=width)
+
+
+def filters() -> rx.Component:
+    return rx.form(
+        rx.flex(
+            labelled(
+                "State",
+                worded_select(
+                    AdminPayoutsState.states,
+                    value=AdminPayoutsState.filters["state"],
+                    on_change=AdminPayoutsState.pick_state,
+                    aria_label="State",
+                ),
+                "10rem",
+            ),
+            labelled(
+                "Provider",
+                rx.input(
+                    name="provider",
+                    placeholder="email contains",
+                    max_length=100,
+                    id="payout-provider",
+                    width="100%",
+                ),
+                "14rem",
+            ),
+            labelled("From", rx.input(type="date", name="since", id="payout-since", width="100%"), "10rem"),
+            labelled("To", rx.input(type="date", name="until", id="payout-until", width="100%"), "10rem"),
+            rx.button(rx.icon("filter", size=14), "Filter", type="submit"),
+            spacing="3",
+            wrap="wrap",
+            align="end",
+        ),
+        on_submit=AdminPayoutsState.apply_filters,
+        reset_on_submit=False,
+        id="payout-filters",
+    )
+
+
+def admin_payouts() -> rx.Component:
+    return page_frame(
+        rx.vstack(
+            rx.heading("Payouts", size="7"),
+            rx.text(
+                "Every provider's payouts on Solana, newest first. A failed one can be sent again.",
+                color_scheme="gray",
+            ),
+            filters(),
+            rx.cond(
+                AdminPayoutsState.filter_error != "",
+                rx.callout(
+                    AdminPayoutsState.filter_error,
+                    icon="triangle_alert",
+                    color_scheme="amber",
+                    id="payout-filter-error",
+                ),
+            ),
+            rx.cond(
+                AdminPayoutsState.rows.length() > 0,
+                data_table(
+                    ("Provider", "Amount", "State", "Tries", "Made (UTC)", "On chain"),
+                    AdminPayoutsState.rows,
+                    payout_row,
+                    id="admin-payouts-table",
+                ),
+                rx.cond(
+                    AdminPayoutsState.loaded,
+                    rx.text("No payout matches.", color_scheme="gray", id="no-payouts"),
+                    rx.spinner(),
+                ),
+            ),
+            pager(
+                AdminPayoutsState.shown,
+                AdminPayoutsState.has_newer,
+                AdminPayoutsState.has_older,
+                AdminPayoutsState.page,
+            ),
+            retry_dialog(),
+            spacing="4",
+            width="100%",
+        ),
+        role="admin",
+    )
+
+
+def register(app: rx.App) -> None:
+    app.add_page(
+        admin_payouts, route="/admin/payouts", title="Payouts · GPU Portal", on_load=AdminPayoutsState.load
+    )

@@ -1,0 +1,193 @@
+"""The admin's payouts page: every provider's payouts filtered by state, provider and date, and a failed one
+sent again through the settlement service (which sends each payout once), with a reason that is audited."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import reflex as rx
+
+from portal import parts
+from portal.infra.db import session_scope
+from portal.models import PayoutState, Role
+from portal.security.principal import RequestOrigin
+from portal.services import dates
+from portal.services.display import usd, words
+from portal.services.errors import DomainError, InvalidInput
+from portal.services.money import payouts
+from portal.state.session import SessionState, for_users, principal
+
+PAGE_SIZE = 25
+ANY = "any"
+STATE_CHOICES = [
+    {"value": ANY, "label": "Any state"},
+    *({"value": s.value, "label": words(s)} for s in PayoutState),
+]
+STATE_COLORS = {
+    PayoutState.PENDING: "gray",
+    PayoutState.SUBMITTED: "blue",
+    PayoutState.CONFIRMED: "green",
+    PayoutState.FAILED: "red",
+}
+
+
+def _moments(since: str, until: str) -> tuple[datetime | None, datetime | None]:
+    """The days as moments: from the start of ``since`` to the end of ``until`` (both days included)."""
+    first, last = dates.day_of(since, field="From"), dates.day_of(until, field="To")
+    if first and last and last < first:
+        raise InvalidInput("To is before From: the period ends after it starts.")
+    return (
+        datetime.combine(first, time.min, tzinfo=UTC) if first else None,
+        datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC) if last else None,
+    )
+
+
+def _search(filters: dict[str, str], offset: int) -> tuple[list[dict[str, Any]], int]:
+    p = parts.current()
+    since, until = _moments(filters["since"], filters["until"])
+    with session_scope(p.engine) as session:
+        found, total = payouts.search_payouts(
+            session,
+            state=None if filters["state"] == ANY else filters["state"],
+            provider_email=filters["provider"] or None,
+            since=since,
+            until=until,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
+        rows = [
+            {
+                "id": str(payout.id),
+                "provider": email or str(payout.provider_id),
+                "wallet": payout.wallet_address[:6] + "…" + payout.wallet_address[-4:],
+                "amount": usd(payout.amount_micro),
+                "state": words(payout.state),
+                "color": STATE_COLORS.get(PayoutState(payout.state), "gray"),
+                "why": payout.error if payout.state == PayoutState.FAILED else "",
+                "attempts": str(payout.attempts),
+                "created": f"{payout.created_at:%Y-%m-%d %H:%M}",
+                "link": payouts.explorer_url(p.settings, payout.tx_signature) or "",
+                "failed": payout.state == PayoutState.FAILED,
+                "label": f"{usd(payout.amount_micro)} to {email or 'its provider'}",
+            }
+            for payout, email in found
+        ]
+    return rows, total
+
+
+def _retry(payout_id: str, reason: str, origin: RequestOrigin) -> None:
+    p = parts.current()
+    with session_scope(p.engine) as session:
+        payouts.retry(
+            session,
+            p.followups,
+            uuid.UUID(payout_id),
+            reason=reason,
+            admin_id=principal().user_id,
+            origin=origin,
+        )
+
+
+class AdminPayoutsState(SessionState):
+    rows: list[dict[str, Any]] = []
+    total: int = 0
+    offset: int = 0
+    filters: dict[str, str] = {"state": ANY, "provider": "", "since": "", "until": ""}
+    filter_error: str = ""
+    loaded: bool = False
+    # The failed payout whose retry dialog is open ("" when none).
+    retrying_id: str = ""
+    retrying_label: str = ""
+    reason: str = ""
+    error: str = ""
+
+    async def _fetch(self) -> None:
+        try:
+            self.rows, self.total = await asyncio.to_thread(_search, dict(self.filters), self.offset)
+            self.filter_error = ""
+        except DomainError as refused:
+            self.filter_error = refused.message
+        self.loaded = True
+
+    @rx.var
+    def states(self) -> list[dict[str, str]]:
+        return STATE_CHOICES
+
+    @rx.var
+    def shown(self) -> str:
+        if not self.total:
+            return ""
+        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
+
+    @rx.var
+    def has_newer(self) -> bool:
+        return self.offset > 0
+
+    @rx.var
+    def has_older(self) -> bool:
+        return self.offset + PAGE_SIZE < self.total
+
+    @rx.event
+    @for_users(Role.ADMIN, page_says=True)
+    async def load(self) -> None:
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def pick_state(self, value: str) -> None:
+        state = value if value in {c["value"] for c in STATE_CHOICES} else ANY
+        self.filters = {**self.filters, "state": state}
+        self.offset = 0
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def apply_filters(self, form: dict[str, Any]) -> None:
+        self.filters = {
+            **self.filters,
+            "provider": str(form.get("provider", "")).strip()[:100],
+            "since": str(form.get("since", ""))[:10],
+            "until": str(form.get("until", ""))[:10],
+        }
+        self.offset = 0
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def page(self, step: int) -> None:
+        self.offset = max(0, min(self.offset + step * PAGE_SIZE, max(self.total - 1, 0)))
+        await self._fetch()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def start_retry(self, payout_id: str, label: str) -> None:
+        self.retrying_id, self.retrying_label, self.reason, self.error = payout_id, label, "", ""
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def set_reason(self, reason: str) -> None:
+        self.reason = reason[:300]
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def cancel(self) -> None:
+        self.retrying_id, self.error = "", ""
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def confirm_retry(self) -> Any:
+        reason = self.reason.strip()
+        if len(reason) < 3:
+            self.error = "Say why it should work now, in a few words: it goes to the audit log."
+            return None
+        try:
+            await asyncio.to_thread(_retry, self.retrying_id, reason, self._origin())
+        except (DomainError, ValueError) as refused:
+            self.error = refused.message if isinstance(refused, DomainError) else "No such payout."
+            return None
+        label, self.retrying_id = self.retrying_label, ""
+        await self._fetch()
+        return rx.toast.success(f"The payout of {label} is queued: the next settlement sends it.")
