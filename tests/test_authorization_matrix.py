@@ -53,6 +53,7 @@ RULES = {
     ("GET", "/api/v1/clusters/{cluster_id}/metrics"): "customer",
     ("DELETE", "/api/v1/devices/{device_id}"): "provider",
     ("POST", "/api/v1/devices/{device_id}/rotate-token"): "provider",
+    ("PUT", "/api/v1/devices/{device_id}/price"): "provider",
     ("POST", "/api/v1/worker/register"): "device",
     ("POST", "/api/v1/worker/heartbeat"): "device",
     ("GET", "/api/v1/worker/commands"): "device",

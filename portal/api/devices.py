@@ -13,7 +13,15 @@ from portal.api.deps import CacheDep, SessionDep, SettingsDep
 from portal.config import Settings
 from portal.models import Device, Role
 from portal.schemas.clusters import MetricsOut
-from portal.schemas.devices import CheckOut, DeviceCreatedOut, DeviceIn, DeviceOut, GpuOut, TokenOut
+from portal.schemas.devices import (
+    CheckOut,
+    DeviceCreatedOut,
+    DeviceIn,
+    DeviceOut,
+    DevicePriceIn,
+    GpuOut,
+    TokenOut,
+)
 from portal.schemas.mesh import MeshOut
 from portal.security.access import OriginDep, SignedIn
 from portal.security.principal import Principal
@@ -79,6 +87,28 @@ def metrics(
     device = devices.get_device(session, caller.user_id, device_id)
     found = telemetry.series(session, settings, [device.id], minutes)
     return MetricsOut.model_validate(telemetry.as_json(found, minutes))
+
+
+@router.put(
+    "/{device_id}/price",
+    summary="Set the device's price per GPU-hour (null: the list price); running clusters keep theirs",
+)
+def set_price(
+    device_id: uuid.UUID,
+    body: DevicePriceIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    origin: OriginDep,
+    caller: Writer,
+) -> DeviceOut:
+    device = devices.set_price(
+        session,
+        owner_id=caller.user_id,
+        device_id=device_id,
+        price_per_gpu_hour_micro=body.price_per_gpu_hour_micro,
+        origin=origin,
+    )
+    return device_out(session, device, settings)
 
 
 @router.delete("/{device_id}", status_code=204, summary="Remove a device (not while it runs a cluster)")

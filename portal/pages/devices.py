@@ -195,6 +195,54 @@ def gpu_row(gpu: rx.Var) -> rx.Component:
     )
 
 
+def price_form() -> rx.Component:
+    """The provider's price per GPU-hour: saved, the marketplace shows it at once."""
+    return rx.card(
+        rx.form(
+            rx.vstack(
+                rx.heading("Price per GPU-hour", size="4"),
+                rx.text(
+                    "What customers pay for each GPU-hour of this device; you earn it less the platform's "
+                    "fee. Leave it empty for the model's list price. Running clusters keep the price they "
+                    "were placed at.",
+                    size="2",
+                    color_scheme="gray",
+                ),
+                rx.flex(
+                    rx.input(
+                        rx.input.slot("$"),
+                        rx.input.slot("/ GPU-hour", side="right"),
+                        name="price",
+                        default_value=DevicesState.detail["price_usd"].to(str),
+                        placeholder="list price",
+                        input_mode="decimal",
+                        aria_label="Price in dollars per GPU-hour",
+                        id="device-price-input",
+                        width=rx.breakpoints(initial="100%", sm="16rem"),
+                    ),
+                    rx.button("Save price", type="submit", id="save-price"),
+                    gap="2",
+                    direction=rx.breakpoints(initial="column", sm="row"),
+                    align=rx.breakpoints(initial="stretch", sm="center"),
+                    width="100%",
+                ),
+                rx.cond(
+                    DevicesState.price_error != "",
+                    rx.callout(
+                        DevicesState.price_error, icon="triangle_alert", color_scheme="red", id="price-error"
+                    ),
+                ),
+                spacing="3",
+                width="100%",
+            ),
+            on_submit=DevicesState.save_price,
+            width="100%",
+        ),
+        width="100%",
+        id="price-card",
+    )
+
+
 def device_detail() -> rx.Component:
     detail = DevicesState.detail
     return page_frame(
@@ -245,6 +293,7 @@ def device_detail() -> rx.Component:
                             rx.data_list.value(rx.code(detail["token_prefix"].to(str) + "…")),
                         ),
                     ),
+                    price_form(),
                     data_table(
                         ("GPU", "Model", "Memory", "UUID", "Driver"),
                         detail["gpu_rows"].to(list[dict]),

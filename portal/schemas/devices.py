@@ -23,6 +23,13 @@ class DeviceIn(BaseModel):
     price_per_gpu_hour_micro: Annotated[int | None, Field(gt=0, le=1_000_000_000)] = None
 
 
+class DevicePriceIn(BaseModel):
+    """A device's price per GPU-hour in micro-USD ($0.01 to $1,000); null for its model's list price."""
+
+    model_config = ConfigDict(extra="forbid")
+    price_per_gpu_hour_micro: Annotated[int | None, Field(ge=10_000, le=1_000_000_000, examples=[1_800_000])]
+
+
 class GpuOut(BaseModel):
     index: int
     uuid: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import reflex as rx
@@ -100,6 +101,10 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             "connectivity": words(device.connectivity_tier),
             "price": usd_rate(device.hourly_price_micro, " per GPU-hour")
             + ("" if device.price_per_gpu_hour_micro is not None else " (the model's list price)"),
+            # What the price field shows: the provider's own price in dollars, empty for the list price.
+            "price_usd": usd_rate(device.price_per_gpu_hour_micro, "").removeprefix("$")
+            if device.price_per_gpu_hour_micro is not None
+            else "",
             "reliability": reliability.assess(session, device).explained(),
             "faults": [
                 {
@@ -126,6 +131,33 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
         }
 
 
+def price_micro(text: str) -> int | None:
+    """Dollars per GPU-hour as typed (``1.80``, ``$2``) in micro-USD, without floats; None when empty."""
+    text = text.strip().removeprefix("$").strip()
+    if not text:
+        return None
+    try:
+        dollars = Decimal(text)
+    except InvalidOperation:
+        raise InvalidInput("The price is a number of dollars per GPU-hour, e.g. 1.80.") from None
+    micro = dollars * 1_000_000
+    if not dollars.is_finite() or micro != micro.to_integral_value():
+        raise InvalidInput("The price is a number of dollars per GPU-hour, to at most six decimals.")
+    return int(micro)
+
+
+def _set_price(caller: Principal, device_id: str, text: str, origin: RequestOrigin) -> None:
+    price = price_micro(text)
+    with session_scope(parts.current().engine) as session:
+        devices.set_price(
+            session,
+            owner_id=caller.user_id,
+            device_id=uuid.UUID(device_id),
+            price_per_gpu_hour_micro=price,
+            origin=origin,
+        )
+
+
 def _remove(caller: Principal, device_id: str, origin: RequestOrigin) -> None:
     with session_scope(parts.current().engine) as session:
         devices.remove_device(
@@ -146,6 +178,7 @@ class DevicesState(SessionState):
     new_commands: dict[str, str] = {}
     detail: dict[str, Any] = {}
     detail_error: str = ""
+    price_error: str = ""
 
     @rx.var
     def tiers(self) -> list[dict[str, str]]:
@@ -156,7 +189,10 @@ class DevicesState(SessionState):
     async def load(self) -> None:
         # Any signed-in user may open the page; only providers get the list (and the live refresh).
         self.forbidden = Role.PROVIDER not in principal().roles
-        if not self.forbidden:
+        if self.forbidden:
+            # One who stopped being a provider in this browser keeps no list (nor form) from before.
+            self.rows, self.loaded = [], False
+        else:
             self.rows = await asyncio.to_thread(_list, principal())
             self.loaded = True
 
@@ -186,7 +222,25 @@ class DevicesState(SessionState):
     @rx.event
     @for_users(Role.PROVIDER, page_says=True)
     async def load_detail(self) -> None:
+        self.price_error = ""
         await self._refresh_detail()
+
+    @rx.event
+    @for_users(Role.PROVIDER)
+    async def save_price(self, form: dict[str, Any]) -> Any:
+        text = str(form.get("price", ""))
+        try:
+            await asyncio.to_thread(_set_price, principal(), self.detail.get("id", ""), text, self._origin())
+        except DomainError as error:
+            self.price_error = error.message
+            return None
+        except ValueError:
+            self.price_error = "No such device."
+            return None
+        self.price_error = ""
+        await self._refresh_detail()
+        saved = "Price saved: the marketplace shows it now."
+        return rx.toast.success(saved if text.strip() else "Back to the model's list price.")
 
     @rx.event
     @for_users(Role.PROVIDER)

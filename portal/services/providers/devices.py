@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 # A device is online while its last heartbeat is younger than this many intervals.
 MISSED_HEARTBEATS_OFFLINE = 3
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
+# What a provider may ask per GPU-hour: a cent at least, a thousand dollars at most.
+MIN_PRICE_MICRO, MAX_PRICE_MICRO = 10_000, 1_000_000_000
 MAX_DEVICES_PER_OWNER = 500
 
 
@@ -179,6 +181,42 @@ def rotate_token(
         target_id=device.id,
     )
     return token
+
+
+def set_price(
+    session: Session,
+    *,
+    owner_id: uuid.UUID,
+    device_id: uuid.UUID,
+    price_per_gpu_hour_micro: int | None,
+    origin: RequestOrigin,
+) -> Device:
+    """The device's price per GPU-hour from now on; None for its model's list price. The marketplace and
+    new placements see it at once; running clusters keep the rate they were placed at (ClusterNode's
+    ``rate_micro``). Audited with the price before and after."""
+    device = get_device(session, owner_id, device_id)
+    price = price_per_gpu_hour_micro
+    if price is not None and not MIN_PRICE_MICRO <= price <= MAX_PRICE_MICRO:
+        raise InvalidInput(
+            "The price per GPU-hour is between $0.01 and $1,000.",
+            details={"field": "price_per_gpu_hour_micro"},
+        )
+    before = device.price_per_gpu_hour_micro
+    if price == before:
+        return device
+    device.price_per_gpu_hour_micro = price
+    device.hourly_price_micro = price or list_price(device.gpu_model)
+    session.add(device)
+    audit.record(
+        session,
+        "device.price",
+        actor_id=f"user:{owner_id}",
+        origin=origin,
+        target_type="device",
+        target_id=device.id,
+        details={"before_micro": before, "after_micro": price},
+    )
+    return device
 
 
 def remove_device(
