@@ -165,6 +165,12 @@ def test_the_analytics_show_the_periods_totals_in_charts_that_fit(portal, books,
         page.locator("#analytics-until").fill("2026-05-01")
         page.locator("#analytics-show").click()
         expect(page.locator("#analytics-error")).to_contain_text("before")
+        page.locator("#analytics-since").fill("2020-01-01")
+        page.locator("#analytics-until").fill("2020-01-07")
+        page.locator("#analytics-show").click()
+        expect(page.locator("#analytics-empty")).to_be_visible()
+        expect(page.locator("#stat-revenue")).to_have_text("$0.00")
+        expect(page.locator(".js-plotly-plot")).to_have_count(0)
 
         with page.expect_download() as download:
             page.locator("#export-cohorts").click()

@@ -136,21 +136,27 @@ def admin_analytics() -> rx.Component:
                     rx.text(AdminAnalyticsState.totals["period"], size="2", id="analytics-period-label"),
                     totals(),
                     rx.cond(
-                        ~AdminAnalyticsState.has_usage,
-                        rx.text(
-                            "No metered usage in this period: the charts are empty.",
+                        AdminAnalyticsState.has_usage,
+                        rx.vstack(
+                            rx.card(chart(AdminAnalyticsState.money, "chart-money"), width="100%"),
+                            rx.grid(
+                                rx.card(
+                                    chart(AdminAnalyticsState.gpu_hours, "chart-gpu-hours"), min_width="0"
+                                ),
+                                rx.card(chart(AdminAnalyticsState.active, "chart-active"), min_width="0"),
+                                columns=rx.breakpoints(initial="1", md="2"),
+                                spacing="3",
+                                width="100%",
+                            ),
+                            spacing="4",
+                            width="100%",
+                        ),
+                        rx.callout(
+                            "No metered usage in this period, so nothing to chart: pick a longer one.",
+                            icon="info",
                             color_scheme="gray",
-                            size="2",
                             id="analytics-empty",
                         ),
-                    ),
-                    rx.card(chart(AdminAnalyticsState.money, "chart-money"), width="100%"),
-                    rx.grid(
-                        rx.card(chart(AdminAnalyticsState.gpu_hours, "chart-gpu-hours"), min_width="0"),
-                        rx.card(chart(AdminAnalyticsState.active, "chart-active"), min_width="0"),
-                        columns=rx.breakpoints(initial="1", md="2"),
-                        spacing="3",
-                        width="100%",
                     ),
                     spacing="4",
                     width="100%",

@@ -64,7 +64,7 @@ def _money_figure(figures: daily_figures.DailyFigures) -> go.Figure:
         "Money per day (USD)",
         height=300,
         barmode="group",
-        yaxis={"rangemode": "tozero", "tickprefix": "$"},
+        yaxis={"rangemode": "tozero", "tickprefix": "$", "tickformat": ",.2f"},
         **_axis(figures),
     )
 
