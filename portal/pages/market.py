@@ -361,6 +361,7 @@ def deploy_form() -> rx.Component:
                         value=DeployState.purpose,
                         on_change=lambda v: DeployState.set_field("purpose", v),
                         width="100%",
+                        id="deploy-purpose",
                     ),
                 ),
                 labelled(

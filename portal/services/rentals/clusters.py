@@ -172,7 +172,8 @@ def create(session: Session, settings: Settings, owner_id: uuid.UUID, spec: Clus
         PLACEMENTS.labels("capacity_short").inc()
         raise Conflict(
             f"Not enough capacity: no set of available {spec.gpu_model} devices holds exactly "
-            f"{spec.gpu_count} GPUs with these filters.",
+            f"{spec.gpu_count} GPUs with these filters; "
+            f"{market.free_gpus_said(session, settings, spec.placement())}.",
             code="capacity_short",
             details={"available": market.alternatives(session, settings, spec.placement())},
         )

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from portal.config import Settings
 from portal.models import Device, Gpu, User
 from portal.models.base import utcnow
+from portal.services.display import count
 from portal.services.errors import InvalidInput
 from portal.services.money.escrow import fee_of
 from portal.services.providers.gpu_catalog import CATALOG
@@ -173,6 +174,48 @@ def alternatives(
     return [{**entry, "countries": sorted(entry["countries"])} for entry in ranked[:limit]]
 
 
+def free_gpus(session: Session, settings: Settings, spec: placement.Spec) -> tuple[int, int]:
+    """How many GPUs of the spec's model are free now: with its filters (countries, connectivity, price),
+    and anywhere."""
+    anywhere = sum(o.gpus for o in offers(session, settings, OfferFilters(gpu_model=spec.gpu_model)))
+    if not (spec.countries or spec.connectivity_tier or spec.max_price_per_gpu_hour_micro):
+        return anywhere, anywhere
+    matching = sum(
+        offer.gpus
+        for country in spec.countries or (None,)
+        for offer in offers(
+            session,
+            settings,
+            OfferFilters(
+                gpu_model=spec.gpu_model,
+                country=country,
+                connectivity_tier=spec.connectivity_tier,
+                max_price_micro=spec.max_price_per_gpu_hour_micro,
+            ),
+        )
+    )
+    return matching, anywhere
+
+
+def free_gpus_said(session: Session, settings: Settings, spec: placement.Spec) -> str:
+    """What is free of the model, for a refusal: ``only 3 H100-80GB GPUs are free now with these filters
+    (8 in all)``; it says when the GPUs are there but no set of whole devices adds up to the count."""
+    matching, anywhere = free_gpus(session, settings, spec)
+    model = f"{spec.gpu_model} GPU"
+    filtered = ""
+    if spec.countries or spec.connectivity_tier or spec.max_price_per_gpu_hour_micro:
+        filtered = " with these filters" + (f" ({anywhere} in all)" if anywhere != matching else "")
+    if matching == 0:
+        return f"no {model} is free now{filtered}"
+    verb = "is" if matching == 1 else "are"
+    if matching < spec.gpu_count:
+        return f"only {count(matching, model)} {verb} free now{filtered}"
+    return (
+        f"{count(matching, model)} {verb} free now{filtered}, but devices are rented whole and none add up "
+        f"to exactly {spec.gpu_count}"
+    )
+
+
 def quote(session: Session, settings: Settings, spec: placement.Spec, duration_hours: int) -> Quote:
     """The price of a cluster placed on the devices a deploy would book now (nothing is booked)."""
     chosen = placement.find(session, settings, spec)
@@ -183,7 +226,7 @@ def quote(session: Session, settings: Settings, spec: placement.Spec, duration_h
             total_micro=0,
             fee_micro=0,
             reason=f"No set of available {spec.gpu_model} devices holds exactly {spec.gpu_count} GPUs "
-            "with these filters.",
+            f"with these filters: {free_gpus_said(session, settings, spec)}.",
             alternatives=alternatives(session, settings, spec),
         )
     lines: dict[tuple[int, str, str], dict[str, Any]] = {}
