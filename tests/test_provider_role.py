@@ -60,8 +60,8 @@ def test_stopping_is_refused_while_a_device_serves_a_rental_naming_it(engine):
         assert refused.value.code == "devices_serving"
         assert refused.value.status_code == 409
         assert refused.value.message == (
-            f"You cannot stop being a provider while your 1 device ({hired.name}) serves a customer's "
-            "rental. Try again once the rental ends."
+            f"You cannot stop being a provider while your device {hired.name} serves a customer's rental. "
+            "Try again once it ends."
         )
         assert refused.value.details == {"devices": [str(hired.id)]}
         assert Role.PROVIDER in users.roles_of(session, person.id)

@@ -47,9 +47,13 @@ def devices_offered(session: Session, settings: Settings, owner_id: uuid.UUID) -
     return [device for device in ready if devices.is_online(device, settings)]
 
 
-def _names(found: list[Device]) -> str:
+def _your_devices(found: list[Device]) -> str:
+    """``your device rig-a``, ``your 2 devices (rig-a, rig-b)``, ``your 5 devices (a, b, c and 2 more)``."""
+    if len(found) == 1:
+        return f"your device {found[0].name}"
     shown = ", ".join(device.name for device in found[:3])
-    return shown + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"your {count(len(found), 'device')} ({shown}{more})"
 
 
 def become_provider(
@@ -87,16 +91,15 @@ def stop_providing(
     serving = devices_serving(session, user.id)
     if serving:
         raise Conflict(
-            f"You cannot stop being a provider while your {count(len(serving), 'device')} "
-            f"({_names(serving)}) {'serves' if len(serving) == 1 else 'serve'} a customer's rental. "
-            "Try again once the rental ends.",
+            f"You cannot stop being a provider while {_your_devices(serving)} "
+            f"{'serves' if len(serving) == 1 else 'serve'} a customer's rental. Try again once it ends.",
             code="devices_serving",
             details={"devices": [str(device.id) for device in serving]},
         )
     offered = devices_offered(session, settings, user.id)
     if offered:
         raise Conflict(
-            f"Your {count(len(offered), 'device')} ({_names(offered)}) "
+            f"Y{_your_devices(offered)[1:]} "
             f"{'is' if len(offered) == 1 else 'are'} on the market: stop the agent on "
             f"{'it' if len(offered) == 1 else 'each'} (a device leaves the market once its heartbeats "
             f"stop) or remove {'it' if len(offered) == 1 else 'them'} on the Devices page, then try again.",
