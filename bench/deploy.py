@@ -337,27 +337,37 @@ def bench_deploy(runs: int = RUNS) -> None:
     seconds_line("baseline: the same, until the head sees both", parallel_seen)
     portal, steps = measure_portal(runs)
     seconds_line("portal: deploy request to running", portal)
-    if steps:
-        print(
-            "  portal steps, from the cluster's events (median after the request, and since the step before):"
-        )
-        previous = 0.0
-        for label, _, _ in MILESTONES:
-            offsets = [found[label] for found in steps if label in found]
-            if not offsets:
-                continue
-            offset = statistics.median(offsets)
-            print(f"    {label:<42} {offset * 1000:7.0f} ms   (+{(offset - previous) * 1000:6.0f} ms)")
-            previous = offset
-    if portal:
-        median = statistics.median(portal)
-        for name, baseline in (("sequential floor", floor), ("parallel floor", parallel)):
-            if baseline:
-                print(f"  portal / {name}: {median / statistics.median(baseline):.2f}x (medians)")
-        if floor:
-            ratio = median / statistics.median(floor)
-            verdict = "met" if ratio <= TARGET_RATIO else "missed"
-            print(f"  target: portal at most {TARGET_RATIO}x the sequential floor; {verdict} ({ratio:.2f}x)")
+    print_steps(steps)
+    print_ratios(portal, floor, parallel)
+
+
+def print_steps(steps: list[dict[str, float]]) -> None:
+    """The median of each milestone after the request, and since the one before."""
+    if not steps:
+        return
+    print("  portal steps, from the cluster's events (median after the request, and since the step before):")
+    previous = 0.0
+    for label, _, _ in MILESTONES:
+        offsets = [found[label] for found in steps if label in found]
+        if not offsets:
+            continue
+        offset = statistics.median(offsets)
+        print(f"    {label:<42} {offset * 1000:7.0f} ms   (+{(offset - previous) * 1000:6.0f} ms)")
+        previous = offset
+
+
+def print_ratios(portal: list[float], floor: list[float], parallel: list[float]) -> None:
+    """The portal's median against each floor's, and the verdict on the target."""
+    if not portal:
+        return
+    median = statistics.median(portal)
+    for name, baseline in (("sequential floor", floor), ("parallel floor", parallel)):
+        if baseline:
+            print(f"  portal / {name}: {median / statistics.median(baseline):.2f}x (medians)")
+    if floor:
+        ratio = median / statistics.median(floor)
+        verdict = "met" if ratio <= TARGET_RATIO else "missed"
+        print(f"  target: portal at most {TARGET_RATIO}x the sequential floor; {verdict} ({ratio:.2f}x)")
 
 
 def main() -> None:

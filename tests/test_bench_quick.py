@@ -29,6 +29,7 @@ FIGURES = {
     "bench_telemetry": r"dashboard query, Prometheus",
     "bench_mesh": r"certificates\.issue, a renewal",
     "bench_overlay": r"overlay/veth: throughput [\d.]+x",
+    "bench_mesh_deploy": r"portal: cluster created to running\s+min",
     "bench_memory": r"portal run \(embedded, demo\)",
 }
 # A bench that could not measure says so with one of these, and make bench would still exit 0.

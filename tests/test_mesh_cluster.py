@@ -1,11 +1,8 @@
 """A Ray cluster across NATs, as the product runs it (issue 18), on the small internet of ``tests/netns.py``.
 
-Every part is the real one, each in its namespace: the portal (``tests/mesh_portal.py``: its API, task
-worker and scheduler) and its overlay node (``portal mesh-node``) on the public segment, a lighthouse and
-relay (``portal mesh``), three provider agents (``gpu-pool worker``, simulated GPUs, real Ray) behind home
-NATs, one of them behind a symmetric NAT that only a relay gets through, and a customer behind a NAT of
-their own. Nothing listens on the machine's own network: the portal and the Ray nodes are reached only
-through the namespaces.
+Every part is the real one, each in its namespace (``tests/mesh_world.py``): the portal and its overlay
+node, a lighthouse and relay, three provider agents behind home NATs, one of them behind a symmetric NAT
+that only a relay gets through, and a customer behind a NAT of their own.
 
 One journey, in the order a customer lives it: two providers behind different NATs serve one cluster; a
 job sees both GPUs and moves a 4 MB Ray object from one node to the other over the overlay; from the
@@ -17,45 +14,25 @@ symmetric NAT, through the relay, where the same job runs again.
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
-from portal.infra import migrations
-from portal.infra.cache import MemoryCache
-from portal.infra.db import build_engine, session_scope
-from portal.models import Cluster, ClusterNode, ClusterState, Device, DeviceState, NodeRole, NodeState, Role
-from portal.parts import AppParts, in_use
+from portal.infra.db import session_scope
+from portal.models import Cluster, ClusterNode, ClusterState, DeviceState, NodeRole, NodeState, Role
 from portal.services.money import ledger
-from tests.conftest import PROJECT_ROOT, require_program, settings_for, wait_until
-from tests.factories import access_token_for, add_device, api_key_for, make_user
-from tests.netns import LIGHTHOUSE_ADDRESS, PORTAL_ADDRESS, Internet, Process, small_internet
+from tests.conftest import require_program, wait_until
+from tests.factories import access_token_for, api_key_for, make_user
+from tests.mesh_world import PORTAL_URL, PROVIDERS, VENV_BIN, World, mesh_world
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
-PORT = 8000
-PORTAL_URL = f"http://{PORTAL_ADDRESS}:{PORT}"
-LIGHTHOUSE = {"overlay_ip": "100.64.0.2", "public_address": f"{LIGHTHOUSE_ADDRESS}:4242"}
-PROVIDERS = ("provider-a", "provider-b", "provider-c")  # provider-c: behind the symmetric NAT
 UP_S = 240  # Ray nodes starting on two shared cores, with the rest of the suite running beside them
 
-# Run in the customer's namespace: one API call, its status and body as JSON on stdout.
-_CALL = """
-import json, sys, httpx
-method, url, token, body = sys.argv[1:5]
-headers = {"Authorization": f"Bearer {token}"} if token else {}
-reply = httpx.request(method, url, headers=headers, json=json.loads(body) if body else None, timeout=45)
-print(json.dumps({"status": reply.status_code, "body": reply.text}))
-"""
 # A job's driver: both GPUs are there, and a 4 MB object made on one node is read on the other.
 _JOB = """
 import time, numpy, ray
@@ -83,107 +60,11 @@ print("client sees gpus", int(ray.cluster_resources().get("GPU", 0)))
 """
 
 
-@dataclass
-class World:
-    net: Internet
-    engine: object
-    parts: AppParts
-    env: dict[str, str]
-    devices: dict[str, uuid.UUID]  # namespace role -> device
-    tokens: dict[str, str]  # namespace role -> device token
-    processes: dict[str, Process]
-
-    def call(self, method: str, path: str, token: str | None, body: dict | None = None) -> tuple[int, dict]:
-        """An API call from the customer's namespace."""
-        args = [method, PORTAL_URL + path, token or "", json.dumps(body) if body is not None else ""]
-        done = self.net["customer"].run(sys.executable, "-c", _CALL, *args, check=False, timeout_s=60)
-        if done.returncode != 0:
-            return 0, {"unreachable": done.stderr.strip().splitlines()[-1:]}
-        answer = json.loads(done.stdout)
-        try:
-            return answer["status"], json.loads(answer["body"])
-        except ValueError:
-            return answer["status"], {"text": answer["body"]}
-
-    def start(self, role: str, command: list[str], name: str) -> Process:
-        process = self.net.start(role, ["env", *(f"{k}={v}" for k, v in self.env.items()), *command], name)
-        self.processes[name] = process
-        return process
-
-    def start_agent(self, role: str) -> None:
-        self.start(
-            role,
-            [
-                str(VENV_BIN / "gpu-pool"), "worker",
-                "--portal", PORTAL_URL,
-                "--token", self.tokens[role],
-                "--simulate", "1xH100-80GB",
-                "--state-dir", str(self.net.workdir / f"agent-{role}"),
-            ],
-            f"agent-{role}",
-        )  # fmt: skip
-
-    def device(self, role: str) -> Device:
-        with Session(self.engine) as session:
-            return session.get_one(Device, self.devices[role])
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{p.output()[-2500:]}" for name, p in self.processes.items())
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require_program("nebula", "nebula")
-    workdir = tmp_path_factory.mktemp("mesh-cluster")
-    data_dir = workdir / "data"
-    data_dir.mkdir()
-    values = {
-        "data_dir": str(data_dir),
-        "mesh": "nebula",
-        "lighthouses": json.dumps([LIGHTHOUSE]),
-        "public_url": PORTAL_URL,
-        "heartbeat_interval_s": "1",
-        "node_start_timeout_s": "180",
-        "rate_limit_per_minute": "100000",
-        "log_format": "json",
-    }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")},
-        **{f"PORTAL_{name.upper()}": value for name, value in values.items()},
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "XDG_CONFIG_HOME": str(workdir / "config"),
-        "HOME": str(workdir),
-    }
-    settings = settings_for(**{**values, "lighthouses": [LIGHTHOUSE]})
-    url = f"sqlite:///{data_dir / 'portal.db'}"
-    migrations.upgrade(url)
-    engine = build_engine(url)
-    parts = AppParts(settings, engine, MemoryCache())
-    with in_use(parts), small_internet(workdir) as net:
-        tokens, devices = {}, {}
-        for role in PROVIDERS:
-            devices[role], tokens[role] = add_device(engine, name=role, payout_wallet=True)
-        world = World(net, engine, parts, env, devices, tokens, {})
-        world.start("public", [str(VENV_BIN / "portal"), "mesh", "--host", LIGHTHOUSE_ADDRESS], "lighthouse")
-        world.start("portal", [str(VENV_BIN / "portal"), "mesh-node"], "portal-node")
-        world.start(
-            "portal", [sys.executable, "-m", "tests.mesh_portal", PORTAL_ADDRESS, str(PORT)], "portal"
-        )
-        try:
-            wait_until(
-                lambda: (
-                    "overlay node" in world.processes["portal-node"].output()
-                    and world.call("GET", "/healthz", None)[0] == 200
-                ),
-                timeout_s=60,
-                what="the portal and its overlay node",
-            )
-            yield world
-        except BaseException:
-            print(world.logs())
-            raise
-        finally:
-            engine.dispose()
+    with mesh_world(tmp_path_factory.mktemp("mesh-cluster")) as world:
+        yield world
 
 
 def cluster_nodes(world: World, cluster_id: uuid.UUID) -> list[ClusterNode]:
@@ -285,9 +166,14 @@ def journey(world: World) -> None:
     )  # fmt: skip
     world.processes["connect"] = connect
     wait_until(lambda: "Ray client address" in connect.output(), timeout_s=150, what="the customer connected")
-    client = world.net["customer"].run(
-        sys.executable, "-c", _RAY_CLIENT, cluster["client_address"], check=False, timeout_s=120
-    )
+    # Ray's client server starts a process per client; on a loaded machine that process can die as it
+    # starts ("Initialization failure from server"), and the client is told so: a second try is fair.
+    for _ in range(2):
+        client = world.net["customer"].run(
+            sys.executable, "-c", _RAY_CLIENT, cluster["client_address"], check=False, timeout_s=120
+        )
+        if "Initialization failure from server" not in client.stderr:
+            break
     assert "client sees gpus 2" in client.stdout, client.stdout + client.stderr
     connect.stop()
 
