@@ -50,6 +50,7 @@ ROUTES = (
     "/clusters",
     "/cluster/{cluster}",
     "/billing",
+    "/billing/invoice/2026-11",
     "/earnings",
     "/devices",
     "/device/{device}",
@@ -57,6 +58,8 @@ ROUTES = (
     "/admin/clusters",
     "/admin/devices",
     "/admin/audit",
+    "/admin/payouts",
+    "/admin/analytics",
     "/no-such-page",
 )
 # The dark theme's sample: one page of each kind (public, form, chart, table, detail, admin, 404), by first
