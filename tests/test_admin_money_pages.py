@@ -149,7 +149,8 @@ def test_the_analytics_show_the_periods_totals_in_charts_that_fit(portal, books,
         expect(page.locator("#stat-earnings")).to_have_text("$23.40")
         expect(page.locator("#stat-gpu-hours")).to_have_text("15.0")
         expect(page.locator("#stat-customers")).to_have_text("2")
-        expect(page.locator("#chart-money .main-svg").first).to_be_visible()
+        # Plotly arrives as a chunk of its own, loaded when a chart is first drawn: slow on a busy machine.
+        expect(page.locator("#chart-money .main-svg").first).to_be_visible(timeout=30_000)
         expect(page.locator("#chart-gpu-hours")).to_contain_text("A100-40GB")
         page.wait_for_timeout(800)  # the charts' first draw at the box's width
         measured = page.evaluate(MEASURE)
