@@ -25,7 +25,13 @@ def line_row(line: rx.Var) -> rx.Component:
         rx.table.cell(
             rx.vstack(
                 rx.text(line["cluster"], weight="medium"),
-                rx.code(line["cluster_id"], size="1", variant="ghost", color_scheme="gray"),
+                rx.code(
+                    line["cluster_id"],
+                    size="1",
+                    variant="ghost",
+                    color_scheme="gray",
+                    display=rx.breakpoints(initial="none", sm="inline"),
+                ),
                 spacing="0",
             )
         ),
@@ -72,7 +78,7 @@ def invoice_body() -> rx.Component:
                     size="2",
                 ),
                 direction=rx.breakpoints(initial="column", sm="row"),
-                gap="4",
+                gap="5",
                 width="100%",
             ),
             rx.separator(size="4"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import reflex as rx
 
 from portal.components.forms import worded_select
@@ -247,10 +249,10 @@ def market_page() -> rx.Component:
     )
 
 
-def labelled(label: str, control: rx.Component) -> rx.Component:
+def labelled(label: str, control: rx.Component, **props: Any) -> rx.Component:
     # min_width 0: a grid cell otherwise grows to its widest control and overlaps its neighbour.
     return rx.vstack(
-        rx.text(label, size="2", weight="medium"), control, spacing="1", width="100%", min_width="0"
+        rx.text(label, size="2", weight="medium"), control, spacing="1", width="100%", min_width="0", **props
     )
 
 
@@ -363,6 +365,8 @@ def deploy_form() -> rx.Component:
                         width="100%",
                         id="deploy-purpose",
                     ),
+                    # Its three choices need more than half the form's width: a row of its own.
+                    grid_column="1 / -1",
                 ),
                 labelled(
                     "GPU model",

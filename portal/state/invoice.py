@@ -9,6 +9,7 @@ import reflex as rx
 
 from portal import parts
 from portal.infra.db import session_scope
+from portal.models.base import utcnow
 from portal.security.principal import Principal
 from portal.services import dates
 from portal.services.display import usd
@@ -26,7 +27,10 @@ def _invoice(caller: Principal, month: str) -> dict[str, Any]:
         "number": found.number,
         "customer": found.customer_email,
         "period": f"{found.period_start:%d %B %Y} to {found.period_end:%d %B %Y}",
-        "issued": f"{found.period_end:%d %B %Y}",
+        # A month not over yet is invoiced as far as it went: issued today, not on a day to come.
+        "issued": f"{found.period_end:%d %B %Y}"
+        if found.period_end < utcnow().date()
+        else f"{utcnow():%d %B %Y} (the month is not over: usage so far)",
         "lines": [
             {
                 "cluster": line.cluster,
