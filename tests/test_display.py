@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from portal.models import ConnectivityTier
 from portal.models.base import utcnow
+from portal.services import display
 from portal.services.display import count, plain_text, reliability, sentence, usd, usd_rate, words
 from portal.services.providers.reliability import is_new
 
@@ -64,3 +65,18 @@ def test_recorded_reasons_read_as_sentences():
     assert sentence("the cluster did not come up within 600 s") == "The cluster did not come up within 600 s."
     assert sentence("Done.") == "Done."
     assert sentence("") == ""
+
+
+def test_where_a_device_runs_customers_code_is_said_plainly():
+    assert display.customer_code("container", "podman", "gpu-pool-worker:1") == (
+        "In a podman container per rental (gpu-pool-worker:1)"
+    )
+    assert display.customer_code("container", "", "") == "In a container per rental"
+    assert display.customer_code("none", "", "").startswith("On the host as the agent's user: not isolated")
+
+
+def test_a_devices_overlay_says_whether_its_tunnels_are_direct_or_relayed():
+    assert display.overlay(None, "none", None) == "Not on the overlay"
+    assert display.overlay("100.64.0.9", "connected", False) == "100.64.0.9, connected, direct (hole punched)"
+    assert display.overlay("100.64.0.9", "connected", True) == "100.64.0.9, connected, through the relay"
+    assert display.overlay("100.64.0.9", "certified", None) == "100.64.0.9, certified"

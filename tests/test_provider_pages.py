@@ -48,6 +48,10 @@ def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, 
         expect(page.locator("#eligibility")).to_contain_text("Simulated GPUs (development mode).")
         expect(page.locator("#eligibility")).to_contain_text("Link a payout wallet")
         expect(page.get_by_text("simulated").first).to_be_visible()
+        # An agent started without --isolation container runs renters' code on the host, and says so.
+        expect(page.locator("#device-customer-code")).to_contain_text("not isolated (development only")
+        expect(page.locator("#device-last-wipe")).to_have_count(0)
+        expect(page.locator("#device-overlay")).to_have_text("Not on the overlay")
         # Its charts: the GPUs from the heartbeats, and its uptime per day.
         expect(page.locator("#chart-uptime .js-plotly-plot")).to_be_visible(timeout=20_000)
         expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=20_000)

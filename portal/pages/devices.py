@@ -285,6 +285,21 @@ def device_detail() -> rx.Component:
                             rx.data_list.label("Connectivity"), rx.data_list.value(detail["connectivity"])
                         ),
                         rx.data_list.item(
+                            rx.data_list.label("Customers' code"),
+                            rx.data_list.value(detail["customer_code"], id="device-customer-code"),
+                        ),
+                        rx.cond(
+                            detail["last_wipe"] != "",
+                            rx.data_list.item(
+                                rx.data_list.label("Last wipe"),
+                                rx.data_list.value(detail["last_wipe"], id="device-last-wipe"),
+                            ),
+                        ),
+                        rx.data_list.item(
+                            rx.data_list.label("Overlay"),
+                            rx.data_list.value(detail["overlay"], id="device-overlay"),
+                        ),
+                        rx.data_list.item(
                             rx.data_list.label("Reliability"),
                             rx.data_list.value(detail["reliability"], id="device-reliability"),
                         ),

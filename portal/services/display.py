@@ -70,6 +70,23 @@ def reliability(score: float, *, new: bool) -> str:
     return "new" if new else f"{score * 100:.1f}%"
 
 
+def customer_code(isolation: str, engine: str, image: str) -> str:
+    """Where a device runs its renters' code, as its provider and the admins read it."""
+    if isolation == "container":
+        where = f"In a {engine} container per rental" if engine else "In a container per rental"
+        return f"{where} ({image})" if image else where
+    return "On the host as the agent's user: not isolated (development only, never hired in production)"
+
+
+def overlay(address: str | None, state: str, relayed: bool | None) -> str:
+    """A device's node on the overlay: its address, its state, and whether its tunnels are direct (a hole
+    punched through its NAT) or go through a relay."""
+    if not address:
+        return "Not on the overlay"
+    path = {None: "", True: ", through the relay", False: ", direct (hole punched)"}[relayed]
+    return f"{address}, {words(state).lower()}{path}"
+
+
 def plain_text(output: str) -> str:
     """A program's output without its terminal escapes (a page would show them as ``[32m`` noise)."""
     return ANSI_ESCAPE.sub("", output)

@@ -15,7 +15,7 @@ from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.display import usd_rate, words
+from portal.services.display import customer_code, overlay, usd_rate, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.providers import device_admin, devices, reliability
 from portal.state.session import SessionState, for_users, principal
@@ -99,6 +99,9 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             else "not connected yet",
             "token_prefix": device.token_prefix,
             "connectivity": words(device.connectivity_tier),
+            "customer_code": customer_code(device.isolation, device.container_engine, device.worker_image),
+            "last_wipe": _ago(device.last_wipe_at) if device.isolation == "container" else "",
+            "overlay": overlay(device.overlay_ip, device.mesh_state, device.mesh_relayed),
             "price": usd_rate(device.hourly_price_micro, " per GPU-hour")
             + ("" if device.price_per_gpu_hour_micro is not None else " (the model's list price)"),
             # What the price field shows: the provider's own price in dollars, empty for the list price.
