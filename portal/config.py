@@ -14,6 +14,7 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -447,6 +448,20 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def pages_port(self) -> int:
+        """The port the built pages call the API back on (their event websocket): the public URL's when
+        users reach the portal over plain HTTP on another port, as through a load balancer in front of
+        several processes, else this process's own. Over HTTPS the pages take the page's own port whatever
+        they were built with, so the build stays this process's (the image's, made ahead)."""
+        public = urlsplit(self.public_url)
+        if public.scheme != "http":
+            return self.port
+        try:
+            return public.port or 80
+        except ValueError:
+            return self.port
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -19,6 +19,23 @@ def test_defaults_are_embedded_and_on_loopback():
     assert settings.base_url == "http://127.0.0.1:3000"
 
 
+@pytest.mark.parametrize(
+    ("public_url", "pages_port"),
+    [
+        ("", 3001),  # the process's own port
+        ("http://127.0.0.1:8080", 8080),  # a load balancer in front of several processes
+        ("http://portal.example.com", 80),
+        (
+            "https://portal.example.com",
+            3001,
+        ),  # the pages call back on the page's port: the build is the image's
+    ],
+)
+def test_the_pages_call_back_where_users_reach_the_portal(public_url, pages_port):
+    settings = Settings(data_dir=TEST_DATA_DIR, port=3001, public_url=public_url)
+    assert settings.pages_port == pages_port
+
+
 def test_real_services_are_taken_from_prefixed_variables(monkeypatch):
     monkeypatch.setenv("PORTAL_DATABASE_URL", "postgresql+psycopg://portal@db:5432/portal")
     monkeypatch.setenv("PORTAL_REDIS_URL", "redis://cache:6379/0")

@@ -96,8 +96,9 @@ def run(
         # Payouts within minutes of a demo cluster running, rather than at $10 once an hour.
         env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
         env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
-    if not frontend_build.is_current(frontend_build.fingerprint(env, settings.port)):
-        _build_pages(env, settings.port)
+    # Processes behind one load balancer serve one build, made for the public URL's port.
+    if not frontend_build.is_current(frontend_build.fingerprint(env, settings.pages_port)):
+        _build_pages(env, settings.pages_port)
     typer.secho(f"Starting the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
     if settings.mesh is MeshKind.NEBULA:
         _start_overlay_node()
@@ -140,12 +141,16 @@ def _build_pages(env: dict[str, str], port: int) -> None:
 @app.command()
 def build(
     port: Annotated[
-        int | None, typer.Option(help="Port the pages will be served on (default PORTAL_PORT).")
+        int | None,
+        typer.Option(
+            help="Port the pages call the API back on (default PORTAL_PORT, or PORTAL_PUBLIC_URL's port "
+            "when that is http:// on another port)."
+        ),
     ] = None,
 ) -> None:
     """Build the pages for production now (an image build does), so that ``portal run`` starts at once."""
     settings = settings_or_exit()
-    _build_pages(reflex_environment(settings), port or settings.port)
+    _build_pages(reflex_environment(settings), port or settings.pages_port)
 
 
 @app.command()
