@@ -7,10 +7,14 @@ runs with nothing else installed; production points them at real services by URL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
+import os
 import re
 import secrets
+import tempfile
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -485,12 +489,26 @@ class Settings(BaseSettings):
     def _signing_key(self) -> str:
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
-        key_file = self.data_dir / "secret_key"
-        if not key_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            key_file.touch(mode=0o600)
-            key_file.write_text(secrets.token_urlsafe(48))
-        return key_file.read_text().strip()
+        return made_once(self.data_dir / "secret_key", lambda: secrets.token_urlsafe(48)).strip()
+
+
+def made_once(path: Path, make: Callable[[], str]) -> str:
+    """The text of a private file (mode 600) made on first use by whichever process comes first.
+
+    Processes sharing data_dir (portals and task workers) may all come first at once: each writes what it
+    made to a file of its own beside ``path`` and links that into place, where only the first link lands,
+    so they all read one text and none reads a file half written."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(make())
+            with contextlib.suppress(FileExistsError):
+                os.link(staged, path)
+        finally:
+            os.unlink(staged)
+    return path.read_text()
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -3,7 +3,9 @@ admin's retry; deposits credited exactly once; the chain's state shared through 
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
+from pathlib import Path
 
 import pytest
 from solders.keypair import Keypair
@@ -14,7 +16,7 @@ from sqlmodel import select
 
 from portal.infra.db import session_scope
 from portal.models import AccountKind, Deposit, LedgerTransaction, Payout, PayoutState, User
-from portal.services.money import chain, deposits, ledger, payouts
+from portal.services.money import chain, deposits, ledger, payouts, treasury
 from portal.services.money.chain import ChainError, LiteSvmChain, Outcome
 from portal.services.money.ledger import Leg
 from portal.services.money.treasury import Settlement, Treasury, local_settlement
@@ -71,6 +73,34 @@ def paid(settlement: Settlement, wallet: Pubkey) -> int:
 def books_balance(engine) -> None:
     with session_scope(engine) as session:
         assert ledger.verify_books(session) == []
+
+
+def _first_use(path: str, start, keys) -> None:
+    start.wait()
+    try:
+        keys.put(str(treasury.treasury_keypair(settings_for(data_dir=Path(path))).pubkey()))
+    except Exception as error:  # reported in the test's process
+        keys.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_sharing_a_data_dir_make_its_treasury_key_once_together(tmp_path):
+    """Portals and task workers on one data_dir may all need the local treasury first at the same moment:
+    they must all sign with one key, and none may read the file half written."""
+    processes = 8
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        start, keys = context.Barrier(processes), context.Queue()
+        started = [
+            context.Process(target=_first_use, args=(str(tmp_path / str(attempt)), start, keys))
+            for _ in range(processes)
+        ]
+        for process in started:
+            process.start()
+        seen = [keys.get(timeout=30) for _ in started]
+        for process in started:
+            process.join()
+        assert len(set(seen)) == 1, seen
+        assert [path.name for path in (tmp_path / str(attempt)).iterdir()] == ["solana-treasury.json"]
 
 
 def test_the_chain_file_is_one_chain_for_every_process_and_a_resend_changes_nothing(tmp_path, settlement):

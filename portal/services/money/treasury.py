@@ -21,7 +21,7 @@ from pathlib import Path
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from portal.config import Settings
+from portal.config import Settings, made_once
 from portal.services.money import chain as chain_module
 from portal.services.money.chain import Chain, LiteSvmChain, RpcChain
 
@@ -59,12 +59,9 @@ def _keypair_from_text(text: str) -> Keypair:
 
 
 def _local_keypair(path: Path) -> Keypair:
-    """A keypair kept in a solana-keygen style file under data_dir, made on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(list(bytes(Keypair()))))
-    return _keypair_from_text(path.read_text())
+    """A keypair kept in a solana-keygen style file under data_dir, made on first use (by one process of
+    those sharing data_dir, whichever comes first)."""
+    return _keypair_from_text(made_once(path, lambda: json.dumps(list(bytes(Keypair())))))
 
 
 def treasury_keypair(settings: Settings) -> Keypair:
