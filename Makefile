@@ -19,7 +19,7 @@ export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
 export UV_CACHE_DIR := $(CURDIR)/.uv-cache
 export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
 
-.PHONY: setup run test test-fast bench lint browser mesh k8s pgbouncer containers worker clean
+.PHONY: setup run test test-fast bench lint browser mesh k8s pgbouncer haproxy containers worker clean
 
 SETUP := PYTHON=$(PYTHON) BUN_PACKAGE=$(BUN_PACKAGE) BUN_VERSION=$(BUN_VERSION) bash scripts/setup.sh
 
@@ -50,6 +50,10 @@ k8s:
 pgbouncer:
 	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; }
 
+# Debian's HAProxy: tests/test_multi_process.py balances two portal processes behind one.
+haproxy:
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
+
 # Debian's Podman with runc for the isolation tests (customer code in containers, tests/test_isolation*.py),
 # and mmdebstrap, which makes the test worker image's Debian rootfs (gpu_pool/image/build-test-image.sh).
 containers:
@@ -63,7 +67,7 @@ run:
 worker: setup
 	$(BIN)/portal worker
 
-test: setup browser mesh k8s pgbouncer containers
+test: setup browser mesh k8s pgbouncer haproxy containers
 	$(BIN)/pytest
 
 # Without the tests that drive Chromium or start real portals, Ray nodes or agents (pyproject.toml markers).

@@ -130,15 +130,24 @@ def postgres_available() -> None:
     require_service("PostgreSQL", lambda: _postgres_admin().close())
 
 
-@pytest.fixture
-def postgres_url(postgres_available: None) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def private_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped when the block ends (for fixtures of any scope)."""
     name = f"portal_test_{uuid.uuid4().hex[:12]}"
     with _postgres_admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with _postgres_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with _postgres_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_available: None) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    with private_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -210,8 +219,7 @@ def cache_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    """A RabbitMQ virtual host of its own for this test run, so parallel runs never share queues."""
+def rabbitmq_available() -> None:
     import pika
 
     def probe() -> None:
@@ -220,15 +228,29 @@ def rabbitmq_url() -> Iterator[str]:
         ).close()
 
     require_service("RabbitMQ", probe)
+
+
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of its own, deleted when the block ends: its queues are nobody else's."""
     vhost = f"portal-test-{uuid.uuid4().hex[:10]}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    yield f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_available: None) -> Iterator[str]:
+    """A RabbitMQ virtual host of its own for this test run, so parallel runs never share queues."""
+    with private_vhost() as url:
+        yield url
 
 
 # --- processes -------------------------------------------------------------------------------------
