@@ -43,17 +43,21 @@ def offer_group(
     session.add(device)
 
 
+def seed_offers(session: Session) -> None:
+    provider = make_user(session, Role.PROVIDER)
+    provider.wallet_address = str(Keypair().pubkey())
+    session.add(provider)
+    offer_group(session, provider.id, "H100-80GB", "DE", 2, 2_500_000, 0.99)
+    offer_group(session, provider.id, "A100-80GB", "FR", 4, 1_500_000, 0.90)
+    offer_group(session, provider.id, "RTX-4090", "NL", 1, 400_000, 0.95)
+    offer_group(session, provider.id, "L40S", "PL", 3, 900_000, 0.0, new=True)
+    session.commit()
+
+
 @pytest.fixture
 def offers(engine) -> list[market.Offer]:
     with Session(engine) as session:
-        provider = make_user(session, Role.PROVIDER)
-        provider.wallet_address = str(Keypair().pubkey())
-        session.add(provider)
-        offer_group(session, provider.id, "H100-80GB", "DE", 2, 2_500_000, 0.99)
-        offer_group(session, provider.id, "A100-80GB", "FR", 4, 1_500_000, 0.90)
-        offer_group(session, provider.id, "RTX-4090", "NL", 1, 400_000, 0.95)
-        offer_group(session, provider.id, "L40S", "PL", 3, 900_000, 0.0, new=True)
-        session.commit()
+        seed_offers(session)
         return market.offers(session, SETTINGS, market.OfferFilters())
 
 
@@ -111,3 +115,20 @@ def test_a_link_keeps_its_order_and_a_bad_one_falls_back_to_cheapest_first():
     assert {choice["value"] for choice in SORT_CHOICES} == {
         f"{by}-{way}" for by in market.OFFER_SORTS for way in ("asc", "desc")
     }
+
+
+def test_the_api_sorts_as_the_page_does_and_refuses_an_unknown_order(parts, api_client):
+    with Session(parts.engine) as session:
+        seed_offers(session)
+
+    def models(**params: str) -> list[str]:
+        reply = api_client.get("/api/v1/market/offers", params=params)
+        assert reply.status_code == 200, reply.text
+        return [offer["gpu_model"] for offer in reply.json()]
+
+    assert models(sort="price") == ["RTX-4090", "L40S", "A100-80GB", "H100-80GB"]
+    assert models(sort="free", order="desc") == ["A100-80GB", "L40S", "H100-80GB", "RTX-4090"]
+    assert models(sort="reliability", order="desc")[-1] == "L40S"  # too new to score: last either way
+    for bad in ({"sort": "cheapest"}, {"sort": "price", "order": "up"}):
+        refused = api_client.get("/api/v1/market/offers", params=bad)
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_input"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
@@ -26,6 +26,11 @@ def offers(
     connectivity_tier: ConnectivityTier | None = None,
     max_price_micro: Annotated[int | None, Query(gt=0, le=1_000_000_000)] = None,
     min_reliability: Annotated[float | None, Query(ge=0, le=1)] = None,
+    sort: Annotated[
+        Literal["price", "model", "reliability", "free"] | None,
+        Query(description="Order by price per GPU-hour, GPU model, reliability or free GPUs, as the page."),
+    ] = None,
+    order: Literal["asc", "desc"] = "asc",
 ) -> list[OfferOut]:
     filters = market.OfferFilters(
         gpu_model=gpu_model,
@@ -36,7 +41,10 @@ def offers(
         max_price_micro=max_price_micro,
         min_reliability=min_reliability,
     )
-    return [OfferOut(**offer.__dict__) for offer in market.offers(session, settings, filters)]
+    found = market.offers(session, settings, filters)
+    if sort is not None:
+        found = market.sort_offers(found, sort, descending=order == "desc")
+    return [OfferOut(**offer.__dict__) for offer in found]
 
 
 @router.post("/quote", summary="What a cluster would cost on the devices a deploy would book now")
