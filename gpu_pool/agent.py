@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from gpu_pool import __version__, compute, ray_node
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
-from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, SimulatedGpus, machine_facts
+from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, OfferedGpus, SimulatedGpus, machine_facts
 from gpu_pool.isolation import ContainerIsolation
 from gpu_pool.mesh import Mesh, MeshError, tun_name
 
@@ -31,7 +31,7 @@ class Agent:
     def __init__(
         self,
         client: PortalClient,
-        gpus: NvmlGpus | SimulatedGpus | None,
+        gpus: NvmlGpus | SimulatedGpus | OfferedGpus | None,
         *,
         node_ip: str = "127.0.0.1",
         workdir: Path | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -13,7 +14,15 @@ import httpx
 import typer
 
 from gpu_pool import __version__
-from gpu_pool.hardware import NvmlGpus, SimulatedGpus, driver_status, machine_facts, parse_simulation
+from gpu_pool.hardware import (
+    NvmlGpus,
+    OfferedGpus,
+    SimulatedGpus,
+    driver_status,
+    machine_facts,
+    parse_indices,
+    parse_simulation,
+)
 from gpu_pool.ray_node import PORT_NAMES, free_ports
 
 DEFAULT_STATE_DIR = Path.home() / ".gpu-pool"
@@ -40,6 +49,14 @@ def worker(
     cpu_only: Annotated[
         bool, typer.Option(help="Run without GPUs: the device is listed but not hireable.")
     ] = False,
+    offered: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Which GPUs to rent out, as nvidia-smi numbers them, e.g. 0,2 (default: all). The others "
+            "stay yours: never proven, sampled or given to a rental.",
+        ),
+    ] = None,
     node_ip: Annotated[str, typer.Option(help="Address Ray nodes of this machine listen on.")] = "127.0.0.1",
     metrics_port: Annotated[
         int, typer.Option(help="Serve DCGM-named GPU metrics on this port (0: off).")
@@ -90,7 +107,7 @@ def worker(
             count, model = parse_simulation(simulate)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--simulate") from None
-        gpus: NvmlGpus | SimulatedGpus | None = SimulatedGpus(count, model)
+        gpus: NvmlGpus | SimulatedGpus | OfferedGpus | None = SimulatedGpus(count, model)
         typer.secho(
             f"SIMULATED GPUs: {count} x {model} (development only; labelled simulated everywhere)",
             fg=typer.colors.YELLOW,
@@ -109,6 +126,18 @@ def worker(
             )
             raise typer.Exit(code=2)
         gpus = NvmlGpus()
+    if offered is not None:
+        if gpus is None:
+            raise typer.BadParameter("there are no GPUs to choose from with --cpu-only", param_hint="--gpus")
+        try:
+            gpus = OfferedGpus(gpus, parse_indices(offered))
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--gpus") from None
+        if not gpus.simulated:
+            # What CUDA sees in this process (the proof of compute) and in Ray nodes on the host: the
+            # offered GPUs, numbered as NVML numbers them.
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus.indices))
     container_isolation = None
     isolation = isolation or ("none" if simulate or cpu_only else "container")
     if isolation == "container":

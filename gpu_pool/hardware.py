@@ -220,6 +220,42 @@ class SimulatedGpus:
         return None
 
 
+class OfferedGpus:
+    """Only the GPUs the provider rents out (``gpu-pool worker --gpus 0,2``), by the indices NVML and
+    nvidia-smi give them: the others are never described, sampled, proven or passed to a rental, and keep
+    serving the provider's own work."""
+
+    def __init__(self, gpus: NvmlGpus | SimulatedGpus, indices: list[int]) -> None:
+        present = [gpu.index for gpu in gpus.describe()]
+        missing = sorted(set(indices) - set(present))
+        if missing or not indices:
+            raise ValueError(
+                f"no GPU {', '.join(map(str, missing))} on this machine: it has {len(present)} "
+                f"(indices {', '.join(map(str, present)) or 'none'})"
+                if missing
+                else "offer at least one GPU"
+            )
+        self._gpus, self.indices = gpus, sorted(set(indices))
+        self.simulated = gpus.simulated
+
+    def describe(self) -> list[GpuInfo]:
+        return [gpu for gpu in self._gpus.describe() if gpu.index in self.indices]
+
+    def sample(self, *args: bool, **kwargs: bool) -> list[GpuSample]:
+        return [sample for sample in self._gpus.sample(*args, **kwargs) if sample.index in self.indices]
+
+    def close(self) -> None:
+        self._gpus.close()
+
+
+def parse_indices(text: str) -> list[int]:
+    """``0,2`` -> [0, 2]: which GPUs to offer."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) < 64 for part in parts):
+        raise ValueError("GPU indices as nvidia-smi numbers them, separated by commas, e.g. 0,2")
+    return [int(part) for part in parts]
+
+
 def parse_simulation(spec: str) -> tuple[int, str]:
     """``2xH100-80GB`` -> (2, "H100-80GB")."""
     count, _, model = spec.partition("x")

@@ -3,6 +3,7 @@ commands, token refusal, a portal restart, and Ray nodes of two agents joining o
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from sqlmodel import select
 from gpu_pool import compute, ray_node
 from gpu_pool.agent import Agent
 from gpu_pool.client import PortalClient, PortalUnavailable
-from gpu_pool.hardware import SIMULATED_MODELS, SimulatedGpus
+from gpu_pool.hardware import SIMULATED_MODELS, OfferedGpus, SimulatedGpus, parse_indices
 from portal.infra.db import session_scope
 from portal.infra.wakeups import Listener, RedisWakeups, Wakeups
 from portal.models import CommandState, Device, DeviceCommand, DeviceState, FaultEvent, Gpu
@@ -130,6 +131,51 @@ def test_a_simulated_agent_registers_proves_its_compute_and_heartbeats(portal_ap
     assert checks["real_gpus"].message == "Simulated GPUs (development mode)."
     samples = json.loads(parts.cache.get(f"gpu-samples:{device_id}"))
     assert [s["index"] for s in samples["gpus"]] == [0, 1]
+
+
+def test_a_provider_rents_out_only_the_gpus_they_choose(portal_api):
+    server, parts = portal_api
+    device_id, token = add_device(parts)
+    offered = OfferedGpus(SimulatedGpus(4, "H100-80GB", seed=1), [3, 1])
+    agent = Agent(PortalClient(server.url, token), offered)
+    with RunningAgent(agent):
+        wait_until(lambda: device_row(parts, device_id).state == DeviceState.READY)
+        wait_until(lambda: parts.cache.get(f"gpu-samples:{device_id}") is not None, timeout_s=10)
+    with session_scope(parts.engine) as session:
+        gpus = session.exec(
+            select(Gpu).where(Gpu.device_id == uuid.UUID(device_id)).order_by(Gpu.index)
+        ).all()
+    # The portal knows the two offered GPUs by their own numbers; GPUs 0 and 2 stay the provider's.
+    assert [g.index for g in gpus] == [1, 3] and device_row(parts, device_id).gpu_count == 2
+    samples = json.loads(parts.cache.get(f"gpu-samples:{device_id}"))
+    assert [s["index"] for s in samples["gpus"]] == [1, 3]
+    assert agent._node_spec("head", {}).num_gpus == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("0,7", "no GPU 7 on this machine: it has 4 (indices 0, 1, 2, 3)"),
+        ("", "GPU indices"),
+        ("a", "GPU indices"),
+    ],
+)
+def test_offering_gpus_the_machine_lacks_is_refused_with_what_it_has(given, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        OfferedGpus(SimulatedGpus(4, "H100-80GB"), parse_indices(given))
+
+
+def test_the_cli_refuses_an_offer_of_missing_gpus_before_it_connects():
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "gpu-pool"), "worker", "--portal", "http://127.0.0.1:1", "--token", "x",
+            "--simulate", "2xH100-80GB", "--gpus", "0,2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no GPU 2 on this machine: it has 2" in result.stderr
 
 
 class WrongAgent(Agent):

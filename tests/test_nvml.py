@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from gpu_pool.hardware import NvmlGpus
+from gpu_pool.hardware import NvmlGpus, OfferedGpus
 
 
 class NVMLError(Exception):
@@ -81,3 +81,13 @@ def test_nvml_readings_and_the_last_xid_error_of_each_gpu(monkeypatch: pytest.Mo
     assert [s.xid_errors for s in gpus.sample()] == [43, 13]
     assert [s.xid_errors for s in gpus.sample()] == [43, 13]  # the last XID stays until another comes
     gpus.close()
+
+
+def test_only_the_offered_gpus_are_described_and_sampled_by_their_nvml_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml([(0, 43), (1, 79)]))
+    offered = OfferedGpus(NvmlGpus(), [1])
+    assert [(g.index, g.uuid) for g in offered.describe()] == [(1, "GPU-gpu1")]
+    (sample,) = offered.sample()
+    assert (sample.index, sample.xid_errors, sample.ecc_uncorrected) == (1, 79, 3)
