@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,7 +21,12 @@ from pathlib import Path
 import psutil
 import yaml
 
+logger = logging.getLogger("gpu_pool.ray_node")
+
 START_TIMEOUT_S = 90
+# Ray's own words when its raylet did not register within the 30 s it waits for it, and that wait.
+RAYLET_TIMED_OUT = "The current node timed out during startup"
+RAYLET_WAIT_S = 30
 STOP_TIMEOUT_S = 5
 HEAD_POLL_S = 0.1  # a worker started with its head asks this often whether the head's GCS answers
 OBJECT_STORE_BYTES = 80 * 2**20
@@ -195,6 +201,25 @@ def start(spec: NodeSpec, workdir: Path | None = None, abandon: threading.Event 
         if not spec.head_address:
             raise RayNodeError("a worker node needs the head's address")
         wait_for_head(spec.head_address, deadline, abandon)
+    while True:
+        node = _launch(spec, workdir)
+        try:
+            return _running(node, deadline)
+        except _StartupTimedOut as error:
+            # Ray waits a hard-coded 30 s for its own raylet to register (ray/_private/node.py); a loaded
+            # machine can miss that while everything else is fine: start afresh while time is left.
+            node.stop()
+            if time.monotonic() + RAYLET_WAIT_S >= deadline:
+                raise RayNodeError(str(error)) from None
+            logger.warning("the Ray node's raylet missed Ray's own 30 s wait; starting it again")
+
+
+class _StartupTimedOut(RayNodeError):
+    pass
+
+
+def _launch(spec: NodeSpec, workdir: Path | None) -> RayNode:
+    """``ray start`` for the node, on ports of its own (a head's GCS port as given)."""
     ports = _ports(spec)
     # Ray's socket paths must stay short (Unix sockets allow ~107 bytes), so the temp dir lives in /tmp.
     temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
@@ -244,15 +269,22 @@ def start(spec: NodeSpec, workdir: Path | None = None, abandon: threading.Event 
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    node = RayNode(spec, temp_dir, ports, process, log_path)
+    return RayNode(spec, temp_dir, ports, process, log_path)
+
+
+def _running(node: RayNode, deadline: float) -> RayNode:
+    """The node once Ray says it runs; RayNodeError (with its last log lines) when it exits or the
+    deadline passes, _StartupTimedOut when Ray gave up waiting for its own raylet."""
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RayNodeError(f"ray start exited with {process.returncode}: {_tail(log_path)}")
-        if "Ray runtime started" in log_path.read_text(errors="replace"):
-            node.node_id = _node_id(temp_dir)
+        if node.process.poll() is not None:
+            log = node.log_path.read_text(errors="replace")
+            failed = _StartupTimedOut if RAYLET_TIMED_OUT in log else RayNodeError
+            raise failed(f"ray start exited with {node.process.returncode}: {_tail(node.log_path)}")
+        if "Ray runtime started" in node.log_path.read_text(errors="replace"):
+            node.node_id = _node_id(node.temp_dir)
             return node
         time.sleep(0.2)
-    last_lines = _tail(log_path)  # before stop() removes the node's temp dir, log included
+    last_lines = _tail(node.log_path)  # before stop() removes the node's temp dir, log included
     node.stop()
     raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {last_lines}")
 

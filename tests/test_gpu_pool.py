@@ -585,3 +585,28 @@ def test_a_revoked_token_is_refused_even_if_a_read_before_the_revocation_caches_
     # overwrite the revocation in the cache.
     with session_scope(parts.engine) as session, pytest.raises(Unauthorized):
         authentication.authenticate_bearer(session, parts.cache, token)
+
+
+def test_a_node_whose_raylet_missed_rays_own_30_s_wait_is_started_again(tmp_path, monkeypatch):
+    """Ray gives its raylet a hard-coded 30 s to register and then exits; on a loaded machine that happens
+    while all else is well. A stand-in for ``ray`` fails so once, then runs: the node starts on the second
+    try, and the first try's temp dir is gone."""
+    tries = tmp_path / "tries"
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text(
+        "#!/bin/sh\n"
+        f'echo try >> "{tries}"\n'
+        f'if [ "$(wc -l < "{tries}")" -eq 1 ]; then\n'
+        f'  echo "Exception: {ray_node.RAYLET_TIMED_OUT}. This could happen because ..."; exit 1\n'
+        "fi\n"
+        'echo "Ray runtime started."; exec sleep 60\n'
+    )
+    fake_ray.chmod(0o755)
+    monkeypatch.setattr(ray_node, "_ray_executable", lambda: str(fake_ray))
+    spec = ray_node.NodeSpec(role="head", num_gpus=0, resources={})
+    node = ray_node.start(spec, workdir=tmp_path)
+    try:
+        assert node.alive() and tries.read_text().count("try") == 2
+        assert [path for path in tmp_path.glob("gp-*") if path != node.temp_dir] == []
+    finally:
+        node.stop()
