@@ -92,3 +92,31 @@ def test_an_admin_grants_credits_sets_roles_locks_and_terminates(portal, page: P
         assert actions["billing.grant"].details["reason"] == "refund for the outage"
         assert "abuse report 1432" in actions["cluster.terminate"].details["reason"]
     engine.dispose()
+
+
+def test_the_admins_tables_page_through_long_lists(portal, page: Page):
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="pager-boss@example.com", password=PASSWORD, roles=[Role.ADMIN])
+        for number in range(29):
+            users.create_user(
+                session, email=f"pager-{number:02d}@example.com", password=None, roles=[Role.CUSTOMER]
+            )
+    page.goto(portal.url + "/login")
+    page.locator("#email").fill("pager-boss@example.com")
+    page.locator("#password").fill(PASSWORD)
+    page.locator("#submit-sign-in").click()
+    expect(page).to_have_url(re.compile(r"/account/?$"))
+
+    page.goto(portal.url + "/admin/users")
+    page.locator("#user-search").fill("pager-")
+    page.get_by_role("button", name="Search").click()
+    newer, older = page.get_by_role("button", name="Newer"), page.get_by_role("button", name="Older")
+    expect(page.get_by_text("1-25 of 30")).to_be_visible()
+    expect(newer).to_be_disabled()
+    older.click()
+    expect(page.get_by_text("26-30 of 30")).to_be_visible()
+    expect(page.locator("#users-table").get_by_role("row")).to_have_count(6)  # the header and five
+    expect(older).to_be_disabled()
+    newer.click()
+    expect(page.get_by_text("1-25 of 30")).to_be_visible()

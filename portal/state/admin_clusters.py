@@ -16,9 +16,9 @@ from portal.services.display import usd, words
 from portal.services.errors import DomainError
 from portal.services.rentals import clusters
 from portal.state.clusters import STATE_COLORS
+from portal.state.paging import PAGE_SIZE, PagedList
 from portal.state.session import SessionState, for_users, principal
 
-PAGE_SIZE = 25
 ANY = "any"
 STATE_CHOICES = [
     {"value": ANY, "label": "Any state"},
@@ -68,10 +68,8 @@ def _terminate(cluster_id: str, reason: str, origin: RequestOrigin) -> None:
         )
 
 
-class AdminClustersState(SessionState):
+class AdminClustersState(PagedList, SessionState):
     rows: list[dict[str, Any]] = []
-    total: int = 0
-    offset: int = 0
     state_filter: str = ANY
     loaded: bool = False
     ending_id: str = ""
@@ -87,20 +85,6 @@ class AdminClustersState(SessionState):
     def states(self) -> list[dict[str, str]]:
         return STATE_CHOICES
 
-    @rx.var
-    def shown(self) -> str:
-        if not self.total:
-            return ""
-        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
-
-    @rx.var
-    def has_newer(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_older(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
-
     @rx.event
     @for_users(Role.ADMIN, page_says=True)
     async def load(self) -> None:
@@ -111,12 +95,6 @@ class AdminClustersState(SessionState):
     async def pick_state(self, value: str) -> None:
         self.state_filter = value if value in {c["value"] for c in STATE_CHOICES} else ANY
         self.offset = 0
-        await self._fetch()
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def page(self, step: int) -> None:
-        self.offset = max(0, min(self.offset + step * PAGE_SIZE, max(self.total - 1, 0)))
         await self._fetch()
 
     @rx.event

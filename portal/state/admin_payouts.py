@@ -18,9 +18,9 @@ from portal.services import dates
 from portal.services.display import usd, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.money import payouts
+from portal.state.paging import PAGE_SIZE, PagedList
 from portal.state.session import SessionState, for_users, principal
 
-PAGE_SIZE = 25
 ANY = "any"
 STATE_CHOICES = [
     {"value": ANY, "label": "Any state"},
@@ -91,10 +91,8 @@ def _retry(payout_id: str, reason: str, origin: RequestOrigin) -> None:
         )
 
 
-class AdminPayoutsState(SessionState):
+class AdminPayoutsState(PagedList, SessionState):
     rows: list[dict[str, Any]] = []
-    total: int = 0
-    offset: int = 0
     filters: dict[str, str] = {"state": ANY, "provider": "", "since": "", "until": ""}
     filter_error: str = ""
     loaded: bool = False
@@ -115,20 +113,6 @@ class AdminPayoutsState(SessionState):
     @rx.var
     def states(self) -> list[dict[str, str]]:
         return STATE_CHOICES
-
-    @rx.var
-    def shown(self) -> str:
-        if not self.total:
-            return ""
-        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
-
-    @rx.var
-    def has_newer(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_older(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
 
     @rx.event
     @for_users(Role.ADMIN, page_says=True)
@@ -153,12 +137,6 @@ class AdminPayoutsState(SessionState):
             "until": str(form.get("until", ""))[:10],
         }
         self.offset = 0
-        await self._fetch()
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def page(self, step: int) -> None:
-        self.offset = max(0, min(self.offset + step * PAGE_SIZE, max(self.total - 1, 0)))
         await self._fetch()
 
     @rx.event

@@ -17,9 +17,9 @@ from portal.services.accounts import admin_users, users
 from portal.services.display import MICRO_PER_USD, usd, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.money import billing
+from portal.state.paging import PAGE_SIZE, PagedList
 from portal.state.session import SessionState, for_users, principal
 
-PAGE_SIZE = 25
 ROLES = [role.value for role in Role]
 
 
@@ -81,10 +81,8 @@ def _grant(user_id: str, amount_micro: int, reason: str, origin: RequestOrigin) 
         )
 
 
-class AdminUsersState(SessionState):
+class AdminUsersState(PagedList, SessionState):
     rows: list[dict[str, Any]] = []
-    total: int = 0
-    offset: int = 0
     text: str = ""
     loaded: bool = False
     # The account a dialog is open for ("" when none), and what the dialog says.
@@ -98,20 +96,6 @@ class AdminUsersState(SessionState):
         self.rows, self.total = await asyncio.to_thread(_search, self.text, self.offset)
         self.loaded = True
 
-    @rx.var
-    def shown(self) -> str:
-        if not self.total:
-            return ""
-        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
-
-    @rx.var
-    def has_newer(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_older(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
-
     @rx.event
     @for_users(Role.ADMIN, page_says=True)
     async def load(self) -> None:
@@ -121,12 +105,6 @@ class AdminUsersState(SessionState):
     @for_users(Role.ADMIN)
     async def search(self, form: dict[str, Any]) -> None:
         self.text, self.offset = str(form.get("text", "")).strip()[:100], 0
-        await self._fetch()
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def page(self, step: int) -> None:
-        self.offset = max(0, min(self.offset + step * PAGE_SIZE, max(self.total - 1, 0)))
         await self._fetch()
 
     @rx.event
