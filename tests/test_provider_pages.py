@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import VENV_BIN
+from tests.conftest import PROJECT_ROOT, VENV_BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -45,6 +45,7 @@ def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, 
         page.locator("#device-table").get_by_role("link", name="garage-rig").click()
         expect(page.locator("#device-state")).to_have_text("ready")
         expect(page.locator("#eligibility")).to_contain_text("Proof of compute passed")
+        expect(page.locator("#eligibility")).to_contain_text("2 GPUs reported.")
         expect(page.locator("#eligibility")).to_contain_text("Simulated GPUs (development mode).")
         expect(page.locator("#eligibility")).to_contain_text("Link a payout wallet")
         expect(page.get_by_text("simulated").first).to_be_visible()
@@ -52,6 +53,12 @@ def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, 
         expect(page.locator("#device-customer-code")).to_contain_text("not isolated (development only")
         expect(page.locator("#device-last-wipe")).to_have_count(0)
         expect(page.locator("#device-overlay")).to_have_text("Not on the overlay")
+        shots = PROJECT_ROOT / "test-results" / "provider-pages"
+        shots.mkdir(parents=True, exist_ok=True)
+        for width, height in ((1440, 900), (390, 844)):
+            page.set_viewport_size({"width": width, "height": height})
+            page.screenshot(path=shots / f"device-{width}.png", full_page=True)
+        page.set_viewport_size({"width": 1440, "height": 900})
         # Its charts: the GPUs from the heartbeats, and its uptime per day.
         expect(page.locator("#chart-uptime .js-plotly-plot")).to_be_visible(timeout=20_000)
         expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=20_000)

@@ -32,6 +32,7 @@ from portal.security.authentication import revoke_device_token
 from portal.security.principal import RequestOrigin
 from portal.security.secrets import DEVICE_TOKEN_PREFIX, keyed_hash, new_token
 from portal.services import audit, names
+from portal.services.display import count
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.mesh import revocations
 from portal.services.providers.gpu_catalog import list_price
@@ -317,7 +318,9 @@ def eligibility(session: Session, device: Device, settings: Settings) -> list[Ch
             else "The agent stopped sending heartbeats: check that it runs and reaches the portal.",
         ),
         Check(
-            "gpus", bool(gpus), f"{len(gpus)} GPU(s) reported." if gpus else "The agent has reported no GPU."
+            "gpus",
+            bool(gpus),
+            f"{count(len(gpus), 'GPU')} reported." if gpus else "The agent has reported no GPU.",
         ),
         Check(
             "verified",
