@@ -1,12 +1,13 @@
 """What people read on the pages: amounts, rates, states and reliability, the same on every page."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from portal.models import ConnectivityTier
 from portal.models.base import utcnow
 from portal.services import display
 from portal.services.display import count, plain_text, reliability, sentence, usd, usd_rate, words
 from portal.services.providers.reliability import is_new
+from portal.state.charts import MIN_SPAN, time_axis
 
 
 def test_amounts_are_in_cents_with_the_sign_before_the_symbol():
@@ -80,3 +81,22 @@ def test_a_devices_overlay_says_whether_its_tunnels_are_direct_or_relayed():
     assert display.overlay("100.64.0.9", "connected", False) == "100.64.0.9, connected, direct (hole punched)"
     assert display.overlay("100.64.0.9", "connected", True) == "100.64.0.9, connected, through the relay"
     assert display.overlay("100.64.0.9", "certified", None) == "100.64.0.9, certified"
+
+
+def test_moments_go_to_the_pages_as_fixed_width_utc_text():
+    # local_time slices its UTC title from fixed places: the same width whatever the zone it came in.
+    assert display.utc_iso(datetime(2026, 12, 3, 1, 20, 5, 123456, tzinfo=UTC)) == "2026-12-03T01:20:05Z"
+    assert display.utc_iso(datetime(2026, 12, 3, 2, 20, 5, tzinfo=timezone(timedelta(hours=1)))) == (
+        "2026-12-03T01:20:05Z"
+    )
+    assert display.utc_iso(datetime(2026, 12, 3, 1, 20, 5)) == "2026-12-03T01:20:05Z"  # naive is UTC
+    assert display.utc_iso(None) == ""
+
+
+def test_a_gpu_chart_spans_minutes_even_for_a_device_seconds_old():
+    now = utcnow()
+    axis = time_axis([now - timedelta(seconds=4), now])
+    assert axis["range"] == [now - MIN_SPAN, now]
+    # An hour of points keeps its own span; ticks never show seconds.
+    assert time_axis([now - timedelta(hours=1), now])["range"] == [now - timedelta(hours=1), now]
+    assert all("%S" not in stop["value"] for stop in axis["tickformatstops"])

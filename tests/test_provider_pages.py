@@ -4,13 +4,48 @@ import os
 import re
 import signal
 import subprocess
+from datetime import UTC, datetime
 
 import pytest
 from playwright.sync_api import Page, expect
+from sqlmodel import select
 
+from portal.infra.db import build_engine, session_scope
+from portal.models import ClusterNode, Device, FaultEvent, NodeState
+from portal.models.base import utcnow
 from tests.conftest import PROJECT_ROOT, VENV_BIN
+from tests.factories import make_usage, make_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# The pages show moments in the browser's zone: this one's is 5 h 30 min ahead of UTC, all year.
+ZONE = "Asia/Kolkata"
+# Whether an element fits the screen's width (its table scrolls in no box of its own).
+FITS_SCREEN = "(el) => el.getBoundingClientRect().right <= document.documentElement.clientWidth"
+
+
+@pytest.fixture
+def browser_context_args(browser_context_args: dict) -> dict:
+    return {**browser_context_args, "timezone_id": ZONE}
+
+
+def a_fault_and_an_hours_earnings(database_url: str, device_name: str) -> None:
+    """What the meter and the fault monitor write for a device: an hour rented today, and a fault."""
+    engine = build_engine(database_url)
+    with session_scope(engine) as session:
+        device = session.exec(select(Device).where(Device.name == device_name)).one()
+        usage = make_usage(session, customer_id=make_user(session).id, device=device, ended_at=utcnow())
+        node = session.get(ClusterNode, usage.node_id)
+        node.state = NodeState.RELEASED  # its rental is over: the device stays free
+        session.add(
+            FaultEvent(
+                device_id=device.id,
+                at=datetime(2026, 3, 10, 12, 0, 5, tzinfo=UTC),
+                kind="heartbeat_missed",
+                severity="warning",
+                message="No heartbeat for 30 s.",
+            )
+        )
+    engine.dispose()
 
 
 def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, page: Page):
@@ -53,15 +88,31 @@ def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, 
         expect(page.locator("#device-customer-code")).to_contain_text("not isolated (development only")
         expect(page.locator("#device-last-wipe")).to_have_count(0)
         expect(page.locator("#device-overlay")).to_have_text("Not on the overlay")
+        # A GPU's UUID is cut short (the whole one on hover), so the table fits a phone.
+        uuid_cell = page.locator("#device-gpus code").first
+        expect(uuid_cell).to_have_text(re.compile(r"^GPU-.{4}….{4}$"))
+        expect(uuid_cell).to_have_attribute("title", re.compile(r".{20,}"))
+        expect(page.locator("#device-earnings-empty")).to_have_text("No earnings yet.")
+
+        # An hour rented shows in the device's earnings per day; its fault's time is in the browser's zone.
+        a_fault_and_an_hours_earnings(portal.database_url, "garage-rig")
+        expect(page.locator("#chart-device-earnings .js-plotly-plot")).to_be_visible(timeout=20_000)
+        when = page.locator("#device-faults .local-time").first
+        expect(when).to_have_text("2026-03-10 17:30:05")
+        expect(when).to_have_attribute("title", "2026-03-10 12:00:05 UTC")
+        # Its charts: the GPUs from the heartbeats, and its uptime per day.
+        expect(page.locator("#chart-uptime .js-plotly-plot")).to_be_visible(timeout=20_000)
+        expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=20_000)
+        # A device seconds old: its GPU charts' ticks are hours and minutes, not fractions of a second.
+        ticks = page.locator("#chart-util .xtick text").all_text_contents()
+        assert ticks and all(re.fullmatch(r"\d{2}:\d{2}", tick) for tick in ticks), ticks
         shots = PROJECT_ROOT / "test-results" / "provider-pages"
         shots.mkdir(parents=True, exist_ok=True)
         for width, height in ((1440, 900), (390, 844)):
             page.set_viewport_size({"width": width, "height": height})
+            page.wait_for_timeout(1000)  # the charts redraw for the new width before the picture
             page.screenshot(path=shots / f"device-{width}.png", full_page=True)
-        page.set_viewport_size({"width": 1440, "height": 900})
-        # Its charts: the GPUs from the heartbeats, and its uptime per day.
-        expect(page.locator("#chart-uptime .js-plotly-plot")).to_be_visible(timeout=20_000)
-        expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=20_000)
+            assert page.locator("#device-gpus table").evaluate(FITS_SCREEN), f"GPU table too wide at {width}"
     finally:
         os.killpg(agent.pid, signal.SIGINT)
         agent.wait(timeout=30)

@@ -6,12 +6,13 @@ import reflex as rx
 
 from portal.components.layout import page_frame
 from portal.components.tables import data_table
+from portal.components.times import DATE_TIME_SECONDS, local_time
 from portal.state.audit import AuditState
 
 
 def audit_row(row: rx.Var) -> rx.Component:
     return rx.table.row(
-        rx.table.cell(rx.text(row["at"], size="1")),
+        rx.table.cell(rx.text(local_time(row["at"], DATE_TIME_SECONDS), size="1")),
         rx.table.cell(rx.code(row["action"])),
         rx.table.cell(
             rx.badge(row["outcome"], color_scheme=rx.cond(row["outcome"] == "success", "green", "red"))
@@ -46,7 +47,7 @@ def audit_log() -> rx.Component:
             rx.cond(
                 AuditState.rows.length() > 0,
                 data_table(
-                    ("When (UTC)", "Action", "Outcome", "Actor", "Target", "From", "Details"),
+                    ("When", "Action", "Outcome", "Actor", "Target", "From", "Details"),
                     AuditState.rows,
                     audit_row,
                     size="1",

@@ -7,6 +7,7 @@ import reflex as rx
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import data_table, pager
+from portal.components.times import local_time
 from portal.state.admin_clusters import AdminClustersState
 
 
@@ -21,7 +22,7 @@ def cluster_row(row: rx.Var) -> rx.Component:
             rx.text(row["reason"], size="1", color_scheme="gray"),
         ),
         rx.table.cell(row["spent"], white_space="nowrap"),
-        rx.table.cell(row["created"], white_space="nowrap"),
+        rx.table.cell(local_time(row["created"])),
         rx.table.cell(
             rx.cond(
                 row["active"],
@@ -94,7 +95,7 @@ def admin_clusters() -> rx.Component:
             rx.cond(
                 AdminClustersState.rows.length() > 0,
                 data_table(
-                    ("Cluster", "Customer", "State", "Spent", "Created (UTC)", ""),
+                    ("Cluster", "Customer", "State", "Spent", "Created", ""),
                     AdminClustersState.rows,
                     cluster_row,
                     id="admin-clusters-table",

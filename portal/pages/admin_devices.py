@@ -7,6 +7,7 @@ import reflex as rx
 
 from portal.components.layout import page_frame
 from portal.components.tables import data_table
+from portal.components.times import DATE_TIME_SECONDS, local_time
 from portal.state.admin_devices import STATES, AdminDevicesState
 
 
@@ -23,7 +24,7 @@ def device_row(row: rx.Var) -> rx.Component:
         rx.table.cell(rx.badge(row["state"], color_scheme=rx.cond(row["blocked"], "red", "gray"))),
         rx.table.cell(rx.text(row["reason"], size="1", color_scheme="gray")),
         rx.table.cell(row["gpus"]),
-        rx.table.cell(rx.code(row["beat"], size="1")),
+        rx.table.cell(rx.code(local_time(row["beat"], DATE_TIME_SECONDS), size="1")),
         rx.table.cell(
             rx.cond(
                 row["blocked"],
@@ -89,7 +90,7 @@ def filters() -> rx.Component:
 
 def fault_row(row: rx.Var) -> rx.Component:
     return rx.table.row(
-        rx.table.cell(rx.code(row["at"], size="1")),
+        rx.table.cell(rx.code(local_time(row["at"], DATE_TIME_SECONDS), size="1")),
         rx.table.cell(row["device"]),
         rx.table.cell(rx.code(row["kind"], size="1")),
         rx.table.cell(
@@ -114,7 +115,7 @@ def admin_devices() -> rx.Component:
             rx.cond(
                 AdminDevicesState.rows.length() > 0,
                 data_table(
-                    ("Device", "Owner", "State", "Why", "GPUs", "Last heartbeat (UTC)", ""),
+                    ("Device", "Owner", "State", "Why", "GPUs", "Last heartbeat", ""),
                     AdminDevicesState.rows,
                     device_row,
                     size="1",
@@ -137,7 +138,7 @@ def admin_devices() -> rx.Component:
             rx.cond(
                 AdminDevicesState.faults.length() > 0,
                 data_table(
-                    ("When (UTC)", "Device", "Kind", "Severity", "What happened"),
+                    ("When", "Device", "Kind", "Severity", "What happened"),
                     AdminDevicesState.faults,
                     fault_row,
                     size="1",

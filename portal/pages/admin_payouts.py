@@ -7,6 +7,7 @@ import reflex as rx
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import data_table, pager
+from portal.components.times import local_time
 from portal.state.admin_payouts import AdminPayoutsState
 
 
@@ -33,7 +34,7 @@ def payout_row(row: rx.Var) -> rx.Component:
             ),
         ),
         rx.table.cell(row["attempts"]),
-        rx.table.cell(row["created"], white_space="nowrap"),
+        rx.table.cell(local_time(row["created"])),
         rx.table.cell(
             rx.cond(
                 row["link"] != "",
@@ -144,7 +145,7 @@ def admin_payouts() -> rx.Component:
             rx.cond(
                 AdminPayoutsState.rows.length() > 0,
                 data_table(
-                    ("Provider", "Amount", "State", "Tries", "Made (UTC)", "On chain"),
+                    ("Provider", "Amount", "State", "Tries", "Made", "On chain"),
                     AdminPayoutsState.rows,
                     payout_row,
                     id="admin-payouts-table",

@@ -6,6 +6,7 @@ import reflex as rx
 
 from portal.components.layout import page_frame
 from portal.components.tables import data_table, pager
+from portal.components.times import DATE, local_time
 from portal.state.admin_users import ROLES, AdminUsersState
 
 
@@ -23,7 +24,7 @@ def user_row(row: rx.Var) -> rx.Component:
             )
         ),
         rx.table.cell(row["balance"], white_space="nowrap"),
-        rx.table.cell(row["joined"], white_space="nowrap"),
+        rx.table.cell(local_time(row["joined"], DATE)),
         rx.table.cell(
             rx.hstack(
                 rx.button(

@@ -8,6 +8,7 @@ import reflex as rx
 from portal.components.charts import chart
 from portal.components.layout import page_frame, stat_card
 from portal.components.tables import data_table
+from portal.components.times import DATE_TIME_SECONDS, TIME_SECONDS, local_time
 from portal.pages import invoice
 from portal.state.billing import BillingState
 
@@ -16,7 +17,7 @@ REFRESH_MS = 5000
 
 def ledger_row(line: rx.Var) -> rx.Component:
     return rx.table.row(
-        rx.table.cell(rx.code(line["at"], size="1")),
+        rx.table.cell(rx.code(local_time(line["at"], DATE_TIME_SECONDS), size="1")),
         rx.table.cell(line["what"]),
         rx.table.cell(line["account"]),
         rx.table.cell(line["amount"]),
@@ -26,7 +27,12 @@ def ledger_row(line: rx.Var) -> rx.Component:
 
 def usage_row(line: rx.Var) -> rx.Component:
     return rx.table.row(
-        rx.table.cell(line["period"], white_space="nowrap"),
+        rx.table.cell(
+            local_time(line["start"], TIME_SECONDS),
+            " to ",
+            local_time(line["end"], TIME_SECONDS),
+            white_space="nowrap",
+        ),
         rx.table.cell(line["cluster"]),
         rx.table.cell(line["device"]),
         rx.table.cell(line["gpus"]),
@@ -111,10 +117,10 @@ def deposit_section() -> rx.Component:
         rx.cond(
             BillingState.summary["deposits"].to(list[dict]).length() > 0,
             data_table(
-                ("When (UTC)", "Amount", "State", "Transaction"),
+                ("When", "Amount", "State", "Transaction"),
                 BillingState.summary["deposits"].to(list[dict]),
                 lambda d: rx.table.row(
-                    rx.table.cell(rx.code(d["at"], size="1")),
+                    rx.table.cell(rx.code(local_time(d["at"], DATE_TIME_SECONDS), size="1")),
                     rx.table.cell(d["amount"]),
                     rx.table.cell(state_badge(d["state"])),
                     rx.table.cell(signature_link(d)),
@@ -181,7 +187,7 @@ def billing_page() -> rx.Component:
                 rx.cond(
                     summary["usage"].to(list[dict]).length() > 0,
                     data_table(
-                        ("Period (UTC)", "Cluster", "Device", "GPUs", "Seconds", "Rate", "Amount"),
+                        ("Period", "Cluster", "Device", "GPUs", "Seconds", "Rate", "Amount"),
                         summary["usage"].to(list[dict]),
                         usage_row,
                         id="usage-table",
@@ -190,7 +196,7 @@ def billing_page() -> rx.Component:
                 ),
                 rx.heading("Ledger", size="4"),
                 data_table(
-                    ("When (UTC)", "What", "Account", "Amount", ""),
+                    ("When", "What", "Account", "Amount", ""),
                     summary["ledger"].to(list[dict]),
                     ledger_row,
                     id="ledger-table",
@@ -269,10 +275,10 @@ def earnings_page() -> rx.Component:
                     rx.cond(
                         earnings["payouts"].to(list[dict]).length() > 0,
                         data_table(
-                            ("When (UTC)", "Amount", "State", "Wallet", "Transaction", ""),
+                            ("When", "Amount", "State", "Wallet", "Transaction", ""),
                             earnings["payouts"].to(list[dict]),
                             lambda p: rx.table.row(
-                                rx.table.cell(rx.code(p["at"], size="1")),
+                                rx.table.cell(rx.code(local_time(p["at"], DATE_TIME_SECONDS), size="1")),
                                 rx.table.cell(p["amount"]),
                                 rx.table.cell(state_badge(p["state"])),
                                 rx.table.cell(rx.code(p["wallet"], size="1")),
@@ -294,10 +300,12 @@ def earnings_page() -> rx.Component:
                     ),
                     rx.heading("By cluster", size="4"),
                     data_table(
-                        ("Cluster", "Earned", "Since (UTC)"),
+                        ("Cluster", "Earned", "Since"),
                         earnings["clusters"].to(list[dict]),
                         lambda c: rx.table.row(
-                            rx.table.cell(c["name"]), rx.table.cell(c["earned"]), rx.table.cell(c["since"])
+                            rx.table.cell(c["name"]),
+                            rx.table.cell(c["earned"]),
+                            rx.table.cell(local_time(c["since"])),
                         ),
                     ),
                     rx.moment(interval=REFRESH_MS, on_change=BillingState.tick_earnings, display="none"),

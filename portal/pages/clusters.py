@@ -7,6 +7,7 @@ import reflex as rx
 from portal.components.charts import gpu_charts
 from portal.components.layout import link_button, page_frame
 from portal.components.tables import confirm_button, data_table
+from portal.components.times import DATE_TIME_SECONDS, TIME_SECONDS, local_time
 from portal.state.charts import ChartsState
 from portal.state.clusters import ClustersState
 
@@ -22,8 +23,8 @@ def cluster_row(row: rx.Var) -> rx.Component:
         rx.table.cell(rx.link(row["name"], href="/cluster/" + row["id"].to(str))),
         rx.table.cell(state_badge(row)),
         rx.table.cell(row["gpus"]),
-        rx.table.cell(row["created"]),
-        rx.table.cell(row["expires"]),
+        rx.table.cell(local_time(row["created"])),
+        rx.table.cell(local_time(row["expires"])),
         rx.table.cell(row["spent"]),
     )
 
@@ -84,7 +85,7 @@ def node_row(node: rx.Var) -> rx.Component:
 
 def event_line(event: rx.Var) -> rx.Component:
     return rx.hstack(
-        rx.code(event["at"], size="1"),
+        rx.code(local_time(event["at"], TIME_SECONDS), size="1"),
         rx.badge(event["kind"], variant="surface", size="1"),
         rx.text(event["message"], size="2"),
         spacing="2",
@@ -96,7 +97,7 @@ def job_row(job: rx.Var) -> rx.Component:
     return rx.table.row(
         rx.table.cell(rx.code(job["entrypoint"], size="1")),
         rx.table.cell(rx.badge(job["status"], color_scheme=job["color"], class_name="job-status")),
-        rx.table.cell(job["created"]),
+        rx.table.cell(local_time(job["created"], DATE_TIME_SECONDS)),
         rx.table.cell(
             rx.button("Logs", size="1", variant="soft", on_click=ClustersState.show_logs(job["id"]))
         ),
@@ -235,7 +236,9 @@ def info() -> rx.Component:
                         )
                     ),
                 ),
-                rx.data_list.item(rx.data_list.label("Ends"), rx.data_list.value(detail["expires"])),
+                rx.data_list.item(
+                    rx.data_list.label("Ends"), rx.data_list.value(local_time(detail["expires"]))
+                ),
             ),
         ),
         rx.data_list.item(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import reflex as rx
 
-from portal.components.charts import gpu_charts
+from portal.components.charts import chart, gpu_charts
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
+from portal.components.times import DATE_TIME_SECONDS, local_time
 from portal.state.charts import ChartsState
 from portal.state.devices import DevicesState
 
@@ -185,12 +186,17 @@ def gpu_row(gpu: rx.Var) -> rx.Component:
     return rx.table.row(
         rx.table.cell(gpu["index"]),
         rx.table.cell(
-            rx.hstack(
-                rx.text(gpu["model"]), rx.cond(gpu["simulated"], rx.badge("simulated", color_scheme="amber"))
+            rx.flex(
+                rx.text(gpu["model"]),
+                rx.cond(gpu["simulated"], rx.badge("simulated", color_scheme="amber")),
+                gap="1",
+                wrap="wrap",
             )
         ),
-        rx.table.cell(gpu["memory"]),
-        rx.table.cell(rx.code(gpu["uuid"], size="1")),
+        rx.table.cell(gpu["memory"], white_space="nowrap"),
+        rx.table.cell(
+            rx.code(gpu["uuid_short"], size="1", title=gpu["uuid"].to(str), word_break="break-all")
+        ),
         rx.table.cell(gpu["driver"]),
     )
 
@@ -240,6 +246,24 @@ def price_form() -> rx.Component:
         ),
         width="100%",
         id="price-card",
+    )
+
+
+def earnings_card() -> rx.Component:
+    """What this device earned each UTC day of the last 30 (its share, after the platform's fee)."""
+    return rx.card(
+        rx.vstack(
+            rx.heading("Earnings", size="4"),
+            rx.cond(
+                DevicesState.has_earnings,
+                chart(DevicesState.earnings_chart, "chart-device-earnings"),
+                rx.text("No earnings yet.", color_scheme="gray", size="2", id="device-earnings-empty"),
+            ),
+            spacing="2",
+            width="100%",
+        ),
+        width="100%",
+        id="device-earnings",
     )
 
 
@@ -309,19 +333,23 @@ def device_detail() -> rx.Component:
                         ),
                     ),
                     price_form(),
+                    earnings_card(),
                     data_table(
                         ("GPU", "Model", "Memory", "UUID", "Driver"),
                         detail["gpu_rows"].to(list[dict]),
                         gpu_row,
+                        id="device-gpus",
+                        # Tighter cells on a phone: the five columns then fit 390 px with no scrolling.
+                        size=rx.breakpoints(initial="1", sm="2"),
                     ),
                     rx.heading("Faults", size="4"),
                     rx.cond(
                         detail["faults"].to(list[dict]).length() > 0,
                         data_table(
-                            ("When (UTC)", "Kind", "Severity", "What happened"),
+                            ("When", "Kind", "Severity", "What happened"),
                             detail["faults"].to(list[dict]),
                             lambda f: rx.table.row(
-                                rx.table.cell(rx.code(f["at"], size="1")),
+                                rx.table.cell(rx.code(local_time(f["at"], DATE_TIME_SECONDS), size="1")),
                                 rx.table.cell(f["kind"]),
                                 rx.table.cell(f["severity"]),
                                 rx.table.cell(rx.text(f["message"], size="1")),

@@ -74,7 +74,9 @@ def invoice_body() -> rx.Component:
                         rx.data_list.label("Period (UTC)"),
                         rx.data_list.value(invoice["period"], id="invoice-period"),
                     ),
-                    rx.data_list.item(rx.data_list.label("Issued"), rx.data_list.value(invoice["issued"])),
+                    rx.data_list.item(
+                        rx.data_list.label("Issued (UTC)"), rx.data_list.value(invoice["issued"])
+                    ),
                     size="2",
                 ),
                 direction=rx.breakpoints(initial="column", sm="row"),
@@ -109,7 +111,8 @@ def invoice_body() -> rx.Component:
                 align_self="end",
             ),
             rx.text(
-                "Paid from your prepaid credit as the GPUs ran; nothing is due. Downtime is never charged.",
+                "Paid from your prepaid credit as the GPUs ran; nothing is due. Downtime is never charged. "
+                "Dates are in UTC, as in the CSV.",
                 size="1",
                 color_scheme="gray",
             ),

@@ -7,6 +7,7 @@ from integer division, rounded half up.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from enum import Enum
 
 MICRO_PER_USD = 1_000_000
@@ -90,3 +91,13 @@ def overlay(address: str | None, state: str, relayed: bool | None) -> str:
 def plain_text(output: str) -> str:
     """A program's output without its terminal escapes (a page would show them as ``[32m`` noise)."""
     return ANSI_ESCAPE.sub("", output)
+
+
+def utc_iso(moment: datetime | None) -> str:
+    """A moment as fixed-width ISO 8601 UTC text, "2026-12-03T01:20:05Z", for components.times.local_time
+    (which shows it in the browser's zone and slices its UTC title from it); "" for none."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the portal keeps UTC; a naive value is UTC too
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

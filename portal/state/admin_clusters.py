@@ -12,7 +12,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import ClusterState, Role, User
 from portal.security.principal import RequestOrigin
-from portal.services.display import usd, words
+from portal.services.display import usd, utc_iso, words
 from portal.services.errors import DomainError
 from portal.services.rentals import clusters
 from portal.state.clusters import STATE_COLORS
@@ -45,7 +45,7 @@ def _search(state: str, offset: int) -> tuple[list[dict[str, Any]], int]:
                     "color": STATE_COLORS.get(cluster.state, "gray"),
                     "reason": cluster.state_reason,
                     "gpus": f"{cluster.gpu_count} x {cluster.gpu_model}",
-                    "created": f"{cluster.created_at:%Y-%m-%d %H:%M}",
+                    "created": utc_iso(cluster.created_at),
                     "spent": usd(spent),
                     "held": usd(held),
                     "active": cluster.state not in (*clusters.ENDED, ClusterState.TERMINATING),

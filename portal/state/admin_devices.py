@@ -13,6 +13,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import DeviceState, Role
 from portal.security.principal import RequestOrigin
+from portal.services.display import utc_iso
 from portal.services.errors import DomainError
 from portal.services.providers import device_admin
 from portal.state.session import SessionState, for_users, principal
@@ -36,16 +37,14 @@ def _search(state: str, text: str, offset: int) -> tuple[list[dict[str, Any]], i
                 "reason": device.state_reason,
                 "gpus": f"{device.gpu_count} x {device.gpu_model}" if device.gpu_count else "none",
                 "simulated": device.simulated,
-                "beat": device.last_heartbeat_at.strftime("%Y-%m-%d %H:%M:%S")
-                if device.last_heartbeat_at
-                else "",
+                "beat": utc_iso(device.last_heartbeat_at),
                 "blocked": device.state == DeviceState.BLOCKED,
             }
             for device, email in found
         ]
         fault_rows = [
             {
-                "at": fault.at.strftime("%Y-%m-%d %H:%M:%S"),
+                "at": utc_iso(fault.at),
                 "device": name or "",
                 "kind": fault.kind,
                 "severity": fault.severity,

@@ -15,7 +15,7 @@ from portal.infra.db import session_scope
 from portal.models import PayoutState, Role
 from portal.security.principal import RequestOrigin
 from portal.services import dates
-from portal.services.display import usd, words
+from portal.services.display import usd, utc_iso, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.money import payouts
 from portal.state.paging import PAGE_SIZE, PagedList
@@ -68,7 +68,7 @@ def _search(filters: dict[str, str], offset: int) -> tuple[list[dict[str, Any]],
                 "color": STATE_COLORS.get(PayoutState(payout.state), "gray"),
                 "why": payout.error if payout.state == PayoutState.FAILED else "",
                 "attempts": str(payout.attempts),
-                "created": f"{payout.created_at:%Y-%m-%d %H:%M}",
+                "created": utc_iso(payout.created_at),
                 "link": payouts.explorer_url(p.settings, payout.tx_signature) or "",
                 "failed": payout.state == PayoutState.FAILED,
                 "label": f"{usd(payout.amount_micro)} to {email or 'its provider'}",

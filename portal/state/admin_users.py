@@ -14,7 +14,7 @@ from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import RequestOrigin
 from portal.services.accounts import admin_users, users
-from portal.services.display import MICRO_PER_USD, usd, words
+from portal.services.display import MICRO_PER_USD, usd, utc_iso, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.money import billing
 from portal.state.paging import PAGE_SIZE, PagedList
@@ -40,7 +40,7 @@ def _search(text: str, offset: int) -> tuple[list[dict[str, Any]], int]:
                     "locked": not user.is_active,
                     "balance": usd(available),
                     "escrow": usd(escrow),
-                    "joined": f"{user.created_at:%Y-%m-%d}",
+                    "joined": utc_iso(user.created_at),
                 }
             )
     return rows, total

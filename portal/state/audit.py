@@ -14,6 +14,7 @@ from portal.infra.db import session_scope
 from portal.models import Role
 from portal.services import audit
 from portal.services.accounts import users
+from portal.services.display import utc_iso
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users
 
@@ -48,7 +49,7 @@ def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list
 
         rows = [
             {
-                "at": e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                "at": utc_iso(e.at),
                 "action": e.action,
                 "outcome": e.outcome,
                 "actor": who(*(e.actor_id or "").partition(":")[::2]) if e.actor_id else e.actor_kind,

@@ -15,11 +15,11 @@ from portal.infra.db import session_scope
 from portal.models import Role
 from portal.security.principal import Principal
 from portal.services import dates
-from portal.services.display import usd, usd_rate
+from portal.services.display import usd, usd_rate, utc_iso
 from portal.services.errors import DomainError
 from portal.services.money import billing, deposits, payouts, treasury
 from portal.services.rentals import clusters
-from portal.state.charts import styled
+from portal.state.charts import earnings_figure
 from portal.state.session import SessionState, for_users, principal
 
 PAGE = 25
@@ -49,7 +49,7 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
     return {
         "deposits": [
             {
-                "at": row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "at": utc_iso(row.created_at),
                 "amount": usd(row.amount_micro),
                 "state": row.state,
                 "signature": (row.tx_signature or "")[:16],
@@ -62,7 +62,7 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
         "total": total,
         "ledger": [
             {
-                "at": line.at.strftime("%Y-%m-%d %H:%M:%S"),
+                "at": utc_iso(line.at),
                 "what": KINDS.get(line.kind, line.kind),
                 "account": ACCOUNTS.get(line.account, line.account),
                 "amount": usd(line.amount_micro, signed=True),
@@ -72,7 +72,8 @@ def _billing(caller: Principal, offset: int) -> dict[str, Any]:
         ],
         "usage": [
             {
-                "period": f"{u.period_start:%H:%M:%S} to {u.period_end:%H:%M:%S}",
+                "start": utc_iso(u.period_start),
+                "end": utc_iso(u.period_end),
                 "cluster": cluster_names.get(u.cluster_id, ""),
                 "device": name,
                 "gpus": u.gpu_count,
@@ -117,19 +118,6 @@ def invoice_months(today: date | None = None, count: int = 12) -> list[str]:
     return months
 
 
-def _earnings_figure(by_day: list[dict]) -> go.Figure:
-    figure = go.Figure(
-        [
-            go.Bar(
-                x=[d["day"] for d in by_day], y=[d["earned_micro"] / 1_000_000 for d in by_day], name="earned"
-            )
-        ]
-    )
-    return styled(
-        figure, "Earned per day, last 30 days (USD)", yaxis={"rangemode": "tozero", "tickprefix": "$"}
-    )
-
-
 def _earnings(caller: Principal) -> dict[str, Any]:
     settings = parts.current().settings
     with session_scope(parts.current().engine) as session:
@@ -145,7 +133,7 @@ def _earnings(caller: Principal) -> dict[str, Any]:
         "payouts_total": paid_total,
         "payouts": [
             {
-                "at": row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "at": utc_iso(row.created_at),
                 "amount": usd(row.amount_micro),
                 "state": row.state,
                 "wallet": row.wallet_address[:6] + "…" + row.wallet_address[-4:],
@@ -161,7 +149,7 @@ def _earnings(caller: Principal) -> dict[str, Any]:
             for d in found.by_device
         ],
         "clusters": [
-            {"name": c["name"], "earned": usd(c["earned_micro"]), "since": f"{c['since']:%Y-%m-%d %H:%M}"}
+            {"name": c["name"], "earned": usd(c["earned_micro"]), "since": utc_iso(c["since"])}
             for c in found.by_cluster
         ],
     }
@@ -239,4 +227,4 @@ class BillingState(SessionState):
 
     async def _refresh_earnings(self) -> None:
         self.earnings = await asyncio.to_thread(_earnings, principal())
-        self.earnings_chart = _earnings_figure(self.earnings["by_day"])
+        self.earnings_chart = earnings_figure(self.earnings["by_day"])

@@ -18,13 +18,35 @@ from portal.services.providers import devices, telemetry
 from portal.services.rentals import clusters
 from portal.state.session import SessionState, for_users, principal
 
+DAY_MS = 86_400_000
 TITLES = {"util": "Utilization", "memory": "Memory used", "temperature": "Temperature", "power": "Power"}
+
+
+# The least time a GPU chart spans: a device seconds old otherwise gets an axis of milliseconds.
+MIN_SPAN = timedelta(minutes=5)
+# Hours and minutes while a tick is under a day apart, the date beyond: never seconds or milliseconds.
+TIME_TICKS = [
+    {"dtickrange": [None, DAY_MS], "value": "%H:%M"},
+    {"dtickrange": [DAY_MS, None], "value": "%b %-d"},
+]
+
+
+def time_axis(times: list[datetime]) -> dict[str, object]:
+    """The x axis of a GPU chart (times in UTC): at least ``MIN_SPAN`` wide, ending at the last point."""
+    axis: dict[str, object] = {"type": "date", "tickformatstops": TIME_TICKS, "hoverformat": "%H:%M:%S UTC"}
+    if times:
+        first, last = min(times), max(times)
+        axis["range"] = [min(first, last - MIN_SPAN), last]
+    return axis
 
 
 def _figure(metric: str, found: list[telemetry.Series]) -> go.Figure:
     unit = telemetry.METRICS[metric][1]
     figure = go.Figure([go.Scatter(x=one.times, y=one.values, mode="lines", name=one.label) for one in found])
-    return styled(figure, f"{TITLES[metric]} ({unit})", showlegend=len(found) > 1)
+    times = [at for one in found for at in one.times]
+    return styled(
+        figure, f"{TITLES[metric]} ({unit}, UTC)", showlegend=len(found) > 1, xaxis=time_axis(times)
+    )
 
 
 def styled(figure: go.Figure, title: str, *, height: int = 230, **layout: object) -> go.Figure:
@@ -61,9 +83,6 @@ def _series(
         return telemetry.from_moment(found, cluster.created_at), []
 
 
-DAY_MS = 86_400_000
-
-
 def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:
     # A bar a day wide on a 30-day axis: left alone, Plotly fits one bar's axis to a millisecond.
     figure = go.Figure(
@@ -82,6 +101,24 @@ def _uptime_figure(days: list[tuple[datetime, float]]) -> go.Figure:
         "Uptime per day, last 30 days (%)",
         yaxis={"range": [0, 100]},
         xaxis={"type": "date", "range": [end - timedelta(days=30), end]},
+    )
+
+
+def earnings_figure(by_day: list[dict], title: str = "Earned per UTC day, last 30 days (USD)") -> go.Figure:
+    """A bar per day of ``billing.earnings_by_day`` (every day of the span, so the axis spans them all)."""
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=[d["day"] for d in by_day], y=[d["earned_micro"] / 1_000_000 for d in by_day], name="earned"
+            )
+        ]
+    )
+    return styled(
+        figure,
+        title,
+        yaxis={"rangemode": "tozero", "tickprefix": "$"},
+        xaxis={"type": "date", "tickformat": "%b %-d"},
+        hovermode="x",
     )
 
 

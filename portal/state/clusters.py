@@ -15,7 +15,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Cluster, Role
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.display import plain_text, sentence, usd, usd_rate, words
+from portal.services.display import plain_text, sentence, usd, usd_rate, utc_iso, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.rentals import clusters, dashboard, jobs
 from portal.state.session import SessionState, for_users, principal
@@ -34,7 +34,7 @@ JOB_COLORS = {"pending": "gray", "running": "blue", "succeeded": "green", "faile
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+    return utc_iso(moment)  # shown in the visitor's zone (components.times.local_time)
 
 
 def _summary(session: Any, cluster: Cluster) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def _detail(caller: Principal, cluster_id: str) -> dict[str, Any]:
                 for node, device in nodes
             ],
             "events": [
-                {"at": event.at.strftime("%H:%M:%S"), "kind": words(event.kind), "message": event.message}
+                {"at": utc_iso(event.at), "kind": words(event.kind), "message": event.message}
                 for event in clusters.events_of(session, cluster.id)
             ],
         }

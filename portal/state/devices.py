@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import plotly.graph_objects as go
 import reflex as rx
 
 from portal import parts
@@ -15,9 +16,11 @@ from portal.infra.db import session_scope
 from portal.models import ConnectivityTier, Device, Role
 from portal.models.base import utcnow
 from portal.security.principal import Principal, RequestOrigin
-from portal.services.display import customer_code, overlay, usd_rate, words
+from portal.services.display import customer_code, overlay, usd_rate, utc_iso, words
 from portal.services.errors import DomainError, InvalidInput
+from portal.services.money import billing
 from portal.services.providers import device_admin, devices, reliability
+from portal.state.charts import earnings_figure
 from portal.state.session import SessionState, for_users, principal
 
 STATE_COLORS = {
@@ -58,6 +61,12 @@ def _row(session: Any, device: Device) -> dict[str, Any]:
         "country": device.country,
         "heartbeat": _ago(device.last_heartbeat_at),
     }
+
+
+def short_uuid(gpu_uuid: str) -> str:
+    """A GPU's UUID as its start and end (``GPU-1a2b…9f0e``), which tell a machine's GPUs apart: the whole
+    one is 40 characters, wider than a phone's table column; the page gives it in full on hover."""
+    return gpu_uuid if len(gpu_uuid) <= 14 else f"{gpu_uuid[:8]}…{gpu_uuid[-4:]}"
 
 
 def _list(caller: Principal) -> list[dict[str, Any]]:
@@ -111,7 +120,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             "reliability": reliability.assess(session, device).explained(),
             "faults": [
                 {
-                    "at": f"{fault.at:%Y-%m-%d %H:%M:%S}",
+                    "at": utc_iso(fault.at),
                     "kind": words(fault.kind),
                     "severity": fault.severity,
                     "message": fault.message,
@@ -119,6 +128,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
                 for fault, _ in recent
             ],
             "checks": [{"ok": c.ok, "message": c.message} for c in checks],
+            "earnings_by_day": billing.earnings_by_day(session, caller.user_id, device_id=device.id),
             "hireable": devices.is_hireable(checks),
             "gpu_rows": [
                 {
@@ -126,6 +136,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
                     "model": g.model,
                     "memory": f"{g.memory_mb / 1024:.0f} GiB",
                     "uuid": g.uuid,
+                    "uuid_short": short_uuid(g.uuid),
                     "driver": g.driver,
                     "simulated": g.simulated,
                 }
@@ -181,6 +192,8 @@ class DevicesState(SessionState):
     new_commands: dict[str, str] = {}
     detail: dict[str, Any] = {}
     detail_error: str = ""
+    earnings_chart: go.Figure = go.Figure()
+    has_earnings: bool = False
     price_error: str = ""
 
     @rx.var
@@ -252,12 +265,16 @@ class DevicesState(SessionState):
 
     async def _refresh_detail(self) -> None:
         try:
-            self.detail = await asyncio.to_thread(
+            found = await asyncio.to_thread(
                 _detail, principal(), self.router.url.path.rstrip("/").rsplit("/", 1)[-1]
             )
-            self.detail_error = ""
         except (DomainError, ValueError):
-            self.detail, self.detail_error = {}, "No such device."
+            self.detail, self.detail_error, self.has_earnings = {}, "No such device.", False
+            return
+        by_day = found.pop("earnings_by_day")
+        self.detail, self.detail_error = found, ""
+        self.has_earnings = any(d["earned_micro"] for d in by_day)
+        self.earnings_chart = earnings_figure(by_day, "Earned per UTC day, last 30 days (USD)")
 
     @rx.event
     @for_users(Role.PROVIDER)

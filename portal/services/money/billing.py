@@ -28,6 +28,7 @@ from portal.security.principal import RequestOrigin
 from portal.services import audit, csv_export
 from portal.services.accounts import users
 from portal.services.money import ledger
+from portal.services.network import daily_figures
 
 
 @dataclass(frozen=True)
@@ -151,23 +152,46 @@ def earnings(session: Session, settings: Settings, provider_id: uuid.UUID) -> Ea
             {"cluster_id": c, "name": n, "earned_micro": _money(e), "since": since}
             for c, n, e, since in by_cluster
         ],
-        by_day=_earnings_by_day(session, provider_id),
+        by_day=earnings_by_day(session, provider_id),
     )
 
 
-def _earnings_by_day(session: Session, provider_id: uuid.UUID) -> list[dict]:
-    today = utcnow().date()
-    first = today - timedelta(days=EARNINGS_DAYS - 1)
-    rows = session.exec(
-        select(UsageRecord.period_end, UsageRecord.amount_micro - UsageRecord.fee_micro).where(
+def earnings_by_day(
+    session: Session,
+    provider_id: uuid.UUID,
+    *,
+    device_id: uuid.UUID | None = None,
+    days: int = EARNINGS_DAYS,
+    today: date | None = None,
+) -> list[dict]:
+    """What the provider earned (charges less the platform's fee) on each UTC day of the last ``days`` up to
+    ``today``, oldest first, days without earnings as zero; only on ``device_id`` when given. A usage record
+    counts on the day its period ends (as in the admin's daily figures); the database sums each day."""
+    today = today or utcnow().date()
+    first = today - timedelta(days=days - 1)
+    day = daily_figures.utc_day_number(session).label("day")
+    query = (
+        select(day, func.sum(UsageRecord.amount_micro - UsageRecord.fee_micro))
+        .where(
             UsageRecord.provider_id == provider_id,
-            UsageRecord.period_end >= datetime.combine(first, time.min, tzinfo=UTC),
+            col(UsageRecord.period_end) >= datetime.combine(first, time.min, tzinfo=UTC),
+            col(UsageRecord.period_end) < datetime.combine(today + timedelta(days=1), time.min, tzinfo=UTC),
         )
-    ).all()
-    days = {first + timedelta(days=n): 0 for n in range(EARNINGS_DAYS)}
-    for at, amount in rows:
-        days[at.date()] = days.get(at.date(), 0) + _money(amount)
-    return [{"day": day.isoformat(), "earned_micro": amount} for day, amount in sorted(days.items())]
+        .group_by(day)
+    )
+    if device_id is not None:
+        query = query.where(UsageRecord.device_id == device_id)
+    earned = {
+        daily_figures.EPOCH + timedelta(days=int(number)): _money(amount)
+        for number, amount in session.exec(query)
+    }
+    return [
+        {
+            "day": (first + timedelta(days=n)).isoformat(),
+            "earned_micro": earned.get(first + timedelta(days=n), 0),
+        }
+        for n in range(days)
+    ]
 
 
 INVOICE_COLUMNS = (

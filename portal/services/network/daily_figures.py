@@ -85,7 +85,7 @@ def period(
     return start, end
 
 
-def _day_number(session: Session) -> ColumnElement[int]:
+def utc_day_number(session: Session) -> ColumnElement[int]:
     """A usage record's UTC day as days since 1970-01-01, computed by the database."""
     if session.get_bind().dialect.name == "sqlite":
         # SQLite keeps the UTC moment as text; strftime('%s') reads it as seconds since the epoch.
@@ -105,7 +105,7 @@ def daily_figures(session: Session, start: date | None, end: date | None) -> Dai
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
     in_period = (col(UsageRecord.period_end) >= since, col(UsageRecord.period_end) < until)
-    day = _day_number(session).label("day")
+    day = utc_day_number(session).label("day")
     gpu_seconds = func.sum(UsageRecord.seconds * UsageRecord.gpu_count)
     by_day = {
         int(number): row
