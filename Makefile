@@ -8,7 +8,6 @@ BUN_VERSION := 1.4.5
 # CPUs without AVX2 need bun's baseline build.
 BUN_PACKAGE := @oven/bun-linux-x64$(shell grep -q avx2 /proc/cpuinfo 2>/dev/null || echo -baseline)
 BUN := .tools/node_modules/$(BUN_PACKAGE)/bin/bun
-NPM_REGISTRY := $(shell npm config get registry 2>/dev/null)
 
 export REFLEX_TELEMETRY_ENABLED := false
 export REFLEX_CHECK_LATEST_VERSION := 0
@@ -17,7 +16,9 @@ export REFLEX_DIR := $(CURDIR)/.reflex
 export REFLEX_BUN_PATH := $(CURDIR)/$(BUN)
 export BUN_INSTALL_CACHE_DIR := $(CURDIR)/.bun-cache
 export UV_CACHE_DIR := $(CURDIR)/.uv-cache
-export NPM_CONFIG_REGISTRY := $(NPM_REGISTRY)
+# Python keeps the bytecode it compiles (__pycache__), so a second `make run` does not compile the ~2,400
+# modules the portal imports again (7 s of CPU): some images set PYTHONDONTWRITEBYTECODE for every shell.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup run test test-fast bench lint browser mesh k8s pgbouncer haproxy containers worker clean
 

@@ -64,10 +64,24 @@ def build(env: Mapping[str, str], port: int) -> bool:
     (Reflex has said why on the console)."""
     command = [REFLEX, "export", "--frontend-only", "--no-zip", "--env", "prod"]
     build_env = {**env, **_port_environment(port)}
+    if "NPM_CONFIG_REGISTRY" not in build_env:
+        # bun installs the pages' packages from npm's registry (a mirror, on some machines); asked here, only
+        # when building, as npm takes half a second to answer.
+        build_env["NPM_CONFIG_REGISTRY"] = _npm_registry()
     if subprocess.run(command, cwd=PROJECT_ROOT, env=build_env).returncode != 0:
         return False
     STAMP.write_text(fingerprint(env, port) + "\n")
     return True
+
+
+def _npm_registry() -> str:
+    try:
+        asked = subprocess.run(
+            ["npm", "config", "get", "registry"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "https://registry.npmjs.org/"
+    return asked.stdout.strip() or "https://registry.npmjs.org/"
 
 
 def serve_command(host: str, port: int) -> list[str]:

@@ -67,8 +67,11 @@ else
 fi
 
 # --- the Python packages, pinned by constraints.txt, with uv -----------------------------------------------
+# The stamp holds a digest of what the install is made from: any change to the pins or the project's
+# requirements installs again (a file's time would miss a revert, or a checkout that keeps times).
 status=0
-if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [ constraints.txt -nt "$VENV/.installed" ]; then
+wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$wanted" ] || [ ! -x "$VENV/bin/python" ]; then
   step=$(now)
   if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV" || status=1
@@ -84,9 +87,11 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [
     "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -c constraints.txt -e '.[dev]' || status=1
   fi
   if [ $status -eq 0 ]; then
-    touch "$VENV/.installed"
+    echo "$wanted" >"$VENV/.installed"
     echo "setup: Python packages           $(seconds_since "$step") s"
   fi
+else
+  echo "setup: Python packages           current"
 fi
 
 if [ -n "$bun_pid" ] && ! wait "$bun_pid"; then

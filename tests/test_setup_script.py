@@ -1,9 +1,11 @@
 """`make run` and `make test` check what the machine must have before installing anything, and say in one
 line each what is missing and how to get it (scripts/setup.sh)."""
 
+import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from portal.config import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "scripts" / "setup.sh"
-TOOLS = ("bash", "date", "awk", "mkdir", "mktemp", "dirname", "rm", "cat", "test")
+TOOLS = ("bash", "date", "awk", "mkdir", "mktemp", "dirname", "rm", "cat", "test", "sha256sum", "cut")
 
 
 def machine(
@@ -88,3 +90,40 @@ def test_make_run_says_when_its_port_is_taken_or_its_data_dir_cannot_be_written(
         f"setup: the data dir {blocker / 'data'} is not writable: fix its permissions, or choose another "
         "with PORTAL_DATA_DIR=...",
     ]
+
+
+def test_the_packages_install_again_when_the_pins_or_the_requirements_change_and_only_then(tmp_path):
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
+    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    constraints = project / "constraints.txt"
+    constraints.write_text("ray==2.40.0\n")
+    calls = project / "uv-calls"
+    venv = project / ".venv" / "bin"
+    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+    for path, body in ((venv / "python", "exit 0"), (venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    bin_dir = machine(tmp_path)
+
+    def installs() -> int:
+        setup = subprocess.run(
+            ["bash", str(project / "scripts" / "setup.sh")],
+            env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert setup.returncode == 0, setup.stderr
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    assert installs() == 1
+    assert installs() == 1  # current: skipped
+    os.utime(constraints, (time.time() + 60, time.time() + 60))
+    assert installs() == 1  # touched, not changed
+    constraints.write_text("ray==2.41.0\n")
+    assert installs() == 2
+    constraints.write_text("ray==2.40.0\n")
+    assert installs() == 3  # back to the earlier pins: those are installed again
