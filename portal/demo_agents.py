@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,12 +56,46 @@ async def demo_agents() -> AsyncIterator[None]:
     if not wanted or settings.environment is Environment.PRODUCTION or settings.redis_url:
         yield
         return
-    processes = await asyncio.to_thread(_start_agents, wanted, settings.base_url)
-    logger.info("started demo agents with simulated GPUs", extra={"agents": len(processes)})
+    spawning: asyncio.Future[list[subprocess.Popen]] | None = None
+
+    async def start_once_serving() -> None:
+        # Three agents (and their Ray nodes) importing at once would take the cores the portal needs to
+        # start serving: they start once it answers, not before.
+        nonlocal spawning
+        await _answering(settings.base_url)
+        spawning = asyncio.ensure_future(asyncio.to_thread(_start_agents, wanted, settings.base_url))
+        started = await asyncio.shield(spawning)
+        logger.info("started demo agents with simulated GPUs", extra={"agents": len(started)})
+
+    starting = asyncio.create_task(start_once_serving())
     try:
         yield
     finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        # A stop while the agents were being started waits for them, so that none is left running.
+        processes = await spawning if spawning is not None else []
         await asyncio.to_thread(_stop, processes)
+
+
+async def _answering(base_url: str, within_s: float = 120) -> None:
+    """Until ``base_url`` answers its health check (or ``within_s`` passed: start the agents anyway)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        if await asyncio.to_thread(_healthy, base_url):
+            return
+        await asyncio.sleep(0.2)
+
+
+def _healthy(base_url: str) -> bool:
+    # urllib rather than httpx, whose every request would be a line in the portal's log.
+    try:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as answer:
+            return answer.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def kill_agent(token_hash: str) -> list[int]:

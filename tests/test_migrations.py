@@ -1,6 +1,7 @@
 """Migrations upgrade and downgrade on SQLite and PostgreSQL, and match the models exactly."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -63,3 +64,19 @@ def test_portal_db_upgrade_command_migrates_postgresql(postgres_url):
     )
     assert result.returncode == 0, result.stderr
     assert table_names(postgres_url) == set()
+
+
+def test_a_start_runs_alembic_only_when_the_database_or_the_migration_scripts_moved(tmp_path):
+    url = f"sqlite:///{tmp_path / 'portal.db'}"
+    stamp = tmp_path / "schema-head"
+    assert migrations.upgrade_unless_current(url, stamp)  # a new database
+    assert migrations.current_revision(url) == migrations.head_revision()
+    assert not migrations.upgrade_unless_current(url, stamp)  # at the recorded head: nothing to run
+    migrations.downgrade(url, "-1")
+    assert migrations.upgrade_unless_current(url, stamp)
+    assert migrations.current_revision(url) == migrations.head_revision()
+    versions = tmp_path / "versions"
+    shutil.copytree(migrations.VERSIONS, versions)
+    assert not migrations.upgrade_unless_current(url, stamp, versions)
+    (versions / "0099_next.py").write_text('"""A migration added since."""\n')
+    assert migrations.upgrade_unless_current(url, stamp, versions)

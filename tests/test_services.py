@@ -10,6 +10,7 @@ from sqlmodel import select
 from portal.infra.db import session_scope
 from portal.models import AccountKind, Cluster, ClusterState, Device, DeviceState, Role, User
 from portal.security.passwords import verify_password
+from portal.services import demo
 from portal.services.accounts import users
 from portal.services.demo import DEMO_CREDITS_MICRO, seed_demo
 from portal.services.errors import Conflict, InvalidInput
@@ -198,3 +199,20 @@ def test_a_device_whose_agent_went_quiet_no_longer_counts_as_online(engine):
     with session_scope(engine) as session:
         counts = network_counts(session)
     assert (counts.devices_online, counts.gpus_available) == (1, 1)
+
+
+def test_demo_seeding_checks_a_password_again_only_when_its_hash_changed(engine, tmp_path, monkeypatch):
+    with session_scope(engine) as session:
+        first = seed_demo(session, tmp_path)
+    checked = []
+    monkeypatch.setattr(demo, "verify_password", lambda stored, password: checked.append(password) or True)
+    with session_scope(engine) as session:
+        assert seed_demo(session, tmp_path) == first
+        assert checked == []  # each hash is the one seeding left: no Argon2 at a start
+        users.set_password(session, users.get_user_by_email(session, first[0].email), "changed elsewhere")
+    monkeypatch.undo()
+    with session_scope(engine) as session:
+        seed_demo(session, tmp_path)
+        assert verify_password(
+            users.get_user_by_email(session, first[0].email).password_hash, first[0].password
+        )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -82,11 +82,15 @@ def run(
         settings = settings_or_exit()
     from portal.infra import migrations
 
-    migrations.upgrade(settings.sqlalchemy_url)
+    # What a start does before serving, timed (one line): a second start skips what is current.
+    steps = StepTimer()
+    migrated = migrations.upgrade_unless_current(settings.sqlalchemy_url, settings.data_dir / SCHEMA_STAMP)
+    steps.done("schema migrated" if migrated else "schema current")
     env = reflex_environment(settings)
     welcome = settings.environment is Environment.DEVELOPMENT if demo is None else demo
     if welcome:
         seed_demo_accounts(settings)
+        steps.done("demo accounts")
         typer.echo(
             f"Demo accounts ready (their logins follow once the portal serves; kept in {settings.data_dir})"
         )
@@ -97,8 +101,12 @@ def run(
         env.setdefault("PORTAL_PAYOUT_THRESHOLD_MICRO", "100000")
         env.setdefault("PORTAL_SETTLEMENT_INTERVAL_S", "30")
     # Processes behind one load balancer serve one build, made for the public URL's port.
-    if not frontend_build.is_current(frontend_build.fingerprint(env, settings.pages_port)):
+    if frontend_build.is_current(frontend_build.fingerprint(env, settings.pages_port)):
+        steps.done("pages current")
+    else:
         _build_pages(env, settings.pages_port)
+        steps.done("pages built")
+    typer.echo(f"Ready to serve: {steps}")
     typer.secho(f"Starting the portal on {settings.base_url} (Ctrl-C stops it)", fg=typer.colors.GREEN)
     if settings.mesh is MeshKind.NEBULA:
         _start_overlay_node()
@@ -107,8 +115,42 @@ def run(
     os.chdir(PROJECT_ROOT)
     args = frontend_build.serve_command(settings.host, settings.port)
     env[frontend_build.SERVE_PAGES] = "1"
-    # Reflex replaces this process: Ctrl-C reaches it directly and it stops what it started.
-    os.execve(args[0], args, env)
+    _serve_here(args, env)
+
+
+def _serve_here(args: list[str], env: dict[str, str]) -> NoReturn:
+    """``reflex run`` in this very process, as if exec'd: the modules this start imported (SQLAlchemy, the
+    models, the services) serve the app's import too, about a second of CPU less than a new interpreter's.
+    Ctrl-C reaches Reflex directly and it stops what it started."""
+    from portal.config import get_settings
+
+    os.environ.clear()
+    os.environ.update(env)
+    get_settings.cache_clear()  # read again with what the environment now says (the demo's agents, say)
+    sys.argv = args
+    from reflex.reflex import cli
+
+    cli.main(args=args[1:], prog_name="reflex")
+    raise SystemExit(0)
+
+
+SCHEMA_STAMP = "schema-head"  # in the data dir: the migrations' head the database was last brought to
+
+
+class StepTimer:
+    """Seconds taken by each step of a start, shown as ``what 0.4 s, other 1.2 s``."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, float]] = []
+        self._since = time.monotonic()
+
+    def done(self, what: str) -> None:
+        now = time.monotonic()
+        self.steps.append((what, now - self._since))
+        self._since = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{what} {seconds:.1f} s" for what, seconds in self.steps)
 
 
 def _start_overlay_node() -> None:
