@@ -55,6 +55,9 @@ def test_sign_up_sign_in_create_and_revoke_a_key_and_sign_out(portal, page: Page
     key = page.locator("#new-api-key").inner_text()
     assert key.startswith("gpk_")
     expect(page.locator("#api-key-table")).to_contain_text("laptop script")
+    # Made just now, shown in the browser's zone with the UTC time on hover; not used yet.
+    expect(page.locator("#api-key-table .local-time").first).to_have_attribute("title", re.compile(r" UTC$"))
+    expect(page.locator("#api-key-table")).to_contain_text("never")
     assert httpx.get(portal.url + "/api/v1/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
     page.get_by_role("button", name="Revoke").first.click()

@@ -6,6 +6,7 @@ import reflex as rx
 
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
+from portal.components.times import local_time
 from portal.state.account import AccountState
 
 
@@ -146,7 +147,7 @@ def session_row(row: rx.Var) -> rx.Component:
         rx.table.cell(row["method"]),
         rx.table.cell(row["ip"]),
         rx.table.cell(rx.text(row["agent"], size="1")),
-        rx.table.cell(row["last_used"]),
+        rx.table.cell(local_time(row["last_used"], empty="never")),
         rx.table.cell(
             rx.cond(
                 row["current"],
@@ -214,8 +215,8 @@ def key_row(row: rx.Var) -> rx.Component:
         rx.table.cell(row["name"]),
         rx.table.cell(rx.code(row["prefix"])),
         rx.table.cell(rx.text(row["scopes"], size="1")),
-        rx.table.cell(row["created"]),
-        rx.table.cell(row["last_used"]),
+        rx.table.cell(local_time(row["created"])),
+        rx.table.cell(local_time(row["last_used"], empty="never")),
         rx.table.cell(
             confirm_button(
                 "Revoke",

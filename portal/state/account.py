@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 import reflex as rx
@@ -13,13 +14,14 @@ from portal.infra.db import session_scope
 from portal.models import Role, User
 from portal.security.principal import Principal, RequestOrigin
 from portal.services.accounts import api_keys, auth, provider_role
+from portal.services.display import utc_iso
 from portal.services.errors import DomainError
 from portal.state.session import SessionState, for_users, principal
 from portal.state.wallet import CONNECT_WALLET_JS, sign_message_js, signature_from_bytes
 
 
-def _when(value: object) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "never"  # type: ignore[attr-defined]
+def _when(value: datetime | None) -> str:
+    return utc_iso(value)  # shown in the visitor's zone (components.times.local_time), "never" if empty
 
 
 def _load(caller: Principal) -> dict[str, Any]:
