@@ -8,14 +8,18 @@
   ``SELECT 1`` on the same engine.
 - Task round trip: the ping actor through the in-process broker, and through RabbitMQ when it answers.
 - Heartbeats (bench/heartbeats.py): a swarm of 10,000 simulated agents beating against ``portal run`` on
-  PostgreSQL and Redis, as fast as answered and paced at 3,000 beats a second, against the raw Redis SET
-  rate. Target: 3,000 beats a second with p99 under 50 ms. Skipped when PostgreSQL does not answer.
+  PostgreSQL and Redis, as fast as answered and paced at 3,000 beats a second, straight to the process and
+  through HAProxy in front of it, against the raw Redis SET rate; the CPU per beat of the portal, the task
+  worker, HAProxy, Redis and PostgreSQL from /proc. Target: 3,000 beats a second with p99 under 50 ms.
+  Skipped when PostgreSQL does not answer.
 - Proof of compute (bench/verification.py): one verification round at the simulated size (n=256) and a GPU's
   (n=4096), the agent's side and the portal's, against the matrix product alone.
 - Placement (bench/placement.py): ``placement.reserve`` and the whole ``clusters.create`` over 100,000
   devices on PostgreSQL with 32 client threads deploying and terminating: p50, p99, placements per
   second and double bookings (must be 0), against ``SELECT 1`` and a one-row ``UPDATE`` and commit on the
-  same engine. Target: p99 under 50 ms. Skipped when PostgreSQL does not answer.
+  same engine. Target: p99 under 50 ms. Then at 1,000,000 devices: the candidates query's plan (EXPLAIN
+  ANALYZE), the decision alone (``placement.find``) and ``reserve`` with 1 and 32 clients, against the same
+  baselines. Target: reserve p99 at most 3x the one-row UPDATE's. Skipped when PostgreSQL does not answer.
 - Telemetry (bench/telemetry.py): /metrics with 10,000 devices' GPUs, and a cluster dashboard's query from
   the portal's own store and from Prometheus, next to a bare Prometheus query.
 - Settlement (bench/settlement.py): one metering pass over 1,000,000 device-minutes against a bulk insert of

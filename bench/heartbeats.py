@@ -1,11 +1,23 @@
-"""A swarm of simulated agents heartbeating against the portal on real PostgreSQL and Redis.
+"""A swarm of simulated agents heartbeating against the portal on real PostgreSQL and Redis, straight to
+one `portal run` and through HAProxy in front of that same process.
 
-`python -m bench.heartbeats [--devices 10000] [--seconds 20] [--concurrency 256] [--rate 3000]` starts
-`portal run` on a fresh PostgreSQL database with Redis and creates the devices. Cycling through every device
-over `concurrency` connections, it then beats as fast as the portal answers (the sustained rate), and paced
-at `rate` beats a second (the latency a swarm of that size sees, timed after 10 s at that pace), and prints
-heartbeats per second with p50 and p99 latency for each, next to the raw Redis SET rate of this machine
-measured in the same run (redis-benchmark).
+`python -m bench.heartbeats [--devices 10000] [--seconds 20] [--concurrency 256] [--rate 3000] [--quick]`
+starts `portal run` on a fresh PostgreSQL database with Redis, a task worker on RabbitMQ, and Debian's HAProxy
+in front of the portal (bench/haproxy.py, the configuration tests/test_multi_process.py runs), and creates
+the devices. Cycling through every device over `concurrency` connections, it beats as fast as the portal
+answers (the sustained rate) and paced at `rate` beats a second (the latency a swarm of that size sees,
+timed after 10 s at that pace), first straight to the portal, then through HAProxy, and prints heartbeats
+per second with p50 and p99 latency for each, next to the raw Redis SET rate of this machine measured in
+the same run (redis-benchmark).
+
+Over each timed window it reads the CPU time of the servers' processes from /proc (bench/cpu.py: utime +
+stime, children included): the `portal run` process group (its web workers), the task worker, HAProxy,
+Redis (the whole server: shared, anything else it serves counts too), PostgreSQL (the backends serving the
+bench's database: a shared server's other work is left out), and the load generator itself (this
+process), and prints each per heartbeat answered, with the cores the host's other processes kept busy
+meanwhile (/proc/stat: a shared host's neighbours). The load generator shares the host's cores with the
+servers: the rates are what this host does with it running, the CPU per beat is the servers' alone.
+Without HAProxy (make haproxy) the runs through it are not measured, and the bench says so.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +41,9 @@ import psycopg
 import redis
 import uvloop
 
-from bench.serving import FailedRequests, portal_port, wait_until_serving
+from bench.cpu import CpuMeter, named, only, per_event_ms, postgres_serving, process_tree
+from bench.haproxy import Balancer, haproxy_program, start_haproxy
+from bench.serving import FailedRequests, free_port, portal_port, wait_until_serving
 from bench.sizes import size
 from portal.config import PROJECT_ROOT
 from portal.infra import migrations
@@ -195,11 +210,13 @@ async def swarm(
     concurrency: int,
     rounds: int | None = None,
     rate: float | None = None,
+    meter: CpuMeter | None = None,
 ) -> tuple[int, list[float], dict[int | str, int]]:
     """Heartbeats over ``concurrency`` keep-alive connections, cycling through the devices: as fast as the
     portal answers (each connection sends its next beat when the last is answered), or paced at ``rate``
     beats a second, as a swarm beats. Paced, a beat's latency counts from when it was due, so a beat that
-    waited for a free connection counts its wait.
+    waited for a free connection counts its wait. A ``meter`` is started as the first beat goes out and
+    stopped as the last is answered.
 
     The load generator writes prepared request bytes (``_Connection``) on uvloop: a general HTTP client
     (httpx) spends more CPU per request than the portal does and would measure itself, and the generator
@@ -247,10 +264,29 @@ async def swarm(
         finally:
             transport.close()
 
+    if meter is not None:
+        meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(agent() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    if meter is not None:
+        meter.stop()
     return round(len(latencies) / elapsed), latencies, errors
+
+
+LOAD_GENERATOR = "load generator"
+
+
+def cpu_line(meter: CpuMeter, beats: int) -> str:
+    """The servers' CPU per beat answered, each group's and their sum, and the load generator's apart."""
+    per_beat = per_event_ms(meter.seconds, beats)
+    servers = {name: ms for name, ms in per_beat.items() if name != LOAD_GENERATOR}
+    return (
+        "CPU per heartbeat: "
+        + ", ".join(f"{name} {ms:.3f} ms" for name, ms in servers.items())
+        + f"; servers {sum(servers.values()):.3f} ms (load generator {per_beat[LOAD_GENERATOR]:.3f} ms; "
+        f"other processes on this host kept {meter.others_cores:.2f} of its {os.cpu_count()} cores busy)"
+    )
 
 
 def bench_heartbeats(
@@ -273,12 +309,14 @@ def bench_heartbeats(
     # As at scale: the periodic tasks (fault sweeps, reliability, metering) run in a task worker of their own
     # on RabbitMQ, not in threads of the web workers that answer the beats.
     vhost = rabbitmq_vhost()
+    haproxy = haproxy_program()
     processes: list[subprocess.Popen] = []
+    balancer: Balancer | None = None
     try:
         print(
             f"Heartbeat swarm: {devices:,} simulated agents, PostgreSQL, Redis"
             + (" and RabbitMQ (one task worker)" if vhost else " (tasks in process: no rabbitmqctl)")
-            + " on 127.0.0.1"
+            + " on 127.0.0.1; straight to one portal process and through HAProxy in front of it"
         )
         print(f"  baseline: raw Redis writes: {redis_baseline()}")
         migrations.upgrade(url)
@@ -297,6 +335,9 @@ def bench_heartbeats(
             "PORTAL_RATE_LIMIT_PER_MINUTE": "100000000",
             "PORTAL_DATA_DIR": data_dir,
             "PORTAL_CACHE_PREFIX": cache_prefix,
+            # As behind a balancer in production (README, "Running on real services"): the balancer's
+            # X-Forwarded-For names the agent. Straight to the portal, the header is absent.
+            "PORTAL_TRUSTED_PROXIES": '["127.0.0.1"]',
         }
         if vhost:
             env["PORTAL_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
@@ -318,6 +359,21 @@ def bench_heartbeats(
         # The pages too: the frontend build that `portal run` starts would otherwise share the CPUs with
         # the swarm (the API answers /healthz long before the pages are built).
         wait_until_serving(f"http://127.0.0.1:{port}/", processes[0])
+        lb_port = free_port()
+        if haproxy:
+            balancer = start_haproxy(haproxy, lb_port, {"portal": port})
+        else:
+            print("  through HAProxy: not measured, haproxy is not installed (make haproxy)")
+        groups = {"portal run": process_tree(processes[0].pid)}
+        if vhost:
+            groups["task worker"] = process_tree(processes[1].pid)
+        if balancer:
+            groups["HAProxy"] = process_tree(balancer.process.pid)
+        groups |= {
+            "Redis": named("redis-server"),
+            "PostgreSQL": postgres_serving(database),
+            LOAD_GENERATOR: only(os.getpid()),  # the servers are its children
+        }
         # Agents beat all the time: two passes over every device first (untimed) leave the portal in its
         # steady state, as it is a few minutes after a restart. The first caches each device's token and
         # state; it takes long enough that the first devices went offline meanwhile, and the second brings
@@ -327,29 +383,54 @@ def bench_heartbeats(
             uvloop.run(swarm("127.0.0.1", port, tokens, 600, concurrency, rounds=1))
             print(f"  warm-up: {pass_name} in {time.perf_counter() - warm_s:.1f} s")
         failed = False
-        for label, pace in (
-            (f"as fast as answered, {concurrency} in flight", None),
-            (f"paced at {rate:,.0f}/s (target: 3,000/s with p99 under 50 ms)", rate),
-        ):
-            if pace is not None:
-                # A swarm beats at its pace steadily; it never comes out of the overload of the run above,
-                # which leaves the portal and PostgreSQL catching up for seconds (nearly all of a paced run's
-                # slow beats fell in its first 8 s). The timed run begins after some time at the pace.
-                uvloop.run(swarm("127.0.0.1", port, tokens, SETTLE_S, concurrency, rate=pace))
-            answered, latencies, errors = uvloop.run(
-                swarm("127.0.0.1", port, tokens, seconds, concurrency, rate=pace)
-            )
-            ordered = sorted(latencies)
-            print(
-                f"  {label}: {answered:,} heartbeats/s over {seconds:.0f} s; "
-                f"p50 {ordered[len(ordered) // 2]:.1f} ms, p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms; "
-                f"errors by status: {errors or 'none'}"
-            )
-            failed = failed or bool(errors)
+        headline: dict[str, str] = {}
+        targets = [("straight to the portal", port, None)]
+        if balancer:
+            targets.append(("through HAProxy", lb_port, "HAProxy"))
+        for target, target_port, balancer_group in targets:
+            for label, pace in (
+                (f"as fast as answered, {concurrency} in flight", None),
+                (f"paced at {rate:,.0f}/s (target: 3,000/s with p99 under 50 ms)", rate),
+            ):
+                if pace is not None:
+                    # A swarm beats at its pace steadily; it never comes out of the overload of the run above,
+                    # which leaves the portal and PostgreSQL catching up for seconds (nearly all of a paced
+                    # run's slow beats fell in its first 8 s). The timed run begins after some time at the
+                    # pace.
+                    uvloop.run(swarm("127.0.0.1", target_port, tokens, SETTLE_S, concurrency, rate=pace))
+                # HAProxy's CPU counts in the runs through it (straight to the portal it only health-checks).
+                meter = CpuMeter(
+                    {name: pick for name, pick in groups.items() if name != "HAProxy" or balancer_group}
+                )
+                answered, latencies, errors = uvloop.run(
+                    swarm("127.0.0.1", target_port, tokens, seconds, concurrency, rate=pace, meter=meter)
+                )
+                ordered = sorted(latencies)
+                p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
+                print(
+                    f"  {target}, {label}: {answered:,} heartbeats/s over {seconds:.0f} s; "
+                    f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; errors by status: {errors or 'none'}"
+                )
+                beats = len(latencies) - sum(errors.values())
+                print(f"    {cpu_line(meter, beats)}")
+                if pace is not None:
+                    per_beat = per_event_ms(meter.seconds, beats)
+                    headline[target] = f"{per_beat['portal run']:.3f} ms" + (
+                        f" (+ HAProxy {per_beat[balancer_group]:.3f} ms)" if balancer_group else ""
+                    )
+                failed = failed or bool(errors)
         if failed:
             print(f"  the portal's log: {server_log}")
             raise FailedRequests("heartbeats were refused or failed (errors by status above)")
+        print(
+            f"  CPU per heartbeat: {headline['straight to the portal']} (portal processes, /proc), paced at "
+            f"{rate:,.0f}/s"
+            + (f"; through HAProxy {headline['through HAProxy']}" if "through HAProxy" in headline else "")
+        )
     finally:
+        if balancer is not None:
+            stop(balancer.process)
+            shutil.rmtree(balancer.home, ignore_errors=True)
         for process in processes:
             stop(process)
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
@@ -361,10 +442,11 @@ def bench_heartbeats(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--concurrency", type=int, default=256, help="connections")
-    parser.add_argument("--rate", type=float, default=3_000, help="beats a second in the paced run")
+    parser.add_argument("--devices", type=int, default=size(10_000, 300))
+    parser.add_argument("--seconds", type=float, default=size(20, 2))
+    parser.add_argument("--concurrency", type=int, default=size(256, 16), help="connections")
+    parser.add_argument("--rate", type=float, default=size(3_000, 300), help="beats/s in the paced runs")
+    parser.add_argument("--quick", action="store_true", help="small sizes, seconds each (bench/sizes.py)")
     args = parser.parse_args()
     bench_heartbeats(args.devices, args.seconds, args.concurrency, args.rate)
 

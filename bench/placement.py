@@ -1,4 +1,5 @@
-"""Placement under load: 100,000 devices in PostgreSQL, 32 client threads deploying and terminating.
+"""Placement under load: 100,000 and then 1,000,000 devices in PostgreSQL, 32 client threads deploying and
+terminating.
 
 Figures (each line: p50 and p99 latency of one operation as a client thread saw it, and operations per
 second completed by all 32 threads together over the run's wall time):
@@ -23,6 +24,17 @@ thread-safe set of the devices currently held); there must be none. Target: plac
 The clients are Python threads on a host with few cores, sharing it with PostgreSQL: the figures are
 end-to-end latencies as a portal process would see them, client-side Python time (SQLAlchemy, the GIL)
 included, not PostgreSQL's time alone.
+
+Then the same database grows to 1,000,000 devices (COPY, then ANALYZE) and the bench prints the plan of the
+candidates query (EXPLAIN ANALYZE: the index it reads, the rows it passes over, its time) for each model and
+for the narrowest spec of the mix; placement's decision alone (``placement.find``: the candidates query
+without locks and the packing choice) with one client; ``placement.reserve`` with one client and with 32;
+and the same baselines under the same load. Target: reserve p99 at most 3x the one-row UPDATE's p99; no
+double booking. A third of the devices (every H100 in this seed) set no price and cost their model's list
+price, so many devices tie at one price, as in a market where most providers take the list price.
+
+Failed operations and double bookings fail the bench (``FailedRequests``) after its figures are printed.
+`python -m bench.placement --quick` runs it at 2,000 and 20,000 devices.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col
 
+from bench.serving import FailedRequests
 from bench.sizes import size
 from portal.config import Settings
 from portal.infra import migrations
@@ -54,6 +67,7 @@ from portal.services.rentals import clusters, placement
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEVICES = size(100_000, 2_000)
+SCALE_DEVICES = size(1_000_000, 20_000)  # the pool the second part places over
 PROVIDERS = size(2_000, 50)
 THREADS = size(32, 4)
 DEPLOYS = size(3_000, 100)
@@ -182,22 +196,36 @@ def concurrently(
     return run
 
 
-def seed(url: str) -> list[uuid.UUID]:
-    """Providers with a payout wallet and their hireable devices, by COPY; returns the device ids."""
+def seed(url: str, count: int = DEVICES, first: int = 0) -> list[uuid.UUID]:
+    """Providers with a payout wallet (the first time) and ``count`` hireable devices numbered from
+    ``first``, by COPY, then ANALYZE; returns the new devices' ids.
+
+    Device ``n`` is of model ``n % 3``; a third of the devices (those with ``n % 3 == 0``, so every
+    H100) set no price and cost their model's list price: many devices tied at one price, as a market where
+    most providers take the list price has.
+    """
     import psycopg
 
     now = datetime.now(UTC)
-    rng = random.Random(7)
-    providers = [uuid.uuid4() for _ in range(PROVIDERS)]
-    devices = [uuid.uuid4() for _ in range(DEVICES)]
+    rng = random.Random(7 + first)
+    providers = [uuid.uuid5(uuid.NAMESPACE_OID, f"bench-provider-{number}") for number in range(PROVIDERS)]
+    devices = [uuid.uuid4() for _ in range(count)]
     with psycopg.connect(url.replace("+psycopg", "")) as connection, connection.cursor() as cursor:
-        with cursor.copy(
-            "COPY users (id, email, display_name, wallet_address, is_active, created_at) FROM STDIN"
-        ) as copy:
-            for number, provider in enumerate(providers):
-                copy.write_row(
-                    (provider, f"provider-{number}@bench.example", "", f"wallet-{provider.hex}", True, now)
-                )
+        if first == 0:
+            with cursor.copy(
+                "COPY users (id, email, display_name, wallet_address, is_active, created_at) FROM STDIN"
+            ) as copy:
+                for number, provider in enumerate(providers):
+                    copy.write_row(
+                        (
+                            provider,
+                            f"provider-{number}@bench.example",
+                            "",
+                            f"wallet-{provider.hex}",
+                            True,
+                            now,
+                        )
+                    )
         with cursor.copy(
             "COPY devices (id, owner_id, name, country, connectivity_tier, state, state_reason, "
             "token_hash, token_prefix, price_per_gpu_hour_micro, hourly_price_micro, simulated, gpu_model, "
@@ -205,7 +233,7 @@ def seed(url: str) -> list[uuid.UUID]:
             "agent_version, hostname, os, cpu_count, ram_mb, reliability, verified_at, last_heartbeat_at, "
             "ray_state, verification_failures, created_at) FROM STDIN"
         ) as copy:
-            for number, device in enumerate(devices):
+            for number, device in enumerate(devices, start=first):
                 price = None if number % 3 == 0 else rng.randrange(800_000, 4_000_000, 10_000)
                 copy.write_row(
                     (
@@ -294,8 +322,20 @@ def bench_placement() -> None:
         )
         engine = build_engine(url, pool_size=40, max_overflow=10)
         with tempfile.TemporaryDirectory(prefix="portal-bench-placement-") as data_dir:
-            # A heartbeat interval of 5 min keeps the seeded heartbeats fresh for the whole run.
-            measure(engine, Settings(data_dir=Path(data_dir), heartbeat_interval_s=300), device_ids)
+            # A heartbeat interval of 5 min keeps the seeded heartbeats fresh (15 min) for the whole run.
+            steps = Steps(engine, Settings(data_dir=Path(data_dir), heartbeat_interval_s=300), device_ids)
+            failures = measure(steps)
+            # The same database grown to SCALE_DEVICES: the placements above left every device ready.
+            print(f"Placement at {SCALE_DEVICES:,} devices, the same database grown by COPY")
+            started = time.perf_counter()
+            steps.device_ids += seed(url, SCALE_DEVICES - DEVICES, first=DEVICES)
+            print(
+                f"  seeded {SCALE_DEVICES - DEVICES:,} more devices by COPY, then ANALYZE, "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+            failures += measure_at_scale(steps)
+        if failures:
+            raise FailedRequests("; ".join(failures))
     finally:
         if engine is not None:
             engine.dispose()
@@ -303,49 +343,70 @@ def bench_placement() -> None:
         admin.close()
 
 
-def measure(engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> None:
-    def select_one(client: int, rng: random.Random, run: Run) -> None:
+class Steps:
+    """What the client threads run, each as ``step(client, rng, run)``, timing itself into ``run``."""
+
+    def __init__(self, engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> None:
+        self.engine, self.settings, self.device_ids = engine, settings, device_ids
+        self.holdings = Holdings(engine)
+        self._owners: list[uuid.UUID] = []
+
+    @staticmethod
+    def timed(run: Run, started: float) -> None:
+        sample = (time.perf_counter() - started) * 1000
+        with run.lock:
+            run.samples.append(sample)
+
+    def select_one(self, client: int, rng: random.Random, run: Run) -> None:
         started = time.perf_counter()
-        with engine.connect() as connection:
+        with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-        sample = (time.perf_counter() - started) * 1000
-        with run.lock:
-            run.samples.append(sample)
+        self.timed(run, started)
 
-    def update_one(client: int, rng: random.Random, run: Run) -> None:
-        device_id = rng.choice(device_ids)
+    def update_one(self, client: int, rng: random.Random, run: Run) -> None:
+        device_id = rng.choice(self.device_ids)
         started = time.perf_counter()
-        with engine.begin() as connection:
+        with self.engine.begin() as connection:
             connection.execute(update(Device).where(Device.id == device_id).values(state=DeviceState.READY))
-        sample = (time.perf_counter() - started) * 1000
-        with run.lock:
-            run.samples.append(sample)
+        self.timed(run, started)
 
-    holdings = Holdings(engine)
+    def decide(self, client: int, rng: random.Random, run: Run) -> None:
+        """Placement's decision alone: the candidates query (no locks) and the packing choice, in a
+        transaction that books nothing."""
+        spec = random_spec(rng)
+        started = time.perf_counter()
+        with Session(self.engine) as session:
+            chosen = placement.find(session, self.settings, spec)
+            session.rollback()
+        if chosen is None:
+            with run.lock:
+                run.short += 1
+            return
+        self.timed(run, started)
 
-    def booked(client: int, run: Run, sample: float, chosen: list[uuid.UUID]) -> None:
-        doubles = holdings.take(client, chosen)
+    def _booked(self, client: int, run: Run, sample: float, chosen: list[uuid.UUID]) -> None:
+        doubles = self.holdings.take(client, chosen)
         with run.lock:
             run.samples.append(sample)
             run.double_bookings += doubles
 
-    def reserve(client: int, rng: random.Random, run: Run) -> None:
+    def reserve(self, client: int, rng: random.Random, run: Run) -> None:
         spec = random_spec(rng)
         started = time.perf_counter()
-        with Session(engine, expire_on_commit=False) as session:
-            chosen = placement.reserve(session, settings, spec, "benchmark")
+        with Session(self.engine, expire_on_commit=False) as session:
+            chosen = placement.reserve(session, self.settings, spec, "benchmark")
             session.commit()
         sample = (time.perf_counter() - started) * 1000
         if chosen is None:
             with run.lock:
                 run.short += 1
             return
-        booked(client, run, sample, [candidate.device_id for candidate in chosen])
+        self._booked(client, run, sample, [candidate.device_id for candidate in chosen])
 
-    owners = customers(engine, THREADS)
-
-    def create(client: int, rng: random.Random, run: Run) -> None:
-        owner = owners[client]
+    def create(self, client: int, rng: random.Random, run: Run) -> None:
+        if not self._owners:
+            raise RuntimeError("Steps.create needs customers: call Steps.make_customers first")
+        owner = self._owners[client]
         spec = random_spec(rng)
         cluster_spec = clusters.ClusterSpec(
             name="bench",
@@ -356,8 +417,8 @@ def measure(engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> 
         )
         started = time.perf_counter()
         try:
-            with Session(engine, expire_on_commit=False) as session:
-                cluster = clusters.create(session, settings, owner, cluster_spec)
+            with Session(self.engine, expire_on_commit=False) as session:
+                cluster = clusters.create(session, self.settings, owner, cluster_spec)
                 session.commit()
                 chosen = [node.device_id for node in clusters.nodes_of(session, cluster.id)]
         except Conflict as refused:
@@ -368,35 +429,48 @@ def measure(engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> 
             return
         # The node list is read after the commit: not part of the deploy's time.
         sample = (time.perf_counter() - started) * 1000
-        booked(client, run, sample, chosen)
+        self._booked(client, run, sample, chosen)
 
-    def alone(step: Callable[[int, random.Random, Run], None]) -> Run:
+    def make_customers(self) -> None:
+        self._owners = customers(self.engine, THREADS)
+
+    def alone(self, step: Callable[[int, random.Random, Run], None]) -> Run:
         """One client by itself: the operation's own cost, without queuing for the cores."""
         run = concurrently(step, 200, MAX_SECONDS / 4, threads=1)
-        holdings.terminate_all()
+        self.holdings.terminate_all()
         return run
 
-    def loaded(step: Callable[[int, random.Random, Run], None]) -> Run:
+    def loaded(self, step: Callable[[int, random.Random, Run], None]) -> Run:
         run = concurrently(step, DEPLOYS, MAX_SECONDS)
-        holdings.terminate_all()
+        self.holdings.terminate_all()
         return run
 
+    def not_ready(self) -> int:
+        with Session(self.engine) as session:
+            return session.execute(text("SELECT count(*) FROM devices WHERE state <> 'ready'")).scalar_one()
+
+
+def failures_of(runs: dict[str, Run], where: str) -> list[str]:
+    """What must fail the bench: failed operations and double bookings (never figures)."""
+    failed = [f"{where}: {len(run.errors)} of '{name}' failed" for name, run in runs.items() if run.errors]
+    doubles = sum(run.double_bookings for run in runs.values())
+    return failed + ([f"{where}: {doubles} double bookings"] if doubles else [])
+
+
+def measure(steps: Steps) -> list[str]:
+    steps.make_customers()
     runs = {
-        "baseline: SELECT 1": concurrently(select_one, BASELINE_OPS, MAX_SECONDS / 2),
+        "baseline: SELECT 1": concurrently(steps.select_one, BASELINE_OPS, MAX_SECONDS / 2),
         "baseline: one-row UPDATE devices and commit": concurrently(
-            update_one, BASELINE_OPS, MAX_SECONDS / 2
+            steps.update_one, BASELINE_OPS, MAX_SECONDS / 2
         ),
-        "placement.reserve and commit, one client": alone(reserve),
-        "clusters.create and commit, one client": alone(create),
-        "placement.reserve and commit": loaded(reserve),
-        "clusters.create and commit (deploy request)": loaded(create),
+        "placement.reserve and commit, one client": steps.alone(steps.reserve),
+        "clusters.create and commit, one client": steps.alone(steps.create),
+        "placement.reserve and commit": steps.loaded(steps.reserve),
+        "clusters.create and commit (deploy request)": steps.loaded(steps.create),
     }
     for name, run in runs.items():
         line(name, run)
-    with Session(engine) as session:
-        still_hired = session.execute(
-            text("SELECT count(*) FROM devices WHERE state <> 'ready'")
-        ).scalar_one()
     placements = runs["placement.reserve and commit"], runs["clusters.create and commit (deploy request)"]
     doubles = sum(run.double_bookings for run in runs.values())
     print(
@@ -406,7 +480,7 @@ def measure(engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> 
     reserved, created = placements
     print(
         f"  refused for capacity: {reserved.short} / {created.short};  errors: {len(reserved.errors)} / "
-        f"{len(created.errors)} (reserve / create);  devices left not ready afterwards: {still_hired}"
+        f"{len(created.errors)} (reserve / create);  devices left not ready afterwards: {steps.not_ready()}"
     )
     print(
         f"  placements per second, {THREADS} clients: {placements[0].rate:.0f} (reserve), "
@@ -416,6 +490,77 @@ def measure(engine: Engine, settings: Settings, device_ids: list[uuid.UUID]) -> 
     print(
         "  (clients are Python threads on this host, sharing its cores with PostgreSQL: latencies are end to "
         "end, client Python time and GIL waits included)"
+    )
+    return failures_of(runs, f"{DEVICES:,} devices")
+
+
+def measure_at_scale(steps: Steps) -> list[str]:
+    """Placement's decision and booking with the pool at SCALE_DEVICES, against the same baselines under
+    the same load (THREADS clients), and the plan PostgreSQL picks for the candidates query."""
+    # Each model with a spec every device of it fits, and the narrowest spec of the mix (1 GPU: devices with
+    # one; one country): the scan passes over the devices the filters drop.
+    for spec in [*(placement.Spec(model, 8) for model in MODELS), placement.Spec(MODELS[0], 1, ("DE",))]:
+        print(f"  {explain(steps, spec)}")
+    runs = {
+        "baseline: SELECT 1": concurrently(steps.select_one, BASELINE_OPS, MAX_SECONDS / 2),
+        "baseline: one-row UPDATE devices and commit": concurrently(
+            steps.update_one, BASELINE_OPS, MAX_SECONDS / 2
+        ),
+        "placement.find (the decision), one client": concurrently(
+            steps.decide, 200, MAX_SECONDS / 4, threads=1
+        ),
+        "placement.reserve and commit, one client": steps.alone(steps.reserve),
+        "placement.reserve and commit": steps.loaded(steps.reserve),
+    }
+    for name, run in runs.items():
+        line(name, run)
+    doubles = sum(run.double_bookings for run in runs.values())
+    print(
+        f"  double bookings (devices held by two deploys at once):  {doubles}"
+        f"{'' if doubles == 0 else '   <-- MUST BE 0'};  devices left not ready: {steps.not_ready()}"
+    )
+    decided = runs["placement.find (the decision), one client"].samples
+    loaded = p99(runs["placement.reserve and commit"].samples)
+    updated = p99(runs["baseline: one-row UPDATE devices and commit"].samples)
+    print(
+        f"  placement decision at {SCALE_DEVICES:,} devices: "
+        f"p50 {statistics.median(decided or [float('nan')]):.1f} ms, p99 {p99(decided):.1f} ms (one client); "
+        f"reserve p99 with {THREADS} clients {loaded:.1f} ms against the one-row UPDATE's {updated:.1f} ms "
+        f"({loaded / updated:.1f}x; target: at most 3x)"
+    )
+    return failures_of(runs, f"{SCALE_DEVICES:,} devices")
+
+
+def explain(steps: Steps, spec: placement.Spec) -> str:
+    """The plan of ``reserve``'s first candidates query (``FOR UPDATE SKIP LOCKED``) for ``spec``, run
+    (EXPLAIN ANALYZE) and rolled back: the indexes it reads and its nodes, top down, with its time."""
+    query = placement.candidates_query(steps.settings, spec).with_for_update(of=Device, skip_locked=True)
+    with steps.engine.connect() as connection:
+        compiled = query.compile(connection, compile_kwargs={"render_postcompile": True})
+        plan = connection.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", compiled.params
+        ).scalar_one()[0]
+        connection.rollback()
+    nodes: list[str] = []
+
+    def walk(node: dict) -> None:
+        name = node["Node Type"]
+        if "Index Name" in node:
+            name += f" using {node['Index Name']}"
+        if node.get("Presorted Key"):
+            name += f" (presorted {', '.join(node['Presorted Key'])})"
+        rows = f"{node['Actual Rows'] * node['Actual Loops']:,} rows"
+        if node.get("Rows Removed by Filter"):
+            rows += f", {node['Rows Removed by Filter'] * node['Actual Loops']:,} passed over"
+        nodes.append(f"{name} ({rows})")
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan["Plan"])
+    where = f" in {', '.join(spec.countries)}" if spec.countries else ""
+    return (
+        f"EXPLAIN ANALYZE, candidates for {spec.gpu_count} x {spec.gpu_model}{where}: "
+        f"{plan['Execution Time']:.1f} ms; " + " <- ".join(nodes)
     )
 
 

@@ -5,11 +5,13 @@ that no longer runs fails there. Quick figures prove the bench runs; only full o
 from __future__ import annotations
 
 import os
+import sys
 from typing import TypeVar
 
 T = TypeVar("T")
 
-QUICK = os.environ.get("BENCH_QUICK") == "1"
+# `python -m bench.heartbeats --quick` too: the sizes are read as the bench modules are imported.
+QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
 
 
 def size(full: T, quick: T) -> T:

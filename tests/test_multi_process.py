@@ -30,8 +30,6 @@ Figures (start-up, the outage a kill causes, what each process served) are print
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import os
@@ -39,7 +37,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -54,6 +51,7 @@ import redis
 from solders.pubkey import Pubkey
 from sqlmodel import col, func, select
 
+from bench.haproxy import Balancer, haproxy_program, start_haproxy
 from gpu_pool import compute
 from portal.config import get_settings
 from portal.infra import migrations
@@ -114,113 +112,11 @@ def say(text: str) -> None:
     print(f"[multi-process] {text}", flush=True)
 
 
-# --- HAProxy ---------------------------------------------------------------------------------------
-
-
-def haproxy_config(port: int, stats_port: int, portals: dict[str, int]) -> str:
-    servers = "\n".join(f"    server {name} 127.0.0.1:{p} check" for name, p in portals.items())
-    return f"""global
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-    timeout tunnel 1h
-    option forwardfor
-    # A request whose connection failed, or that got nothing back from a process that died, goes to the
-    # other process.
-    retries 3
-    retry-on conn-failure empty-response
-    option redispatch 1
-    default-server inter 500ms fall 2 rise 2
-
-frontend portal
-    bind 127.0.0.1:{port}
-    use_backend events if {{ path_beg /_event }}
-    default_backend portals
-
-# The API, the agents and the pages: any process answers any request.
-backend portals
-    balance roundrobin
-    option httpchk GET /healthz
-{servers}
-
-# A page's event websocket stays on one process while it lives; Reflex keeps the page's state in Redis,
-# so when that process dies the page reconnects to another and carries on.
-backend events
-    balance source
-    hash-type consistent
-    option httpchk GET /healthz
-{servers}
-
-listen stats
-    bind 127.0.0.1:{stats_port}
-    stats enable
-    stats uri /
-"""
-
-
-@dataclass
-class Balancer:
-    url: str
-    stats_url: str
-    process: subprocess.Popen
-    home: Path
-
-    def stats(self) -> dict[tuple[str, str], dict[str, str]]:
-        """HAProxy's CSV statistics by (backend, server)."""
-        text = httpx.get(self.stats_url + "/;csv", timeout=5).text.lstrip("# ")
-        return {(row["pxname"], row["svname"]): row for row in csv.DictReader(io.StringIO(text))}
-
-    def served(self, backend: str = "portals") -> dict[str, int]:
-        """Requests each portal process was sent so far."""
-        stats = self.stats()
-        return {name: int(stats[(backend, name)]["stot"]) for name in SERVERS}
-
-    def status(self, name: str) -> str:
-        return self.stats()[("portals", name)]["status"]
-
-    def holding_websockets(self) -> list[str]:
-        stats = self.stats()
-        return [name for name in SERVERS if int(stats[("events", name)]["scur"] or 0) > 0]
+# --- HAProxy (its configuration in bench/haproxy.py, shared with the heartbeat bench) -------------------
 
 
 def find_haproxy() -> str:
-    return (
-        shutil.which("haproxy")
-        or shutil.which("haproxy", path="/usr/sbin")
-        or require_program("haproxy", "haproxy")
-    )
-
-
-def start_haproxy(haproxy: str, port: int, portals: dict[str, int]) -> Balancer:
-    home = Path(tempfile.mkdtemp(prefix="haproxy-"))
-    stats_port = free_port()
-    config = home / "haproxy.cfg"
-    config.write_text(haproxy_config(port, stats_port, portals))
-    checked = subprocess.run([haproxy, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    log = home / "haproxy.log"
-    process = subprocess.Popen(
-        [haproxy, "-db", "-f", str(config)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    balancer = Balancer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}", process, home)
-
-    def both_up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"haproxy exited: {log.read_text()[-2000:]}")
-        try:
-            return all(balancer.status(name) == "UP" for name in portals)
-        except (httpx.HTTPError, KeyError):
-            return False
-
-    wait_until(both_up, timeout_s=30, what="HAProxy seeing both portal processes up")
-    return balancer
+    return haproxy_program() or require_program("haproxy", "haproxy")
 
 
 # --- agents at the protocol level ------------------------------------------------------------------

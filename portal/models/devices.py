@@ -53,8 +53,7 @@ class Device(SQLModel, table=True):
     __tablename__ = "devices"
     __table_args__ = (
         sa.Index("ix_devices_market", "state", "country", "connectivity_tier"),
-        # Placement reads ready devices of one model cheapest first: this index serves it in order.
-        sa.Index("ix_devices_placement", "state", "gpu_model", "hourly_price_micro"),
+        # ix_devices_placement: after the class, as it needs the columns' sort order.
     )
 
     id: UUID = id_field()
@@ -108,6 +107,23 @@ class Device(SQLModel, table=True):
     # When the agent last confirmed a rental's wipe (container, scratch and processes gone).
     last_wipe_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()
+
+
+# Placement reads ready devices of one model in its order (cheapest, then most reliable, most GPUs, id): the
+# index holds that whole order, so the candidates query reads devices in it and stops at the first 64 that
+# fit. Ordered by price alone, every device tied at the cheapest price was read and sorted: all of a model's
+# devices at its list price (1 s at 333,000; migration 0011). The heartbeat flush writes none of these
+# columns, so its updates stay in place (migration 0005).
+_devices = Device.__table__.c  # type: ignore[attr-defined]
+sa.Index(
+    "ix_devices_placement",
+    _devices.state,
+    _devices.gpu_model,
+    _devices.hourly_price_micro,
+    _devices.reliability.desc(),
+    _devices.gpu_count.desc(),
+    _devices.id,
+)
 
 
 class Gpu(SQLModel, table=True):
