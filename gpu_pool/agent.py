@@ -17,11 +17,12 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from gpu_pool import __version__, compute, ray_node
+from gpu_pool import __version__, compute, ray_node, rental_netns
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
 from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, OfferedGpus, SimulatedGpus, machine_facts
 from gpu_pool.isolation import ContainerIsolation
 from gpu_pool.mesh import Mesh, MeshError, tun_name
+from gpu_pool.rental_netns import RentalNamespace
 
 logger = logging.getLogger("gpu_pool.agent")
 LONG_POLL_S = 25
@@ -145,11 +146,15 @@ class Agent:
         """Join the portal's overlay if it runs one; Ray then binds to this device's overlay address."""
         if self.mesh_dir is None or self.device_id is None:
             return False
+        # Rentals' containers join the overlay interface in a namespace of their own; without containers
+        # (development) the interface stays here and Ray nodes bind it directly.
+        namespace = RentalNamespace(rental_netns.name_for(self.device_id)) if self.isolation else None
         mesh = Mesh(
             self.client,
             self.mesh_dir / f"mesh-{self.device_id}",
             tun_device=self.mesh_tun or tun_name(self.device_id),
             listen_port=self.mesh_port,
+            namespace=namespace,
         )
         try:
             joined = self._retrying(mesh.start)
@@ -160,6 +165,8 @@ class Agent:
             logger.info("the portal runs without an overlay; Ray nodes listen on %s", self.node_ip)
             return False
         self.mesh = mesh
+        if self.isolation:
+            self.isolation.namespace = namespace
         return True
 
     @property
@@ -282,7 +289,8 @@ class Agent:
             return ray_node.start(spec, self.workdir, self._abandon_start)
         if spec.head_address:
             deadline = time.monotonic() + ray_node.START_TIMEOUT_S
-            ray_node.wait_for_head(spec.head_address, deadline, self._abandon_start)
+            connects = self.isolation.namespace.connects if self.isolation.namespace else None
+            ray_node.wait_for_head(spec.head_address, deadline, self._abandon_start, connects)
         rented = [] if self.simulated else [gpu.index for gpu in self.describe()]
         return self.isolation.start(spec, cluster, rented, self.workdir)
 

@@ -17,8 +17,10 @@ only (loopback in development, the overlay address with the mesh), and that is t
 reports; nothing else is published. From inside, the host's loopback services (the portal's Redis on
 127.0.0.1, …) are out of reach: the container's 127.0.0.1 is its own. The host's services listening on
 every address are reachable at the bridge's gateway as from any machine on the network (firewall them).
-Workers on other machines would need the bridge's subnet routed over the overlay: not done yet (see the
-README's provider section).
+
+On the overlay (``namespace`` set once the agent joined it) there is no bridge: the container joins the
+device's rentals' namespace, which holds the overlay interface (``gpu_pool.rental_netns``), Ray binds the
+overlay address itself and nothing is published; the cluster's nodes on other machines reach it there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from gpu_pool import ray_node
 from gpu_pool.ray_node import NodeSpec, RayNode, RayNodeError
+from gpu_pool.rental_netns import RentalNamespace
 
 logger = logging.getLogger("gpu_pool.isolation")
 
@@ -182,6 +185,8 @@ class ContainerIsolation:
     image: str
     limits: Limits = field(default_factory=Limits)
     device_id: str | None = None  # known once the agent registered
+    # On the overlay: the namespace holding this device's overlay interface, which its containers join.
+    namespace: RentalNamespace | None = None
     _checked_image: str | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, str]:
@@ -313,12 +318,17 @@ class ContainerIsolation:
         name = f"gpu-pool-{cluster[:8]}-{(self.device_id or 'x')[:8]}-{int(time.time() * 1000) % 10**8}"
         started = time.monotonic()
         self._run("volume", "create", *self._labels(cluster), name)
-        network = self.network_for(cluster)
         temp_dir = Path(tempfile.mkdtemp(prefix="gp-", dir=workdir or "/tmp"))
         log_path = temp_dir / "agent-ray.log"
-        ports, published = self._ports(spec)
-        if spec.role != "head":
-            spec = replace(spec, head_address=self._head_address(cluster, spec.head_address))
+        if self.namespace is not None:
+            # The overlay's namespace: Ray binds the overlay address itself, nothing is published.
+            network, ports, published = "", self._overlay_ports(spec), []
+            network_arg = f"ns:{self.namespace.path}"
+        else:
+            network = network_arg = self.network_for(cluster)
+            ports, published = self._ports(spec)
+            if spec.role != "head":
+                spec = replace(spec, head_address=self._head_address(cluster, spec.head_address))
         env = {
             **ray_node.RAY_ENV,
             # Drivers of any Python 3.11 may join (the image's patch release is Debian's).
@@ -330,7 +340,7 @@ class ContainerIsolation:
             "run",
             f"--name={name}",
             *self._labels(cluster, spec.role),
-            f"--network={network}",
+            f"--network={network_arg}",
             *published,
             *self.security_args(),
             *self.gpu_args(self.engine, gpu_indices or []),
@@ -363,7 +373,7 @@ class ContainerIsolation:
                         f"the node's container exited with {process.returncode}: {_tail(log_path)}"
                     )
                 if "Ray runtime started" in log_path.read_text(errors="replace"):
-                    address = self._address(name, network)
+                    address = self._address(name, network) if network else spec.node_ip
                     node.node_id = self._node_id(name)
                     node.started_at = time.time()
                     logger.info(
@@ -400,6 +410,14 @@ class ContainerIsolation:
             published.append(f"--publish={bracketed}:{dashboard}:{DASHBOARD_PORT}")
         return {"gcs": gcs, "client": client, "dashboard": dashboard}, published
 
+    @staticmethod
+    def _overlay_ports(spec: NodeSpec) -> dict[str, int]:
+        """In the device's own namespace no other node's port is in the way: Ray's defaults, and the GCS
+        port the portal allocated for a head."""
+        if spec.role != "head":
+            return {"gcs": 0, "client": 0, "dashboard": 0}
+        return {"gcs": spec.gcs_port or 6379, "client": CLIENT_PORT, "dashboard": DASHBOARD_PORT}
+
     def _head_address(self, cluster: str, given: str | None) -> str:
         """Where a worker's container reaches its head: the head's container address when the head runs
         on this machine (the node's address may be loopback, the container's own), else as given."""
@@ -426,7 +444,8 @@ class ContainerIsolation:
             "start",
             "--block",
             "--disable-usage-stats",
-            # No --node-ip-address: Ray finds the container's own address on the cluster's bridge.
+            # On a bridge Ray finds the container's own address there; on the overlay it is the device's.
+            *([f"--node-ip-address={spec.node_ip}"] if self.namespace is not None else []),
             f"--temp-dir={SCRATCH}/ray",
             f"--num-gpus={spec.num_gpus}",
             f"--resources={json.dumps(spec.resources)}",

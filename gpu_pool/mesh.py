@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from gpu_pool.client import PortalClient, PortalError, Rejected
+from gpu_pool.rental_netns import NamespaceError, RentalNamespace
 
 logger = logging.getLogger("gpu_pool.mesh")
 
@@ -244,12 +245,20 @@ class Mesh:
     stopped by ``stop``."""
 
     def __init__(
-        self, client: PortalClient, state_dir: Path, *, tun_device: str, listen_port: int = 0
+        self,
+        client: PortalClient,
+        state_dir: Path,
+        *,
+        tun_device: str,
+        listen_port: int = 0,
+        namespace: RentalNamespace | None = None,
     ) -> None:
         if not TUN_NAME.fullmatch(tun_device):
             raise MeshError(f"{tun_device!r} is not a TUN device name (at most 15 letters, digits, _.-)")
         self.client, self.state_dir = client, state_dir
         self.tun_device, self.listen_port = tun_device, listen_port
+        # With containers: the TUN lives in the rentals' namespace, not the agent's (gpu_pool.rental_netns).
+        self.namespace = namespace
         self.certificate: Certificate | None = None
         self.process: subprocess.Popen[str] | None = None
         self.tunnels = Tunnels([])
@@ -340,23 +349,43 @@ class Mesh:
                     process.kill()
                     process.wait()
             self._spawn(program("nebula"))
-            if not self.tunnels.interface_up.wait(START_TIMEOUT_S) or not self._address_ready():
+            if not self._bring_up():
                 logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
         finally:
             self._restarting.clear()
+
+    def _bring_up(self) -> bool:
+        """Wait for Nebula's interface, move it into the rentals' namespace when there is one, and say
+        whether the overlay address is ready for a Ray node."""
+        if not self.tunnels.interface_up.wait(START_TIMEOUT_S):
+            return False
+        if self.namespace is not None:
+            try:
+                self.namespace.adopt(self.tun_device, MTU)
+            except NamespaceError as error:
+                logger.error("the overlay interface stays outside the rentals' namespace: %s", error)
+                return False
+        return self._address_ready()
 
     def _address_ready(self) -> bool:
         """Whether the overlay address can be bound (the Ray node binds it next), waiting a little: the old
         interface's going and the new one's address can lag Nebula's own word that it is active."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.overlay_ip and time.monotonic() < deadline:
-            with socket.socket() as probe:
-                try:
-                    probe.bind((self.overlay_ip, 0))
-                    return True
-                except OSError:
-                    time.sleep(0.1)
+            if self._address_here(self.overlay_ip):
+                return True
+            time.sleep(0.1)
         return self.overlay_ip is None
+
+    def _address_here(self, address: str) -> bool:
+        if self.namespace is not None:
+            return self.namespace.has_address(self.tun_device, address)
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, 0))
+                return True
+            except OSError:
+                return False
 
     def renew(self) -> bool:
         """Ask for a certificate now (a cluster joined or left, or half its life passed) and reload Nebula
@@ -380,7 +409,7 @@ class Mesh:
             return False
         self.install(certificate)
         self._spawn(nebula)
-        if not self.tunnels.interface_up.wait(START_TIMEOUT_S):
+        if not self._bring_up():
             self.stop()
             raise MeshError(f"nebula did not bring up {self.tun_device}: {_tail(self.log_path)}")
         logger.info("on the overlay as %s (%s)", certificate.overlay_ip, self.tun_device)
@@ -429,6 +458,8 @@ class Mesh:
                 return
             self.restarts += 1
             self._spawn(nebula)
+            if self.namespace is not None and not self._bring_up():
+                logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
 
     def _renew_loop(self) -> None:
         lost_since: float | None = None  # monotonic: since when no lighthouse answers
@@ -477,6 +508,8 @@ class Mesh:
                 process.wait()
         for thread in self._threads:
             thread.join(timeout=STOP_TIMEOUT_S)
+        if self.namespace is not None:
+            self.namespace.remove()
 
 
 def _read_log(process: subprocess.Popen[str], tunnels: Tunnels, log: Any) -> None:

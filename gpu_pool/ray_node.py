@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,15 +152,21 @@ def _ray_executable() -> str:
     return str(beside) if beside.exists() else "ray"
 
 
-def wait_for_head(address: str, deadline: float, abandon: threading.Event | None = None) -> None:
+def wait_for_head(
+    address: str,
+    deadline: float,
+    abandon: threading.Event | None = None,
+    connects: Callable[[str, int], bool] | None = None,
+) -> None:
     """Return once the head's GCS at ``address`` accepts a TCP connection: a worker may be started at the
     same time as its head. Raises RayNodeError past ``deadline`` (monotonic) or once ``abandon`` is set (a
-    newer command replaced this start)."""
+    newer command replaced this start). ``connects`` tries a connection where the node will run (default:
+    from here)."""
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise RayNodeError(f"the head's address {address[:80]!r} is not host:port")
     while True:
-        with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+        if (connects or _connects)(host.strip("[]"), int(port)):
             return
         if abandon is not None and abandon.is_set():
             raise RayNodeError("abandoned for a newer command while waiting for the head")
@@ -169,6 +176,12 @@ def wait_for_head(address: str, deadline: float, abandon: threading.Event | None
             abandon.wait(HEAD_POLL_S)
         else:
             time.sleep(HEAD_POLL_S)
+
+
+def _connects(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
 
 
 def _ports(spec: NodeSpec) -> dict[str, int]:

@@ -65,12 +65,13 @@ class World:
         except ValueError:
             return answer["status"], {"text": answer["body"]}
 
-    def start(self, role: str, command: list[str], name: str) -> Process:
-        process = self.net.start(role, ["env", *(f"{k}={v}" for k, v in self.env.items()), *command], name)
+    def start(self, role: str, command: list[str], name: str, host_mounts: bool = False) -> Process:
+        environment = ["env", *(f"{k}={v}" for k, v in self.env.items())]
+        process = self.net.start(role, [*environment, *command], name, host_mounts)
         self.processes[name] = process
         return process
 
-    def start_agent(self, role: str) -> None:
+    def start_agent(self, role: str, *options: str) -> None:
         self.start(
             role,
             [
@@ -79,8 +80,10 @@ class World:
                 "--token", self.tokens[role],
                 "--simulate", "1xH100-80GB",
                 "--state-dir", str(self.net.workdir / f"agent-{role}"),
+                *options,
             ],
             f"agent-{role}",
+            host_mounts="container" in options,  # Podman needs the machine's cgroups
         )  # fmt: skip
 
     def device(self, role: str) -> Device:

@@ -154,11 +154,18 @@ class Namespace:
             ["ip", "netns", "exec", self.name, *command], stdin=stdin, check=check, timeout_s=timeout_s
         )
 
-    def start(self, command: list[str], log: Path) -> Process:
-        """Start ``command`` in this namespace; ``ip netns exec`` execs it, so the PID is the program's."""
+    def start(self, command: list[str], log: Path, host_mounts: bool = False) -> Process:
+        """Start ``command`` in this namespace; ``ip netns exec`` execs it, so the PID is the program's.
+        ``host_mounts``: enter the network namespace only (nsenter), keeping the machine's mounts, which
+        ``ip netns exec`` changes (its /sys has no cgroups, which a container engine needs)."""
+        enter = (
+            ["nsenter", f"--net=/run/netns/{self.name}", "--"]
+            if host_mounts
+            else ["ip", "netns", "exec", self.name]
+        )
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                ["ip", "netns", "exec", self.name, *command],
+                [*enter, *command],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -195,9 +202,9 @@ class Internet:
             return NATTED[role][1]
         return self.namespaces[role].address
 
-    def start(self, role: str, command: list[str], name: str) -> Process:
+    def start(self, role: str, command: list[str], name: str, host_mounts: bool = False) -> Process:
         """A long-lived process in ``role``'s namespace, stopped at teardown if not before."""
-        process = self.namespaces[role].start(command, self.workdir / f"{name}.log")
+        process = self.namespaces[role].start(command, self.workdir / f"{name}.log", host_mounts)
         self.processes.append(process)
         return process
 

@@ -76,9 +76,13 @@ def role_of(world: World, device_id: uuid.UUID) -> str:
     return next(role for role, device in world.devices.items() if device == device_id)
 
 
-def run_job(world: World, cluster_id: uuid.UUID, token: str) -> str:
+def run_job(world: World, cluster_id: uuid.UUID, token: str, script: str = _JOB) -> str:
+    """Run ``script`` as a job through the portal, from the customer's namespace; its logs once it passed."""
     status, job = world.call(
-        "POST", f"/api/v1/clusters/{cluster_id}/jobs", token, {"entrypoint": f"python -c {shlex.quote(_JOB)}"}
+        "POST",
+        f"/api/v1/clusters/{cluster_id}/jobs",
+        token,
+        {"entrypoint": f"python -c {shlex.quote(script)}"},
     )
     assert status == 201, job
     path = f"/api/v1/clusters/{cluster_id}/jobs/{job['id']}"
