@@ -354,9 +354,9 @@ class Mesh:
         finally:
             self._restarting.clear()
 
-    def _bring_up(self) -> bool:
+    def _bring_up(self, address: bool = True) -> bool:
         """Wait for Nebula's interface, move it into the rentals' namespace when there is one, and say
-        whether the overlay address is ready for a Ray node."""
+        whether the overlay address is ready for a Ray node (``address``: waited for too)."""
         if not self.tunnels.interface_up.wait(START_TIMEOUT_S):
             return False
         if self.namespace is not None:
@@ -365,7 +365,7 @@ class Mesh:
             except NamespaceError as error:
                 logger.error("the overlay interface stays outside the rentals' namespace: %s", error)
                 return False
-        return self._address_ready()
+        return self._address_ready() if address else True
 
     def _address_ready(self) -> bool:
         """Whether the overlay address can be bound (the Ray node binds it next), waiting a little: the old
@@ -409,7 +409,7 @@ class Mesh:
             return False
         self.install(certificate)
         self._spawn(nebula)
-        if not self._bring_up():
+        if not self._bring_up(address=False):
             self.stop()
             raise MeshError(f"nebula did not bring up {self.tun_device}: {_tail(self.log_path)}")
         logger.info("on the overlay as %s (%s)", certificate.overlay_ip, self.tun_device)
@@ -458,7 +458,7 @@ class Mesh:
                 return
             self.restarts += 1
             self._spawn(nebula)
-            if self.namespace is not None and not self._bring_up():
+            if self.namespace is not None and not self._bring_up(address=False):
                 logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
 
     def _renew_loop(self) -> None:
