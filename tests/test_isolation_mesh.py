@@ -171,10 +171,18 @@ def journey(world: World) -> None:
         what="both rentals wiped",
     )
     for role, device in zip(PROVIDERS[:2], devices, strict=True):
-        links = world.net[role].run("ip", "-n", rental_netns.name_for(str(device.id)), "-o", "link").stdout
-        assert sorted(line.split(":")[1].strip() for line in links.splitlines()) == sorted(
-            ["lo", f"gp{str(device.id).replace('-', '')[:12]}"]
-        ), links
+        namespace, tun = rental_netns.name_for(str(device.id)), f"gp{str(device.id).replace('-', '')[:12]}"
+
+        def links(role: str = role, namespace: str = namespace) -> list[str]:
+            listed = world.net[role].run("ip", "-n", namespace, "-o", "link").stdout
+            return sorted(line.split(":")[1].strip() for line in listed.splitlines())
+
+        # Leaving the cluster restarts Nebula (its group changes): the new interface is moved in again.
+        wait_until(
+            lambda tun=tun: links() == sorted(["lo", tun]),
+            timeout_s=60,
+            what=f"only lo and {tun} in {namespace}",
+        )
 
 
 def _podman(*args: str) -> str:
