@@ -172,9 +172,15 @@ def measure_floor(runs: int, parallel: bool) -> tuple[list[float], list[float]]:
     for _ in range(runs):
         try:
             both, seen_both = floor_once(parallel)
-        except ray_node.RayNodeError as error:
-            print(f"  floor run failed: {error}"[:600])
-            continue
+        except ray_node.RayNodeError as first:
+            # Ray's own startup waits (30 s for the raylet, the GCS for a worker started beside its head)
+            # can miss on a loaded machine: the portal's agents start such a node again, so the floor does.
+            print(f"  floor run started again after: {str(first)[:200]}")
+            try:
+                both, seen_both = floor_once(parallel)
+            except ray_node.RayNodeError as error:
+                print(f"  floor run failed: {error}"[:600])
+                continue
         started.append(both)
         if seen_both is not None:
             seen.append(seen_both)
