@@ -65,6 +65,23 @@ class World:
         except ValueError:
             return answer["status"], {"text": answer["body"]}
 
+    def deploy(self, token: str, name: str) -> uuid.UUID:
+        """A 2-GPU cluster asked for from the customer's namespace, once it runs."""
+        status, cluster = self.call(
+            "POST",
+            "/api/v1/clusters",
+            token,
+            {"name": name, "gpu_model": "H100-80GB", "gpu_count": 2, "duration_hours": 1},
+        )
+        assert status == 202, cluster
+        path = f"/api/v1/clusters/{cluster['id']}"
+        wait_until(
+            lambda: self.call("GET", path, token)[1]["state"] == "running",
+            timeout_s=240,
+            what=f"the cluster {name} running across two NATs",
+        )
+        return uuid.UUID(cluster["id"])
+
     def start(self, role: str, command: list[str], name: str, host_mounts: bool = False) -> Process:
         environment = ["env", *(f"{k}={v}" for k, v in self.env.items())]
         process = self.net.start(role, [*environment, *command], name, host_mounts)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +22,7 @@ import pytest
 from gpu_pool import rental_netns
 from gpu_pool.isolation import LABEL_DEVICE
 from portal.infra.db import session_scope
-from portal.models import ClusterState, DeviceState, Role
+from portal.models import DeviceState, Role
 from portal.services.money import ledger
 from tests.conftest import require_program, wait_until
 from tests.containers import NOTHING, of_label
@@ -129,20 +128,8 @@ def journey(world: World) -> None:
         what="both providers proven and on the market",
     )
     assert {world.device(role).isolation for role in PROVIDERS[:2]} == {"container"}
-    status, cluster = world.call(
-        "POST",
-        "/api/v1/clusters",
-        token,
-        {"name": "boxed", "gpu_model": "H100-80GB", "gpu_count": 2, "duration_hours": 1},
-    )
-    assert status == 202, cluster
-    cluster_id = uuid.UUID(cluster["id"])
+    cluster_id = world.deploy(token, "boxed")
     path = f"/api/v1/clusters/{cluster_id}"
-    wait_until(
-        lambda: world.call("GET", path, token)[1]["state"] == ClusterState.RUNNING,
-        timeout_s=UP_S,
-        what="the cluster running in containers across two NATs",
-    )
     for role in PROVIDERS[:2]:
         device = world.device(role)
         containers = of_label(f"{LABEL_DEVICE}={device.id}")["containers"]

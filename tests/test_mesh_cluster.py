@@ -121,20 +121,8 @@ def journey(world: World) -> None:
         timeout_s=UP_S,
         what="both providers proven and on the market",
     )
-    status, cluster = world.call(
-        "POST",
-        "/api/v1/clusters",
-        token,
-        {"name": "across", "gpu_model": "H100-80GB", "gpu_count": 2, "duration_hours": 1},
-    )
-    assert status == 202, cluster
-    cluster_id = uuid.UUID(cluster["id"])
+    cluster_id = world.deploy(token, "across")
     path = f"/api/v1/clusters/{cluster_id}"
-    wait_until(
-        lambda: world.call("GET", path, token)[1]["state"] == ClusterState.RUNNING,
-        timeout_s=UP_S,
-        what="the cluster running across two NATs",
-    )
     cluster = world.call("GET", path, token)[1]
     head = next(n for n in cluster_nodes(world, cluster_id) if n.role == NodeRole.HEAD)
     head_ip = world.device(role_of(world, head.device_id)).overlay_ip
