@@ -245,6 +245,42 @@ class Settings(BaseSettings):
     max_node_replacements: Annotated[int, Field(ge=0, le=20)] = Field(
         default=3, description="Devices tried in place of failed ones before a deploy fails."
     )
+    # What the database keeps (services/retention.py): each window in days, rows older go in batches.
+    retention_batch_rows: Annotated[int, Field(ge=100, le=100_000)] = Field(
+        default=5_000,
+        description="Rows deleted per transaction when pruning (a backlog never holds a long lock).",
+    )
+    retention_gpu_samples_days: Annotated[int, Field(ge=1, le=365)] = Field(
+        default=7, description="GPU samples of the portal's own store (no Prometheus); charts show 7 days."
+    )
+    retention_state_transitions_days: Annotated[int, Field(ge=31, le=3650)] = Field(
+        default=90,
+        description="Moves of devices, clusters and nodes (each entity's newest before the window is kept; "
+        "payouts' forever); reliability reads 30 days.",
+    )
+    retention_fault_events_days: Annotated[int, Field(ge=31, le=3650)] = Field(
+        default=90, description="Fault events; reliability counts the last 30 days."
+    )
+    retention_hearing_gaps_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=30, description="Times the portal heard no agent; liveness reads the last hour."
+    )
+    retention_cluster_events_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=90,
+        description="Logs of clusters ended this long ago (their last line, how they ended, stays).",
+    )
+    retention_device_commands_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=7, description="Agents' commands answered this long ago (those live nodes still read stay)."
+    )
+    retention_auth_sessions_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=30,
+        description="Sign-in sessions (and their refresh tokens) expired or revoked this long ago.",
+    )
+    retention_mesh_certificates_days: Annotated[int, Field(ge=1, le=3650)] = Field(
+        default=7, description="Overlay certificates expired this long ago (off the blocklist since)."
+    )
+    retention_audit_log_days: Annotated[int, Field(ge=365, le=36_500)] = Field(
+        default=400, description="The audit log: a compliance record, kept a year at least."
+    )
     mesh: MeshKind = Field(
         default=MeshKind.NONE,
         description="nebula: devices and the portal join one Nebula overlay, the portal its certificate "

@@ -12,6 +12,6 @@ from tasks.broker import build_broker
 broker = build_broker(parts.current().settings)
 dramatiq.set_broker(broker)
 
-from tasks import billing, clusters, devices, ping  # noqa: E402  (actors need the broker set first)
+from tasks import billing, clusters, devices, ping, retention  # noqa: E402  (actors need the broker set first)
 
-__all__ = ["billing", "broker", "clusters", "devices", "ping"]
+__all__ = ["billing", "broker", "clusters", "devices", "ping", "retention"]

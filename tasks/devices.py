@@ -1,5 +1,5 @@
-"""Device actors: idle devices that fall silent go offline; idle devices prove their compute again; the
-sample store stays bounded."""
+"""Device actors: idle devices that fall silent go offline; idle devices prove their compute again (the
+sample store is bounded by tasks/retention.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from portal import parts
 from portal.infra.db import session_scope
 from portal.models import Device
 from portal.services.network import network_history
-from portal.services.providers import commands, faults, reliability, telemetry, verification
+from portal.services.providers import commands, faults, reliability, verification
 
 
 @dramatiq.actor(max_retries=0, time_limit=120_000)
@@ -34,13 +34,6 @@ def mark_silent_devices_offline() -> None:
     while moved == faults.OFFLINE_BATCH:  # a batch per transaction, until one is not full
         with session_scope(p.engine) as session:
             moved = faults.mark_silent_offline(session, p.settings)
-
-
-@dramatiq.actor(max_retries=0, time_limit=300_000)
-def prune_gpu_samples() -> None:
-    """Keep the portal's own sample store bounded."""
-    with session_scope(parts.current().engine) as session:
-        telemetry.prune(session)
 
 
 @dramatiq.actor(max_retries=0, time_limit=60_000)

@@ -19,7 +19,7 @@ TICK_S = 1.0
 
 
 def periodic() -> list[tuple[dramatiq.Actor, float]]:
-    from tasks import billing, clusters, devices
+    from tasks import billing, clusters, devices, retention
 
     settings = parts.current().settings
     return [
@@ -31,7 +31,7 @@ def periodic() -> list[tuple[dramatiq.Actor, float]]:
         (devices.reverify_devices, 60.0),
         (devices.mark_silent_devices_offline, 5.0),
         (devices.detect_gpu_faults, 5.0),
-        (devices.prune_gpu_samples, 600.0),
+        (retention.prune_old_rows, 600.0),
         (devices.snapshot_network, 60.0),
         (devices.refresh_reliability, 300.0),
     ]

@@ -101,7 +101,7 @@ def test_each_periodic_tick_is_sent_once_whatever_the_number_of_processes():
     assert set(first) == every_5_s | {
         "reverify_devices",
         "meter_clusters",
-        "prune_gpu_samples",
+        "prune_old_rows",
         "snapshot_network",
         "settle_payouts",
         "watch_deposits",

@@ -154,7 +154,11 @@ class DeviceCommand(SQLModel, table=True):
     """An order for a worker agent (start or stop a Ray node, verify); delivered by long-poll or heartbeat."""
 
     __tablename__ = "device_commands"
-    __table_args__ = (sa.Index("ix_device_commands_device_state", "device_id", "state", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_device_commands_device_state", "device_id", "state", "created_at"),
+        # Retention deletes answered commands oldest first (services/retention.py, migration 0012).
+        sa.Index("ix_device_commands_completed_at", "completed_at"),
+    )
 
     id: UUID = id_field()
     device_id: UUID = Field(foreign_key="devices.id", ondelete="CASCADE")

@@ -71,7 +71,7 @@ class StateTransition(SQLModel, table=True):
 
 class GpuSample(SQLModel, table=True):
     """One GPU's reading from one heartbeat: the portal's own recent-sample store, used when no Prometheus
-    is configured (bounded by ``telemetry.RETENTION``)."""
+    is configured (bounded by ``PORTAL_RETENTION_GPU_SAMPLES_DAYS``, services/retention.py)."""
 
     __tablename__ = "gpu_samples"
     __table_args__ = (sa.Index("ix_gpu_samples_device_at", "device_id", "at"),)

@@ -2,8 +2,8 @@
 clusters, averaged into buckets that suit the range asked for.
 
 One query layer for the pages and the API. This is its embedded back end, the portal's own sample store
-(``GpuSample`` rows written by the heartbeat flush, pruned after ``RETENTION``); a Prometheus back end
-answers the same shape when ``PORTAL_PROMETHEUS_URL`` is set.
+(``GpuSample`` rows written by the heartbeat flush, pruned by ``services/retention.py``); a Prometheus back
+end answers the same shape when ``PORTAL_PROMETHEUS_URL`` is set.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from sqlalchemy import ColumnElement, Integer, cast, delete, func
+from sqlalchemy import ColumnElement, Integer, cast, func
 from sqlmodel import Session, col, select
 
 from portal.config import Settings
@@ -29,7 +29,6 @@ from portal.services.errors import Unavailable
 from portal.services.providers import liveness
 from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
 
-RETENTION = timedelta(days=7)
 # label: (minutes shown, seconds per point): 60 to 170 points a series.
 RANGES = {"15m": (15, 15), "1h": (60, 60), "24h": (1440, 600), "7d": (10080, 3600)}
 # Our metric name, the sample column, its unit, and the DCGM-exporter name Prometheus knows it by.
@@ -158,11 +157,6 @@ def _from_store(session: Session, device_ids: list[uuid.UUID], minutes: int) -> 
             one.times.append(at)
             one.values.append(round(float(value), 2))
     return {metric: list(by_gpu.values()) for metric, by_gpu in found.items()}
-
-
-def prune(session: Session) -> int:
-    """Drop samples older than ``RETENTION``; returns how many."""
-    return session.execute(delete(GpuSample).where(col(GpuSample.at) < utcnow() - RETENTION)).rowcount
 
 
 def as_json(found: dict[str, list[Series]], minutes: int) -> dict:

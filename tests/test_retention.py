@@ -1,0 +1,250 @@
+"""Retention: operational rows past their window go in bounded batches, what a page or an actor still reads
+stays, and money is never touched."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from portal.infra.cache import MemoryCache
+from portal.infra.db import session_scope
+from portal.models import (
+    AuditLog,
+    AuthSession,
+    Cluster,
+    ClusterEvent,
+    ClusterNode,
+    ClusterState,
+    CommandState,
+    Deposit,
+    DeviceCommand,
+    DeviceState,
+    FaultEvent,
+    GpuSample,
+    HearingGap,
+    LedgerEntry,
+    LedgerTransaction,
+    MeshCertificate,
+    NodeState,
+    Payout,
+    RefreshToken,
+    Role,
+    StateTransition,
+    UsageRecord,
+)
+from portal.models.base import utcnow
+from portal.parts import AppParts, in_use
+from portal.services import retention
+from tasks.retention import prune_old_rows
+from tests.conftest import settings_for
+from tests.factories import make_device, make_usage, make_user
+from tests.test_clusters import customer_with
+
+SETTINGS = settings_for()
+MONEY = (LedgerTransaction, LedgerEntry, UsageRecord, Payout, Deposit)
+
+
+def days_ago(days: float) -> datetime:
+    return utcnow() - timedelta(days=days)
+
+
+def sample(device_id: uuid.UUID, days: float) -> GpuSample:
+    return GpuSample(
+        device_id=device_id,
+        at=days_ago(days),
+        gpu_index=0,
+        util_pct=50,
+        mem_used_mb=1,
+        temp_c=60,
+        power_w=300,
+    )
+
+
+def move(kind: str, entity_id: object, to_state: str, days: float) -> StateTransition:
+    return StateTransition(entity_type=kind, entity_id=str(entity_id), to_state=to_state, at=days_ago(days))
+
+
+def cluster(session: Session, owner_id: uuid.UUID, state: ClusterState, ended_days: float | None) -> Cluster:
+    found = Cluster(
+        owner_id=owner_id,
+        name="c",
+        state=state,
+        gpu_model="H100-80GB",
+        gpu_count=1,
+        duration_hours=1,
+        price_per_gpu_hour_micro=1,
+        created_at=days_ago(200),
+        ended_at=None if ended_days is None else days_ago(ended_days),
+    )
+    session.add(found)
+    session.flush()
+    return found
+
+
+def event(cluster_id: uuid.UUID, kind: str, days: float) -> ClusterEvent:
+    return ClusterEvent(cluster_id=cluster_id, kind=kind, message=kind, at=days_ago(days))
+
+
+def command(device_id: uuid.UUID, state: CommandState, completed_days: float | None) -> DeviceCommand:
+    return DeviceCommand(
+        device_id=device_id,
+        kind="stop_ray",
+        state=state,
+        created_at=days_ago(30),
+        completed_at=None if completed_days is None else days_ago(completed_days),
+    )
+
+
+def counts(engine: Engine, *models: type) -> dict[str, int]:
+    with session_scope(engine) as session:
+        return {
+            model.__name__: session.exec(select(func.count()).select_from(model)).one() for model in models
+        }
+
+
+def test_old_operational_rows_go_and_recent_or_still_read_ones_stay(engine):
+    with session_scope(engine) as session:
+        provider = make_user(session, Role.PROVIDER)
+        device = make_device(session, provider.id, state=DeviceState.READY)
+        hired = make_device(session, provider.id, state=DeviceState.HIRED)
+        customer_id = customer_with(session, 50_000_000)  # a ledger posting
+        make_usage(session, customer_id=customer_id, device=device, ended_at=days_ago(1000))
+        session.add(
+            Payout(provider_id=provider.id, wallet_address="w", amount_micro=1, created_at=days_ago(900))
+        )
+        session.add(Deposit(user_id=customer_id, token_account="t", amount_micro=1, created_at=days_ago(900)))
+        session.add_all([sample(device.id, 8), sample(device.id, 1 / 24)])
+        payout_id = uuid.uuid4()
+        session.add_all(
+            [
+                move("device", device.id, "verifying", 100),
+                move("device", device.id, "ready", 95),  # the state the window opens in: kept
+                move("device", device.id, "hired", 10),
+                move("payout", payout_id, "submitted", 500),  # money: kept, however old
+                move("payout", payout_id, "confirmed", 499),
+            ]
+        )
+        session.add_all(
+            [
+                FaultEvent(device_id=device.id, kind="old", message="old", at=days_ago(100)),
+                FaultEvent(device_id=device.id, kind="recent", message="recent", at=days_ago(10)),
+                HearingGap(started_at=days_ago(40), ended_at=days_ago(40)),
+                HearingGap(started_at=days_ago(1), ended_at=days_ago(1)),
+            ]
+        )
+        ended_long_ago = cluster(session, customer_id, ClusterState.TERMINATED, 100)
+        ended_lately = cluster(session, customer_id, ClusterState.TERMINATED, 10)
+        running = cluster(session, customer_id, ClusterState.RUNNING, None)
+        session.add_all(
+            [
+                event(ended_long_ago.id, "created", 101),
+                event(ended_long_ago.id, ClusterState.TERMINATED, 100),  # how it ended: kept
+                event(ended_lately.id, "created", 11),
+                event(running.id, "created", 200),  # its owner still sees the log
+            ]
+        )
+        answered_old = command(device.id, CommandState.SUCCEEDED, 10)
+        start_of_running = command(device.id, CommandState.SUCCEEDED, 10)  # its head address is read
+        stop_not_handed_back = command(hired.id, CommandState.SUCCEEDED, 10)
+        answered_lately = command(device.id, CommandState.FAILED, 1)
+        still_queued = command(device.id, CommandState.QUEUED, None)
+        session.add_all([answered_old, start_of_running, stop_not_handed_back, answered_lately, still_queued])
+        session.flush()
+        session.add_all(
+            [
+                ClusterNode(
+                    cluster_id=running.id,
+                    device_id=device.id,
+                    role="head",
+                    state=NodeState.JOINED,
+                    gpu_count=1,
+                    command_id=start_of_running.id,
+                ),
+                ClusterNode(
+                    cluster_id=ended_lately.id,
+                    device_id=hired.id,
+                    role="head",
+                    state=NodeState.RELEASED,
+                    gpu_count=1,
+                    command_id=stop_not_handed_back.id,
+                ),
+            ]
+        )
+        expired = AuthSession(user_id=customer_id, created_at=days_ago(80), expires_at=days_ago(40))
+        revoked = AuthSession(
+            user_id=customer_id, expires_at=days_ago(-10), revoked_at=days_ago(40), revoked_reason="sign-out"
+        )
+        live = AuthSession(user_id=customer_id, created_at=days_ago(20), expires_at=days_ago(-10))
+        session.add_all([expired, revoked, live])
+        session.flush()
+        session.add_all(
+            RefreshToken(session_id=auth.id, token_hash=uuid.uuid4().hex, used_at=days_ago(19))
+            for auth in (expired, revoked, live)
+        )
+        session.add_all(
+            MeshCertificate(
+                fingerprint=uuid.uuid4().hex,
+                groups="g",
+                issued_at=days_ago(days + 1),
+                expires_at=days_ago(days),
+            )
+            for days in (10, 1)
+        )
+        session.add_all(
+            AuditLog(actor_kind="user", action=f"old-{days}", at=days_ago(days)) for days in (500, 300)
+        )
+    money_before = counts(engine, *MONEY)
+
+    with in_use(AppParts(SETTINGS, engine, MemoryCache())):
+        prune_old_rows.fn()  # as the scheduler sends it every 10 minutes
+
+    assert counts(engine, *MONEY) == money_before and all(money_before.values())
+    with session_scope(engine) as session:
+        assert [round((utcnow() - at).days) for at in session.exec(select(GpuSample.at)).all()] == [0]
+        moves = session.exec(select(StateTransition.to_state).order_by(col(StateTransition.at))).all()
+        assert moves == ["submitted", "confirmed", "ready", "hired"]
+        assert session.exec(select(FaultEvent.kind)).all() == ["recent"]
+        assert len(session.exec(select(HearingGap.id)).all()) == 1
+        kept_events = session.exec(select(ClusterEvent.cluster_id, ClusterEvent.kind)).all()
+        assert sorted(kept_events) == sorted(
+            [
+                (ended_long_ago.id, ClusterState.TERMINATED),
+                (ended_lately.id, "created"),
+                (running.id, "created"),
+            ]
+        )
+        kept_commands = set(session.exec(select(DeviceCommand.id)).all())
+        assert kept_commands == {
+            start_of_running.id,
+            stop_not_handed_back.id,
+            answered_lately.id,
+            still_queued.id,
+        }
+        assert session.exec(select(AuthSession.id)).all() == [live.id]
+        assert session.exec(select(RefreshToken.session_id)).all() == [live.id]
+        assert len(session.exec(select(MeshCertificate.id)).all()) == 1
+        assert session.exec(select(AuditLog.action)).all() == ["old-300"]
+
+
+def test_a_backlog_goes_in_bounded_batches_oldest_first(engine):
+    settings = settings_for(retention_batch_rows=100)
+    with session_scope(engine) as session:
+        device = make_device(session, make_user(session, Role.PROVIDER).id, state=DeviceState.READY)
+        # 250 samples past the window, a minute apart, written oldest first as the flush does, and one inside.
+        session.add_all(sample(device.id, 8 + minute / 1440) for minute in reversed(range(250)))
+        session.add(sample(device.id, 1))
+    rule = next(rule for rule in retention.rules(settings) if rule.table.name == "gpu_samples")
+
+    assert retention.prune_batch(engine, rule, utcnow() - rule.window, 100) == 100  # one batch, no more
+    with session_scope(engine) as session:
+        oldest_left = session.exec(select(func.min(GpuSample.at))).one()
+    assert utcnow() - oldest_left < timedelta(days=8, minutes=150)  # the oldest hundred went first
+
+    out_of_time = retention.prune(engine, settings, budget_s=0, tables=["gpu_samples"])
+    assert out_of_time.out_of_time and out_of_time.rows == {"gpu_samples": 0}  # the next pass carries on
+    pruned = retention.prune(engine, settings, tables=["gpu_samples"])
+    assert (pruned.rows, pruned.batches, pruned.out_of_time) == ({"gpu_samples": 150}, 2, False)
+    assert counts(engine, GpuSample) == {"GpuSample": 1}
