@@ -41,6 +41,10 @@
 - Isolation (bench/isolation.py): a 2-node Ray cluster, a job and the stop with every node in a Podman
   container (the wipe included), against the same on the host, same run. Target: at most 1.2x. Not measured
   without Podman and mmdebstrap (make containers).
+- Data that grows (bench/growth.py): the rows and bytes each table gains in a simulated day of 1,000 devices
+  on PostgreSQL (heartbeats, offline episodes, re-verification, rentals deployed, metered and terminated
+  through the portal's services), per 1,000 devices and at 100,000 and 1,000,000, against the bytes of a
+  one-bigint row.
 - Memory (bench/memory.py): the PSS of all of ``portal run``'s processes once it serves with its demo (the
   demo agents shown apart), against a bare one-page Reflex app started by the same command. Target: 300 MiB.
 
@@ -70,6 +74,7 @@ import httpx
 from sqlalchemy import text
 
 from bench.deploy import bench_deploy
+from bench.growth import bench_growth
 from bench.heal import bench_heal
 from bench.heartbeats import bench_heartbeats
 from bench.isolation import bench_isolation
@@ -364,6 +369,7 @@ BENCHES = (
     bench_verification,
     bench_placement,
     bench_settlement,
+    bench_growth,
     bench_deploy,
     bench_heal,
     bench_telemetry,

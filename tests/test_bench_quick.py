@@ -28,6 +28,7 @@ FIGURES = {
     # The second part's (1,000,000 devices in full, 20,000 quick), after the first part's figures.
     "bench_placement": r"placement decision at [\d,]+ devices: p50 [\d.]+ ms, p99 [\d.]+ ms",
     "bench_settlement": r"payouts\.settle, up to 10 per transaction .* books balance",
+    "bench_growth": r"growth per day at 1,000,000 devices: [\d,.]+ GB with the embedded sample store",
     "bench_deploy": r"portal: deploy request to running\s+min",
     "bench_heal": r"loss detected \(kill -9 to node_lost\)\s+[\d.]+ s",
     "bench_telemetry": r"dashboard query, Prometheus",
