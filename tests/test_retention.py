@@ -38,6 +38,7 @@ from portal.models import (
 from portal.models.base import utcnow
 from portal.parts import AppParts, in_use
 from portal.services import retention
+from portal.services.providers import telemetry
 from tasks.retention import prune_old_rows
 from tests.conftest import settings_for
 from tests.factories import make_device, make_usage, make_user
@@ -233,18 +234,55 @@ def test_a_backlog_goes_in_bounded_batches_oldest_first(engine):
     settings = settings_for(retention_batch_rows=100)
     with session_scope(engine) as session:
         device = make_device(session, make_user(session, Role.PROVIDER).id, state=DeviceState.READY)
-        # 250 samples past the window, a minute apart, written oldest first as the flush does, and one inside.
-        session.add_all(sample(device.id, 8 + minute / 1440) for minute in reversed(range(250)))
-        session.add(sample(device.id, 1))
-    rule = next(rule for rule in retention.rules(settings) if rule.table.name == "gpu_samples")
+        # 250 faults past the window, a minute apart, raised oldest first, and one inside it.
+        session.add_all(
+            FaultEvent(device_id=device.id, kind="k", message="m", at=days_ago(91 + minute / 1440))
+            for minute in reversed(range(250))
+        )
+        session.add(FaultEvent(device_id=device.id, kind="k", message="m", at=days_ago(1)))
+    rule = next(rule for rule in retention.rules(settings) if rule.table.name == "fault_events")
 
     assert retention.prune_batch(engine, rule, utcnow() - rule.window, 100) == 100  # one batch, no more
     with session_scope(engine) as session:
-        oldest_left = session.exec(select(func.min(GpuSample.at))).one()
-    assert utcnow() - oldest_left < timedelta(days=8, minutes=150)  # the oldest hundred went first
+        oldest_left = session.exec(select(func.min(FaultEvent.at))).one()
+    assert utcnow() - oldest_left < timedelta(days=91, minutes=150)  # the oldest hundred went first
 
-    out_of_time = retention.prune(engine, settings, budget_s=0, tables=["gpu_samples"])
-    assert out_of_time.out_of_time and out_of_time.rows == {"gpu_samples": 0}  # the next pass carries on
-    pruned = retention.prune(engine, settings, tables=["gpu_samples"])
-    assert (pruned.rows, pruned.batches, pruned.out_of_time) == ({"gpu_samples": 150}, 2, False)
-    assert counts(engine, GpuSample) == {"GpuSample": 1}
+    out_of_time = retention.prune(engine, settings, budget_s=0, tables=["fault_events"])
+    assert out_of_time.out_of_time and out_of_time.rows == {"fault_events": 0}  # the next pass carries on
+    pruned = retention.prune(engine, settings, tables=["fault_events"])
+    assert (pruned.rows, pruned.batches, pruned.out_of_time) == ({"fault_events": 150}, 2, False)
+    assert counts(engine, FaultEvent) == {"FaultEvent": 1}
+
+
+def test_the_sample_store_folds_old_samples_and_the_day_chart_reads_the_same(engine):
+    with session_scope(engine) as session:
+        device = make_device(session, make_user(session, Role.PROVIDER).id, state=DeviceState.READY)
+        now = utcnow()
+        # Three hours of beats every 5 s, and two hours of them two days ago: 3,600 samples.
+        moments = [now - timedelta(seconds=5 * beat) for beat in range(2160)]
+        moments += [now - timedelta(days=2, seconds=5 * beat) for beat in range(1440)]
+        session.add_all(
+            GpuSample(
+                device_id=device.id,
+                at=at,
+                gpu_index=0,
+                util_pct=float(number % 97),
+                mem_used_mb=1000.0,
+                temp_c=float(number % 13),
+                power_w=300.0,
+            )
+            for number, at in enumerate(moments)
+        )
+    with session_scope(engine) as session:
+        day_chart = telemetry.series(session, SETTINGS, [device.id], 1440)
+
+    pruned = retention.prune(engine, SETTINGS, tables=["gpu_samples"])
+
+    with session_scope(engine) as session:
+        kept = session.exec(select(GpuSample.at)).all()
+        assert telemetry.series(session, SETTINGS, [device.id], 1440) == day_chart
+    # The last hour raw (720 to 840 samples from the 10-minute boundary before it), the two hours before it
+    # in 10-minute rows, the day-old ones in hourly rows.
+    assert 720 + 12 <= len(kept) <= 840 + 13 + 3, len(kept)
+    assert pruned.rows["gpu_samples folded"] == 3600 - len(kept)
+    assert retention.prune(engine, SETTINGS, tables=["gpu_samples"]).rows["gpu_samples folded"] == 0

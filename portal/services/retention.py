@@ -4,6 +4,11 @@ Each rule below deletes one table's rows that no page, API or actor reads any mo
 ``PORTAL_RETENTION_BATCH_ROWS`` rows, each its own transaction, so a backlog of millions never holds one long
 lock or one huge transaction: each batch selects the oldest matching rows by an index and deletes them by key.
 
+The portal's own GPU sample store (the embedded mode, no Prometheus) also downsamples: samples older than an
+hour are folded into one average per GPU and 10 minutes (the 24-hour chart's step), older than a day into one
+per hour (the 7-day chart's), so a GPU holds about 1,000 rows for its week instead of 120,960. The 15-minute
+and 1-hour charts read only the last hour's raw samples.
+
 Kept forever by design (never touched here): ledger accounts, transactions and entries, usage records,
 payouts, deposits and deposit accounts, the state transitions of payouts, and the rows money records point
 at (users, devices, clusters, cluster nodes). Jobs are kept with their clusters. The network snapshots keep
@@ -15,9 +20,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, Table, and_, delete, exists, or_, select, union
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    union,
+)
 
 from portal.config import Settings
 from portal.infra.db import session_scope
@@ -40,7 +58,10 @@ from portal.models import (
     StateTransition,
 )
 from portal.models.base import utcnow
+from portal.services.providers import telemetry
 
+# (age, seconds per row): samples older than the age are folded into one row per GPU and step.
+SAMPLE_TIERS = ((timedelta(hours=1), 600), (timedelta(days=1), 3600))
 ENDED_CLUSTER_STATES = (ClusterState.TERMINATED, ClusterState.FAILED, ClusterState.EXPIRED)
 ACTIVE_CLUSTER_STATES = tuple(state for state in ClusterState if state not in ENDED_CLUSTER_STATES)
 FINISHED_COMMAND_STATES = (CommandState.SUCCEEDED, CommandState.FAILED, CommandState.EXPIRED)
@@ -201,6 +222,68 @@ def prune_batch(engine: Engine, rule: Rule, cutoff: datetime, batch_rows: int) -
         return int(session.execute(delete(table).where(key.in_(chosen))).rowcount)
 
 
+def _floor(moment: datetime, step: int) -> datetime:
+    return datetime.fromtimestamp(int(moment.timestamp()) // step * step, UTC)
+
+
+def downsample_batch(engine: Engine, cutoff: datetime, step: int, groups: int) -> tuple[int, int]:
+    """Fold up to ``groups`` (GPU, ``step``-second bucket) groups of several samples before ``cutoff`` into
+    one average row each, in one transaction; returns the groups folded and the rows that went."""
+    samples = _table(GpuSample)
+    with session_scope(engine) as session:
+        bucket = telemetry.time_bucket(session, step).label("bucket")
+        found = session.execute(
+            select(
+                samples.c.device_id,
+                samples.c.gpu_index,
+                bucket,
+                func.count(),
+                *(func.avg(samples.c[name]) for name in ("util_pct", "mem_used_mb", "temp_c", "power_w")),
+            )
+            .where(samples.c.at < cutoff)
+            .group_by(samples.c.device_id, samples.c.gpu_index, bucket)
+            .having(func.count() > 1)
+            .limit(groups)
+        ).all()
+        if not found:
+            return 0, 0
+        folded = [
+            {
+                "device": device_id,
+                "gpu": gpu_index,
+                "start": datetime.fromtimestamp(int(slot) * step, UTC),
+                "end": datetime.fromtimestamp((int(slot) + 1) * step, UTC),
+                "util": util,
+                "memory": memory,
+                "temperature": temperature,
+                "power": power,
+            }
+            for device_id, gpu_index, slot, _, util, memory, temperature, power in found
+        ]
+        session.execute(
+            delete(samples).where(
+                samples.c.device_id == bindparam("device"),
+                samples.c.gpu_index == bindparam("gpu"),
+                samples.c.at >= bindparam("start"),
+                samples.c.at < bindparam("end"),
+            ),
+            folded,
+        )
+        session.execute(
+            insert(samples).values(
+                device_id=bindparam("device"),
+                gpu_index=bindparam("gpu"),
+                at=bindparam("start"),
+                util_pct=bindparam("util"),
+                mem_used_mb=bindparam("memory"),
+                temp_c=bindparam("temperature"),
+                power_w=bindparam("power"),
+            ),
+            folded,
+        )
+    return len(found), sum(int(count) for _, _, _, count, *_ in found) - len(found)
+
+
 def prune(
     engine: Engine,
     settings: Settings,
@@ -214,6 +297,18 @@ def prune(
     now = now or utcnow()
     deadline = time.monotonic() + budget_s
     pruned = Pruned(rows={})
+    if tables is None or "gpu_samples" in tables:
+        groups = max(1, settings.retention_batch_rows // 100)  # up to 120 samples (10 minutes) a group
+        pruned.rows["gpu_samples folded"] = 0
+        for age, step in SAMPLE_TIERS:
+            folded = groups
+            while folded == groups:
+                if time.monotonic() > deadline:
+                    pruned.out_of_time = True
+                    return pruned
+                folded, rows = downsample_batch(engine, _floor(now - age, step), step, groups)
+                pruned.rows["gpu_samples folded"] += rows
+                pruned.batches += 1
     for rule in rules(settings):
         if tables is not None and rule.table.name not in tables:
             continue

@@ -62,8 +62,9 @@ def bucket_seconds(minutes: int) -> int:
     return RANGES["7d"][1]
 
 
-def _bucket(session: Session, step: int) -> ColumnElement[int]:
-    """The sample's time bucket: seconds since the epoch, divided by the step."""
+def time_bucket(session: Session, step: int) -> ColumnElement[int]:
+    """The sample's time bucket: seconds since the epoch, divided by the step (charts average by it,
+    retention folds old samples by it)."""
     if session.get_bind().dialect.name == "sqlite":
         return cast(cast(func.strftime("%s", GpuSample.at), Integer) / step, Integer)
     return cast(func.floor(func.extract("epoch", GpuSample.at) / step), Integer)
@@ -134,7 +135,7 @@ def _from_prometheus(
 def _from_store(session: Session, device_ids: list[uuid.UUID], minutes: int) -> dict[str, list[Series]]:
     step = bucket_seconds(minutes)
     since = utcnow() - timedelta(minutes=minutes)
-    bucket = _bucket(session, step).label("bucket")
+    bucket = time_bucket(session, step).label("bucket")
     rows = session.exec(
         select(
             GpuSample.device_id,
