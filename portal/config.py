@@ -255,7 +255,7 @@ class Settings(BaseSettings):
     )
     retention_state_transitions_days: Annotated[int, Field(ge=31, le=3650)] = Field(
         default=90,
-        description="Moves of devices, clusters and nodes (each entity's newest before the window is kept; "
+        description="Moves of devices, clusters and nodes (each device's newest before the window is kept; "
         "payouts' forever); reliability reads 30 days.",
     )
     retention_fault_events_days: Annotated[int, Field(ge=31, le=3650)] = Field(
@@ -266,7 +266,7 @@ class Settings(BaseSettings):
     )
     retention_cluster_events_days: Annotated[int, Field(ge=1, le=3650)] = Field(
         default=90,
-        description="Logs of clusters ended this long ago (their last line, how they ended, stays).",
+        description="Logs of clusters ended this long ago (the cluster's row keeps how it ended).",
     )
     retention_device_commands_days: Annotated[int, Field(ge=1, le=3650)] = Field(
         default=7, description="Agents' commands answered this long ago (those live nodes still read stay)."

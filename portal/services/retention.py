@@ -88,17 +88,21 @@ def _samples(row: Table, cutoff: datetime) -> ColumnElement[bool]:
 
 
 def _transitions(row: Table, cutoff: datetime) -> ColumnElement[bool]:
-    """Older than the window, and not the entity's newest move before it: that one says what state the
-    window opens in (a device's uptime chart and reliability score start from it)."""
+    """Older than the window; of a device, not its newest move before the window: that one says what state
+    the window opens in (its uptime chart and reliability score start from it). Nothing reads clusters' and
+    nodes' moves but their rows' own state."""
     newer = _table(StateTransition).alias("newer")
     return and_(
         row.c.entity_type.not_in(KEPT_TRANSITIONS),
         row.c.at < cutoff,
-        exists().where(
-            newer.c.entity_type == row.c.entity_type,
-            newer.c.entity_id == row.c.entity_id,
-            newer.c.at < cutoff,
-            or_(newer.c.at > row.c.at, and_(newer.c.at == row.c.at, newer.c.id > row.c.id)),
+        or_(
+            row.c.entity_type != "device",
+            exists().where(
+                newer.c.entity_type == row.c.entity_type,
+                newer.c.entity_id == row.c.entity_id,
+                newer.c.at < cutoff,
+                or_(newer.c.at > row.c.at, and_(newer.c.at == row.c.at, newer.c.id > row.c.id)),
+            ),
         ),
     )
 
@@ -112,15 +116,13 @@ def _hearing_gaps(row: Table, cutoff: datetime) -> ColumnElement[bool]:
 
 
 def _cluster_events(row: Table, cutoff: datetime) -> ColumnElement[bool]:
-    """The log of a cluster that ended before the window, but its last line (how it ended, what it cost)."""
+    """The log of a cluster that ended before the window (its row keeps how it ended, the ledger what it
+    cost); a live cluster's log stays whole."""
     clusters = _table(Cluster)
-    return and_(
-        row.c.kind.not_in(ENDED_CLUSTER_STATES),
-        exists().where(
-            clusters.c.id == row.c.cluster_id,
-            clusters.c.state.in_(ENDED_CLUSTER_STATES),
-            clusters.c.ended_at < cutoff,
-        ),
+    return exists().where(
+        clusters.c.id == row.c.cluster_id,
+        clusters.c.state.in_(ENDED_CLUSTER_STATES),
+        clusters.c.ended_at < cutoff,
     )
 
 
