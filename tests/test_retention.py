@@ -237,16 +237,37 @@ def test_a_backlog_goes_in_bounded_batches_oldest_first(engine):
         session.add(FaultEvent(device_id=device.id, kind="k", message="m", at=days_ago(1)))
     rule = next(rule for rule in retention.rules(settings) if rule.table.name == "fault_events")
 
-    assert retention.prune_batch(engine, rule, utcnow() - rule.window, 100) == 100  # one batch, no more
+    deleted, newest = retention.prune_batch(engine, rule, utcnow() - rule.window, 100)
+    assert deleted == 100  # one batch, no more
     with session_scope(engine) as session:
-        oldest_left = session.exec(select(func.min(FaultEvent.at))).one()
+        oldest_left, first_id_left = session.exec(
+            select(func.min(FaultEvent.at), func.min(FaultEvent.id))
+        ).one()
     assert utcnow() - oldest_left < timedelta(days=91, minutes=150)  # the oldest hundred went first
+    assert newest == first_id_left - 1  # where the next batch starts
 
     out_of_time = retention.prune(engine, settings, budget_s=0, tables=["fault_events"])
     assert out_of_time.out_of_time and out_of_time.rows == {"fault_events": 0}  # the next pass carries on
     pruned = retention.prune(engine, settings, tables=["fault_events"])
     assert (pruned.rows, pruned.batches, pruned.out_of_time) == ({"fault_events": 150}, 2, False)
     assert counts(engine, FaultEvent) == {"FaultEvent": 1}
+
+
+def test_batches_go_on_past_the_rows_kept_between_expired_ones(engine):
+    settings = settings_for(retention_batch_rows=100)
+    with session_scope(engine) as session:
+        for _ in range(120):  # each device's moves, one after another: a kept row after each expired one
+            device_id = uuid.uuid4()
+            session.add(move("device", device_id, "ready", 100))
+            session.add(move("device", device_id, "hired", 95))  # the state its window opens in
+            session.flush()
+
+    pruned = retention.prune(engine, settings, tables=["state_transitions"])
+
+    assert (pruned.rows, pruned.batches) == ({"state_transitions": 120}, 2)
+    with session_scope(engine) as session:
+        assert session.exec(select(StateTransition.to_state).distinct()).all() == ["hired"]
+        assert len(session.exec(select(StateTransition.id)).all()) == 120
 
 
 def test_the_sample_store_folds_old_samples_and_the_day_chart_reads_the_same(engine):

@@ -209,19 +209,25 @@ class Pruned:
     out_of_time: bool = False
 
 
-def prune_batch(engine: Engine, rule: Rule, cutoff: datetime, batch_rows: int) -> int:
-    """Delete up to ``batch_rows`` of the rule's oldest expired rows in one transaction; returns how many."""
+def prune_batch(
+    engine: Engine, rule: Rule, cutoff: datetime, batch_rows: int, after: int | None = None
+) -> tuple[int, int | None]:
+    """Delete up to ``batch_rows`` of the rule's oldest expired rows in one transaction; returns how many
+    and, for tables ordered by their integer key, the newest key deleted: the next batch starts after it
+    (``after``) instead of walking again past the old rows kept (a device's newest move, a live cluster's
+    log)."""
     table = rule.table
     oldest = table.alias("oldest")
     key = table.primary_key.columns.values()[0]
-    chosen = (
-        select(oldest.c[key.name])
-        .where(rule.expired(oldest, cutoff))
-        .order_by(oldest.c[rule.order])
-        .limit(batch_rows)
-    )
+    order = oldest.c[rule.order]
+    chosen = select(oldest.c[key.name]).where(rule.expired(oldest, cutoff))
+    if after is not None:
+        chosen = chosen.where(order > after)
+    chosen = chosen.order_by(order).limit(batch_rows)
     with session_scope(engine) as session:
-        return int(session.execute(delete(table).where(key.in_(chosen))).rowcount)
+        deleted = session.execute(delete(table).where(key.in_(chosen)).returning(key)).scalars().all()
+    by_key = rule.order == key.name and deleted and isinstance(deleted[0], int)
+    return len(deleted), max(deleted) if by_key else None
 
 
 def _floor(moment: datetime, step: int) -> datetime:
@@ -315,13 +321,13 @@ def prune(
         if tables is not None and rule.table.name not in tables:
             continue
         cutoff = now - rule.window
-        deleted = settings.retention_batch_rows
+        deleted, after = settings.retention_batch_rows, None
         pruned.rows[rule.table.name] = 0
         while deleted == settings.retention_batch_rows:
             if time.monotonic() > deadline:
                 pruned.out_of_time = True
                 return pruned
-            deleted = prune_batch(engine, rule, cutoff, settings.retention_batch_rows)
+            deleted, after = prune_batch(engine, rule, cutoff, settings.retention_batch_rows, after)
             pruned.rows[rule.table.name] += deleted
             pruned.batches += 1
     return pruned
