@@ -54,7 +54,7 @@ from portal.infra.db import build_engine, session_scope
 from portal.infra.wakeups import MemoryWakeups
 from portal.models import Cluster, ClusterState, Device, DeviceState, Gpu, Role, metadata
 from portal.models.base import utcnow
-from portal.services import state_machines
+from portal.services import retention, state_machines
 from portal.services.accounts import users
 from portal.services.money import ledger, metering
 from portal.services.providers import commands, faults, liveness, verification
@@ -406,6 +406,40 @@ def measure_day(engine: Engine) -> None:
     if hired or problems:
         raise RuntimeError(f"after the day: {len(hired)} devices still hired, books: {problems[:1]}")
     report(day, baseline)
+    prune_later(engine, settings)
+
+
+MONEY_TABLES = ("ledger_transactions", "ledger_entries", "usage_records", "payouts", "deposits")
+
+
+def prune_later(engine: Engine, settings: Settings) -> None:
+    """The retention pass as it would run once the day is past every window (``retention.prune``, batched),
+    against one DELETE of as many rows of a one-bigint table; money must not move."""
+    before = table_sizes(engine)
+    started = time.perf_counter()
+    pruned = retention.prune(engine, settings, now=utcnow() + timedelta(days=400), budget_s=3600)
+    took = time.perf_counter() - started
+    after = table_sizes(engine)
+    moved = [name for name in MONEY_TABLES if after[name] != before[name]]
+    if moved or pruned.out_of_time:
+        raise RuntimeError(f"retention touched money ({moved}) or ran out of time ({pruned.out_of_time})")
+    rows = sum(before[name][0] - after[name][0] for name in before)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE prune_baseline (value bigint NOT NULL)"))
+        connection.execute(
+            text("INSERT INTO prune_baseline SELECT g FROM generate_series(1, :rows) AS g"), {"rows": rows}
+        )
+    with engine.begin() as connection:
+        baseline_started = time.perf_counter()
+        connection.execute(text("DELETE FROM prune_baseline"))
+        baseline = time.perf_counter() - baseline_started
+        connection.execute(text("DROP TABLE prune_baseline"))
+    print(
+        f"  retention pass 400 days later: {rows:,} rows gone ({pruned.rows.get('gpu_samples folded', 0):,} "
+        f"samples folded first) in {took:.1f} s, {pruned.batches:,} transactions of at most "
+        f"{settings.retention_batch_rows:,} rows; money rows untouched"
+    )
+    print(f"  baseline: one DELETE of {rows:,} rows of a one-bigint table   {baseline:.2f} s")
 
 
 def report(day: Day, baseline: float) -> None:
