@@ -435,8 +435,8 @@ def prune_later(engine: Engine, settings: Settings) -> None:
         baseline = time.perf_counter() - baseline_started
         connection.execute(text("DROP TABLE prune_baseline"))
     print(
-        f"  retention pass 400 days later: {rows:,} rows gone ({pruned.rows.get('gpu_samples folded', 0):,} "
-        f"samples folded first) in {took:.1f} s, {pruned.batches:,} transactions of at most "
+        f"  retention pass 400 days later: {rows:,} rows gone in {took:.1f} s, {pruned.batches:,} "
+        f"transactions of at most "
         f"{settings.retention_batch_rows:,} rows; money rows untouched"
     )
     print(f"  baseline: one DELETE of {rows:,} rows of a one-bigint table   {baseline:.2f} s")

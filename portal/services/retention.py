@@ -301,22 +301,10 @@ def prune(
     tables: list[str] | None = None,
 ) -> Pruned:
     """Prune every rule's table (or ``tables``) batch by batch until no expired row is left or
-    ``budget_s`` is spent; the next pass carries on where this one stopped."""
+    ``budget_s`` is spent, then fold old GPU samples; the next pass carries on where this one stopped."""
     now = now or utcnow()
     deadline = time.monotonic() + budget_s
     pruned = Pruned(rows={})
-    if tables is None or "gpu_samples" in tables:
-        groups = max(1, settings.retention_batch_rows // 100)  # up to 120 samples (10 minutes) a group
-        pruned.rows["gpu_samples folded"] = 0
-        for age, step in SAMPLE_TIERS:
-            folded = groups
-            while folded == groups:
-                if time.monotonic() > deadline:
-                    pruned.out_of_time = True
-                    return pruned
-                folded, rows = downsample_batch(engine, _floor(now - age, step), step, groups)
-                pruned.rows["gpu_samples folded"] += rows
-                pruned.batches += 1
     for rule in rules(settings):
         if tables is not None and rule.table.name not in tables:
             continue
@@ -330,4 +318,17 @@ def prune(
             deleted, after = prune_batch(engine, rule, cutoff, settings.retention_batch_rows, after)
             pruned.rows[rule.table.name] += deleted
             pruned.batches += 1
+    # Folded last: samples past their window are deleted, not averaged first.
+    if tables is None or "gpu_samples" in tables:
+        groups = max(1, settings.retention_batch_rows // 100)  # up to 120 samples (10 minutes) a group
+        pruned.rows["gpu_samples folded"] = 0
+        for age, step in SAMPLE_TIERS:
+            folded = groups
+            while folded == groups:
+                if time.monotonic() > deadline:
+                    pruned.out_of_time = True
+                    return pruned
+                folded, rows = downsample_batch(engine, _floor(now - age, step), step, groups)
+                pruned.rows["gpu_samples folded"] += rows
+                pruned.batches += 1
     return pruned
