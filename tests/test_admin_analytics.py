@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from sqlmodel import Session
 from portal.infra.db import session_scope
 from portal.models import DeviceState, Role
 from portal.services.errors import InvalidInput
-from portal.services.network import daily_figures
+from portal.services.network import daily_figures, signup_cohorts
 from tests.factories import access_token_for, make_device, make_provider, make_usage, make_user
 
 DAY = date(2026, 3, 10)
@@ -155,3 +156,76 @@ def test_admins_get_the_days_as_json_and_csv_and_bad_periods_are_refused(parts, 
         assert api_client.get(path, headers=customer).status_code == 403
         assert api_client.get(path, headers=provider).status_code == 403
         assert api_client.get(path).status_code == 401
+
+
+def signed_up(session: Session, when: datetime, *roles: Role) -> uuid.UUID:
+    person = make_user(session, *roles)
+    person.created_at = when
+    session.add(person)
+    session.flush()
+    return person.id
+
+
+def test_signup_cohorts_count_who_was_active_in_each_month_and_week_after_signing_up(engine):
+    today = date(2026, 5, 20)  # a Wednesday
+    with session_scope(engine) as session:
+        pete = signed_up(session, at(date(2026, 3, 1), 0), Role.PROVIDER)
+        device = make_device(session, pete, state=DeviceState.HIRED)
+        signed_up(session, at(date(2026, 2, 28), 23, 59), Role.PROVIDER)  # no device yet
+        alice = signed_up(session, at(date(2026, 3, 5), 10))
+        bob = signed_up(session, at(date(2026, 3, 31), 23, 59))
+        carol = signed_up(session, at(date(2026, 4, 2), 8))
+        signed_up(session, at(date(2026, 5, 1), 0))  # dave, never active
+        erin = signed_up(session, at(date(2026, 5, 17), 23))  # the Sunday before this week
+        veteran = signed_up(session, at(date(2025, 1, 1), 0))  # signed up before the window
+        for who, ended in (
+            (alice, at(date(2026, 3, 10), 1)),
+            (alice, at(date(2026, 3, 11), 1)),  # twice in March, counted once
+            (alice, at(date(2026, 4, 30), 23, 59)),
+            (bob, at(date(2026, 5, 1), 0)),  # the first minute of May is May
+            (carol, at(date(2026, 4, 3), 9)),
+            (carol, at(date(2026, 5, 12), 9)),
+            (erin, at(date(2026, 5, 18), 0, 30)),
+            (veteran, at(date(2026, 3, 20), 0)),
+        ):
+            make_usage(session, customer_id=who, device=device, ended_at=ended)
+
+        months = signup_cohorts.signup_cohorts(session, "customers", "month", 3, today=today)
+        assert [(months.label(c), c.size, c.active) for c in months.cohorts] == [
+            ("2026-03", 2, [1, 1, 1]),
+            ("2026-04", 1, [1, 1]),
+            ("2026-05", 2, [1]),
+        ]
+        assert months.cohorts[0].shares == [0.5, 0.5, 0.5]
+        providers = signup_cohorts.signup_cohorts(session, "providers", "month", 4, today=today)
+        # pete earned every month since March; the provider of February has earned nothing yet.
+        assert [(providers.label(c), c.size, c.active) for c in providers.cohorts] == [
+            ("2026-02", 1, [0, 0, 0, 0]),
+            ("2026-03", 1, [1, 1, 1]),
+        ]
+        weeks = signup_cohorts.signup_cohorts(session, "customers", "week", 2, today=today)
+        # Weeks start on Monday: erin signed up on Sunday the 17th and was active on Monday the 18th.
+        assert [(weeks.label(c), c.size, c.active) for c in weeks.cohorts] == [("2026-05-11", 1, [0, 1])]
+        assert (
+            signup_cohorts.signup_cohorts(session, "customers", "month", 1, today=date(2027, 1, 1)).cohorts
+            == []
+        )
+        for bad in ({"who": "admins"}, {"by": "day"}, {"periods": 0}, {"periods": 61}):
+            with pytest.raises(InvalidInput):
+                signup_cohorts.signup_cohorts(session, today=today, **bad)  # type: ignore[arg-type]
+
+
+def test_admins_export_signup_cohorts_as_csv(parts, api_client):
+    with session_scope(parts.engine) as session:
+        device = make_device(session, make_provider(session), state=DeviceState.HIRED)
+        customer = make_user(session)
+        make_usage(session, customer_id=customer.id, device=device, ended_at=datetime.now(UTC))
+        make_user(session)  # signed up this month, not active yet
+        admin = {"Authorization": f"Bearer {access_token_for(session, make_user(session, Role.ADMIN))}"}
+    exported = api_client.get("/api/v1/admin/analytics/signups.csv", headers=admin)
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+    assert 'filename="gpu-portal-signups.csv"' in exported.headers["content-disposition"]
+    month = f"{datetime.now(UTC):%Y-%m}"
+    rows = [tuple(row.values()) for row in csv.DictReader(io.StringIO(exported.text))]
+    assert rows == [("customers", month, "2", "0", "1", "0.5"), ("providers", month, "1", "0", "1", "1.0")]
+    assert api_client.get("/api/v1/admin/analytics", headers=admin).json()["signups"][0]["active"] == 1

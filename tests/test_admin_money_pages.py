@@ -62,6 +62,17 @@ def books(portal) -> dict[str, str]:
                     amount_micro=3_000_000,
                     fee_micro=300_000,
                 )
+        # Sign-up cohorts of earlier months (31 days apart: never one month twice): one customer each, active
+        # the day after signing up and every other month since, up to two months ago (before the period).
+        for months_ago in range(2, 6):
+            joined = users.create_user(
+                session, email=f"early-{months_ago}@example.com", password=None, roles=[Role.CUSTOMER]
+            )
+            joined.created_at = now - timedelta(days=31 * months_ago)
+            session.add(joined)
+            for later in range(0, months_ago - 1, 2):
+                ended = joined.created_at + timedelta(days=31 * later + 1)
+                make_usage(session, customer_id=joined.id, device=h100, ended_at=ended)
         failed_id = str(failed.id)
     engine.dispose()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -142,6 +153,7 @@ def test_the_analytics_show_the_periods_totals_in_charts_that_fit(portal, books,
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         sign_in(page, portal.url)
+        now = utcnow()
         page.goto(portal.url + "/admin/analytics")
         # Seven days: the H100 an hour a day ($2), the two A100s an hour every other day ($3, 4 times).
         expect(page.locator("#stat-revenue")).to_have_text("$26.00")
@@ -155,10 +167,33 @@ def test_the_analytics_show_the_periods_totals_in_charts_that_fit(portal, books,
         page.wait_for_timeout(800)  # the charts' first draw at the box's width
         measured = page.evaluate(MEASURE)
         assert measured["scroll"] <= measured["view"], measured["culprit"]
-        assert len(measured["charts"]) == 3
+        # The sign-up cohorts: this month's two renters, both active, under four earlier months' one each.
+        cohorts = page.locator("#chart-cohorts")
+        expect(cohorts).to_contain_text(f"{now:%Y-%m} (2)")
+        expect(cohorts.locator(".ytick")).to_have_count(5)
+        measured = page.evaluate(MEASURE)
+        assert measured["scroll"] <= measured["view"], measured["culprit"]
+        assert len(measured["charts"]) == 4
         for chart in measured["charts"]:
             assert chart["chart"] <= chart["box"] + 1 and chart["right"] <= measured["view"], chart
         page.screenshot(path=str(SCREENSHOTS / f"analytics-{width}.png"), full_page=True)
+        page.locator("#cohorts-who").get_by_role("radio", name="Providers").click()
+        expect(cohorts.locator(".ytick")).to_have_count(1)  # ada and bo, signed up this month
+        expect(cohorts).to_contain_text(f"{now:%Y-%m} (2)")
+        page.locator("#cohorts-by").get_by_role("radio", name="By week").click()
+        expect(cohorts).to_contain_text("(2)")
+        cohorts.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / f"analytics-cohorts-{width}.png"))
+        page.locator("#cohorts-who").get_by_role("radio", name="Customers").click()
+        expect(cohorts.locator(".ytick")).to_have_count(2)  # by week: the renters and early-2 (62 days ago)
+        page.emulate_media(color_scheme="dark")  # the heatmap in the dark theme
+        page.wait_for_timeout(500)
+        cohorts.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / f"analytics-cohorts-dark-{width}.png"))
+        page.emulate_media(color_scheme="light")
+        with page.expect_download() as download:
+            page.locator("#export-signups").click()
+        assert download.value.suggested_filename == "gpu-portal-signups.csv"
 
         page.get_by_role("radio", name="7d").click()
         expect(page.locator("#analytics-period-label")).to_contain_text("7 days")
@@ -171,7 +206,7 @@ def test_the_analytics_show_the_periods_totals_in_charts_that_fit(portal, books,
         page.locator("#analytics-show").click()
         expect(page.locator("#analytics-empty")).to_be_visible()
         expect(page.locator("#stat-revenue")).to_have_text("$0.00")
-        expect(page.locator(".js-plotly-plot")).to_have_count(0)
+        expect(page.locator("#chart-money")).to_have_count(0)
 
         with page.expect_download() as download:
             page.locator("#export-cohorts").click()

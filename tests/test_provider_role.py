@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
+from portal.infra.cache import MemoryCache
 from portal.infra.db import session_scope
 from portal.models import AuditLog, DeviceState, Role
 from portal.models.base import utcnow
@@ -16,6 +17,7 @@ from tests.conftest import settings_for
 from tests.factories import access_token_for, api_key_for, make_device, make_user
 
 SETTINGS = settings_for()
+CACHE = MemoryCache()
 ORIGIN = RequestOrigin(ip="10.1.2.3")
 
 
@@ -26,15 +28,17 @@ def audit_entries(session, action: str) -> list[AuditLog]:
 def test_a_customer_becomes_a_provider_and_back_audited_with_the_origin(engine):
     with session_scope(engine) as session:
         person = make_user(session, Role.CUSTOMER)
-        assert provider_role.become_provider(session, person.id, origin=ORIGIN) == {
+        assert provider_role.become_provider(session, CACHE, person.id, origin=ORIGIN) == {
             Role.CUSTOMER,
             Role.PROVIDER,
         }
         # A repeat changes nothing and writes nothing.
-        provider_role.become_provider(session, person.id, origin=ORIGIN)
+        provider_role.become_provider(session, CACHE, person.id, origin=ORIGIN)
         assert users.roles_of(session, person.id) == {Role.CUSTOMER, Role.PROVIDER}
-        assert provider_role.stop_providing(session, SETTINGS, person.id, origin=ORIGIN) == {Role.CUSTOMER}
-        provider_role.stop_providing(session, SETTINGS, person.id, origin=ORIGIN)
+        assert provider_role.stop_providing(session, CACHE, SETTINGS, person.id, origin=ORIGIN) == {
+            Role.CUSTOMER
+        }
+        provider_role.stop_providing(session, CACHE, SETTINGS, person.id, origin=ORIGIN)
         assert users.roles_of(session, person.id) == {Role.CUSTOMER}
         [became] = audit_entries(session, "user.become_provider")
         [stopped] = audit_entries(session, "user.stop_providing")
@@ -47,7 +51,7 @@ def test_a_customer_becomes_a_provider_and_back_audited_with_the_origin(engine):
 def test_a_provider_with_no_other_role_is_a_customer_once_they_stop(engine):
     with session_scope(engine) as session:
         person = make_user(session, Role.PROVIDER)
-        assert provider_role.stop_providing(session, SETTINGS, person.id) == {Role.CUSTOMER}
+        assert provider_role.stop_providing(session, CACHE, SETTINGS, person.id) == {Role.CUSTOMER}
 
 
 def test_stopping_is_refused_while_a_device_serves_a_rental_naming_it(engine):
@@ -56,7 +60,7 @@ def test_stopping_is_refused_while_a_device_serves_a_rental_naming_it(engine):
         hired = make_device(session, person.id, state=DeviceState.HIRED)
         make_device(session, person.id, state=DeviceState.OFFLINE)  # not serving: not named
         with pytest.raises(Conflict) as refused:
-            provider_role.stop_providing(session, SETTINGS, person.id, origin=ORIGIN)
+            provider_role.stop_providing(session, CACHE, SETTINGS, person.id, origin=ORIGIN)
         assert refused.value.code == "devices_serving"
         assert refused.value.status_code == 409
         assert refused.value.message == (
@@ -74,7 +78,7 @@ def test_stopping_is_refused_while_a_device_is_on_the_market_and_allowed_once_it
         first = make_device(session, person.id, state=DeviceState.READY)
         second = make_device(session, person.id, state=DeviceState.READY)
         with pytest.raises(Conflict) as refused:
-            provider_role.stop_providing(session, SETTINGS, person.id)
+            provider_role.stop_providing(session, CACHE, SETTINGS, person.id)
         assert refused.value.code == "devices_offered"
         names = ", ".join(sorted([first.name, second.name]))
         assert refused.value.message.startswith(f"Your 2 devices ({names}) are on the market: stop the agent")
@@ -83,7 +87,7 @@ def test_stopping_is_refused_while_a_device_is_on_the_market_and_allowed_once_it
             device.last_heartbeat_at = utcnow().replace(year=2020)
             session.add(device)
         session.flush()
-        assert provider_role.stop_providing(session, SETTINGS, person.id) == {Role.CUSTOMER}
+        assert provider_role.stop_providing(session, CACHE, SETTINGS, person.id) == {Role.CUSTOMER}
 
 
 def test_the_api_adds_and_removes_the_role_and_answers_409_while_a_device_serves(api_client, parts):

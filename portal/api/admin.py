@@ -1,4 +1,5 @@
-"""Admin routes: people, devices and their faults, clusters, credits, payouts and the audit log."""
+"""Admin routes: people (roles, lock), devices and their faults, clusters, credits, payouts, analytics and
+the audit log."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from fastapi.responses import Response
 
 from portal.api.billing import payout_out
 from portal.api.clusters import StateFilter, cluster_out
-from portal.api.deps import FollowUpsDep, SessionDep, SettingsDep
+from portal.api.deps import CacheDep, FollowUpsDep, SessionDep, SettingsDep
 from portal.api.devices import device_out
 from portal.api.users import user_out
 from portal.models import DeviceState, PayoutState
-from portal.schemas.auth import AuditEntryOut, UserOut
+from portal.schemas.auth import AuditEntryOut, RolesIn, UserOut
 from portal.schemas.billing import (
     AdminPayoutOut,
     AnalyticsDayOut,
@@ -33,7 +34,7 @@ from portal.schemas.devices import AdminDeviceOut, BlockIn, FaultOut
 from portal.security.access import ADMIN, OriginDep
 from portal.security.principal import Principal
 from portal.services import audit
-from portal.services.accounts import users
+from portal.services.accounts import admin_users, users
 from portal.services.money import billing, payouts
 from portal.services.network import analytics, daily_figures
 from portal.services.providers import device_admin
@@ -53,6 +54,41 @@ def list_users(
 ) -> Page[UserOut]:
     rows, total = users.search_users(session, email=email, limit=limit, offset=offset)
     return Page(items=[user_out(session, user) for user in rows], total=total, limit=limit, offset=offset)
+
+
+@router.put(
+    "/users/{user_id}/roles",
+    summary="Set an account's roles (audited); its access tokens hold the new roles from the next request",
+)
+def set_user_roles(
+    user_id: uuid.UUID,
+    body: RolesIn,
+    session: SessionDep,
+    cache: CacheDep,
+    caller: AdminCaller,
+    origin: OriginDep,
+) -> UserOut:
+    admin_users.set_roles(session, cache, user_id, body.roles, admin_id=caller.user_id, origin=origin)
+    return user_out(session, users.get_user(session, user_id))
+
+
+@router.post(
+    "/users/{user_id}/lock",
+    summary="Lock an account (audited): it cannot sign in, and its tokens and keys stop working at once",
+)
+def lock_user(
+    user_id: uuid.UUID, session: SessionDep, cache: CacheDep, caller: AdminCaller, origin: OriginDep
+) -> UserOut:
+    admin_users.set_locked(session, cache, user_id, True, admin_id=caller.user_id, origin=origin)
+    return user_out(session, users.get_user(session, user_id))
+
+
+@router.post("/users/{user_id}/unlock", summary="Unlock an account (audited)")
+def unlock_user(
+    user_id: uuid.UUID, session: SessionDep, cache: CacheDep, caller: AdminCaller, origin: OriginDep
+) -> UserOut:
+    admin_users.set_locked(session, cache, user_id, False, admin_id=caller.user_id, origin=origin)
+    return user_out(session, users.get_user(session, user_id))
 
 
 @router.get("/audit", summary="The audit log, newest first, with filters")
@@ -278,12 +314,13 @@ def list_faults(
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 
-ANALYTICS_TABLES = {"revenue": analytics.revenue_by_day, "cohorts": analytics.customer_cohorts}
-
-
-@router.get("/analytics", summary="Revenue, fees and earnings per day (30 days) and customer cohorts")
+@router.get(
+    "/analytics",
+    summary="Revenue, fees and earnings per day (30 days), customer cohorts by first charge (spending) and "
+    "by sign-up month (who was active since)",
+)
 def analytics_tables(session: SessionDep, _: AdminCaller) -> dict[str, list[dict]]:
-    return {name: table(session).to_dict(orient="records") for name, table in ANALYTICS_TABLES.items()}
+    return {name: table(session).to_dict(orient="records") for name, table in analytics.TABLES.items()}
 
 
 @router.get(
@@ -327,13 +364,15 @@ def _daily_out(figures: daily_figures.DailyFigures) -> DailyAnalyticsOut:
 
 @router.get(
     "/analytics/{table}.csv",
-    summary="One analytics table as CSV: revenue or cohorts",
+    summary="One analytics table as CSV: revenue, cohorts (spending) or signups (active since signing up)",
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}}},
 )
-def analytics_csv(table: Literal["revenue", "cohorts"], session: SessionDep, _: AdminCaller) -> Response:
+def analytics_csv(
+    table: Literal["revenue", "cohorts", "signups"], session: SessionDep, _: AdminCaller
+) -> Response:
     return Response(
-        analytics.as_csv(ANALYTICS_TABLES[table](session)),
+        analytics.as_csv(analytics.TABLES[table](session)),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="gpu-portal-{table}.csv"'},
     )

@@ -57,8 +57,8 @@ def link_wallet(
 
 
 @router.put("/me/provider", summary="Become a provider: offer GPUs on the marketplace")
-def become_provider(session: SessionDep, origin: OriginDep, caller: AccountOwner) -> UserOut:
-    provider_role.become_provider(session, caller.user_id, origin=origin)
+def become_provider(session: SessionDep, cache: CacheDep, origin: OriginDep, caller: AccountOwner) -> UserOut:
+    provider_role.become_provider(session, cache, caller.user_id, origin=origin)
     return user_out(session, users.get_user(session, caller.user_id))
 
 
@@ -67,9 +67,9 @@ def become_provider(session: SessionDep, origin: OriginDep, caller: AccountOwner
     summary="Stop being a provider; 409 while a device of yours serves a rental or is on the market",
 )
 def stop_providing(
-    session: SessionDep, settings: SettingsDep, origin: OriginDep, caller: AccountOwner
+    session: SessionDep, cache: CacheDep, settings: SettingsDep, origin: OriginDep, caller: AccountOwner
 ) -> UserOut:
-    provider_role.stop_providing(session, settings, caller.user_id, origin=origin)
+    provider_role.stop_providing(session, cache, settings, caller.user_id, origin=origin)
     return user_out(session, users.get_user(session, caller.user_id))
 
 

@@ -1,5 +1,5 @@
 """The admin's analytics: revenue, platform fees, provider earnings, GPU-hours by GPU model and active
-customers and providers per day over a chosen period, and the analytics tables as CSV."""
+customers and providers per day over a chosen period, sign-up cohorts, and the analytics tables as CSV."""
 
 from __future__ import annotations
 
@@ -53,6 +53,69 @@ def totals() -> rx.Component:
     )
 
 
+def choice(items: dict[str, str], value: rx.Var, on_change: object, element_id: str) -> rx.Component:
+    return rx.segmented_control.root(
+        *(rx.segmented_control.item(label, value=key) for key, label in items.items()),
+        value=value,
+        on_change=on_change,
+        size="1",
+        id=element_id,
+    )
+
+
+def cohorts() -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.flex(
+                rx.heading("Sign-up cohorts", size="4"),
+                rx.spacer(),
+                choice(
+                    {"customers": "Customers", "providers": "Providers"},
+                    AdminAnalyticsState.cohort_who,
+                    AdminAnalyticsState.pick_cohort_who,
+                    "cohorts-who",
+                ),
+                choice(
+                    {"month": "By month", "week": "By week"},
+                    AdminAnalyticsState.cohort_by,
+                    AdminAnalyticsState.pick_cohort_by,
+                    "cohorts-by",
+                ),
+                width="100%",
+                align="center",
+                wrap="wrap",
+                gap="2",
+            ),
+            rx.text(
+                "Each row: the people who signed up in a ",
+                AdminAnalyticsState.cohort_by,
+                " (UTC; how many in brackets). Each cell: the percent of them active that many ",
+                AdminAnalyticsState.cohort_by,
+                "s later: customers who ran a cluster, providers who earned.",
+                size="1",
+                color_scheme="gray",
+            ),
+            rx.cond(
+                AdminAnalyticsState.has_cohorts,
+                chart(AdminAnalyticsState.cohorts, "chart-cohorts"),
+                rx.cond(
+                    AdminAnalyticsState.cohorts_loaded,
+                    rx.callout(
+                        AdminAnalyticsState.cohorts_empty,
+                        icon="info",
+                        color_scheme="gray",
+                        id="cohorts-empty",
+                    ),
+                    rx.spinner(),
+                ),
+            ),
+            spacing="3",
+            width="100%",
+        ),
+        width="100%",
+    )
+
+
 def exports() -> rx.Component:
     return rx.card(
         rx.vstack(
@@ -79,6 +142,13 @@ def exports() -> rx.Component:
                     on_click=AdminAnalyticsState.download_table("cohorts"),
                     id="export-cohorts",
                 ),
+                rx.button(
+                    rx.icon("download", size=14),
+                    "Sign-up cohorts",
+                    variant="soft",
+                    on_click=AdminAnalyticsState.download_table("signups"),
+                    id="export-signups",
+                ),
                 spacing="2",
                 wrap="wrap",
             ),
@@ -87,8 +157,10 @@ def exports() -> rx.Component:
                 rx.code("GET /api/v1/admin/analytics/daily.csv?since=&until="),
                 ", ",
                 rx.code("revenue.csv"),
-                " and ",
+                ", ",
                 rx.code("cohorts.csv"),
+                " and ",
+                rx.code("signups.csv"),
                 ".",
                 size="1",
                 color_scheme="gray",
@@ -163,6 +235,7 @@ def admin_analytics() -> rx.Component:
                 ),
                 rx.spinner(),
             ),
+            cohorts(),
             exports(),
             spacing="4",
             width="100%",

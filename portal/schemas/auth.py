@@ -79,6 +79,13 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+class RolesIn(BaseModel):
+    """The roles an account is to hold, exactly (an admin's change)."""
+
+    model_config = ConfigDict(extra="forbid")
+    roles: Annotated[list[Role], Field(min_length=1, max_length=3)]
+
+
 class SessionOut(BaseModel):
     id: uuid.UUID
     kind: str

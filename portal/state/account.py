@@ -95,9 +95,9 @@ def _set_providing(caller: Principal, providing: bool, origin: RequestOrigin) ->
     p = parts.current()
     with session_scope(p.engine) as session:
         if providing:
-            provider_role.become_provider(session, caller.user_id, origin=origin)
+            provider_role.become_provider(session, p.cache, caller.user_id, origin=origin)
         else:
-            provider_role.stop_providing(session, p.settings, caller.user_id, origin=origin)
+            provider_role.stop_providing(session, p.cache, p.settings, caller.user_id, origin=origin)
 
 
 class AccountState(SessionState):

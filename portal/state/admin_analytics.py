@@ -1,5 +1,6 @@
 """The admin's analytics page: the network's figures per day over a chosen period, as Plotly charts and
-totals (from ``daily_figures``), and the analytics tables as CSV downloads."""
+totals (from ``daily_figures``), sign-up cohorts as a heatmap (``signup_cohorts``), and the analytics tables
+as CSV downloads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from portal.models import Role
 from portal.services import dates
 from portal.services.display import MICRO_PER_USD, count, usd
 from portal.services.errors import DomainError
-from portal.services.network import analytics, daily_figures
+from portal.services.network import analytics, daily_figures, signup_cohorts
 from portal.state.charts import styled
 from portal.state.session import SessionState, for_users
 
@@ -108,6 +109,60 @@ def _active_figure(figures: daily_figures.DailyFigures) -> go.Figure:
     return styled(figure, "Active customers and providers per day", height=280, yaxis=yaxis, **_axis(figures))
 
 
+def _cohorts(who: str, by: str) -> signup_cohorts.SignupCohorts:
+    with session_scope(parts.current().engine) as session:
+        return signup_cohorts.signup_cohorts(session, who, by)
+
+
+def _cohorts_figure(found: signup_cohorts.SignupCohorts) -> go.Figure:
+    """A row per cohort (oldest on top), a column per period since signing up (as many as the oldest
+    cohort could have, so a lone young cohort is one cell, not the whole width), each cell the share of
+    the cohort active then; periods still to come are left blank."""
+    periods = found.periods
+    people = found.who
+    z, text, hover = [], [], []
+    for cohort in found.cohorts:
+        blank = [None] * (periods - len(cohort.active))
+        z.append([share * 100 for share in cohort.shares] + blank)
+        # Whole percents without the sign in the cells, so twelve columns fit a phone; the hover says it all.
+        text.append([f"{share * 100:.0f}" for share in cohort.shares] + [""] * len(blank))
+        hover.append(
+            [
+                f"{active:,} of {cohort.size:,} {people} ({share * 100:.1f} %)"
+                for active, share in zip(cohort.active, cohort.shares, strict=True)
+            ]
+            + [""] * len(blank)
+        )
+    rows = [f"{found.label(cohort)} ({cohort.size:,})" for cohort in found.cohorts]
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(periods)),
+            y=rows,
+            zmin=0,
+            zmax=100,
+            colorscale="Blues",
+            showscale=False,
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": 10},
+            customdata=hover,
+            hovertemplate="%{y}, " + found.by + " %{x}: %{customdata}<extra></extra>",
+            hoverongaps=False,
+            xgap=1,
+            ygap=1,
+        )
+    )
+    return styled(
+        figure,
+        "",
+        height=70 + 26 * len(rows),
+        margin={"l": 10, "r": 10, "t": 10, "b": 40},
+        xaxis={"title": {"text": f"{found.by}s after signing up", "font": {"size": 11}}, "dtick": 1},
+        yaxis={"autorange": "reversed", "type": "category", "automargin": True, "tickfont": {"size": 10}},
+    )
+
+
 def _totals(figures: daily_figures.DailyFigures) -> dict[str, str]:
     totals = figures.totals
     return {
@@ -124,10 +179,7 @@ def _totals(figures: daily_figures.DailyFigures) -> dict[str, str]:
 
 def _tables_csv(table: str) -> str:
     with session_scope(parts.current().engine) as session:
-        frame = (
-            analytics.revenue_by_day(session) if table == "revenue" else analytics.customer_cohorts(session)
-        )
-        return analytics.as_csv(frame)
+        return analytics.as_csv(analytics.TABLES[table](session))
 
 
 class AdminAnalyticsState(SessionState):
@@ -141,10 +193,20 @@ class AdminAnalyticsState(SessionState):
     has_usage: bool = False
     loaded: bool = False
     error: str = ""
+    cohort_who: str = "customers"
+    cohort_by: str = "month"
+    cohorts: go.Figure = go.Figure()
+    has_cohorts: bool = False
+    cohorts_loaded: bool = False
 
     @rx.var
     def periods(self) -> list[str]:
         return list(PERIODS)
+
+    @rx.var
+    def cohorts_empty(self) -> str:
+        periods = signup_cohorts.DEFAULT_PERIODS
+        return f"No {self.cohort_who} signed up in the last {periods} {self.cohort_by}s."
 
     async def _draw(self, since: date | None, until: date | None) -> None:
         try:
@@ -163,6 +225,11 @@ class AdminAnalyticsState(SessionState):
         self.has_usage = figures.totals.gpu_hours > 0 or figures.totals.revenue_micro > 0
         self.loaded = True
 
+    async def _draw_cohorts(self) -> None:
+        found = await asyncio.to_thread(_cohorts, self.cohort_who, self.cohort_by)
+        self.cohorts, self.has_cohorts = _cohorts_figure(found), bool(found.cohorts)
+        self.cohorts_loaded = True
+
     async def _draw_period(self) -> None:
         today = datetime.now(UTC).date()
         await self._draw(today - timedelta(days=PERIODS[self.period] - 1), today)
@@ -173,6 +240,21 @@ class AdminAnalyticsState(SessionState):
         if self.period not in PERIODS:
             self.period = "30d"
         await self._draw_period()
+        await self._draw_cohorts()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def pick_cohort_who(self, value: str | list[str]) -> None:
+        if isinstance(value, str) and value in signup_cohorts.WHO:
+            self.cohort_who = value
+            await self._draw_cohorts()
+
+    @rx.event
+    @for_users(Role.ADMIN)
+    async def pick_cohort_by(self, value: str | list[str]) -> None:
+        if isinstance(value, str) and value in signup_cohorts.BY:
+            self.cohort_by = value
+            await self._draw_cohorts()
 
     @rx.event
     @for_users(Role.ADMIN)
@@ -208,7 +290,7 @@ class AdminAnalyticsState(SessionState):
     @rx.event
     @for_users(Role.ADMIN)
     async def download_table(self, table: str) -> Any:
-        if table not in ("revenue", "cohorts"):
+        if table not in analytics.TABLES:
             return None
         text = await asyncio.to_thread(_tables_csv, table)
         return rx.download(data=text, filename=f"gpu-portal-{table}.csv")

@@ -58,14 +58,18 @@ def _amount_micro(text: str) -> int:
 
 
 def _set_roles(user_id: str, roles: list[str], origin: RequestOrigin) -> None:
-    with session_scope(parts.current().engine) as session:
-        admin_users.set_roles(session, uuid.UUID(user_id), roles, admin_id=principal().user_id, origin=origin)
+    p = parts.current()
+    with session_scope(p.engine) as session:
+        admin_users.set_roles(
+            session, p.cache, uuid.UUID(user_id), roles, admin_id=principal().user_id, origin=origin
+        )
 
 
 def _set_locked(user_id: str, locked: bool, origin: RequestOrigin) -> None:
-    with session_scope(parts.current().engine) as session:
+    p = parts.current()
+    with session_scope(p.engine) as session:
         admin_users.set_locked(
-            session, uuid.UUID(user_id), locked, admin_id=principal().user_id, origin=origin
+            session, p.cache, uuid.UUID(user_id), locked, admin_id=principal().user_id, origin=origin
         )
 
 

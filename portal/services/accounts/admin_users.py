@@ -1,6 +1,7 @@
 """What an admin does to people's accounts: give or take roles, lock and unlock. Each change is audited with
-the admin and the origin; an admin cannot lock themselves out or drop their own admin role (the last door in
-would close with it)."""
+the admin and the origin, and holds for the account's access tokens from the next request on
+(``authentication.publish_user_access``); an admin cannot lock themselves out or drop their own admin role
+(the last door in would close with it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Iterable
 
 from sqlmodel import Session, col, delete
 
+from portal.infra.cache import Cache
 from portal.models import Role, User, UserRole
+from portal.security.authentication import publish_user_access
 from portal.security.principal import RequestOrigin
 from portal.services import audit
 from portal.services.accounts import users
@@ -18,6 +21,7 @@ from portal.services.errors import InvalidInput
 
 def set_roles(
     session: Session,
+    cache: Cache,
     user_id: uuid.UUID,
     roles: Iterable[Role | str],
     *,
@@ -36,6 +40,7 @@ def set_roles(
         delete(UserRole).where(col(UserRole.user_id) == user.id, col(UserRole.role).not_in(wanted))  # type: ignore[call-overload]
     )
     users.grant_roles(session, user, wanted - before)
+    publish_user_access(session, cache, user.id)
     audit.record(
         session,
         "user.roles",
@@ -50,6 +55,7 @@ def set_roles(
 
 def set_locked(
     session: Session,
+    cache: Cache,
     user_id: uuid.UUID,
     locked: bool,
     *,
@@ -57,7 +63,7 @@ def set_locked(
     origin: RequestOrigin | None = None,
 ) -> User:
     """Lock an account (it can no longer sign in, and its sessions, tokens and keys stop working at once:
-    every check reads ``is_active``) or unlock it."""
+    every check reads ``is_active``, access tokens through the cache this republishes) or unlock it."""
     if user_id == admin_id and locked:
         raise InvalidInput("You cannot lock your own account.")
     user = users.get_user(session, user_id)
@@ -65,6 +71,7 @@ def set_locked(
         return user
     user.is_active = not locked
     session.add(user)
+    publish_user_access(session, cache, user.id)
     audit.record(
         session,
         "user.lock" if locked else "user.unlock",

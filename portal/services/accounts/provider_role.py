@@ -12,7 +12,9 @@ import uuid
 from sqlmodel import Session, col, delete, select
 
 from portal.config import Settings
+from portal.infra.cache import Cache
 from portal.models import ClusterNode, Device, DeviceState, NodeState, Role, UserRole
+from portal.security.authentication import publish_user_access
 from portal.security.principal import RequestOrigin
 from portal.services import audit
 from portal.services.accounts import users
@@ -57,14 +59,16 @@ def _your_devices(found: list[Device]) -> str:
 
 
 def become_provider(
-    session: Session, user_id: uuid.UUID, *, origin: RequestOrigin | None = None
+    session: Session, cache: Cache, user_id: uuid.UUID, *, origin: RequestOrigin | None = None
 ) -> set[Role]:
-    """Give the account the provider role (a repeat changes nothing); its roles afterwards."""
+    """Give the account the provider role (a repeat changes nothing); its roles afterwards, which its
+    access tokens hold from the commit on."""
     user = users.get_user(session, user_id)
     before = users.roles_of(session, user.id)
     if Role.PROVIDER in before:
         return before
     users.grant_roles(session, user, [Role.PROVIDER])
+    publish_user_access(session, cache, user.id)
     after = before | {Role.PROVIDER}
     audit.record(
         session,
@@ -79,7 +83,12 @@ def become_provider(
 
 
 def stop_providing(
-    session: Session, settings: Settings, user_id: uuid.UUID, *, origin: RequestOrigin | None = None
+    session: Session,
+    cache: Cache,
+    settings: Settings,
+    user_id: uuid.UUID,
+    *,
+    origin: RequestOrigin | None = None,
 ) -> set[Role]:
     """Take the provider role away (a repeat changes nothing); its roles afterwards. A person left with no
     role is a customer again: "back" from providing is to renting. 409 while a device serves a rental or
@@ -113,6 +122,7 @@ def stop_providing(
     if not after:
         users.grant_roles(session, user, [Role.CUSTOMER])
         after = {Role.CUSTOMER}
+    publish_user_access(session, cache, user.id)
     audit.record(
         session,
         "user.stop_providing",

@@ -4,15 +4,16 @@ asked for); the public figures are cached for a short while.
 
 Public: devices and GPUs by state, by model and by country; the hired share of online GPUs; the latest
 average utilization; compute hours served and earnings paid out, all time. Simulated GPUs are counted apart.
-Admin: revenue (charges), platform fees and provider earnings per day, and customer cohorts (customers by
-the month of their first charge, spending in each later month), as tables or CSV.
+Admin: revenue (charges), platform fees and provider earnings per day, customer cohorts (customers by
+the month of their first charge, spending in each later month) and sign-up cohorts (``signup_cohorts``),
+as tables or CSV.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from portal.infra.cache import Cache
 from portal.models import Device, NetworkSnapshot, Payout, PayoutState, UsageRecord
 from portal.models.base import utcnow
 from portal.services import csv_export
-from portal.services.network import daily_figures
+from portal.services.network import daily_figures, signup_cohorts
 from portal.services.network.network_stats import ONLINE_STATES
 
 if TYPE_CHECKING:
@@ -171,6 +172,30 @@ def customer_cohorts(session: Session) -> pd.DataFrame:
     spend = frame.pivot_table(index="cohort", columns="month", values="amount", aggfunc="sum", fill_value=0)
     sizes = frame.groupby("cohort")["customer"].nunique().rename("customers")
     return pd.concat([sizes, spend.astype("int64")], axis=1).rename_axis("cohort").reset_index()
+
+
+def signup_cohorts_table(session: Session) -> pd.DataFrame:
+    """Customers and providers by the month they signed up (the last 12), and how many of each cohort
+    were active in each month since (``signup_cohorts``): a row per cohort and month."""
+    import pandas as pd
+
+    rows = []
+    for who in signup_cohorts.WHO:
+        found = signup_cohorts.signup_cohorts(session, who, "month")
+        for cohort in found.cohorts:
+            for after, (active, share) in enumerate(zip(cohort.active, cohort.shares, strict=True)):
+                rows.append((who, found.label(cohort), cohort.size, after, active, share))
+    return pd.DataFrame(
+        rows, columns=["who", "cohort", "signed_up", "months_after", "active", "active_share"]
+    )
+
+
+# The admin's tables by name (GET /admin/analytics, /admin/analytics/{name}.csv, the page's downloads).
+TABLES: dict[str, Callable[[Session], pd.DataFrame]] = {
+    "revenue": revenue_by_day,
+    "cohorts": customer_cohorts,
+    "signups": signup_cohorts_table,
+}
 
 
 def as_csv(table: pd.DataFrame) -> str:
