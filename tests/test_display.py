@@ -7,7 +7,7 @@ from portal.models.base import utcnow
 from portal.services import display
 from portal.services.display import count, plain_text, reliability, sentence, usd, usd_rate, words
 from portal.services.providers.reliability import is_new
-from portal.state.charts import MIN_SPAN, time_axis
+from portal.state.charts import MIN_SPAN, in_zone, time_axis, time_zone, zone_label
 
 
 def test_amounts_are_in_cents_with_the_sign_before_the_symbol():
@@ -100,3 +100,15 @@ def test_a_gpu_chart_spans_minutes_even_for_a_device_seconds_old():
     # An hour of points keeps its own span; ticks never show seconds.
     assert time_axis([now - timedelta(hours=1), now])["range"] == [now - timedelta(hours=1), now]
     assert all("%S" not in stop["value"] for stop in axis["tickformatstops"])
+
+
+def test_gpu_chart_times_are_drawn_in_the_zone_the_browser_names():
+    kolkata = time_zone("Asia/Kolkata")
+    assert zone_label(kolkata) == "IST" and zone_label(None) == "UTC"
+    noon = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    # Plotly draws a time's own clock reading: the times go as Kolkata's wall clock, and say so on hover.
+    assert in_zone([noon], kolkata) == [datetime(2026, 3, 10, 17, 30)]
+    assert in_zone([noon], None) == [datetime(2026, 3, 10, 12, 0)]
+    assert time_axis([], "IST")["hoverformat"] == "%H:%M:%S IST"
+    for bad in ("", "Mars/Olympus", "../../etc/passwd", "A" * 65, "Asia/Kolkata\x00"):
+        assert time_zone(bad) is None, bad

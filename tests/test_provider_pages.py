@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -19,6 +20,12 @@ from tests.factories import make_usage, make_user
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 # The pages show moments in the browser's zone: this one's is 5 h 30 min ahead of UTC, all year.
 ZONE = "Asia/Kolkata"
+# Every chart drawn full height within its box's width.
+CHARTS_FIT = """() => [...document.querySelectorAll('.portal-chart')].every((box) => {
+    const svg = box.querySelector('.main-svg');
+    const drawn = svg && svg.getBoundingClientRect();
+    return drawn && drawn.height > 200 && drawn.width <= box.getBoundingClientRect().width + 1;
+})"""
 # Whether an element fits the screen's width (its table scrolls in no box of its own).
 FITS_SCREEN = "(el) => el.getBoundingClientRect().right <= document.documentElement.clientWidth"
 
@@ -103,14 +110,26 @@ def test_add_a_device_start_a_simulated_agent_and_watch_it_become_ready(portal, 
         # Its charts: the GPUs from the heartbeats, and its uptime per day.
         expect(page.locator("#chart-uptime .js-plotly-plot")).to_be_visible(timeout=20_000)
         expect(page.locator("#chart-util .js-plotly-plot")).to_be_visible(timeout=20_000)
-        # A device seconds old: its GPU charts' ticks are hours and minutes, not fractions of a second.
+        # A device seconds old: its GPU charts' ticks are hours and minutes, not fractions of a second, and
+        # read in the browser's zone (the last few minutes of Kolkata's clock), which the title names.
+        expect(page.locator("#chart-util .gtitle")).to_have_text("Utilization (%, IST)")
         ticks = page.locator("#chart-util .xtick text").all_text_contents()
         assert ticks and all(re.fullmatch(r"\d{2}:\d{2}", tick) for tick in ticks), ticks
+        local = datetime.now(ZoneInfo(ZONE))
+        for tick in ticks:
+            minutes = int(tick[:2]) * 60 + int(tick[3:])
+            assert (local.hour * 60 + local.minute - minutes) % 1440 <= 10, (tick, local)
+        # "Last heartbeat: 3 s ago", its UTC moment on hover.
+        beat = page.locator("#device-last-heartbeat .relative-time")
+        expect(beat).to_have_text(re.compile(r"^\d+ s ago$"))
+        expect(beat).to_have_attribute("title", re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$"))
         shots = PROJECT_ROOT / "test-results" / "provider-pages"
         shots.mkdir(parents=True, exist_ok=True)
         for width, height in ((1440, 900), (390, 844)):
             page.set_viewport_size({"width": width, "height": height})
-            page.wait_for_timeout(1000)  # the charts redraw for the new width before the picture
+            # The charts redraw for the new width before the picture (seconds on a busy machine; until then
+            # a phone's column holds them squashed on top of one another).
+            page.wait_for_function(CHARTS_FIT, timeout=20_000)
             page.screenshot(path=shots / f"device-{width}.png", full_page=True)
             assert page.locator("#device-gpus table").evaluate(FITS_SCREEN), f"GPU table too wide at {width}"
     finally:

@@ -77,4 +77,6 @@ def gpu_charts() -> rx.Component:
             width="100%",
         ),
         width="100%",
+        # The GPU charts' times are drawn in the browser's zone, which only the browser knows.
+        on_mount=ChartsState.ask_time_zone,
     )

@@ -23,6 +23,17 @@ def utc_title(iso: rx.Var, *, seconds: bool = False) -> rx.Var:
     return text[0:10] + " " + text[11 : 19 if seconds else 16] + " UTC"
 
 
+def relative_time(text: rx.Var, iso: rx.Var, **props: Any) -> rx.Component:
+    """A time told relative to now ("12 s ago", worded by the state) with its UTC moment as the title
+    (``iso`` is ``display.utc_iso`` text; no title when it is empty: "never")."""
+    return rx.el.span(
+        text,
+        title=rx.cond(iso.to(str) != "", utc_title(iso, seconds=True), ""),
+        class_name="relative-time",
+        **props,
+    )
+
+
 def local_time(iso: rx.Var | str, fmt: str = DATE_TIME, *, empty: str = "—", **props: Any) -> rx.Component:
     """``iso`` (``display.utc_iso`` text) in the browser's zone as ``fmt`` (moment.js tokens), its UTC time
     as the title; ``empty`` when there is no moment."""

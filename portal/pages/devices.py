@@ -8,7 +8,7 @@ from portal.components.charts import chart, gpu_charts
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
 from portal.components.tables import confirm_button, data_table
-from portal.components.times import DATE_TIME_SECONDS, local_time
+from portal.components.times import DATE_TIME_SECONDS, local_time, relative_time
 from portal.state.charts import ChartsState
 from portal.state.devices import DevicesState
 
@@ -29,7 +29,7 @@ def device_row(row: rx.Var) -> rx.Component:
         rx.table.cell(state_badge(row)),
         rx.table.cell(row["gpus"]),
         rx.table.cell(row["country"]),
-        rx.table.cell(row["heartbeat"]),
+        rx.table.cell(relative_time(row["heartbeat"], row["heartbeat_at"])),
         rx.table.cell(rx.text(row["reason"], size="1", color_scheme="gray")),
     )
 
@@ -295,7 +295,11 @@ def device_detail() -> rx.Component:
                     rx.data_list.root(
                         rx.data_list.item(rx.data_list.label("Agent"), rx.data_list.value(detail["agent"])),
                         rx.data_list.item(
-                            rx.data_list.label("Last heartbeat"), rx.data_list.value(detail["heartbeat"])
+                            rx.data_list.label("Last heartbeat"),
+                            rx.data_list.value(
+                                relative_time(detail["heartbeat"], detail["heartbeat_at"]),
+                                id="device-last-heartbeat",
+                            ),
                         ),
                         rx.data_list.item(
                             rx.data_list.label("Proof of compute"),
@@ -316,7 +320,10 @@ def device_detail() -> rx.Component:
                             detail["last_wipe"] != "",
                             rx.data_list.item(
                                 rx.data_list.label("Last wipe"),
-                                rx.data_list.value(detail["last_wipe"], id="device-last-wipe"),
+                                rx.data_list.value(
+                                    relative_time(detail["last_wipe"], detail["last_wipe_at"]),
+                                    id="device-last-wipe",
+                                ),
                             ),
                         ),
                         rx.data_list.item(

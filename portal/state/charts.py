@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import plotly.graph_objects as go
 import reflex as rx
@@ -31,21 +33,55 @@ TIME_TICKS = [
 ]
 
 
-def time_axis(times: list[datetime]) -> dict[str, object]:
-    """The x axis of a GPU chart (times in UTC): at least ``MIN_SPAN`` wide, ending at the last point."""
-    axis: dict[str, object] = {"type": "date", "tickformatstops": TIME_TICKS, "hoverformat": "%H:%M:%S UTC"}
+def time_zone(name: str) -> ZoneInfo | None:
+    """The IANA zone a browser named (``Intl``'s ``timeZone``), or None for a name that is none."""
+    if not name or len(name) > 64:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def zone_label(zone: ZoneInfo | None) -> str:
+    """What the charts call a zone: its abbreviation now ("IST", "CET"), else its offset ("+04"); "UTC" for
+    none."""
+    if zone is None:
+        return "UTC"
+    return datetime.now(zone).tzname() or "UTC"
+
+
+def in_zone(times: list[datetime], zone: ZoneInfo | None) -> list[datetime]:
+    """UTC moments as the wall-clock times of ``zone`` (Plotly draws a moment's own clock time and ignores
+    any offset, so the axis reads in the visitor's zone only if the times are converted here)."""
+    return [at.astimezone(zone or UTC).replace(tzinfo=None) for at in times]
+
+
+def time_axis(times: list[datetime], label: str = "UTC") -> dict[str, object]:
+    """The x axis of a GPU chart (times in the zone ``label`` names): at least ``MIN_SPAN`` wide, ending at
+    the last point."""
+    axis: dict[str, object] = {
+        "type": "date",
+        "tickformatstops": TIME_TICKS,
+        "hoverformat": f"%H:%M:%S {label}",
+    }
     if times:
         first, last = min(times), max(times)
         axis["range"] = [min(first, last - MIN_SPAN), last]
     return axis
 
 
-def _figure(metric: str, found: list[telemetry.Series]) -> go.Figure:
-    unit = telemetry.METRICS[metric][1]
-    figure = go.Figure([go.Scatter(x=one.times, y=one.values, mode="lines", name=one.label) for one in found])
-    times = [at for one in found for at in one.times]
+def _figure(metric: str, found: list[telemetry.Series], zone: ZoneInfo | None = None) -> go.Figure:
+    unit, label = telemetry.METRICS[metric][1], zone_label(zone)
+    figure = go.Figure(
+        [go.Scatter(x=in_zone(one.times, zone), y=one.values, mode="lines", name=one.label) for one in found]
+    )
+    times = in_zone([at for one in found for at in one.times], zone)
     return styled(
-        figure, f"{TITLES[metric]} ({unit}, UTC)", showlegend=len(found) > 1, xaxis=time_axis(times)
+        figure,
+        f"{TITLES[metric]} ({unit}, {label})",
+        showlegend=len(found) > 1,
+        xaxis=time_axis(times, label),
     )
 
 
@@ -133,6 +169,9 @@ class ChartsState(SessionState):
     power: go.Figure = go.Figure()
     uptime: go.Figure = go.Figure()
     has_uptime: bool = False
+    # The browser's IANA time zone, which the GPU charts' times are drawn in ("" until the browser says:
+    # UTC meanwhile). The server cannot know it, and Plotly draws the times it is given.
+    zone: str = ""
 
     @rx.var
     def ranges(self) -> list[str]:
@@ -154,14 +193,33 @@ class ChartsState(SessionState):
             found, uptime = await asyncio.to_thread(_series, principal(), self.router.url.path, minutes)
         except (DomainError, ValueError):
             return  # the page itself says what is wrong
-        self.util, self.memory = _figure("util", found["util"]), _figure("memory", found["memory"])
+        zone = time_zone(self.zone)
+        self.util, self.memory = (
+            _figure("util", found["util"], zone),
+            _figure("memory", found["memory"], zone),
+        )
         self.temperature, self.power = (
-            _figure("temperature", found["temperature"]),
-            _figure("power", found["power"]),
+            _figure("temperature", found["temperature"], zone),
+            _figure("power", found["power"], zone),
         )
         self.points = sum(len(one.times) for one in found["util"])
         self.uptime, self.has_uptime = _uptime_figure(uptime), bool(uptime)
         self.has_data, self.loaded = self.points > 0, True
+
+    @rx.event
+    @for_users()
+    async def ask_time_zone(self) -> Any:
+        """Ask the browser its time zone (when the charts appear); ``use_time_zone`` gets the answer."""
+        return rx.call_script(
+            "Intl.DateTimeFormat().resolvedOptions().timeZone", callback=ChartsState.use_time_zone
+        )
+
+    @rx.event
+    @for_users()
+    async def use_time_zone(self, name: str) -> None:
+        if isinstance(name, str) and time_zone(name) is not None and name != self.zone:
+            self.zone = name
+            await self._draw()
 
     @rx.event
     @for_users()

@@ -60,6 +60,7 @@ def _row(session: Any, device: Device) -> dict[str, Any]:
         "simulated": device.simulated,
         "country": device.country,
         "heartbeat": _ago(device.last_heartbeat_at),
+        "heartbeat_at": utc_iso(device.last_heartbeat_at),  # the UTC title of the time "ago"
     }
 
 
@@ -110,6 +111,7 @@ def _detail(caller: Principal, device_id: str) -> dict[str, Any]:
             "connectivity": words(device.connectivity_tier),
             "customer_code": customer_code(device.isolation, device.container_engine, device.worker_image),
             "last_wipe": _ago(device.last_wipe_at) if device.isolation == "container" else "",
+            "last_wipe_at": utc_iso(device.last_wipe_at) if device.isolation == "container" else "",
             "overlay": overlay(device.overlay_ip, device.mesh_state, device.mesh_relayed),
             "price": usd_rate(device.hourly_price_micro, " per GPU-hour")
             + ("" if device.price_per_gpu_hour_micro is not None else " (the model's list price)"),
