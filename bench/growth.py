@@ -39,11 +39,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from solders.keypair import Keypair
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, func, text, update
 from sqlmodel import Session, col, select
 
 from bench.sizes import size
@@ -181,9 +181,8 @@ def seed(engine: Engine) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     return device_ids, customers
 
 
-def beat_round(cache: MemoryCache, engine: Engine, device_ids: list[uuid.UUID], at_s_ago: float) -> None:
-    """Each device beats once, at ``at_s_ago`` seconds before now, and the beats are flushed."""
-    now = utcnow() - timedelta(seconds=at_s_ago)
+def beat_round(cache: MemoryCache, engine: Engine, device_ids: list[uuid.UUID], now: datetime) -> None:
+    """Each device beats once, at ``now``, and the beats are flushed."""
     for device_id in device_ids:
         samples = [
             {"index": index, "util_pct": random.uniform(0, 100), "mem_used_mb": 40_000.0, "temp_c": 61.0,
@@ -296,9 +295,16 @@ def measure_day(engine: Engine) -> None:
     cache, head = MemoryCache(), Head()
     day = Day(engine)
 
+    # The rounds at explicit times 5 s apart, from one interval after the seeded beats up to about now: no
+    # pause between them reads as the portal's deafness (a hearing gap), however long the seeding took.
+    with session_scope(engine) as session:
+        seeded_beat = session.exec(select(func.max(Device.last_heartbeat_at))).one()
+    assert seeded_beat is not None
+    first = seeded_beat + timedelta(seconds=BEAT_INTERVAL_S)
+
     def heartbeats() -> None:
         for round_number in range(BEAT_ROUNDS):
-            beat_round(cache, engine, device_ids, (BEAT_ROUNDS - 1 - round_number) * BEAT_INTERVAL_S)
+            beat_round(cache, engine, device_ids, first + timedelta(seconds=BEAT_INTERVAL_S * round_number))
 
     day.measure("heartbeats", BEATS_A_DAY / BEAT_ROUNDS, heartbeats)
 
@@ -319,7 +325,8 @@ def measure_day(engine: Engine) -> None:
                 moved = faults.mark_silent_offline(session, settings)
         if moved == 0 and not offline_count(engine):
             raise RuntimeError("no silent device went offline")
-        beat_round(cache, engine, silent, 0)  # back with their next beat
+        # Back with the round after the last (a later one would read as the portal's deafness).
+        beat_round(cache, engine, silent, first + timedelta(seconds=BEAT_INTERVAL_S * BEAT_ROUNDS))
 
     day.measure("offline episodes", OFFLINE_SHARE * DEVICES / len(silent), offline_episodes)
 
