@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import reflex as rx
+from plotly.graph_objs.layout import Template
 
 from portal.state.charts import ChartsState
 
@@ -12,10 +15,33 @@ REFRESH_MS = 5000
 CHART_CONFIG = {"responsive": True, "displaylogo": False, "displayModeBar": False}
 
 
-def chart(figure: rx.Var, element_id: str) -> rx.Component:
-    """A Plotly figure as wide as the box it is in, never wider."""
+def themed(light: dict[str, Any], dark: dict[str, Any]) -> rx.Var:
+    """Plotly's light and dark templates, as the page's theme picks them (what ``rx.plotly`` does by
+    default), with trace defaults of a chart's own for each: a colour scale that reads on white is a glare
+    on the dark theme. A figure's traces leave out what their template gives them."""
+    from plotly.io import templates
+
+    def template(name: str, data: dict[str, Any]) -> dict[str, Any]:
+        base = templates[name].to_plotly_json()
+        return {**base, "data": {**base.get("data", {}), **data}}
+
+    chosen = rx.color_mode_cond(
+        light=rx.Var.create(template("plotly", light)), dark=rx.Var.create(template("plotly_dark", dark))
+    )
+    return chosen.to(Template)  # type: ignore[union-attr]
+
+
+def chart(figure: rx.Var, element_id: str, template: rx.Var | None = None) -> rx.Component:
+    """A Plotly figure as wide as the box it is in, never wider (in the page's theme, or ``themed``)."""
+    themed_props = {} if template is None else {"template": template}
     return rx.box(
-        rx.plotly(data=figure, config=CHART_CONFIG, use_resize_handler=True, style={"width": "100%"}),
+        rx.plotly(
+            data=figure,
+            config=CHART_CONFIG,
+            use_resize_handler=True,
+            style={"width": "100%"},
+            **themed_props,
+        ),
         id=element_id,
         width="100%",
         # A grid cell may otherwise grow to the chart's first drawn width and push the page wider.

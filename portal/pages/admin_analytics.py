@@ -4,8 +4,9 @@ customers and providers per day over a chosen period, sign-up cohorts, and the a
 from __future__ import annotations
 
 import reflex as rx
+from plotly.colors import make_colorscale, sequential
 
-from portal.components.charts import chart, range_picker
+from portal.components.charts import chart, range_picker, themed
 from portal.components.layout import page_frame, stat_card
 from portal.state.admin_analytics import AdminAnalyticsState
 
@@ -53,6 +54,15 @@ def totals() -> rx.Component:
     )
 
 
+# The cohorts' shares from none to all: white to navy on the light theme; on the dark one, from the card's
+# own near-black to bright blue, so empty cells do not glare.
+COHORT_COLORS = themed(
+    # ColorBrewer's Blues as plotly.py names it; plotly.js's own "Blues" runs dark to grey.
+    light={"heatmap": [{"colorscale": make_colorscale(sequential.Blues)}]},
+    dark={"heatmap": [{"colorscale": [[0, "#1b2130"], [0.5, "#2456a6"], [1, "#7db9ff"]]}]},
+)
+
+
 def choice(items: dict[str, str], value: rx.Var, on_change: object, element_id: str) -> rx.Component:
     return rx.segmented_control.root(
         *(rx.segmented_control.item(label, value=key) for key, label in items.items()),
@@ -97,7 +107,7 @@ def cohorts() -> rx.Component:
             ),
             rx.cond(
                 AdminAnalyticsState.has_cohorts,
-                chart(AdminAnalyticsState.cohorts, "chart-cohorts"),
+                chart(AdminAnalyticsState.cohorts, "chart-cohorts", COHORT_COLORS),
                 rx.cond(
                     AdminAnalyticsState.cohorts_loaded,
                     rx.callout(

@@ -141,8 +141,7 @@ def _cohorts_figure(found: signup_cohorts.SignupCohorts) -> go.Figure:
             y=rows,
             zmin=0,
             zmax=100,
-            colorscale="Blues",
-            showscale=False,
+            showscale=False,  # the colour scale is the page's theme's (pages.admin_analytics.COHORT_COLORS)
             text=text,
             texttemplate="%{text}",
             textfont={"size": 10},
@@ -158,8 +157,19 @@ def _cohorts_figure(found: signup_cohorts.SignupCohorts) -> go.Figure:
         "",
         height=70 + 26 * len(rows),
         margin={"l": 10, "r": 10, "t": 10, "b": 40},
-        xaxis={"title": {"text": f"{found.by}s after signing up", "font": {"size": 11}}, "dtick": 1},
-        yaxis={"autorange": "reversed", "type": "category", "automargin": True, "tickfont": {"size": 10}},
+        xaxis={
+            "title": {"text": f"{found.by}s after signing up", "font": {"size": 11}},
+            "dtick": 1,
+            "showgrid": False,
+            "zeroline": False,
+        },
+        yaxis={
+            "autorange": "reversed",
+            "type": "category",
+            "automargin": True,
+            "tickfont": {"size": 10},
+            "showgrid": False,
+        },
     )
 
 
