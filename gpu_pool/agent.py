@@ -17,7 +17,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from gpu_pool import __version__, compute, ray_node, rental_netns
+from gpu_pool import __version__, compute, ray_node, rental_egress, rental_netns
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
 from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, OfferedGpus, SimulatedGpus, machine_facts
 from gpu_pool.isolation import ContainerIsolation
@@ -42,6 +42,7 @@ class Agent:
         mesh_tun: str | None = None,
         mesh_port: int = 0,
         isolation: ContainerIsolation | None = None,
+        rental_internet: bool = True,
     ) -> None:
         self.client = client
         self.gpus = gpus
@@ -54,6 +55,8 @@ class Agent:
         self.mesh: Mesh | None = None
         # Customer code in a container per node (None: on the host, development only).
         self.isolation = isolation
+        # On the overlay, whether rentals' containers reach the internet (and only it) through this host.
+        self.rental_internet = rental_internet
         self.device_id: str | None = None
         self.state = "unknown"
         self.heartbeat_s = 5
@@ -148,7 +151,14 @@ class Agent:
             return False
         # Rentals' containers join the overlay interface in a namespace of their own; without containers
         # (development) the interface stays here and Ray nodes bind it directly.
-        namespace = RentalNamespace(rental_netns.name_for(self.device_id)) if self.isolation else None
+        namespace = None
+        if self.isolation:
+            try:
+                rental_egress.remove_stale()  # rules of rentals' namespaces gone since (a crashed agent's)
+            except rental_egress.EgressError as error:
+                logger.warning("stale egress rules not removed: %s", error)
+            name = rental_netns.name_for(self.device_id)
+            namespace = RentalNamespace(name, egress=self.rental_internet)
         mesh = Mesh(
             self.client,
             self.mesh_dir / f"mesh-{self.device_id}",

@@ -91,6 +91,14 @@ def worker(
     ] = 8,
     container_cpus: Annotated[float, typer.Option(help="CPUs of a node's container.")] = 2,
     container_pids: Annotated[int, typer.Option(help="Processes a node's container may run at once.")] = 4096,
+    rental_egress: Annotated[
+        str,
+        typer.Option(
+            help="On the overlay, with containers: internet lets rentals reach the public internet through "
+            "this host (pip, datasets), never this host, its loopback services or your networks (needs "
+            "root and iptables); none: no way out but the overlay."
+        ),
+    ] = "internet",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Connect this machine to the portal: register, prove the GPUs, heartbeat, run Ray nodes on command."""
@@ -161,6 +169,8 @@ def worker(
             raise typer.Exit(code=2) from None
     elif isolation != "none":
         raise typer.BadParameter("container or none", param_hint="--isolation")
+    if rental_egress not in ("internet", "none"):
+        raise typer.BadParameter("internet or none", param_hint="--rental-egress")
     metrics_url = None
     if metrics_port:
         collector = DcgmCollector(
@@ -179,6 +189,7 @@ def worker(
         mesh_tun=mesh_tun,
         mesh_port=mesh_port,
         isolation=container_isolation,
+        rental_internet=rental_egress == "internet",
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
@@ -205,9 +216,13 @@ def doctor(
     ] = "container",
     engine: Annotated[str | None, typer.Option(help="Container engine: podman or docker.")] = None,
     image: Annotated[str | None, typer.Option(help="Worker image to check.")] = None,
+    rental_egress: Annotated[
+        str, typer.Option(help="internet: also check what rentals' way out to the internet needs.")
+    ] = "internet",
 ) -> None:
     """Check the NVIDIA driver, CUDA, Ray, local ports, the portal's reachability and the overlay (Nebula,
-    /dev/net/tun, the lighthouses over the overlay, punched or relayed); say what to fix."""
+    /dev/net/tun, the lighthouses over the overlay, punched or relayed, and with containers the rentals'
+    namespace and its way out); say what to fix."""
     from gpu_pool import mesh
 
     checks: list[tuple[bool, str, str]] = []
@@ -269,6 +284,9 @@ def doctor(
 
         gpus = [gpu.index for gpu in NvmlGpus().describe()] if driver.available else []
         checks += containers.diagnose(engine, image, gpus)
+        from gpu_pool import rental_egress as egress
+
+        checks += egress.diagnose(internet=rental_egress == "internet")
     for ok, what, fix in checks:
         typer.echo(f"{'ok ' if ok else 'FIX'} {what}")
         if not ok and fix:

@@ -21,6 +21,8 @@ every address are reachable at the bridge's gateway as from any machine on the n
 On the overlay (``namespace`` set once the agent joined it) there is no bridge: the container joins the
 device's rentals' namespace, which holds the overlay interface (``gpu_pool.rental_netns``), Ray binds the
 overlay address itself and nothing is published; the cluster's nodes on other machines reach it there.
+With the namespace's way out to the internet (``gpu_pool.rental_egress``) the container is given public
+name servers: the host's own are often its router or a loopback resolver, which the namespace cannot reach.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-from gpu_pool import ray_node
+from gpu_pool import ray_node, rental_egress
 from gpu_pool.ray_node import NodeSpec, RayNode, RayNodeError
 from gpu_pool.rental_netns import RentalNamespace
 
@@ -275,6 +277,11 @@ class ContainerIsolation:
         return name
 
     @staticmethod
+    def dns_args(egress: bool) -> list[str]:
+        """Name servers the rental's namespace reaches: public ones, with its way out; none without."""
+        return [f"--dns={server}" for server in rental_egress.host_resolvers()] if egress else []
+
+    @staticmethod
     def network_args(engine: str) -> list[str]:
         """A cluster's bridge reaches no other bridge of the machine (another cluster's nodes): Podman's
         ``isolate`` option; Docker's bridges are isolated from each other already."""
@@ -323,8 +330,12 @@ class ContainerIsolation:
         if self.namespace is not None:
             # The overlay's namespace: Ray binds the overlay address itself, nothing is published.
             network, ports, published = "", self._overlay_ports(spec), []
-            network_arg = f"ns:{self.namespace.path}"
+            network_arg, naming = f"ns:{self.namespace.path}", self.dns_args(self.namespace.egress)
+            # The engine puts no line for the container's own name in /etc/hosts here: Ray's lookups of it
+            # would go to the name servers (and wait on them); it is the overlay address.
+            naming += [f"--hostname={name}", f"--add-host={name}:{spec.node_ip}"]
         else:
+            naming = []  # the engine's own resolver and hosts file on the bridge
             network = network_arg = self.network_for(cluster)
             ports, published = self._ports(spec)
             if spec.role != "head":
@@ -342,6 +353,7 @@ class ContainerIsolation:
             *self._labels(cluster, spec.role),
             f"--network={network_arg}",
             *published,
+            *naming,
             *self.security_args(),
             *self.gpu_args(self.engine, gpu_indices or []),
             f"--volume={name}:{SCRATCH}",

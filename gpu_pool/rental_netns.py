@@ -5,9 +5,11 @@ overlay address, is moved into a namespace of its own (``gp-<device>``) and the 
 namespace (``podman run --network ns:/run/netns/gp-<device>``). So Ray in the container binds the overlay
 address itself: the cluster's nodes on other machines, the portal's node and the customer (through
 ``portal clusters connect``) reach every Ray port directly over the overlay, and Nebula's firewall (the
-cluster's group and the portal only) is the node's only door. The namespace holds nothing else: no route to
-the host's loopback services, to the provider's network or to the internet; a container cannot change it
-(every capability dropped).
+cluster's group and the portal only) is the node's only door. Besides the TUN the namespace holds, when the
+provider allows it (``egress``, ``gpu-pool worker --rental-egress internet``, the default), a veth to the host
+through which the internet and only the internet is reached (``gpu_pool.rental_egress``: never the host, its
+loopback services or the provider's networks); without it, no route out at all. A container cannot change
+it (every capability dropped).
 
 Nebula makes a new TUN whenever it starts (a restart for a new cluster group, a crash): ``adopt`` moves it in
 again, with the addresses Nebula gave it. Needs root (as Nebula's TUN does) and iproute2's ``ip``.
@@ -24,6 +26,8 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+
+from gpu_pool import rental_egress
 
 logger = logging.getLogger("gpu_pool.rental_netns")
 
@@ -68,12 +72,16 @@ def _addresses(*namespace: str, device: str) -> list[tuple[str, int]]:
 
 
 class RentalNamespace:
-    """``gp-<device>``: made on first use, given Nebula's TUN by ``adopt``, removed by ``remove``."""
+    """``gp-<device>``: made on first use, given Nebula's TUN (and its way out, with ``egress``) by
+    ``adopt``, removed by ``remove``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, egress: bool = False) -> None:
         if not NAME.fullmatch(name):
             raise NamespaceError(f"{name!r} is not a namespace name")
+        if egress and not rental_egress.NAMESPACE.fullmatch(name):
+            raise NamespaceError(f"{name!r} cannot have a way out (gp- and 12 letters, digits or _)")
         self.name = name
+        self.egress = egress
 
     @property
     def path(self) -> Path:
@@ -91,20 +99,34 @@ class RentalNamespace:
     def adopt(self, tun: str, mtu: int) -> str:
         """Move Nebula's TUN ``tun`` from this process's namespace into this one and give it back the
         address Nebula set (moving a link drops its addresses); its overlay address. A TUN already inside
-        (nothing new from Nebula) is left as it is."""
+        (nothing new from Nebula) is left as it is. The way out is made or refreshed (the host's networks,
+        which it refuses, may have changed), or removed without ``egress``."""
         self.ensure()
         found = _addresses(device=tun)
         if not found:
             inside = _addresses("-n", self.name, device=tun)
-            if inside:
-                return inside[0][0]
-            raise NamespaceError(f"no interface {tun} with an address here nor in {self.name}")
+            if not inside:
+                raise NamespaceError(f"no interface {tun} with an address here nor in {self.name}")
+            self._way_out()
+            return inside[0][0]
         _ip("link", "set", tun, "netns", self.name)
         for address, prefix in found:
             _ip("-n", self.name, "addr", "replace", f"{address}/{prefix}", "dev", tun)
         _ip("-n", self.name, "link", "set", tun, "mtu", str(mtu), "up")
         logger.info("moved %s (%s) into the rentals' namespace %s", tun, found[0][0], self.name)
+        self._way_out()
         return found[0][0]
+
+    def _way_out(self) -> None:
+        """The internet for the rentals, or nothing. A failure leaves them without a way out (the overlay
+        works on): said, not raised."""
+        try:
+            if self.egress:
+                rental_egress.open_egress(self.name)
+            else:
+                rental_egress.close_egress(self.name)  # a way out an earlier run of the agent made
+        except rental_egress.EgressError as error:
+            logger.error("rentals in %s have no way out to the internet: %s", self.name, error)
 
     def has_address(self, tun: str, address: str) -> bool:
         return any(found == address for found, _ in _addresses("-n", self.name, device=tun))
@@ -132,6 +154,11 @@ class RentalNamespace:
         return bool(opened)
 
     def remove(self) -> None:
-        """Remove the namespace (a TUN inside goes with it); nothing when it is not there."""
+        """Remove the way out (veth, rules) and the namespace (a TUN inside goes with it); nothing when they
+        are not there."""
+        try:
+            rental_egress.close_egress(self.name)
+        except rental_egress.EgressError as error:
+            logger.error("the way out of %s was not removed: %s", self.name, error)
         if self.exists():
             _ip("netns", "delete", self.name, check=False)
