@@ -17,7 +17,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from gpu_pool import __version__, compute, ray_node, rental_egress, rental_netns
+from gpu_pool import __version__, autoscaler, compute, ray_node, rental_egress, rental_netns
 from gpu_pool.client import PortalClient, PortalUnavailable, Rejected, TokenRefused
 from gpu_pool.hardware import GpuInfo, GpuSample, NvmlGpus, OfferedGpus, SimulatedGpus, machine_facts
 from gpu_pool.isolation import ContainerIsolation
@@ -224,17 +224,15 @@ class Agent:
             num_cpus=payload.get("num_cpus"),
             env=env,
             autoscaling=self._autoscaling(payload, autoscaling) if autoscaling else None,
+            portal_url=self.client.portal_url if autoscaling else None,
             autoscaler_token=self.client.token if autoscaling else None,
         )
 
     def _autoscaling(self, payload: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-        """Ray's autoscaler config for the head of an autoscaled cluster; its provider asks this agent's
-        portal for nodes with this device's token."""
-        from gpu_pool import autoscaler  # imports Ray's autoscaler: only heads of autoscaled clusters need it
-
+        """Ray's autoscaler config for the head of an autoscaled cluster; its provider asks this agent,
+        which asks its portal for nodes with this device's token."""
         return autoscaler.config(
             cluster_id=str(payload["cluster_id"]),
-            portal_url=self.client.portal_url,
             min_workers=int(wanted["min_workers"]),
             max_workers=int(wanted["max_workers"]),
             idle_timeout_s=float(wanted["idle_timeout_s"]),

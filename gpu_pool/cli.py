@@ -134,6 +134,7 @@ def worker(
             )
             raise typer.Exit(code=2)
         gpus = NvmlGpus()
+    nvml = gpus if isinstance(gpus, NvmlGpus) else None
     if offered is not None:
         if gpus is None:
             raise typer.BadParameter("there are no GPUs to choose from with --cpu-only", param_hint="--gpus")
@@ -162,6 +163,7 @@ def worker(
                 find_engine(engine),
                 image or default_image(),
                 Limits(int(container_memory_gb * 2**30), container_cpus, container_pids),
+                gpu_processes=nvml.compute_processes if nvml else None,
             )
             container_isolation.check_image()
         except IsolationError as error:

@@ -104,6 +104,15 @@ class NvmlGpus:
     def _text(self, value: bytes | str) -> str:
         return value.decode() if isinstance(value, bytes) else value
 
+    def compute_processes(self, indices: list[int]) -> list[tuple[int, int]]:
+        """(GPU index, pid) of every process holding a context, and so memory, on these GPUs: after a
+        rental's wipe there must be none on the GPUs it rented."""
+        held = []
+        for index in indices:
+            for process in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handles[index]):
+                held.append((index, int(process.pid)))
+        return held
+
     def describe(self) -> list[GpuInfo]:
         nvml = self._nvml
         driver = self._text(nvml.nvmlSystemGetDriverVersion())

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -51,11 +52,13 @@ LABEL_CLUSTER = "org.gpu-portal.cluster"
 LABEL_ROLE = "org.gpu-portal.role"
 LABEL_RAY = "org.gpu-portal.ray-version"
 SCRATCH = "/scratch"
+AUTOSCALER_MOUNT = Path("/run/gpu-pool")  # an autoscaled head's way to its agent (ray_node.serve_autoscaler)
 USER = "1000:1000"
 # Inside its own network namespace a node's ports never collide with another's: Ray's own defaults (the
 # GCS listens on the port published for it, so that its address has one port inside and out).
 CLIENT_PORT, DASHBOARD_PORT = 10001, 8265
 STOP_GRACE_S = 5
+GPU_RELEASE_S = 10  # how long the driver gets to free a wiped rental's GPU memory
 ENGINE_TIMEOUT_S = 60
 
 
@@ -161,6 +164,7 @@ class ContainerNode(RayNode):
     container: str = ""
     volume: str = ""
     network: str = ""
+    gpu_indices: list[int] = field(default_factory=list)  # the GPUs it rented, as NVML numbers them
     last_wipe: Wipe | None = None
 
     def stop(self) -> None:
@@ -168,7 +172,8 @@ class ContainerNode(RayNode):
 
         Raises IsolationError naming what survived, after removing everything it could."""
         assert self.isolation is not None
-        self.last_wipe = self.isolation.wipe(self.container, self.volume, self.network)
+        self.close_relay()
+        self.last_wipe = self.isolation.wipe(self.container, self.volume, self.network, self.gpu_indices)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -189,6 +194,9 @@ class ContainerIsolation:
     device_id: str | None = None  # known once the agent registered
     # On the overlay: the namespace holding this device's overlay interface, which its containers join.
     namespace: RentalNamespace | None = None
+    # NVML's (GPU index, pid) of the processes holding these GPUs (hardware.NvmlGpus.compute_processes);
+    # None for simulated GPUs.
+    gpu_processes: Callable[[list[int]], list[tuple[int, int]]] | None = None
     _checked_image: str | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, str]:
@@ -314,10 +322,6 @@ class ContainerIsolation:
     ) -> ContainerNode:
         """Start the node in a container of its own and wait until Ray runs; raises IsolationError (with
         the node's last log lines) after wiping what was made if not."""
-        if spec.autoscaling is not None:
-            # The autoscaler would call the portal with this device's token from inside the customer's
-            # container: not until the portal hands it a credential of the cluster's own.
-            raise IsolationError("autoscaled clusters do not run in containers yet")
         if self._checked_image is None:
             self.check_image()
         cluster = re.sub(r"[^a-zA-Z0-9_.-]", "", cluster or "none") or "none"
@@ -347,6 +351,16 @@ class ContainerIsolation:
             "HOME": SCRATCH,
             **spec.env,
         }
+        relay, autoscaling, mounts = None, None, []
+        if spec.role == "head" and spec.autoscaling is not None:
+            # The autoscaler asks this agent through a socket in a folder mounted read-only; the device's
+            # token stays here (ray_node.serve_autoscaler).
+            folder = temp_dir / "autoscaler"
+            folder.mkdir()
+            folder.chmod(0o755)  # the container's user reaches the socket; temp_dir keeps the host's out
+            relay, autoscaling = ray_node.serve_autoscaler(spec, folder, seen_as=AUTOSCALER_MOUNT)
+            mounts = [f"--volume={folder}:{AUTOSCALER_MOUNT}:ro"]
+            env["PYTHONPATH"] = str(AUTOSCALER_MOUNT)  # the node provider's module
         args = [
             "run",
             f"--name={name}",
@@ -357,25 +371,33 @@ class ContainerIsolation:
             *self.security_args(),
             *self.gpu_args(self.engine, gpu_indices or []),
             f"--volume={name}:{SCRATCH}",
+            *mounts,
             f"--workdir={SCRATCH}",
             *[f"--env={key}={value}" for key, value in env.items()],
             self.image,
-            *self._ray_args(spec, ports["gcs"]),
+            *self._ray_args(spec, ports["gcs"], autoscaling),
         ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [self.engine, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        try:
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [self.engine, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        except OSError:
+            if relay is not None:
+                relay.close()
+            raise
         node = ContainerNode(
             spec,
             temp_dir,
             ports,
             process,
             log_path,
+            relay=relay,
             isolation=self,
             container=name,
             volume=name,
             network=network,
+            gpu_indices=list(gpu_indices or []),
         )
         deadline = time.monotonic() + ray_node.START_TIMEOUT_S
         try:
@@ -450,7 +472,7 @@ class ContainerIsolation:
             return f"{self._address(heads[0], network_name(cluster))}:{port}"
         return given
 
-    def _ray_args(self, spec: NodeSpec, gcs_port: int) -> list[str]:
+    def _ray_args(self, spec: NodeSpec, gcs_port: int, autoscaling: Path | None = None) -> list[str]:
         args = [
             "ray",
             "start",
@@ -474,6 +496,7 @@ class ContainerIsolation:
                 f"--include-dashboard={'true' if spec.dashboard else 'false'}",
                 "--dashboard-host=0.0.0.0",  # every address of the container's own namespace, no more
                 f"--dashboard-port={DASHBOARD_PORT}",
+                *([f"--autoscaling-config={autoscaling}"] if autoscaling else []),
             ]
         if not spec.head_address:
             raise IsolationError("a worker node needs the head's address")
@@ -498,9 +521,12 @@ class ContainerIsolation:
 
     # --- wiping -------------------------------------------------------------------------------------
 
-    def wipe(self, container: str, volume: str, network: str | None = None) -> Wipe:
+    def wipe(
+        self, container: str, volume: str, network: str | None = None, gpu_indices: Sequence[int] = ()
+    ) -> Wipe:
         """Remove the container (SIGTERM, SIGKILL after the grace period) and its scratch volume, then check
-        that neither is there and that no process runs in the container's cgroup."""
+        that neither is there, that no process runs in the container's cgroup, and that no process holds
+        memory on the GPUs it rented (NVML; the driver frees it as the processes end)."""
         started = time.monotonic()
         full_id = self._run("inspect", "--format", "{{.Id}}", container, check=False)
         self._run(
@@ -515,11 +541,23 @@ class ContainerIsolation:
         if self._exists("volume", volume):
             leftovers.append(f"volume {volume}")
         leftovers += [f"process {pid}" for pid in processes_of(full_id)] if full_id else []
+        leftovers += [f"GPU {index} held by process {pid}" for index, pid in self._gpus_held(gpu_indices)]
         wipe = Wipe(container, time.monotonic() - started, leftovers)
         logger.info(
             "wiped %s in %.2f s%s", container, wipe.seconds, "" if wipe.clean else f": left {leftovers}"
         )
         return wipe
+
+    def _gpus_held(self, gpu_indices: Sequence[int]) -> list[tuple[int, int]]:
+        """What still holds the rented GPUs once the driver had GPU_RELEASE_S to free them."""
+        if self.gpu_processes is None or not gpu_indices:
+            return []
+        deadline = time.monotonic() + GPU_RELEASE_S
+        while held := self.gpu_processes(list(gpu_indices)):
+            if time.monotonic() >= deadline:
+                return held
+            time.sleep(0.5)
+        return []
 
     def leftovers(self) -> list[str]:
         """Containers this device's rentals left (all of them, when the agent runs no node)."""

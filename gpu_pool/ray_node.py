@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from gpu_pool.autoscaler_relay import SOCKET_NAME, AutoscalerRelay
+
 logger = logging.getLogger("gpu_pool.ray_node")
 
 START_TIMEOUT_S = 90
@@ -33,6 +35,7 @@ HEAD_POLL_S = 0.1  # a worker started with its head asks this often whether the 
 OBJECT_STORE_BYTES = 80 * 2**20
 WORKER_PORTS = 60
 HEAD_TYPE, WORKER_TYPE = "head", "gpu_worker"  # node types as Ray's autoscaler knows them
+PROVIDER_FILE = "portal_node_provider"  # the node provider's module, as a container's head imports it
 PORT_NAMES = (
     "gcs",
     "client",
@@ -81,7 +84,9 @@ class NodeSpec:
     num_cpus: int | None = None
     env: dict[str, str] = field(default_factory=dict)  # e.g. the autoscaler's instance id for this node
     autoscaling: dict | None = None  # an autoscaled cluster's head runs Ray's autoscaler with this config
-    autoscaler_token: str | None = field(default=None, repr=False)  # its provider's credential
+    # The agent's portal and token, for the relay that serves the autoscaler (never handed to the node).
+    portal_url: str | None = None
+    autoscaler_token: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -93,6 +98,7 @@ class RayNode:
     log_path: Path
     node_id: str | None = None
     started_at: float = field(default_factory=time.time)
+    relay: AutoscalerRelay | None = None  # an autoscaled head's: its autoscaler's way to the portal
 
     @property
     def address(self) -> str:
@@ -132,6 +138,11 @@ class RayNode:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
 
     def _processes(self) -> list[psutil.Process]:
         marker = str(self.temp_dir)
@@ -270,10 +281,12 @@ def _launch(spec: NodeSpec, workdir: Path | None) -> RayNode:
             f"--dashboard-host={spec.node_ip}",
             f"--dashboard-port={ports['dashboard']}",
         ]
-        if spec.autoscaling is not None:
-            args.append(f"--autoscaling-config={_write_autoscaling(spec, temp_dir)}")
     else:
         args.append(f"--address={spec.head_address}")
+    relay = None
+    if spec.role == "head" and spec.autoscaling is not None:
+        relay, config_path = serve_autoscaler(spec, temp_dir)
+        args.append(f"--autoscaling-config={config_path}")
     log_path = temp_dir / "agent-ray.log"
     # Jobs' `python` is the agent's own (its virtual environment holds Ray), whatever PATH it was given.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -282,7 +295,7 @@ def _launch(spec: NodeSpec, workdir: Path | None) -> RayNode:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    return RayNode(spec, temp_dir, ports, process, log_path)
+    return RayNode(spec, temp_dir, ports, process, log_path, relay=relay)
 
 
 def _running(node: RayNode, deadline: float) -> RayNode:
@@ -302,17 +315,27 @@ def _running(node: RayNode, deadline: float) -> RayNode:
     raise RayNodeError(f"the Ray node did not start within {START_TIMEOUT_S} s: {last_lines}")
 
 
-def _write_autoscaling(spec: NodeSpec, temp_dir: Path) -> Path:
-    """The autoscaler's config in the node's temp dir (mode 700), its token in a file of its own: Ray logs
-    the config, never the token."""
-    assert spec.autoscaling is not None
-    token_file = temp_dir / "autoscaler-token"
-    token_file.touch(mode=0o600)
-    token_file.write_text(spec.autoscaler_token or "")
-    config = {**spec.autoscaling, "provider": {**spec.autoscaling["provider"], "token_file": str(token_file)}}
-    path = temp_dir / "autoscaling.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def serve_autoscaler(
+    spec: NodeSpec, directory: Path, seen_as: Path | None = None
+) -> tuple[AutoscalerRelay, Path]:
+    """The relay for this autoscaled head's autoscaler, serving in ``directory``, and the autoscaler's
+    config beside it; the config's path as the node sees it. ``seen_as`` is where a container sees
+    ``directory``: the provider's module is copied there too, as the container's image holds Ray alone.
+    Ray logs the config: it holds no secret."""
+    assert spec.autoscaling is not None and spec.portal_url and spec.autoscaler_token
+    relay = AutoscalerRelay(directory, spec.portal_url, spec.autoscaler_token)
+    module = "gpu_pool.node_provider"
+    if seen_as is not None:
+        shutil.copyfile(Path(__file__).with_name("node_provider.py"), directory / f"{PROVIDER_FILE}.py")
+        module = PROVIDER_FILE
+    inside = seen_as or directory
+    provider = {
+        **spec.autoscaling["provider"],
+        "module": f"{module}.PortalNodeProvider",
+        "socket": str(inside / SOCKET_NAME),
+    }
+    (directory / "autoscaling.yaml").write_text(yaml.safe_dump({**spec.autoscaling, "provider": provider}))
+    return relay, inside / "autoscaling.yaml"
 
 
 def _node_id(temp_dir: Path) -> str | None:

@@ -24,6 +24,8 @@ for sample in gpus.sample():
     print(f"sample {sample.index}: util={sample.util_pct}% mem={sample.mem_used_mb:.0f} MiB "
           f"temp={sample.temp_c} C power={sample.power_w:.1f} W xid={sample.xid_errors} "
           f"ecc_uncorrected={sample.ecc_uncorrected}")
+# What a rental's wipe checks: the processes holding memory on each GPU (none when the GPU is idle).
+print(f"compute processes: {gpus.compute_processes([gpu.index for gpu in described])}")
 
 # One verification round, judged the way the portal judges it.
 try:

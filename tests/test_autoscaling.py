@@ -8,12 +8,15 @@ Agents are played as in ``test_clusters.py``: their commands are answered as an 
 
 from __future__ import annotations
 
+import pathlib
 import uuid
 
 import httpx
 import pytest
+import yaml
 from sqlmodel import select
 
+from gpu_pool import autoscaler
 from portal.infra.db import session_scope
 from portal.infra.wakeups import MemoryWakeups
 from portal.models import (
@@ -278,56 +281,121 @@ def test_the_routes_answer_the_head_device_only(parts, api_client):
     assert api_client.delete("/api/v1/worker/autoscaler/nodes/nope", headers=headers).status_code == 422
 
 
-def test_the_node_provider_speaks_to_the_portal_and_keeps_its_list_through_an_outage(
+def test_the_node_provider_speaks_to_the_portal_through_the_agents_relay_and_keeps_its_list_through_an_outage(
     portal_api, tmp_path, monkeypatch
 ):
-    """Ray's autoscaler sees the cluster through ``PortalNodeProvider``: the head and the workers with
-    their kinds and types, nodes it creates and terminates; while the portal is down it keeps the last
-    list (an empty one would read as every node gone) and a launch fails with the reason."""
+    """Ray's autoscaler sees the cluster through ``PortalNodeProvider``, which asks the agent's relay on a
+    Unix socket (the node never holds the device's token): the head and the workers with their kinds and
+    types, nodes it creates and terminates; while the portal is down it keeps the last list (an empty one
+    would read as every node gone) and a launch fails with the reason."""
     from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE
 
-    from gpu_pool import autoscaler
+    from gpu_pool import node_provider, ray_node
 
     server, parts = portal_api
     _, _, head_device, _, start = autoscaled(parts.engine, [1, 1])
-    token = token_of(parts.engine, head_device)
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    # The provider section as the agent writes it, with the token file ray_node puts beside the node.
-    provider_config = autoscaler.config(
-        cluster_id=start["cluster_id"],
+    spec = ray_node.NodeSpec(
+        role="head",
+        num_gpus=1,
+        resources={},
+        autoscaling=autoscaler.config(
+            cluster_id=start["cluster_id"],
+            min_workers=0,
+            max_workers=2,
+            idle_timeout_s=60,
+            head_resources={"CPU": 1, "GPU": 1},
+            worker_resources={"CPU": 1, "GPU": 1},
+        ),
         portal_url=server.url,
-        min_workers=0,
-        max_workers=2,
-        idle_timeout_s=60,
-        head_resources={"CPU": 1, "GPU": 1},
-        worker_resources={"CPU": 1, "GPU": 1},
-    )["provider"] | {"token_file": str(token_file)}
-    provider = autoscaler.PortalNodeProvider(provider_config, "test")
-
-    (head_id,) = provider.non_terminated_nodes({})
-    assert provider.node_tags(head_id) == {
-        TAG_RAY_NODE_KIND: "head",
-        TAG_RAY_USER_NODE_TYPE: "head",
-        TAG_RAY_NODE_STATUS: "up-to-date",
-    }
-    created = provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
-    (worker_id,) = created
-    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "worker"}) == [worker_id]
-    assert provider.node_tags(worker_id)[TAG_RAY_NODE_STATUS] == "uninitialized"  # starting, not joined
-    assert provider.is_running(worker_id) and not provider.is_terminated(worker_id)
-
-    server.stop()
+        autoscaler_token=token_of(parts.engine, head_device),
+    )
+    folder = tmp_path / "relay"
+    folder.mkdir()
+    # As a container's head sees it: the provider's module beside the config, no token anywhere.
+    relay, config_path = ray_node.serve_autoscaler(spec, folder, seen_as=pathlib.Path("/run/gpu-pool"))
     try:
-        monkeypatch.setattr(autoscaler, "LIST_TTL_S", 0.0)  # the list is stale: the next read asks the portal
-        assert sorted(provider.non_terminated_nodes({})) == sorted([head_id, worker_id])
-        with pytest.raises(httpx.HTTPError):
-            provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
-    finally:
-        server.start()
+        config = yaml.safe_load((folder / "autoscaling.yaml").read_text())
+        assert config_path == pathlib.Path("/run/gpu-pool/autoscaling.yaml")
+        assert config["provider"]["socket"] == "/run/gpu-pool/autoscaler.sock"
+        assert config["provider"]["module"] == "portal_node_provider.PortalNodeProvider"
+        # The module stands alone in a container: it names the node types as the agent does.
+        assert (node_provider.HEAD_TYPE, node_provider.WORKER_TYPE) == (
+            ray_node.HEAD_TYPE,
+            ray_node.WORKER_TYPE,
+        )
+        assert (folder / "portal_node_provider.py").read_text() == pathlib.Path(
+            node_provider.__file__
+        ).read_text()
+        assert not [p for p in folder.iterdir() if p.is_file() and spec.autoscaler_token in p.read_text()]
+        provider = node_provider.PortalNodeProvider(
+            {**config["provider"], "socket": str(relay.socket_path)}, "test"
+        )
 
-    with pytest.raises(RuntimeError, match="no H100-80GB device is available"):
-        provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
-    provider.terminate_node(worker_id)
-    assert provider.non_terminated_nodes({}) == [head_id]
-    assert provider.is_terminated(worker_id)
+        (head_id,) = provider.non_terminated_nodes({})
+        assert provider.node_tags(head_id) == {
+            TAG_RAY_NODE_KIND: "head",
+            TAG_RAY_USER_NODE_TYPE: "head",
+            TAG_RAY_NODE_STATUS: "up-to-date",
+        }
+        created = provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+        (worker_id,) = created
+        assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "worker"}) == [worker_id]
+        assert provider.node_tags(worker_id)[TAG_RAY_NODE_STATUS] == "uninitialized"  # starting, not joined
+        assert provider.is_running(worker_id) and not provider.is_terminated(worker_id)
+
+        server.stop()
+        try:
+            monkeypatch.setattr(node_provider, "LIST_TTL_S", 0.0)  # stale: the next read asks the portal
+            assert sorted(provider.non_terminated_nodes({})) == sorted([head_id, worker_id])
+            with pytest.raises(RuntimeError, match="502: the portal cannot be reached"):
+                provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+        finally:
+            server.start()
+
+        with pytest.raises(RuntimeError, match="no H100-80GB device is available"):
+            provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "gpu_worker"}, 1)
+        provider.terminate_node(worker_id)
+        assert provider.non_terminated_nodes({}) == [head_id]
+        assert provider.is_terminated(worker_id)
+    finally:
+        relay.close()
+    assert not relay.socket_path.exists()
+
+
+def test_the_relay_lets_through_only_the_autoscalers_three_requests(portal_api, tmp_path):
+    """What a customer's code on the head can send the relay: anything but listing the nodes, asking for
+    1 to 1000 more and releasing one by id is refused there, and nothing reaches the portal for it."""
+    from gpu_pool.autoscaler_relay import AutoscalerRelay
+
+    server, parts = portal_api
+    cluster_id, _, head_device, _, _ = autoscaled(parts.engine, [1, 1])
+    token = token_of(parts.engine, head_device)
+    relay = AutoscalerRelay(tmp_path, server.url, token)
+    try:
+        agent = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(relay.socket_path)), base_url="http://agent"
+        )
+        listed = agent.get("/autoscaler/nodes")
+        assert listed.status_code == 200 and listed.json()["cluster_id"] == str(cluster_id)
+        refused = {
+            "another route": agent.get("/devices/me"),
+            "the worker API": agent.post("/api/v1/worker/heartbeat", json={}),
+            "a path escape": agent.get("/autoscaler/nodes/../../devices/me"),
+            "no body": agent.post("/autoscaler/nodes"),
+            "not JSON": agent.post("/autoscaler/nodes", content=b"count=1"),
+            "no count": agent.post("/autoscaler/nodes", json={"n": 1}),
+            "a zero count": agent.post("/autoscaler/nodes", json={"count": 0}),
+            "a huge count": agent.post("/autoscaler/nodes", json={"count": 10**9}),
+            "a fractional count": agent.post("/autoscaler/nodes", json={"count": 1.5}),
+            "a boolean count": agent.post("/autoscaler/nodes", json={"count": True}),
+            "a big body": agent.post("/autoscaler/nodes", content=b"{" + b" " * 5000 + b"}"),
+            "a bad node id": agent.delete("/autoscaler/nodes/nope"),
+            "another method": agent.put("/autoscaler/nodes", json={"count": 1}),
+        }
+        for what, reply in refused.items():
+            assert 400 <= reply.status_code < 500, (what, reply.status_code, reply.text)
+            assert token not in reply.text and "Bearer" not in reply.text, what
+        assert agent.get("/autoscaler/nodes").json()["nodes"] == listed.json()["nodes"]  # nothing changed
+        agent.close()
+    finally:
+        relay.close()

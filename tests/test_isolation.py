@@ -268,6 +268,29 @@ def test_an_image_with_another_ray_is_refused(podman, tmp_path):
         engine("rmi", "--force", tag)
 
 
+def test_a_wipe_is_clean_only_once_no_process_holds_the_rented_gpus(podman, monkeypatch):
+    """After the container is removed, NVML must show no process on the GPUs the rental had (checked with a
+    stand-in for NVML's reading: this machine has no GPU; the reading itself is NvmlGpus.compute_processes).
+    Memory the driver frees within the grace period passes; a process still there fails the wipe, by name."""
+    from gpu_pool import isolation as isolation_module
+
+    monkeypatch.setattr(isolation_module, "GPU_RELEASE_S", 1.0)
+    asked: list[list[int]] = []
+
+    def freed_on_the_second_look(indices: list[int]) -> list[tuple[int, int]]:
+        asked.append(indices)
+        return [(0, 4242)] if len(asked) == 1 else []
+
+    boxed = ContainerIsolation(podman, "unused", gpu_processes=freed_on_the_second_look)
+    assert boxed.wipe("gpu-pool-gone", "gpu-pool-gone", gpu_indices=[0]).clean
+    assert asked == [[0], [0]]
+    assert boxed.wipe("gpu-pool-gone", "gpu-pool-gone").clean and len(asked) == 2  # simulated: not asked
+
+    boxed.gpu_processes = lambda indices: [(index, 77) for index in indices if index == 1]
+    held = boxed.wipe("gpu-pool-gone", "gpu-pool-gone", gpu_indices=[0, 1])
+    assert held.leftovers == ["GPU 1 held by process 77"] and not held.clean
+
+
 def test_doctor_checks_the_engine_the_image_and_a_rentals_container(worker_image):
     done = subprocess.run(
         [str(VENV_BIN / "gpu-pool"), "doctor", "--engine", "podman", "--image", worker_image],

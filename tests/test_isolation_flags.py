@@ -3,7 +3,7 @@
 
 import pytest
 
-from gpu_pool.isolation import ContainerIsolation, IsolationError, Limits, find_engine
+from gpu_pool.isolation import AUTOSCALER_MOUNT, ContainerIsolation, IsolationError, Limits, find_engine
 from gpu_pool.ray_node import NodeSpec
 
 
@@ -38,10 +38,12 @@ def test_a_head_publishes_its_three_ports_on_the_node_address_only_and_a_worker_
     assert ContainerIsolation._ports(NodeSpec("worker", 1, {}, head_address="127.0.0.2:1"))[1] == []
 
 
-def test_an_autoscaled_head_is_refused_in_a_container():
-    spec = NodeSpec("head", 1, {}, autoscaling={"provider": {}})
-    with pytest.raises(IsolationError, match="autoscaled"):
-        ContainerIsolation("podman", "img").start(spec, "c1")
+def test_an_autoscaled_head_runs_ray_with_the_config_its_agent_mounts():
+    boxed = ContainerIsolation("podman", "img")
+    head = NodeSpec("head", 1, {}, autoscaling={"provider": {}})
+    config = AUTOSCALER_MOUNT / "autoscaling.yaml"
+    assert f"--autoscaling-config={config}" in boxed._ray_args(head, 6379, config)
+    assert not [arg for arg in boxed._ray_args(head, 6379) if "autoscaling" in arg]
 
 
 def test_no_engine_says_what_to_install():
