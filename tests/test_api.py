@@ -123,6 +123,16 @@ def probe_client(tmp_path) -> Iterator[TestClient]:
         with engine.begin() as connection:
             connection.execute(sqlalchemy.text("INSERT INTO t VALUES (1)"))
 
+    @probe.get("/pool-exhausted")
+    def pool_exhausted(request: Request) -> None:
+        """Every pooled connection taken (requests queued on row locks hold theirs): the next waits, then
+        gives up."""
+        engine = sqlalchemy.create_engine(
+            f"sqlite:///{request.app.state.db}", pool_size=1, max_overflow=0, pool_timeout=0.1
+        )
+        with engine.connect(), engine.connect():
+            pass
+
     probe.state.db = tmp_path / "locked.db"
     holder = sqlite3.connect(probe.state.db, isolation_level=None)
     holder.execute("CREATE TABLE t (x)")
@@ -132,8 +142,9 @@ def probe_client(tmp_path) -> Iterator[TestClient]:
     holder.close()
 
 
-def test_a_busy_or_unreachable_database_is_a_503_to_retry_not_a_500(probe_client):
-    response = probe_client.post("/locked")
+@pytest.mark.parametrize(("method", "path"), [("POST", "/locked"), ("GET", "/pool-exhausted")])
+def test_a_busy_or_unreachable_database_is_a_503_to_retry_not_a_500(probe_client, method, path):
+    response = probe_client.request(method, path)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"
     assert response.headers["retry-after"] == "1"

@@ -343,3 +343,34 @@ def test_with_prometheus_keeping_the_samples_a_flush_writes_the_beats_alone(engi
         written = session.get(Device, device.id)
         assert (written.ray_state, written.last_heartbeat_at) == ("running", now)
         assert session.exec(select(GpuSample)).all() == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_flush_passes_over_a_device_a_placement_holds_instead_of_waiting_on_it(engine):
+    """A placement waiting on row locks holds devices in its own order; a flush that waited on them in
+    another deadlocked with it. The flush writes the rows no one holds, at once, and the held device's next
+    beat once it is free."""
+    cache = MemoryCache()
+    with session_scope(engine) as session:
+        held, free = market_with(session, [1, 1])
+    now = utcnow()
+    for device_id in (held.id, free.id):
+        liveness.record(
+            cache, device_id, samples=BEAT["gpus"], ray={"state": "running"}, now=now, sweep_s=120
+        )
+
+    with engine.connect() as placement:
+        placement.execute(select(Device.id).where(Device.id == held.id).with_for_update())
+        started = time.monotonic()
+        with session_scope(engine) as session:
+            assert liveness.flush(session, cache) == {free.id: "ready"}
+        assert time.monotonic() - started < 5  # not waiting on the held row (the lock timeout is longer)
+        placement.rollback()
+
+    later = now + timedelta(seconds=5)
+    liveness.record(cache, held.id, samples=BEAT["gpus"], ray={"state": "running"}, now=later, sweep_s=120)
+    with session_scope(engine) as session:
+        assert liveness.flush(session, cache) == {held.id: "ready"}
+    with session_scope(engine) as session:
+        assert session.get(Device, held.id).last_heartbeat_at == later
+        assert session.get(Device, free.id).last_heartbeat_at == now

@@ -73,7 +73,8 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(_: Request, error: Exception) -> JSONResponse:
-    # The database went away, or (SQLite) stayed locked past the busy timeout: nothing was changed. A handler
+    # The database went away, (SQLite) stayed locked past the busy timeout, or no pooled connection came free
+    # in time (sqlalchemy.exc.TimeoutError): nothing was changed. A handler
     # of its own, not the catch-all's: Starlette re-raises what reaches that one, and logs it as a 500.
     logger.error("the database did not answer: %s", str(error).splitlines()[0][:300])
     return error_response(
@@ -97,4 +98,5 @@ def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
+    api.add_exception_handler(sqlalchemy.exc.TimeoutError, _database_unavailable)
     api.add_exception_handler(Exception, _unexpected_error)

@@ -269,6 +269,9 @@ def flush(session: Session, cache: Cache, *, store_samples: bool = True) -> dict
 # A flush writes a row per device that beat: thousands a second at swarm scale. On PostgreSQL the batch goes
 # over as one JSON document that one statement unpacks, a few milliseconds where the ORM's executemany took
 # hundreds (``bench/heartbeats.py``); elsewhere (SQLite, embedded) the ORM's bulk statements do.
+# It writes only the rows no one holds (SKIP LOCKED): a placement waiting on row locks holds devices in
+# its own order, and a flush waiting on them in another deadlocked it (``bench/deploys.py``, 16 customers
+# at once). A device held for that moment misses this one beat; its next, seconds later, is written.
 _UPDATE_SQL = """
     UPDATE devices SET last_heartbeat_at = beat.at,
         ray_state = left(coalesce(beat.ray ->> 'state', 'none'), 24),
@@ -278,7 +281,9 @@ _UPDATE_SQL = """
             ELSE (beat.mesh ->> 'relayed')::boolean END
     FROM jsonb_to_recordset(CAST(:beats AS jsonb))
         AS beat(id uuid, at timestamptz, ray jsonb, gpus jsonb, mesh jsonb)
-    WHERE devices.id = beat.id
+    WHERE devices.id = beat.id AND devices.id IN (
+        SELECT id FROM devices WHERE id = ANY(CAST(:ids AS uuid[])) FOR UPDATE SKIP LOCKED
+    )
     RETURNING devices.id, devices.state, beat.at
 """
 _UPDATE_BEATS = text(_UPDATE_SQL)
@@ -304,7 +309,8 @@ def _write_on_postgresql(
     beats = "[" + ",".join(f'{{"id":"{device_id}",{raw[1:]}' for device_id, raw in drained.items()) + "]"
     statement = _UPDATE_BEATS_STORING_SAMPLES if store_samples else _UPDATE_BEATS
     return {
-        device_id: (state, at) for device_id, state, at in session.execute(statement, {"beats": beats}).all()
+        device_id: (state, at)
+        for device_id, state, at in session.execute(statement, {"beats": beats, "ids": list(drained)}).all()
     }
 
 
