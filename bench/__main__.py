@@ -8,10 +8,11 @@
   ``SELECT 1`` on the same engine.
 - Task round trip: the ping actor through the in-process broker, and through RabbitMQ when it answers.
 - Heartbeats (bench/heartbeats.py): a swarm of 10,000 simulated agents beating against ``portal run`` on
-  PostgreSQL and Redis, as fast as answered and paced at 3,000 beats a second, straight to the process and
-  through HAProxy in front of it, against the raw Redis SET rate; the CPU per beat of the portal, the task
-  worker, HAProxy, Redis and PostgreSQL from /proc. Target: 3,000 beats a second with p99 under 50 ms.
-  Skipped when PostgreSQL does not answer.
+  PostgreSQL and Redis, as fast as answered and paced at 3,000 beats a second, straight to the process,
+  through HAProxy in front of it and through HAProxy in front of two ``portal run`` processes (the
+  two-process figures next to the one-process ones), against the raw Redis SET rate; the CPU per beat of
+  the portal, the task worker, HAProxy, Redis and PostgreSQL from /proc. Target: 3,000 beats a second with
+  p99 under 50 ms. Skipped when PostgreSQL does not answer.
 - Proof of compute (bench/verification.py): one verification round at the simulated size (n=256) and a GPU's
   (n=4096), the agent's side and the portal's, against the matrix product alone.
 - Placement (bench/placement.py): ``placement.reserve`` and the whole ``clusters.create`` over 100,000
@@ -29,6 +30,12 @@
 - Deploy (bench/deploy.py): deploy request to ``running`` for a 2-device Ray cluster on two local demo
   agents through a real ``portal run``, with its steps from the cluster's events, against the floor of
   starting the same two Ray nodes by hand. Target: at most 0.7x the sequential floor.
+- Deploy throughput (bench/deploys.py): 64 customers at once deploying 180 2-GPU clusters through the HTTP
+  API of one ``portal run`` on PostgreSQL (a task worker on RabbitMQ), each deploying again once its
+  cluster runs, with 372 agents simulated at the protocol level (register, prove, beat, long-poll,
+  acknowledge; no Ray): deploys per second and request-to-running p50/p99, the request alone, the CPU per
+  deploy and the steps, against the same portal's rate for ``GET /api/v1/me``; then no device booked twice
+  and the books balance, before and after every cluster is terminated.
 - Overlay certificates (bench/mesh.py): certificates signed per second through ``mesh.certificates.issue``
   for new devices and renewals, against the bare ``nebula-cert sign`` process, and the CPU-seconds an hour
   that keeping 100,000 devices certified costs. Skipped when nebula-cert is not installed (make mesh).
@@ -49,7 +56,8 @@
   demo agents shown apart), against a bare one-page Reflex app started by the same command. Target: 300 MiB.
 
 `python -m bench --quick` runs every bench at small sizes, seconds each (bench/sizes.py): it proves that they
-run (tests/test_bench_quick.py, in `make test`); its figures are not measurements.
+run (tests/test_bench_quick.py, in `make test`); its figures are not measurements. Benches named after it
+(`python -m bench --quick bench_deploys bench_heartbeats`) run alone, in the order above.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ import httpx
 from sqlalchemy import text
 
 from bench.deploy import bench_deploy
+from bench.deploys import bench_deploys
 from bench.growth import bench_growth
 from bench.heal import bench_heal
 from bench.heartbeats import bench_heartbeats
@@ -371,6 +380,7 @@ BENCHES = (
     bench_settlement,
     bench_growth,
     bench_deploy,
+    bench_deploys,
     bench_heal,
     bench_telemetry,
     bench_mesh,
@@ -381,9 +391,17 @@ BENCHES = (
 
 
 def main() -> int:
-    """Every bench in turn; one whose requests fail says so, the others still run, and the run fails."""
+    """Every bench in turn (or those named: ``python -m bench --quick bench_deploys``); one whose requests
+    fail says so, the others still run, and the run fails."""
+    names = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    known = [bench.__name__ for bench in BENCHES]
+    if set(names) - set(known):
+        print(f"no such bench: {', '.join(sorted(set(names) - set(known)))}; the benches: {', '.join(known)}")
+        return 2
     failed = []
     for bench in BENCHES:
+        if names and bench.__name__ not in names:
+            continue
         started = time.monotonic()
         try:
             bench()

@@ -63,6 +63,11 @@ def process_tree(root: int) -> Callable[[dict[int, _Stat]], set[int]]:
     return lambda stats: _tree(stats, root)
 
 
+def process_trees(*roots: int) -> Callable[[dict[int, _Stat]], set[int]]:
+    """Several processes and all their descendants (the ``portal run`` processes behind one balancer)."""
+    return lambda stats: set().union(*(_tree(stats, root) for root in roots))
+
+
 def only(pid: int) -> Callable[[dict[int, _Stat]], set[int]]:
     """One process without its live children (this bench's own, whose children are the servers it
     started), with the children it has waited for."""

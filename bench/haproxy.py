@@ -75,6 +75,11 @@ class Balancer:
     home: Path
     servers: tuple[str, ...]
 
+    @property
+    def port(self) -> int:
+        """The port it balances on."""
+        return int(self.url.rsplit(":", 1)[1])
+
     def stats(self) -> dict[tuple[str, str], dict[str, str]]:
         """HAProxy's CSV statistics by (backend, server)."""
         text = httpx.get(self.stats_url + "/;csv", timeout=5).text.lstrip("# ")

@@ -1,23 +1,31 @@
-"""A swarm of simulated agents heartbeating against the portal on real PostgreSQL and Redis, straight to
-one `portal run` and through HAProxy in front of that same process.
+"""A swarm of simulated agents heartbeating against the portal on real PostgreSQL and Redis: straight to one
+`portal run`, through HAProxy in front of that same process, and through HAProxy in front of two `portal run`
+processes, all in one run.
 
 `python -m bench.heartbeats [--devices 10000] [--seconds 20] [--concurrency 256] [--rate 3000] [--quick]`
-starts `portal run` on a fresh PostgreSQL database with Redis, a task worker on RabbitMQ, and Debian's HAProxy
-in front of the portal (bench/haproxy.py, the configuration tests/test_multi_process.py runs), and creates
-the devices. Cycling through every device over `concurrency` connections, it beats as fast as the portal
-answers (the sustained rate) and paced at `rate` beats a second (the latency a swarm of that size sees,
-timed after 10 s at that pace), first straight to the portal, then through HAProxy, and prints heartbeats
-per second with p50 and p99 latency for each, next to the raw Redis SET rate of this machine measured in
-the same run (redis-benchmark).
+starts `portal run --no-demo` on a fresh PostgreSQL database with Redis, a task worker on RabbitMQ
+(bench/stack.py), and Debian's HAProxy in front of the portal (bench/haproxy.py, the configuration
+tests/test_multi_process.py runs), and creates the devices. Cycling through every device over
+`concurrency` connections, it beats as fast as the portal answers (the sustained rate) and paced at `rate`
+beats a second (the latency a swarm of that size sees, timed after 10 s at that pace), first straight to the
+portal, then through HAProxy, and prints heartbeats per second with p50 and p99 latency for each, next to
+the raw Redis SET rate of this machine measured in the same run (redis-benchmark).
+
+Then a second `portal run --no-demo` starts on another port (the same database, Redis prefix, RabbitMQ
+virtual host and secret key) and a second HAProxy balances both processes round robin: the same two runs
+through it give the two-process figures, printed next to the one-process figures through HAProxy. Both
+processes share this host's cores: on a host with few cores (2 here) two processes cannot double the rate,
+which takes a machine (or cores) for each; the bench says so with the figures.
 
 Over each timed window it reads the CPU time of the servers' processes from /proc (bench/cpu.py: utime +
-stime, children included): the `portal run` process group (its web workers), the task worker, HAProxy,
-Redis (the whole server: shared, anything else it serves counts too), PostgreSQL (the backends serving the
-bench's database: a shared server's other work is left out), and the load generator itself (this
-process), and prints each per heartbeat answered, with the cores the host's other processes kept busy
-meanwhile (/proc/stat: a shared host's neighbours). The load generator shares the host's cores with the
-servers: the rates are what this host does with it running, the CPU per beat is the servers' alone.
-Without HAProxy (make haproxy) the runs through it are not measured, and the bench says so.
+stime, children included): the `portal run` process group (its web workers; both processes' in the
+two-process runs), the task worker, HAProxy, Redis (the whole server: shared, anything else it serves
+counts too), PostgreSQL (the backends serving the bench's database: a shared server's other work is left
+out), and the load generator itself (this process), and prints each per heartbeat answered, with the cores
+the host's other processes kept busy meanwhile (/proc/stat: a shared host's neighbours). The load
+generator shares the host's cores with the servers: the rates are what this host does with it running, the
+CPU per beat is the servers' alone. Without HAProxy (make haproxy) the runs through it are not measured,
+and the bench says so.
 """
 
 from __future__ import annotations
@@ -27,30 +35,22 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import psycopg
-import redis
 import uvloop
 
-from bench.cpu import CpuMeter, named, only, per_event_ms, postgres_serving, process_tree
+from bench.cpu import CpuMeter, named, only, per_event_ms, postgres_serving, process_tree, process_trees
 from bench.haproxy import Balancer, haproxy_program, start_haproxy
-from bench.serving import FailedRequests, free_port, portal_port, wait_until_serving
+from bench.serving import FailedRequests, free_port
 from bench.sizes import size
-from portal.config import PROJECT_ROOT
-from portal.infra import migrations
+from bench.stack import portal_stack, postgres_down, stop
 from portal.infra.db import build_engine
 
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SETTLE_S = size(10, 1)
 
 
@@ -79,10 +79,13 @@ def redis_baseline() -> str:
     return f"{float(match.group(1)):,.0f} SET/s (redis-benchmark, 50 clients)" if match else out.strip()
 
 
-def create_devices(url: str, count: int, secret_key: str) -> list[str]:
-    """``count`` devices with known tokens, inserted in bulk (hashed with the benched portal's key, not
-    whatever parts this process had: inside ``make bench`` an earlier bench built them)."""
+def create_devices(url: str, count: int, secret_key: str, *, payout_wallet: bool = False) -> list[str]:
+    """``count`` devices of one provider with known tokens, ready but with no GPU nor proof yet, inserted in
+    bulk (hashed with the benched portal's key, not whatever parts this process had: inside ``make bench``
+    an earlier bench built them). With ``payout_wallet`` the provider has one, so that the devices are
+    hireable once their agents registered their GPUs and proved them."""
     from pydantic import SecretStr
+    from solders.keypair import Keypair
 
     from portal.config import Settings
     from portal.infra.cache import MemoryCache
@@ -97,9 +100,9 @@ def create_devices(url: str, count: int, secret_key: str) -> list[str]:
         raw = connection.connection.driver_connection
         with raw.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO users (id, email, display_name, is_active, created_at)"
-                " VALUES (%s, %s, 'bench', true, now())",
-                (owner, "bench@example.com"),
+                "INSERT INTO users (id, email, display_name, wallet_address, is_active, created_at)"
+                " VALUES (%s, %s, 'bench', %s, true, now())",
+                (owner, "bench@example.com", str(Keypair().pubkey()) if payout_wallet else None),
             )
             with cursor.copy(
                 "COPY devices (id, owner_id, name, country, connectivity_tier, state, state_reason,"
@@ -134,39 +137,6 @@ def create_devices(url: str, count: int, secret_key: str) -> list[str]:
     return tokens
 
 
-def rabbitmq_vhost() -> str | None:
-    """A RabbitMQ virtual host of the bench's own (the broker may be shared), or None without rabbitmqctl."""
-    vhost = f"portal-bench-{uuid.uuid4().hex[:8]}"
-    try:
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return vhost
-
-
-def forget_cache(prefix: str) -> None:
-    """The bench's keys out of the shared Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
-    for start in range(0, len(keys), 10_000):
-        client.delete(*keys[start : start + 10_000])
-    client.close()
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def heartbeat_request(host: str, port: int, token: str, body: bytes) -> bytes:
     return (
         f"POST /api/v1/worker/heartbeat HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
@@ -174,13 +144,15 @@ def heartbeat_request(host: str, port: int, token: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection that reads each response by its Content-Length, with no stream or task
-    per request: the load generator shares the portal's cores, so its cost per beat must stay small."""
+    per request: the load generator shares the portal's cores, so its cost per beat must stay small. The
+    status answers ``expect()``'s future; ``body`` is that response's body then."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.answered: asyncio.Future[int] | None = None
+        self.body = b""
 
     def expect(self) -> asyncio.Future[int]:
         self.answered = asyncio.get_running_loop().create_future()
@@ -194,6 +166,7 @@ class _Connection(asyncio.Protocol):
         length = re.search(rb"(?i)content-length: *(\d+)", self.buffer[:end])
         size = end + 4 + (int(length.group(1)) if length else 0)
         if len(self.buffer) >= size and self.answered is not None and not self.answered.done():
+            self.body = bytes(self.buffer[end + 4 : size])
             self.answered.set_result(int(self.buffer[9:12]))
             del self.buffer[:size]
 
@@ -218,7 +191,7 @@ async def swarm(
     waited for a free connection counts its wait. A ``meter`` is started as the first beat goes out and
     stopped as the last is answered.
 
-    The load generator writes prepared request bytes (``_Connection``) on uvloop: a general HTTP client
+    The load generator writes prepared request bytes (``Connection``) on uvloop: a general HTTP client
     (httpx) spends more CPU per request than the portal does and would measure itself, and the generator
     shares the portal's cores here where a real swarm beats from its own machines.
     """
@@ -238,7 +211,7 @@ async def swarm(
     async def agent() -> None:
         nonlocal next_token
         loop = asyncio.get_running_loop()
-        transport, connection = await loop.create_connection(_Connection, host, port)
+        transport, connection = await loop.create_connection(Connection, host, port)
         try:
             while time.perf_counter() < deadline and (rounds is None or next_token < rounds * len(requests)):
                 index = next_token
@@ -277,16 +250,68 @@ async def swarm(
 LOAD_GENERATOR = "load generator"
 
 
-def cpu_line(meter: CpuMeter, beats: int) -> str:
-    """The servers' CPU per beat answered, each group's and their sum, and the load generator's apart."""
-    per_beat = per_event_ms(meter.seconds, beats)
+def cpu_line(meter: CpuMeter, events: int, what: str = "heartbeat") -> str:
+    """The servers' CPU per event (a beat answered), each group's and their sum, and the load generator's
+    apart."""
+    per_beat = per_event_ms(meter.seconds, events)
     servers = {name: ms for name, ms in per_beat.items() if name != LOAD_GENERATOR}
     return (
-        "CPU per heartbeat: "
+        f"CPU per {what}: "
         + ", ".join(f"{name} {ms:.3f} ms" for name, ms in servers.items())
         + f"; servers {sum(servers.values()):.3f} ms (load generator {per_beat[LOAD_GENERATOR]:.3f} ms; "
         f"other processes on this host kept {meter.others_cores:.2f} of its {os.cpu_count()} cores busy)"
     )
+
+
+@dataclass
+class Run:
+    """One timed run's figures: beats answered per second, latency, failures, CPU per beat by group."""
+
+    rate: int
+    p50: float
+    p99: float
+    errors: dict[int | str, int]
+    cpu_ms: dict[str, float]
+
+
+Groups = dict[str, Callable]
+
+
+def timed_run(
+    label: str,
+    port: int,
+    tokens: list[str],
+    seconds: float,
+    concurrency: int,
+    pace: float | None,
+    groups: Groups,
+) -> Run:
+    """One run against ``port``, as fast as answered (``pace`` None) or paced, with its line and CPU line."""
+    if pace is not None:
+        # A swarm beats at its pace steadily; it never comes out of the overload of the run before, which
+        # leaves the portal and PostgreSQL catching up for seconds (nearly all of a paced run's slow beats
+        # fell in its first 8 s). The timed run begins after some time at the pace.
+        uvloop.run(swarm("127.0.0.1", port, tokens, SETTLE_S, concurrency, rate=pace))
+    meter = CpuMeter(groups)
+    answered, latencies, errors = uvloop.run(
+        swarm("127.0.0.1", port, tokens, seconds, concurrency, rate=pace, meter=meter)
+    )
+    ordered = sorted(latencies)
+    p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
+    print(
+        f"  {label}: {answered:,} heartbeats/s over {seconds:.0f} s; "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; errors by status: {errors or 'none'}"
+    )
+    beats = len(latencies) - sum(errors.values())
+    print(f"    {cpu_line(meter, beats)}")
+    return Run(answered, p50, p99, errors, per_event_ms(meter.seconds, beats))
+
+
+def warm_up(port: int, tokens: list[str], concurrency: int, passes: tuple[str, ...]) -> None:
+    for pass_name in passes:
+        started = time.perf_counter()
+        uvloop.run(swarm("127.0.0.1", port, tokens, 600, concurrency, rounds=1))
+        print(f"  warm-up: {pass_name} in {time.perf_counter() - started:.1f} s")
 
 
 def bench_heartbeats(
@@ -295,149 +320,135 @@ def bench_heartbeats(
     concurrency: int = size(256, 16),
     rate: float = size(3_000, 300),
 ) -> None:
-    database = f"portal_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'CREATE DATABASE "{database}"')
-    except psycopg.OperationalError as error:
-        print(f"Heartbeat swarm not measured: PostgreSQL does not answer ({error})")
+    down = postgres_down()
+    if down:
+        print(f"Heartbeat swarm not measured: PostgreSQL does not answer ({down})")
         return
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-    secret_key = secrets.token_urlsafe(48)
-    port = portal_port()
-    cache_prefix = f"bench-{database}:"
-    # As at scale: the periodic tasks (fault sweeps, reliability, metering) run in a task worker of their own
-    # on RabbitMQ, not in threads of the web workers that answer the beats.
-    vhost = rabbitmq_vhost()
     haproxy = haproxy_program()
-    processes: list[subprocess.Popen] = []
-    balancer: Balancer | None = None
-    try:
-        print(
-            f"Heartbeat swarm: {devices:,} simulated agents, PostgreSQL, Redis"
-            + (" and RabbitMQ (one task worker)" if vhost else " (tasks in process: no rabbitmqctl)")
-            + " on 127.0.0.1; straight to one portal process and through HAProxy in front of it"
-        )
-        print(f"  baseline: raw Redis writes: {redis_baseline()}")
-        migrations.upgrade(url)
-        started = time.perf_counter()
-        tokens = create_devices(url, devices, secret_key)
-        print(f"  devices created in {time.perf_counter() - started:.1f} s")
-        data_dir = tempfile.mkdtemp()
-        server_log = Path(data_dir, "portal.log")
-        env = {
-            **os.environ,
-            "PORTAL_DATABASE_URL": url,
-            "PORTAL_REDIS_URL": REDIS_URL,
-            "PORTAL_SECRET_KEY": secret_key,
-            "PORTAL_PORT": str(port),
-            "PORTAL_LOG_LEVEL": "WARNING",
-            "PORTAL_RATE_LIMIT_PER_MINUTE": "100000000",
-            "PORTAL_DATA_DIR": data_dir,
-            "PORTAL_CACHE_PREFIX": cache_prefix,
-            # As behind a balancer in production (README, "Running on real services"): the balancer's
-            # X-Forwarded-For names the agent. Straight to the portal, the header is absent.
-            "PORTAL_TRUSTED_PROXIES": '["127.0.0.1"]',
-        }
-        if vhost:
-            env["PORTAL_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-        portal = str(Path(sys.executable).with_name("portal"))
-        commands = [[portal, "run", "--no-demo"]]
-        if vhost:
-            commands.append([portal, "worker", "--processes", "1"])
-        for command in commands:
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    cwd=PROJECT_ROOT,
-                    env=env,
-                    stdout=server_log.open("ab"),
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
+    balancers: list[Balancer] = []
+    with portal_stack() as stack:
+        try:
+            print(
+                f"Heartbeat swarm: {devices:,} simulated agents, PostgreSQL, Redis"
+                + (
+                    " and RabbitMQ (one task worker)"
+                    if stack.vhost
+                    else " (tasks in process: no rabbitmqctl)"
                 )
+                + " on 127.0.0.1; straight to one portal process, through HAProxy in front of it, and through"
+                " HAProxy in front of two"
             )
-        # The pages too: the frontend build that `portal run` starts would otherwise share the CPUs with
-        # the swarm (the API answers /healthz long before the pages are built).
-        wait_until_serving(f"http://127.0.0.1:{port}/", processes[0])
-        lb_port = free_port()
-        if haproxy:
-            balancer = start_haproxy(haproxy, lb_port, {"portal": port})
-        else:
-            print("  through HAProxy: not measured, haproxy is not installed (make haproxy)")
-        groups = {"portal run": process_tree(processes[0].pid)}
-        if vhost:
-            groups["task worker"] = process_tree(processes[1].pid)
-        if balancer:
-            groups["HAProxy"] = process_tree(balancer.process.pid)
-        groups |= {
-            "Redis": named("redis-server"),
-            "PostgreSQL": postgres_serving(database),
-            LOAD_GENERATOR: only(os.getpid()),  # the servers are its children
-        }
-        # Agents beat all the time: two passes over every device first (untimed) leave the portal in its
-        # steady state, as it is a few minutes after a restart. The first caches each device's token and
-        # state; it takes long enough that the first devices went offline meanwhile, and the second brings
-        # them back.
-        for pass_name in ("one heartbeat from each device", "and another"):
-            warm_s = time.perf_counter()
-            uvloop.run(swarm("127.0.0.1", port, tokens, 600, concurrency, rounds=1))
-            print(f"  warm-up: {pass_name} in {time.perf_counter() - warm_s:.1f} s")
-        failed = False
-        headline: dict[str, str] = {}
-        targets = [("straight to the portal", port, None)]
-        if balancer:
-            targets.append(("through HAProxy", lb_port, "HAProxy"))
-        for target, target_port, balancer_group in targets:
-            for label, pace in (
-                (f"as fast as answered, {concurrency} in flight", None),
-                (f"paced at {rate:,.0f}/s (target: 3,000/s with p99 under 50 ms)", rate),
-            ):
-                if pace is not None:
-                    # A swarm beats at its pace steadily; it never comes out of the overload of the run above,
-                    # which leaves the portal and PostgreSQL catching up for seconds (nearly all of a paced
-                    # run's slow beats fell in its first 8 s). The timed run begins after some time at the
-                    # pace.
-                    uvloop.run(swarm("127.0.0.1", target_port, tokens, SETTLE_S, concurrency, rate=pace))
-                # HAProxy's CPU counts in the runs through it (straight to the portal it only health-checks).
-                meter = CpuMeter(
-                    {name: pick for name, pick in groups.items() if name != "HAProxy" or balancer_group}
-                )
-                answered, latencies, errors = uvloop.run(
-                    swarm("127.0.0.1", target_port, tokens, seconds, concurrency, rate=pace, meter=meter)
-                )
-                ordered = sorted(latencies)
-                p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
-                print(
-                    f"  {target}, {label}: {answered:,} heartbeats/s over {seconds:.0f} s; "
-                    f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; errors by status: {errors or 'none'}"
-                )
-                beats = len(latencies) - sum(errors.values())
-                print(f"    {cpu_line(meter, beats)}")
-                if pace is not None:
-                    per_beat = per_event_ms(meter.seconds, beats)
-                    headline[target] = f"{per_beat['portal run']:.3f} ms" + (
-                        f" (+ HAProxy {per_beat[balancer_group]:.3f} ms)" if balancer_group else ""
+            print(f"  baseline: raw Redis writes: {redis_baseline()}")
+            started = time.perf_counter()
+            tokens = create_devices(stack.url, devices, stack.secret_key)
+            print(f"  devices created in {time.perf_counter() - started:.1f} s")
+            worker = stack.start_worker()
+            portal = stack.start_portal()
+            if haproxy:
+                balancers.append(start_haproxy(haproxy, free_port(), {"portal": stack.port}))
+            else:
+                print("  through HAProxy: not measured, haproxy is not installed (make haproxy)")
+            # The portal's processes first; HAProxy counts only in the runs through it (straight to the
+            # portal it only health-checks).
+            servers: Groups = {"task worker": process_tree(worker.pid)} if worker else {}
+            servers |= {
+                "Redis": named("redis-server"),
+                "PostgreSQL": postgres_serving(stack.database),
+                LOAD_GENERATOR: only(os.getpid()),  # the servers are its children
+            }
+            # Agents beat all the time: two passes over every device first (untimed) leave the portal in its
+            # steady state, as it is a few minutes after a restart. The first caches each device's token and
+            # state; it takes long enough that the first devices went offline meanwhile, and the second
+            # brings them back.
+            warm_up(stack.port, tokens, concurrency, ("one heartbeat from each device", "and another"))
+            fast = f"as fast as answered, {concurrency} in flight"
+            paced = f"paced at {rate:,.0f}/s (target: 3,000/s with p99 under 50 ms)"
+            one = {"portal run": process_tree(portal.pid)}
+            runs: dict[tuple[str, bool], Run] = {}
+            targets: list[tuple[str, int, Groups]] = [("straight to the portal", stack.port, one | servers)]
+            if balancers:
+                balancer = {"HAProxy": process_tree(balancers[0].process.pid)}
+                targets.append(("through HAProxy", balancers[0].port, one | balancer | servers))
+            for target, port, groups in targets:
+                for label, pace in ((fast, None), (paced, rate)):
+                    runs[target, pace is not None] = timed_run(
+                        f"{target}, {label}", port, tokens, seconds, concurrency, pace, groups
                     )
-                failed = failed or bool(errors)
-        if failed:
-            print(f"  the portal's log: {server_log}")
-            raise FailedRequests("heartbeats were refused or failed (errors by status above)")
-        print(
-            f"  CPU per heartbeat: {headline['straight to the portal']} (portal processes, /proc), paced at "
-            f"{rate:,.0f}/s"
-            + (f"; through HAProxy {headline['through HAProxy']}" if "through HAProxy" in headline else "")
-        )
-    finally:
-        if balancer is not None:
-            stop(balancer.process)
-            shutil.rmtree(balancer.home, ignore_errors=True)
-        for process in processes:
-            stop(process)
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        forget_cache(cache_prefix)
-        if vhost:
-            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+            if balancers:
+                second_port = free_port()
+                started = time.perf_counter()
+                second = stack.start_portal(second_port)
+                pair = start_haproxy(haproxy, free_port(), {"a": stack.port, "b": second_port})
+                balancers.append(pair)
+                print(
+                    f"  a second portal process on port {second_port} (the same database, Redis and "
+                    f"RabbitMQ) serving after {time.perf_counter() - started:.1f} s; "
+                    "another HAProxy in front of both"
+                )
+                warm_up(pair.port, tokens, concurrency, ("one heartbeat from each device through both",))
+                both = {"portal run, both processes": process_trees(portal.pid, second.pid)}
+                balancer = {"HAProxy": process_tree(pair.process.pid)}
+                before = pair.served()
+                target = "through HAProxy, two portal processes"
+                for label, pace in ((fast, None), (paced, rate)):
+                    runs[target, pace is not None] = timed_run(
+                        f"{target}, {label}",
+                        pair.port,
+                        tokens,
+                        seconds,
+                        concurrency,
+                        pace,
+                        both | balancer | servers,
+                    )
+                after = pair.served()
+                print(
+                    "    HAProxy sent "
+                    + ", ".join(f"process {name} {after[name] - before[name]:,}" for name in pair.servers)
+                    + " of these beats"
+                )
+            failed = {
+                f"{target}, {'paced' if paced_run else 'as fast as answered'}": run.errors
+                for (target, paced_run), run in runs.items()
+                if run.errors
+            }
+            if failed:
+                print(f"  the portals' logs: {stack.data_dir}")
+                raise FailedRequests(f"heartbeats were refused or failed: {failed}")
+            straight = runs["straight to the portal", True].cpu_ms
+            headline = (
+                f"  CPU per heartbeat: {straight['portal run']:.3f} ms (portal processes, /proc), "
+                f"paced at {rate:,.0f}/s"
+            )
+            if balancers:
+                through = runs["through HAProxy", True].cpu_ms
+                headline += f"; through HAProxy {through['portal run']:.3f} ms "
+                headline += f"(+ HAProxy {through['HAProxy']:.3f} ms)"
+            print(headline)
+            if balancers:
+                print(two_processes_line(runs, rate))
+        finally:
+            for balancer in balancers:
+                stop(balancer.process)
+                shutil.rmtree(balancer.home, ignore_errors=True)
+
+
+def two_processes_line(runs: dict[tuple[str, bool], Run], rate: float) -> str:
+    """The two-process figures next to the one-process figures through HAProxy, and what this host allows."""
+    one_fast, one_paced = runs["through HAProxy", False], runs["through HAProxy", True]
+    two_fast, two_paced = (
+        runs["through HAProxy, two portal processes", False],
+        runs["through HAProxy, two portal processes", True],
+    )
+    cores = os.cpu_count() or 1
+    return (
+        f"  two portal processes behind HAProxy: as fast as answered {two_fast.rate:,} heartbeats/s "
+        f"(one process behind HAProxy: {one_fast.rate:,}/s, {two_fast.rate / one_fast.rate:.2f}x); paced at "
+        f"{rate:,.0f}/s p50 {two_paced.p50:.1f} ms, p99 {two_paced.p99:.1f} ms (one process: p50 "
+        f"{one_paced.p50:.1f} ms, p99 {one_paced.p99:.1f} ms)\n"
+        f"    this host has {cores} cores and both processes share them: a second process on the same host "
+        "adds web workers, not cores, so it cannot double the rate here; two processes double it only with "
+        "cores (or a machine) of their own"
+    )
 
 
 def main() -> None:

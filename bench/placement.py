@@ -268,8 +268,9 @@ def seed(url: str, count: int = DEVICES, first: int = 0) -> list[uuid.UUID]:
     return devices
 
 
-def customers(engine: Engine, count: int) -> list[uuid.UUID]:
-    """Customers with ample credit, one per client thread (so escrow holds do not queue on one account)."""
+def customers(engine: Engine, count: int, password: str | None = None) -> list[uuid.UUID]:
+    """Customers with ample credit, one per client thread (so escrow holds do not queue on one account);
+    with a ``password`` they can sign in (bench/deploys.py), which costs an argon2 hash each."""
     from portal.models import Role
     from portal.services.accounts import users
 
@@ -277,7 +278,7 @@ def customers(engine: Engine, count: int) -> list[uuid.UUID]:
     with Session(engine, expire_on_commit=False) as session:
         for number in range(count):
             user = users.create_user(
-                session, email=f"customer-{number}@bench.example", password=None, roles=[Role.CUSTOMER]
+                session, email=f"customer-{number}@bench.example", password=password, roles=[Role.CUSTOMER]
             )
             ledger.grant_credits(
                 session,
