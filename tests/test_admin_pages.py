@@ -1,5 +1,6 @@
-"""The admin's people and clusters pages in Chromium: grant credits with a reason, change roles, lock and
-unlock an account, and terminate a customer's cluster with a reason."""
+"""The admin's people, clusters and devices pages in Chromium: grant credits with a reason, change roles,
+lock and unlock an account, terminate a customer's cluster with a reason, and block a device with a reason
+its owner sees (then unblock it)."""
 
 import re
 
@@ -9,9 +10,10 @@ from playwright.sync_api import Page, expect
 from sqlmodel import select
 
 from portal.infra.db import build_engine, session_scope
-from portal.models import AuditLog, Cluster, Role
+from portal.models import AuditLog, Cluster, Device, DeviceState, Role
 from portal.services.accounts import users
 from portal.services.money import billing
+from tests.factories import make_device
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -120,3 +122,39 @@ def test_the_admins_tables_page_through_long_lists(portal, page: Page):
     expect(older).to_be_disabled()
     newer.click()
     expect(page.get_by_text("1-25 of 30")).to_be_visible()
+
+
+def test_an_admin_blocks_a_device_with_a_reason_and_unblocks_it(portal, page: Page):
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="warden@example.com", password=PASSWORD, roles=[Role.ADMIN])
+        owner = users.create_user(
+            session, email="rig-owner@example.com", password=None, roles=[Role.PROVIDER]
+        )
+        device = make_device(session, owner.id, state=DeviceState.READY)
+        device_id, name = device.id, device.name
+    page.goto(portal.url + "/login?next=/admin/devices")
+    page.locator("#email").fill("warden@example.com")
+    page.locator("#password").fill(PASSWORD)
+    page.locator("#submit-sign-in").click()
+
+    row = page.locator("#admin-devices-table tr", has_text=name)
+    row.get_by_role("button", name="Block", exact=True).click()
+    expect(page.get_by_role("alertdialog")).to_contain_text(f"Block {name}")
+    page.locator("#block-reason").fill("x")
+    page.locator("#confirm-block").click()
+    expect(page.locator("#block-error")).to_contain_text("Say why")  # in the dialog, which stays open
+    page.locator("#block-reason").fill("GPU busy while idle: double-renting")
+    page.locator("#confirm-block").click()
+    expect(page.get_by_role("alertdialog")).to_have_count(0)
+    expect(row).to_contain_text("blocked")
+    expect(row).to_contain_text("double-renting")
+    expect(page.locator("#admin-faults-table")).to_contain_text("double-renting")
+    row.get_by_role("button", name="Unblock").click()
+    expect(row.get_by_role("button", name="Block", exact=True)).to_be_visible()
+
+    with session_scope(engine) as session:
+        assert session.get(Device, device_id).state in (DeviceState.REGISTERED, DeviceState.VERIFYING)
+        actions = [entry.action for entry in session.exec(select(AuditLog)).all()]
+        assert "device.block" in actions and "device.unblock" in actions
+    engine.dispose()

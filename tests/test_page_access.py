@@ -32,13 +32,21 @@ def test_every_page_event_handler_declares_its_access():
 
 
 def test_admin_handlers_are_declared_for_admins():
+    from portal.state.admin_clusters import AdminClustersState
+    from portal.state.admin_devices import AdminDevicesState
+    from portal.state.admin_payouts import AdminPayoutsState
     from portal.state.audit import AuditState
 
-    for name in ("load", "apply_filters", "next_page", "previous_page"):
-        assert getattr(AuditState.event_handlers[name].fn, ACCESS_ATTRIBUTE) == (
-            "signed_in",
-            frozenset({Role.ADMIN}),
-        )
+    # Theirs and the paging and reason-dialog mixins' handlers alike: every one of them is for admins.
+    for state in (AuditState, AdminDevicesState, AdminClustersState, AdminPayoutsState):
+        handlers = {
+            name: handler.fn
+            for name, handler in state.event_handlers.items()
+            if handler.fn.__module__.startswith("portal.")
+        }
+        assert {"load", "page"} <= set(handlers), state.__name__
+        for name, fn in handlers.items():
+            assert getattr(fn, ACCESS_ATTRIBUTE) == ("signed_in", frozenset({Role.ADMIN})), (state, name)
 
 
 class _Probe:

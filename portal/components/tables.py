@@ -57,3 +57,58 @@ def pager(shown: rx.Var, has_newer: rx.Var, has_older: rx.Var, page: Any, **prop
         spacing="3",
         **props,
     )
+
+
+def reason_dialog(
+    state: Any,
+    *,
+    title: str,
+    description: str,
+    placeholder: str,
+    keep: str,
+    confirm: str,
+    on_confirm: Any,
+    name: str,
+    color_scheme: str | None = "red",
+) -> rx.Component:
+    """The dialog of an admin action that needs a reason (``state`` uses ``state.reasoned.ReasonedAction``):
+    open while a row is chosen, titled ``title`` and the row's label; the refusal shows inside it. Its reason
+    input, confirm button and refusal have the ids ``<name>-reason``, ``confirm-<name>`` and
+    ``<name>-error``; ``color_scheme`` None gives the confirm button the theme's accent."""
+    return rx.alert_dialog.root(
+        rx.alert_dialog.content(
+            rx.alert_dialog.title(title + " " + state.acting_label),
+            rx.alert_dialog.description(description, size="2"),
+            rx.input(
+                placeholder=placeholder,
+                value=state.reason,
+                on_change=state.set_reason,
+                max_length=state.REASON_MAX,
+                id=f"{name}-reason",
+                margin_y="1rem",
+            ),
+            rx.cond(
+                state.error != "",
+                rx.callout(
+                    state.error,
+                    icon="triangle_alert",
+                    color_scheme="red",
+                    margin_bottom="1rem",
+                    id=f"{name}-error",
+                ),
+            ),
+            rx.hstack(
+                rx.button(keep, variant="soft", color_scheme="gray", on_click=state.cancel),
+                rx.button(
+                    confirm,
+                    on_click=on_confirm,
+                    id=f"confirm-{name}",
+                    **({"color_scheme": color_scheme} if color_scheme else {}),
+                ),
+                justify="end",
+                spacing="3",
+            ),
+        ),
+        open=state.acting_id != "",
+        on_open_change=lambda _open: state.cancel(),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
-from portal.components.tables import data_table
+from portal.components.tables import data_table, pager
 from portal.components.times import DATE_TIME_SECONDS, local_time
 from portal.state.audit import AuditState
 
@@ -57,19 +57,8 @@ def audit_log() -> rx.Component:
                     AuditState.loaded, rx.text("No entries match.", color_scheme="gray"), rx.spinner(size="3")
                 ),
             ),
-            rx.hstack(
-                rx.button(
-                    "Previous",
-                    variant="soft",
-                    disabled=~AuditState.has_previous,
-                    on_click=AuditState.previous_page,
-                ),
-                rx.text(AuditState.page_label, size="2", id="audit-page"),
-                rx.button(
-                    "Next", variant="soft", disabled=~AuditState.has_next, on_click=AuditState.next_page
-                ),
-                align="center",
-                spacing="3",
+            pager(
+                AuditState.shown, AuditState.has_newer, AuditState.has_older, AuditState.page, id="audit-page"
             ),
             spacing="4",
             width="100%",

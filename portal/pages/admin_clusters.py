@@ -6,7 +6,7 @@ import reflex as rx
 
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
-from portal.components.tables import data_table, pager
+from portal.components.tables import data_table, pager, reason_dialog
 from portal.components.times import local_time
 from portal.state.admin_clusters import AdminClustersState
 
@@ -31,7 +31,7 @@ def cluster_row(row: rx.Var) -> rx.Component:
                     size="1",
                     variant="soft",
                     color_scheme="red",
-                    on_click=AdminClustersState.start_terminate(row["id"], row["name"]),
+                    on_click=AdminClustersState.ask_reason(row["id"], row["name"]),
                 ),
             )
         ),
@@ -39,41 +39,15 @@ def cluster_row(row: rx.Var) -> rx.Component:
 
 
 def terminate_dialog() -> rx.Component:
-    return rx.alert_dialog.root(
-        rx.alert_dialog.content(
-            rx.alert_dialog.title("Terminate " + AdminClustersState.ending_name),
-            rx.alert_dialog.description(
-                "Its nodes stop now and the unused escrow returns to the customer, who sees your reason.",
-                size="2",
-            ),
-            rx.input(
-                placeholder="Reason, e.g. abuse report 1432",
-                value=AdminClustersState.reason,
-                on_change=AdminClustersState.set_reason,
-                max_length=300,
-                id="terminate-reason",
-                margin_y="1rem",
-            ),
-            rx.cond(
-                AdminClustersState.error != "",
-                rx.callout(
-                    AdminClustersState.error, icon="triangle_alert", color_scheme="red", margin_bottom="1rem"
-                ),
-            ),
-            rx.hstack(
-                rx.button("Keep it", variant="soft", color_scheme="gray", on_click=AdminClustersState.cancel),
-                rx.button(
-                    "Terminate",
-                    color_scheme="red",
-                    on_click=AdminClustersState.confirm_terminate,
-                    id="confirm-terminate",
-                ),
-                justify="end",
-                spacing="3",
-            ),
-        ),
-        open=AdminClustersState.ending_id != "",
-        on_open_change=lambda _open: AdminClustersState.cancel(),
+    return reason_dialog(
+        AdminClustersState,
+        title="Terminate",
+        description="Its nodes stop now and the unused escrow returns to the customer, who sees your reason.",
+        placeholder="Reason, e.g. abuse report 1432",
+        keep="Keep it",
+        confirm="Terminate",
+        on_confirm=AdminClustersState.confirm_terminate,
+        name="terminate",
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import reflex as rx
 
 from portal.components.layout import page_frame
-from portal.components.tables import data_table
+from portal.components.tables import data_table, pager, reason_dialog
 from portal.components.times import DATE_TIME_SECONDS, local_time
 from portal.state.admin_devices import STATES, AdminDevicesState
 
@@ -34,7 +34,7 @@ def device_row(row: rx.Var) -> rx.Component:
                     size="1",
                     variant="soft",
                     color_scheme="red",
-                    on_click=AdminDevicesState.start_block(row["id"], row["name"]),
+                    on_click=AdminDevicesState.ask_reason(row["id"], row["name"]),
                 ),
             )
         ),
@@ -42,36 +42,17 @@ def device_row(row: rx.Var) -> rx.Component:
 
 
 def block_dialog() -> rx.Component:
-    return rx.alert_dialog.root(
-        rx.alert_dialog.content(
-            rx.alert_dialog.title("Block " + AdminDevicesState.blocking_name),
-            rx.alert_dialog.description(
-                "It leaves the market at once; a cluster it serves replaces it. Its owner sees your reason.",
-                size="2",
-            ),
-            rx.input(
-                placeholder="Reason, e.g. GPU in use while idle (double-renting)",
-                value=AdminDevicesState.reason,
-                on_change=AdminDevicesState.set_reason,
-                max_length=400,
-                id="block-reason",
-                margin_y="1rem",
-            ),
-            rx.hstack(
-                rx.button(
-                    "Cancel", variant="soft", color_scheme="gray", on_click=AdminDevicesState.cancel_block
-                ),
-                rx.button(
-                    "Block device",
-                    color_scheme="red",
-                    on_click=AdminDevicesState.confirm_block,
-                    id="confirm-block",
-                ),
-                justify="end",
-                spacing="3",
-            ),
+    return reason_dialog(
+        AdminDevicesState,
+        title="Block",
+        description=(
+            "It leaves the market at once; a cluster it serves replaces it. Its owner sees your reason."
         ),
-        open=AdminDevicesState.blocking_id != "",
+        placeholder="Reason, e.g. GPU in use while idle (double-renting)",
+        keep="Cancel",
+        confirm="Block device",
+        on_confirm=AdminDevicesState.confirm_block,
+        name="block",
     )
 
 
@@ -127,12 +108,11 @@ def admin_devices() -> rx.Component:
                     rx.spinner(size="3"),
                 ),
             ),
-            rx.hstack(
-                rx.button("Previous", size="1", variant="soft", on_click=AdminDevicesState.page(-1)),
-                rx.text(AdminDevicesState.page_label, size="2"),
-                rx.button("Next", size="1", variant="soft", on_click=AdminDevicesState.page(1)),
-                align="center",
-                spacing="3",
+            pager(
+                AdminDevicesState.shown,
+                AdminDevicesState.has_newer,
+                AdminDevicesState.has_older,
+                AdminDevicesState.page,
             ),
             rx.heading("Latest faults", size="4"),
             rx.cond(

@@ -6,7 +6,7 @@ import reflex as rx
 
 from portal.components.forms import worded_select
 from portal.components.layout import page_frame
-from portal.components.tables import data_table, pager
+from portal.components.tables import data_table, pager, reason_dialog
 from portal.components.times import local_time
 from portal.state.admin_payouts import AdminPayoutsState
 
@@ -29,7 +29,7 @@ def payout_row(row: rx.Var) -> rx.Component:
                     size="1",
                     variant="soft",
                     margin_top="0.35rem",
-                    on_click=AdminPayoutsState.start_retry(row["id"], row["label"]),
+                    on_click=AdminPayoutsState.ask_reason(row["id"], row["label"]),
                 ),
             ),
         ),
@@ -45,41 +45,19 @@ def payout_row(row: rx.Var) -> rx.Component:
 
 
 def retry_dialog() -> rx.Component:
-    return rx.alert_dialog.root(
-        rx.alert_dialog.content(
-            rx.alert_dialog.title("Retry the payout of " + AdminPayoutsState.retrying_label),
-            rx.alert_dialog.description(
-                "It failed on chain, so nothing was paid; its amount is still held for it. The next "
-                "settlement sends it once. Your reason goes to the audit log.",
-                size="2",
-            ),
-            rx.input(
-                placeholder="Reason, e.g. treasury topped up",
-                value=AdminPayoutsState.reason,
-                on_change=AdminPayoutsState.set_reason,
-                max_length=300,
-                id="retry-reason",
-                margin_y="1rem",
-            ),
-            rx.cond(
-                AdminPayoutsState.error != "",
-                rx.callout(
-                    AdminPayoutsState.error,
-                    icon="triangle_alert",
-                    color_scheme="red",
-                    margin_bottom="1rem",
-                    id="retry-error",
-                ),
-            ),
-            rx.hstack(
-                rx.button("Cancel", variant="soft", color_scheme="gray", on_click=AdminPayoutsState.cancel),
-                rx.button("Retry payout", on_click=AdminPayoutsState.confirm_retry, id="confirm-retry"),
-                justify="end",
-                spacing="3",
-            ),
+    return reason_dialog(
+        AdminPayoutsState,
+        title="Retry the payout of",
+        description=(
+            "It failed on chain, so nothing was paid; its amount is still held for it. The next settlement "
+            "sends it once. Your reason goes to the audit log."
         ),
-        open=AdminPayoutsState.retrying_id != "",
-        on_open_change=lambda _open: AdminPayoutsState.cancel(),
+        placeholder="Reason, e.g. treasury topped up",
+        keep="Cancel",
+        confirm="Retry payout",
+        on_confirm=AdminPayoutsState.confirm_retry,
+        name="retry",
+        color_scheme=None,
     )
 
 

@@ -13,10 +13,10 @@ from portal.infra.db import session_scope
 from portal.models import ClusterState, Role, User
 from portal.security.principal import RequestOrigin
 from portal.services.display import usd, utc_iso, words
-from portal.services.errors import DomainError
 from portal.services.rentals import clusters
 from portal.state.clusters import STATE_COLORS
 from portal.state.paging import PAGE_SIZE, PagedList
+from portal.state.reasoned import ReasonedAction
 from portal.state.session import SessionState, for_users, principal
 
 ANY = "any"
@@ -68,14 +68,10 @@ def _terminate(cluster_id: str, reason: str, origin: RequestOrigin) -> None:
         )
 
 
-class AdminClustersState(PagedList, SessionState):
+class AdminClustersState(PagedList, ReasonedAction, SessionState):
     rows: list[dict[str, Any]] = []
     state_filter: str = ANY
     loaded: bool = False
-    ending_id: str = ""
-    ending_name: str = ""
-    reason: str = ""
-    error: str = ""
 
     async def _fetch(self) -> None:
         self.rows, self.total = await asyncio.to_thread(_search, self.state_filter, self.offset)
@@ -99,31 +95,10 @@ class AdminClustersState(PagedList, SessionState):
 
     @rx.event
     @for_users(Role.ADMIN)
-    async def start_terminate(self, cluster_id: str, name: str) -> None:
-        self.ending_id, self.ending_name, self.reason, self.error = cluster_id, name, "", ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def set_reason(self, reason: str) -> None:
-        self.reason = reason[:300]
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def cancel(self) -> None:
-        self.ending_id, self.error = "", ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
     async def confirm_terminate(self) -> Any:
-        reason = self.reason.strip()
-        if len(reason) < 3:
-            self.error = "Say why, in a few words: the customer sees it on the cluster."
-            return None
-        try:
-            await asyncio.to_thread(_terminate, self.ending_id, reason, self._origin())
-        except (DomainError, ValueError) as refused:
-            self.error = refused.message if isinstance(refused, DomainError) else "No such cluster."
-            return None
-        name, self.ending_id = self.ending_name, ""
-        await self._fetch()
-        return rx.toast.success(f"{name} is being terminated; its unused escrow returns to the customer.")
+        return await self._act(
+            _terminate,
+            say_why="Say why, in a few words: the customer sees it on the cluster.",
+            missing="No such cluster.",
+            done="{label} is being terminated; its unused escrow returns to the customer.",
+        )

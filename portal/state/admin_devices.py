@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import reflex as rx
 
@@ -16,9 +16,10 @@ from portal.security.principal import RequestOrigin
 from portal.services.display import utc_iso
 from portal.services.errors import DomainError
 from portal.services.providers import device_admin
+from portal.state.paging import PAGE_SIZE, PagedList
+from portal.state.reasoned import ReasonedAction
 from portal.state.session import SessionState, for_users, principal
 
-PAGE_SIZE = 25
 STATES = [state.value for state in DeviceState]
 
 
@@ -71,23 +72,13 @@ def _unblock(device_id: str, origin: RequestOrigin) -> None:
         )
 
 
-class AdminDevicesState(SessionState):
+class AdminDevicesState(PagedList, ReasonedAction, SessionState):
+    REASON_MAX: ClassVar[int] = 400  # room for evidence: the owner reads it beside their device
     rows: list[dict[str, Any]] = []
     faults: list[dict[str, Any]] = []
-    total: int = 0
-    offset: int = 0
     state_filter: str = ""
     text: str = ""
     loaded: bool = False
-    blocking_id: str = ""
-    blocking_name: str = ""
-    reason: str = ""
-
-    @rx.var
-    def page_label(self) -> str:
-        if not self.total:
-            return "no devices"
-        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
 
     async def _fetch(self) -> None:
         self.rows, self.total, self.faults = await asyncio.to_thread(
@@ -111,45 +102,20 @@ class AdminDevicesState(SessionState):
 
     @rx.event
     @for_users(Role.ADMIN)
-    async def page(self, step: int) -> None:
-        self.offset = max(0, min(self.offset + step * PAGE_SIZE, max(self.total - 1, 0)))
-        await self._fetch()
+    async def confirm_block(self) -> Any:
+        return await self._act(
+            _block,
+            say_why="Say why, in a few words: the owner sees it.",
+            missing="No such device.",
+            done="{label} is blocked.",
+        )
 
     @rx.event
     @for_users(Role.ADMIN)
-    async def start_block(self, device_id: str, name: str) -> None:
-        self.blocking_id, self.blocking_name, self.reason = device_id, name, ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def set_reason(self, reason: str) -> None:
-        self.reason = reason[:400]
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def cancel_block(self) -> None:
-        self.blocking_id = ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def confirm_block(self):  # noqa: ANN201 - returns a notice
-        reason = self.reason.strip()
-        if len(reason) < 3:
-            return rx.toast.error("Say why, in a few words: the owner sees it.")
-        try:
-            await asyncio.to_thread(_block, self.blocking_id, reason, self._origin())
-        except DomainError as refused:
-            return rx.toast.error(refused.message)
-        name, self.blocking_id = self.blocking_name, ""
-        await self._fetch()
-        return rx.toast.success(f"{name} is blocked.")
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def unblock(self, device_id: str):  # noqa: ANN201 - returns a notice
+    async def unblock(self, device_id: str) -> Any:
         try:
             await asyncio.to_thread(_unblock, device_id, self._origin())
-        except DomainError as refused:
-            return rx.toast.error(refused.message)
+        except (DomainError, ValueError) as refused:
+            return rx.toast.error(refused.message if isinstance(refused, DomainError) else "No such device.")
         await self._fetch()
         return rx.toast.success("Unblocked: the device proves its compute again before it is hired.")

@@ -19,6 +19,7 @@ from portal.services.display import usd, utc_iso, words
 from portal.services.errors import DomainError, InvalidInput
 from portal.services.money import payouts
 from portal.state.paging import PAGE_SIZE, PagedList
+from portal.state.reasoned import ReasonedAction
 from portal.state.session import SessionState, for_users, principal
 
 ANY = "any"
@@ -91,16 +92,11 @@ def _retry(payout_id: str, reason: str, origin: RequestOrigin) -> None:
         )
 
 
-class AdminPayoutsState(PagedList, SessionState):
+class AdminPayoutsState(PagedList, ReasonedAction, SessionState):
     rows: list[dict[str, Any]] = []
     filters: dict[str, str] = {"state": ANY, "provider": "", "since": "", "until": ""}
     filter_error: str = ""
     loaded: bool = False
-    # The failed payout whose retry dialog is open ("" when none).
-    retrying_id: str = ""
-    retrying_label: str = ""
-    reason: str = ""
-    error: str = ""
 
     async def _fetch(self) -> None:
         try:
@@ -141,31 +137,10 @@ class AdminPayoutsState(PagedList, SessionState):
 
     @rx.event
     @for_users(Role.ADMIN)
-    async def start_retry(self, payout_id: str, label: str) -> None:
-        self.retrying_id, self.retrying_label, self.reason, self.error = payout_id, label, "", ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def set_reason(self, reason: str) -> None:
-        self.reason = reason[:300]
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def cancel(self) -> None:
-        self.retrying_id, self.error = "", ""
-
-    @rx.event
-    @for_users(Role.ADMIN)
     async def confirm_retry(self) -> Any:
-        reason = self.reason.strip()
-        if len(reason) < 3:
-            self.error = "Say why it should work now, in a few words: it goes to the audit log."
-            return None
-        try:
-            await asyncio.to_thread(_retry, self.retrying_id, reason, self._origin())
-        except (DomainError, ValueError) as refused:
-            self.error = refused.message if isinstance(refused, DomainError) else "No such payout."
-            return None
-        label, self.retrying_id = self.retrying_label, ""
-        await self._fetch()
-        return rx.toast.success(f"The payout of {label} is queued: the next settlement sends it.")
+        return await self._act(
+            _retry,
+            say_why="Say why it should work now, in a few words: it goes to the audit log.",
+            missing="No such payout.",
+            done="The payout of {label} is queued: the next settlement sends it.",
+        )

@@ -16,9 +16,8 @@ from portal.services import audit
 from portal.services.accounts import users
 from portal.services.display import utc_iso
 from portal.services.errors import DomainError
+from portal.state.paging import PAGE_SIZE, PagedList
 from portal.state.session import SessionState, for_users
-
-PAGE_SIZE = 25
 
 
 def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -64,28 +63,12 @@ def _search(action: str, actor_id: str, outcome: str, offset: int) -> tuple[list
         return rows, total
 
 
-class AuditState(SessionState):
+class AuditState(PagedList, SessionState):
     rows: list[dict[str, Any]] = []
-    total: int = 0
-    offset: int = 0
     action: str = ""
     actor: str = ""
     outcome: str = ""
     loaded: bool = False
-
-    @rx.var
-    def page_label(self) -> str:
-        if not self.total:
-            return "no entries"
-        return f"{self.offset + 1}-{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
-
-    @rx.var
-    def has_previous(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_next(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
 
     async def _fetch(self) -> None:
         self.rows, self.total = await asyncio.to_thread(
@@ -106,17 +89,4 @@ class AuditState(SessionState):
         outcome = str(form.get("outcome", ""))
         self.outcome = outcome if outcome in {"success", "failure"} else ""
         self.offset = 0
-        await self._fetch()
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def next_page(self) -> None:
-        if self.has_next:
-            self.offset += PAGE_SIZE
-            await self._fetch()
-
-    @rx.event
-    @for_users(Role.ADMIN)
-    async def previous_page(self) -> None:
-        self.offset = max(0, self.offset - PAGE_SIZE)
         await self._fetch()
