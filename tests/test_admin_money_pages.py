@@ -1,7 +1,7 @@
 """The admin's payouts and analytics pages in Chromium: filter payouts by state, provider and date, retry a
 failed one with a reason (the settlement then sends it once), and read the analytics' totals and charts,
-which fit their boxes on a desktop and a phone. Screenshots of both pages at 1440 and 390 px land in
-test-results/admin-money."""
+which fit their boxes on a desktop and a phone, and the sign-up cohorts' words before anyone signed up.
+Screenshots of both pages at 1440 and 390 px land in test-results/admin-money."""
 
 from __future__ import annotations
 
@@ -79,12 +79,42 @@ def books(portal) -> dict[str, str]:
     return {"failed": failed_id, "database": portal.database_url}
 
 
-def sign_in(page: Page, url: str) -> None:
+def sign_in(page: Page, url: str, email: str = "treasurer@example.com") -> None:
     page.goto(url + "/login")
-    page.locator("#email").fill("treasurer@example.com")
+    page.locator("#email").fill(email)
     page.locator("#password").fill(PASSWORD)
     page.locator("#submit-sign-in").click()
     expect(page).to_have_url(re.compile(r"/account/?$"))
+
+
+def test_the_cohorts_say_so_before_anyone_has_signed_up(portal, browser: Browser):
+    # First in the module, before ``books`` adds anyone: the portal's database holds only this admin.
+    engine = build_engine(portal.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, email="first-admin@example.com", password=PASSWORD, roles=[Role.ADMIN])
+    engine.dispose()
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, portal.url, "first-admin@example.com")
+        page.goto(portal.url + "/admin/analytics")
+        empty = page.locator("#cohorts-empty")
+        expect(empty).to_have_text("No customers signed up in the last 12 months.")
+        expect(page.locator("#chart-cohorts")).to_have_count(0)
+        page.locator("#cohorts-who").get_by_role("radio", name="Providers").click()
+        page.locator("#cohorts-by").get_by_role("radio", name="By week").click()
+        expect(empty).to_have_text("No providers signed up in the last 12 weeks.")
+        measured = page.evaluate(MEASURE)
+        assert measured["scroll"] <= measured["view"], measured["culprit"]
+        empty.scroll_into_view_if_needed()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "analytics-cohorts-empty-390.png"))
+        assert errors == []
+    finally:
+        context.close()
 
 
 def test_an_admin_filters_payouts_and_retries_a_failed_one_once(portal, books, page: Page):
