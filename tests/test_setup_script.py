@@ -127,3 +127,75 @@ def test_the_packages_install_again_when_the_pins_or_the_requirements_change_and
     assert installs() == 2
     constraints.write_text("ray==2.40.0\n")
     assert installs() == 3  # back to the earlier pins: those are installed again
+
+
+def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_once_and_never_fail_setup(
+    tmp_path,
+):
+    """While uv installs the Python packages, bun fetches the pages' packages (reflex.lock/, Reflex's own
+    lockfile) into its cache, so that the page build's install finds them there; again only when the
+    lockfile changes, and a failed fetch leaves the page build to fetch them, as before."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
+    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    (project / "constraints.txt").write_text("ray==2.40.0\n")
+    lock = project / "reflex.lock"
+    lock.mkdir()
+    (lock / "package.json").write_text('{"dependencies": {"react": "19.3.1"}}\n')
+    (lock / "bun.lock").write_text('{"lockfileVersion": 1}\n')
+    calls = project / "bun-calls"
+    venv = project / ".venv" / "bin"
+    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+    bun_body = (
+        f'echo "$PWD|$BUN_INSTALL_CACHE_DIR|$NPM_CONFIG_REGISTRY|$*|$(cat package.json)" >>{calls}\n'
+        f'[ -e {project}/fail ] && {{ echo "error: ConnectionRefused downloading react"; exit 1; }}\n'
+        'mkdir -p "$BUN_INSTALL_CACHE_DIR"'
+    )
+    for path, body in ((venv / "python", "exit 0"), (venv / "uv", "exit 0"), (bun, bun_body)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    bin_dir = machine(tmp_path)
+    for tool in ("cp", "grep", "tail", "sed"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+
+    def setup() -> str:
+        ran = subprocess.run(
+            ["bash", str(project / "scripts" / "setup.sh")],
+            env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout
+
+    def fetches() -> list[list[str]]:
+        return [line.split("|") for line in calls.read_text().splitlines()] if calls.exists() else []
+
+    said = setup()
+    assert "setup: pages' npm packages" in said
+    ((cwd, cache, registry, args, package_json),) = fetches()
+    assert Path(cwd) == project / ".tools" / "pages"  # not .web, which Reflex empties when it makes it
+    assert Path(cache) == project / ".bun-cache"  # the cache the page build's install reads (Makefile)
+    assert registry == "https://registry.npmjs.org/"  # npm names none here
+    assert args.split()[:2] == ["install", "--frozen-lockfile"]
+    assert package_json == '{"dependencies": {"react": "19.3.1"}}'
+    assert "pages' npm packages" not in setup()  # current: skipped
+    assert len(fetches()) == 1
+
+    (lock / "bun.lock").write_text('{"lockfileVersion": 1, "packages": {}}\n')
+    setup()
+    assert len(fetches()) == 2  # the lockfile changed
+
+    # A fetch that fails is said in a few lines, and setup goes on: the page build fetches them itself.
+    (lock / "bun.lock").write_text('{"lockfileVersion": 1, "packages": {"react": []}}\n')
+    (project / "fail").write_text("")
+    said = setup()
+    assert len(fetches()) == 3
+    assert "setup: the pages' npm packages were not fetched ahead (the page build fetches them):" in said
+    assert "setup:   error: ConnectionRefused downloading react" in said
+    (project / "fail").unlink()
+    setup()
+    assert len(fetches()) == 4  # not marked as fetched: tried again
