@@ -32,6 +32,7 @@ from portal.models.base import utcnow
 from portal.services.errors import Conflict, InvalidInput, NotFound
 from portal.services.money import escrow, ledger
 from portal.services.providers import commands
+from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
 from portal.services.providers.gpu_catalog import list_price
 from portal.services.rentals import clusters, market, placement, provisioning
 from tests.conftest import settings_for
@@ -657,6 +658,49 @@ def test_while_the_portal_hears_no_agent_at_all_no_node_is_declared_lost(engine)
     head_node, _ = nodes(engine, cluster_id)
     beat(engine, [d for d in devices if d.id == head_node.device_id])
     assert advance(engine, cluster_id) == ClusterState.DEGRADED
+
+
+def quiet(engine, device_id, seconds: float) -> None:
+    """The device's agent has not been heard for ``seconds`` (other agents are)."""
+    with session_scope(engine) as session:
+        device = session.get(Device, device_id)
+        device.last_heartbeat_at = utcnow() - timedelta(seconds=seconds)
+        session.add(device)
+
+
+def test_a_quiet_agent_whose_ray_node_the_head_still_sees_keeps_its_node_for_a_grace(engine):
+    """A slow portal or a late agent (CI: a head's agent unheard for 6 s under load) must not end a cluster
+    that Ray says is whole; past the grace, or once the head no longer sees the node, it is lost."""
+    cluster_id, _, devices = run_to_running(engine, [1, 1], 2)
+    head_node, worker_node = nodes(engine, cluster_id)
+    head = FakeHead()
+    head.alive = {head_node.ray_node_id, worker_node.ray_node_id}
+    grace = provisioning.quiet_node_grace_s(SETTINGS)
+    offline_after = SETTINGS.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE
+    assert grace > offline_after
+    beat(engine, devices)  # the other agents are heard: the portal itself is not deaf
+    quiet(engine, worker_node.device_id, offline_after + 1)
+    assert advance(engine, cluster_id, head) == ClusterState.RUNNING
+    assert all(node.state == NodeState.JOINED for node in nodes(engine, cluster_id))
+    # The head no longer sees the worker: its quiet agent is not given the benefit of the doubt.
+    head.alive = {head_node.ray_node_id}
+    assert advance(engine, cluster_id, head) == ClusterState.DEGRADED
+    # The head's agent quiet, its Ray node answering: the cluster goes on, until the grace has passed.
+    beat(engine, [d for d in devices if d.id == worker_node.device_id])
+    quiet(engine, head_node.device_id, offline_after + 1)
+    assert advance(engine, cluster_id, head) == ClusterState.DEGRADED
+    quiet(engine, head_node.device_id, grace + 1)
+    assert advance(engine, cluster_id, head) == ClusterState.FAILED
+
+
+def test_a_quiet_head_whose_dashboard_does_not_answer_is_lost_at_once(engine):
+    cluster_id, _, devices = run_to_running(engine, [1, 1], 2)
+    head_node, _ = nodes(engine, cluster_id)
+    beat(engine, devices)
+    quiet(engine, head_node.device_id, SETTINGS.heartbeat_interval_s * MISSED_HEARTBEATS_OFFLINE + 1)
+    assert provisioning.advance(engine, SETTINGS, MemoryWakeups(), cluster_id, lambda url: None) == (
+        ClusterState.FAILED
+    )
 
 
 def test_with_no_replacement_the_cluster_stays_degraded_and_says_so_once(engine):

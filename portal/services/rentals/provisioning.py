@@ -10,6 +10,7 @@ that the next call does not finish. Each call holds the cluster's row lock (Post
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -57,16 +58,33 @@ HEAD_PROBE_TIMEOUT_S = 2
 MAX_FIELD = {"node_id": 64, "address": 255, "client_address": 255, "dashboard_url": 255}
 _sqlite_clusters = threading.Lock()
 
+# How long a joined node whose agent is quiet stays in its cluster while the Ray head still sees it: this
+# many heartbeat intervals, and never less than QUIET_NODE_GRACE_MIN_S.
+QUIET_NODE_GRACE_HEARTBEATS = 6
+QUIET_NODE_GRACE_MIN_S = 30
+
+
+def quiet_node_grace_s(settings: Settings) -> float:
+    return max(settings.heartbeat_interval_s * QUIET_NODE_GRACE_HEARTBEATS, QUIET_NODE_GRACE_MIN_S)
+
+
 # Asks a Ray head which node ids it sees alive; None when it cannot be reached.
 HeadProbe = Callable[[str], set[str] | None]
+
+
+# One client for every probe: a client of its own per call (httpx.get) loads the CA bundle each time, about
+# 38 ms of CPU per new head (bench.deploys). No proxies from the environment: heads are called directly.
+_head_client = httpx.Client(
+    timeout=HEAD_PROBE_TIMEOUT_S,
+    trust_env=False,
+    limits=httpx.Limits(max_connections=64, max_keepalive_connections=8),
+)
 
 
 def probe_head(dashboard_url: str) -> set[str] | None:
     """The node ids a Ray head reports alive, from its dashboard's state API."""
     try:
-        reply = httpx.get(
-            f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=HEAD_PROBE_TIMEOUT_S
-        )
+        reply = _head_client.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000})
         reply.raise_for_status()
         rows = reply.json()["data"]["result"]["result"]
     except (httpx.HTTPError, KeyError, TypeError, ValueError):
@@ -292,11 +310,31 @@ class ClusterLifecycle:
 
     # --- healing -----------------------------------------------------------------------------------
 
+    def quiet_but_alive(
+        self,
+        node: ClusterNode,
+        device: Device,
+        heard: devices.Hearing,
+        seen_by_head: Callable[[], set[str] | None],
+    ) -> bool:
+        """A node whose agent went quiet while the Ray head still sees its Ray node alive is not lost yet: a
+        late agent or a slow portal (a few seconds under load) must not end a customer's cluster. For
+        ``quiet_node_grace_s`` at most: past that, the agent's silence alone decides. Its time is not
+        charged meanwhile (metering counts heartbeats)."""
+        if device.last_heartbeat_at is None or not node.ray_node_id:
+            return False
+        if heard.silence(device.last_heartbeat_at) >= timedelta(seconds=quiet_node_grace_s(self.settings)):
+            return False
+        return node.ray_node_id in (seen_by_head() or set())
+
     def heal(self, probe: HeadProbe) -> None:
         """A running cluster that loses a worker goes degraded, books a device that fits, starts a worker on
         it joining the same head, and is running again once the head sees it. Losing the head ends the
         cluster: a Ray cluster does not outlive its head (its GCS holds the cluster's state)."""
         heard = devices.hearing(self.session)
+        seen_by_head = functools.cache(
+            lambda: probe(self.cluster.dashboard_url) if self.cluster.dashboard_url else None
+        )
         for node in self.active_nodes():
             if node.state != NodeState.JOINED:
                 continue
@@ -306,6 +344,8 @@ class ClusterLifecycle:
             if device.state in (DeviceState.BLOCKED, DeviceState.VERIFYING):
                 # "blocked by an admin: <reason>", "taken off the market: its GPUs changed (...)"
                 why = f"was {device.state_reason}"
+            elif not online and self.quiet_but_alive(node, device, heard, seen_by_head):
+                continue
             elif not online:
                 why = "stopped heartbeating"
             elif device.ray_state == "failed":
