@@ -214,7 +214,9 @@ def test_a_customer_prints_a_months_invoice(portal, page: Page, engine):
     expect(page.locator("#invoice-error")).to_contain_text("YYYY-MM")
 
 
-def test_the_deploy_wizards_fields_do_not_overlap_and_a_shortage_is_counted(portal, page: Page):
+def test_the_deploy_wizards_fields_do_not_overlap_and_a_shortage_is_counted(
+    portal, page: Page, engine, heartbeats
+):
     sign_up(page, portal, f"deployer-{uuid.uuid4().hex[:6]}@example.com")
     page.goto(portal.url + "/deploy?gpu_model=T4-16GB")
     expect(page.locator("#quote-unavailable")).to_contain_text("no T4-16GB GPU is free now")
@@ -232,3 +234,19 @@ def test_the_deploy_wizards_fields_do_not_overlap_and_a_shortage_is_counted(port
         )
         assert apart, f"at {size['width']} px the Purpose control {purpose} overlaps the GPU model {model}"
     shoot(page, "deploy")
+
+    # The default two GPUs, found only one in Germany and one in France: the quote says they are split.
+    with session_scope(engine) as session:
+        provider = make_user(session, Role.PROVIDER)
+        provider.wallet_address = str(Keypair().pubkey())
+        session.add(provider)
+        for country in ("DE", "FR"):
+            device = make_device(
+                session, provider.id, state=DeviceState.READY, model="A100-40GB", country=country
+            )
+            device.verified_at = utcnow()
+            session.add(device)
+            heartbeats.add(device.id)
+    page.goto(portal.url + "/deploy?gpu_model=A100-40GB")
+    expect(page.locator("#quote-spread")).to_contain_text("in 2 countries (DE, FR)")
+    shoot(page, "deploy-spread")

@@ -1,4 +1,5 @@
-"""'Not enough capacity' says how many GPUs of the model are free (issue 20), in the quote and the deploy."""
+"""'Not enough capacity' says how many GPUs of the model are free (issue 20), in the quote and the deploy;
+a quote spread over countries says so."""
 
 from __future__ import annotations
 
@@ -55,3 +56,21 @@ def test_a_refused_deploy_says_it_too(engine):
     assert refused.value.code == "capacity_short"
     assert refused.value.message.startswith("Not enough capacity: ")
     assert refused.value.message.endswith("; only 1 H100-80GB GPU is free now.")
+
+
+def test_a_quote_over_two_countries_says_so_and_how_to_keep_one(engine):
+    with session_scope(engine) as session:
+        _, french = market_with(session, [1, 1])  # both in DE, then one moves
+        french.country = "FR"
+        session.add(french)
+    with session_scope(engine) as session:
+        spread = market.quote(session, SETTINGS, spec(2).placement(), 1)
+        together = market.quote(session, SETTINGS, spec(1).placement(), 1)
+        chosen = market.quote(session, SETTINGS, clusters.validate(spec(1, countries=("FR",))).placement(), 1)
+    assert sorted(line["country"] for line in spread.breakdown) == ["DE", "FR"]
+    assert spread.spread == (
+        "These GPUs are in 2 countries (DE, FR): their nodes talk across borders. Name one under Countries "
+        "to keep them together."
+    )
+    assert together.available and together.spread == ""
+    assert chosen.available and chosen.spread == ""

@@ -292,6 +292,10 @@ def quote_card() -> rx.Component:
                                 spacing="3",
                             ),
                         ),
+                        rx.cond(
+                            quote["spread"].to(str) != "",
+                            rx.callout(quote["spread"], icon="globe", size="1", id="quote-spread"),
+                        ),
                         rx.separator(),
                         rx.hstack(
                             rx.text("Per hour"),

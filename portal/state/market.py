@@ -167,6 +167,7 @@ def _quote(spec: clusters.ClusterSpec) -> dict[str, Any]:
         "total": usd(found.total_micro),
         "fee": usd(found.fee_micro),
         "reason": found.reason,
+        "spread": found.spread,
         "lines": [
             {
                 "what": f"{line['gpus']} x {line['gpu_model']} in {line['country']} "

@@ -56,6 +56,18 @@ class Quote:
     reason: str = ""
     alternatives: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def spread(self) -> str:
+        """A sentence when the GPUs quoted are in more than one country (their nodes then talk across
+        borders, slower), saying how to keep them in one; "" when they are in one."""
+        countries = sorted({line["country"] for line in self.breakdown})
+        if len(countries) < 2:
+            return ""
+        return (
+            f"These GPUs are in {len(countries)} countries ({', '.join(countries)}): their nodes talk across "
+            "borders. Name one under Countries to keep them together."
+        )
+
 
 def _vram_by_model(session: Session) -> dict[str, int]:
     known = {name: model.memory_mb for name, model in CATALOG.items()}
