@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,3 +200,38 @@ def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_onc
     (project / "fail").unlink()
     setup()
     assert len(fetches()) == 4  # not marked as fetched: tried again
+
+
+def test_the_virtual_environment_gets_the_pip_and_setuptools_of_venv_from_their_wheels_through_uv(tmp_path):
+    """`python -m venv` would install pip and setuptools with pip (3-7 s here); setup makes the environment
+    without them and has uv install the same wheels, ensurepip's own, offline."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
+    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    (project / "constraints.txt").write_text("ray==2.40.0\n")
+    calls = project / "uv-calls"
+    venv = project / ".venv" / "bin"
+    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+    for path, body in ((venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    bin_dir = machine(tmp_path, python=None)
+    (bin_dir / "python3.11").symlink_to(Path(sys.base_prefix) / "bin" / "python3.11")  # a real one
+
+    setup = subprocess.run(
+        ["bash", str(project / "scripts" / "setup.sh")],
+        env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert setup.returncode == 0, setup.stderr
+    assert (venv / "python").exists() and not (venv / "pip").exists()  # made without pip (uv is a stand-in)
+    packages, wheels = calls.read_text().splitlines()
+    assert "-e .[dev]" in packages
+    assert wheels.split()[:6] == ["pip", "install", "--quiet", "--python", ".venv/bin/python", "--offline"]
+    names = sorted(Path(wheel).name.split("-")[0] for wheel in wheels.split()[7:])
+    assert names == ["pip", "setuptools"]
+    assert all(Path(wheel).is_file() for wheel in wheels.split()[7:])
