@@ -266,6 +266,8 @@ class Mesh:
         self.lighthouse_lost_s = LIGHTHOUSE_LOST_S
         self.stopping = threading.Event()
         self._restarting = threading.Event()  # set while ``_restart`` replaces the process
+        self._restart_lock = threading.Lock()  # one restart at a time (renewals race on a new group)
+        self._next_adopt_at = 0.0  # monotonic: when a TUN found outside the namespace is next moved in
         self._lock = threading.Lock()  # the certificate, the process and the tunnels
         self._threads: list[threading.Thread] = []
 
@@ -337,22 +339,25 @@ class Mesh:
         new tunnels only), so the firewall of a peer would judge this node by its old groups: a change of
         groups restarts Nebula instead, and every tunnel is made again with the new certificates (a peer's
         stale tunnel is answered with recv_error, and it handshakes again)."""
-        with self._lock:
-            process = self.process
-            self._restarting.set()
-        try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            self._spawn(program("nebula"))
-            if not self._bring_up():
-                logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
-        finally:
-            self._restarting.clear()
+        with self._restart_lock:
+            with self._lock:
+                process = self.process
+                self._restarting.set()
+            try:
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    try:
+                        process.wait(timeout=STOP_TIMEOUT_S)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+                self._spawn(program("nebula"))
+                if not self._bring_up():
+                    logger.warning(
+                        "nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path)
+                    )
+            finally:
+                self._restarting.clear()
 
     def _bring_up(self, address: bool = True) -> bool:
         """Wait for Nebula's interface, move it into the rentals' namespace when there is one, and say
@@ -445,7 +450,7 @@ class Mesh:
             assert process is not None
             started = time.monotonic()
             while process.poll() is None and not self.stopping.wait(0.5):
-                pass
+                self._keep_in_namespace()
             if self.stopping.is_set():
                 return
             if self._restarting.is_set() or process is not self.process:
@@ -460,6 +465,25 @@ class Mesh:
             self._spawn(nebula)
             if self.namespace is not None and not self._bring_up(address=False):
                 logger.warning("nebula did not bring up %s again: %s", self.tun_device, _tail(self.log_path))
+
+    def _keep_in_namespace(self) -> None:
+        """Move the TUN in again if it is still in the agent's namespace: a move that failed (a restart
+        under load, an ``ip`` that timed out) would otherwise leave the rentals off the overlay until the
+        next restart. Tried every ``WATCH_S`` at most."""
+        if self.namespace is None or self._restarting.is_set() or not self.tunnels.interface_up.is_set():
+            return
+        if time.monotonic() < self._next_adopt_at:
+            return
+        try:
+            socket.if_nametoindex(self.tun_device)  # in this thread's namespace: the agent's
+        except OSError:
+            return  # moved in, as it should be
+        self._next_adopt_at = time.monotonic() + WATCH_S
+        try:
+            self.namespace.adopt(self.tun_device, MTU)
+            logger.warning("%s was still outside the rentals' namespace: moved in", self.tun_device)
+        except NamespaceError as error:
+            logger.error("the overlay interface stays outside the rentals' namespace: %s", error)
 
     def _renew_loop(self) -> None:
         lost_since: float | None = None  # monotonic: since when no lighthouse answers

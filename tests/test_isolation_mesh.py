@@ -185,7 +185,8 @@ def journey(world: World) -> None:
         # Leaving the cluster restarts Nebula (its group changes): the new interface is moved in again, and
         # the way out made again, its rules still there once.
         wait_until(
-            lambda tun=tun: links() == sorted(["lo", tun, rental_egress.INSIDE]),
+            links,
+            lambda found, tun=tun: found == sorted(["lo", tun, rental_egress.INSIDE]),
             timeout_s=60,
             what=f"only lo, {tun} and the way out in {namespace}",
         )
