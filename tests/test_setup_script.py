@@ -158,7 +158,7 @@ def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_onc
         path.write_text(f"#!/bin/bash\n{body}\n")
         path.chmod(0o755)
     bin_dir = machine(tmp_path)
-    for tool in ("cp", "grep", "tail", "sed"):
+    for tool in ("cp", "grep", "tail", "sed", "nice"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
 
     def setup() -> str:
