@@ -4,8 +4,9 @@
 # alongside and fetches the pages' npm packages into its cache, timing each step. Steps whose result is
 # current are skipped.
 #
-#   scripts/setup.sh          the packages and bun
-#   scripts/setup.sh --run    also checks that the portal's port is free and its data dir writable
+#   scripts/setup.sh          the packages (with the test tools, the `dev` extra) and bun
+#   scripts/setup.sh --run    the packages the portal runs on (not the test tools) and bun; also checks
+#                             that the portal's port is free and its data dir writable
 #
 # PYTHON (default python3.11), PORTAL_PORT (3000), PORTAL_DATA_DIR (data/), BUN_PACKAGE and BUN_VERSION come
 # from the environment (the Makefile sets them).
@@ -107,9 +108,19 @@ fi
 # --- the Python packages, pinned by constraints.txt, with uv -----------------------------------------------
 # The stamp holds a digest of what the install is made from: any change to the pins or the project's
 # requirements installs again (a file's time would miss a revert, or a checkout that keeps times).
+# `make run` leaves out the test tools (the `dev` extra: Playwright, the Kubernetes schemas...: a third of
+# the bytes and ~20,000 files, seconds on these cores); `make test` adds them. The stamp says "run" after
+# an install without them, which serves `make run` but not `make test`.
 status=0
 wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$wanted" ] || [ ! -x "$VENV/bin/python" ]; then
+installed=$(cat "$VENV/.installed" 2>/dev/null)
+if [ "${1:-}" = "--run" ]; then
+  project=.
+  [ "$installed" = "$wanted run" ] && installed=$wanted
+else
+  project='.[dev]'
+fi
+if [ "$installed" != "$wanted" ] || [ ! -x "$VENV/bin/python" ]; then
   step=$(now)
   # The pip and setuptools wheels that `python -m venv` would install (ensurepip's own, or Debian's in
   # /usr/share/python-wheels). `venv` installs them with pip, compiling as it goes: 3-7 s here, the longest
@@ -141,13 +152,13 @@ for package in ensurepip._get_packages().values():
   fi
   step=$(now)
   if [ $status -eq 0 ]; then
-    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -c constraints.txt -e '.[dev]' || status=1
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -c constraints.txt -e "$project" || status=1
   fi
   if [ $status -eq 0 ] && [ ! -x "$VENV/bin/pip" ] && [ ${#wheels[@]} -gt 0 ]; then
     "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --offline --no-deps "${wheels[@]}" || status=1
   fi
   if [ $status -eq 0 ]; then
-    echo "$wanted" >"$VENV/.installed"
+    if [ "$project" = . ]; then echo "$wanted run"; else echo "$wanted"; fi >"$VENV/.installed"
     echo "setup: Python packages           $(seconds_since "$step") s"
   fi
 else

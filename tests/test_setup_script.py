@@ -235,3 +235,48 @@ def test_the_virtual_environment_gets_the_pip_and_setuptools_of_venv_from_their_
     names = sorted(Path(wheel).name.split("-")[0] for wheel in wheels.split()[7:])
     assert names == ["pip", "setuptools"]
     assert all(Path(wheel).is_file() for wheel in wheels.split()[7:])
+
+
+def test_make_run_installs_without_the_test_tools_and_make_test_adds_them(tmp_path):
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
+    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    (project / "constraints.txt").write_text("ray==2.40.0\n")
+    calls = project / "uv-calls"
+    venv = project / ".venv" / "bin"
+    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+    for path, body in ((venv / "python", "exit 0"), (venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    bin_dir = machine(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = str(probe.getsockname()[1])
+
+    def setup(*args: str) -> list[str]:
+        """What this setup asked uv to install (the last argument of each call)."""
+        before = len(calls.read_text().splitlines()) if calls.exists() else 0
+        ran = subprocess.run(
+            ["bash", str(project / "scripts" / "setup.sh"), *args],
+            env={
+                "PATH": str(bin_dir),
+                "PYTHON": "python3.11",
+                "BUN_PACKAGE": "@oven/bun-linux-x64",
+                "PORTAL_PORT": free_port,
+                "PORTAL_DATA_DIR": str(tmp_path / "data"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ran.returncode == 0, ran.stderr
+        asked = calls.read_text().splitlines()[before:] if calls.exists() else []
+        return [line.split()[-1] for line in asked]
+
+    assert setup("--run") == ["."]  # make run: what the portal runs on
+    assert setup("--run") == []
+    assert setup() == [".[dev]"]  # make test: the test tools too
+    assert setup() == []
+    assert setup("--run") == []  # what make test installed serves make run
