@@ -21,23 +21,29 @@ def device_row(row: rx.Var) -> rx.Component:
             )
         ),
         rx.table.cell(rx.text(row["owner"], size="1")),
-        rx.table.cell(rx.badge(row["state"], color_scheme=rx.cond(row["blocked"], "red", "gray"))),
+        rx.table.cell(
+            rx.badge(row["state"], color_scheme=rx.cond(row["blocked"], "red", "gray")),
+            # Beside the state, not in a column of its own: on a phone the table's far columns scroll away.
+            rx.box(
+                rx.cond(
+                    row["blocked"],
+                    rx.button(
+                        "Unblock", size="1", variant="soft", on_click=AdminDevicesState.unblock(row["id"])
+                    ),
+                    rx.button(
+                        "Block",
+                        size="1",
+                        variant="soft",
+                        color_scheme="red",
+                        on_click=AdminDevicesState.ask_reason(row["id"], row["name"]),
+                    ),
+                ),
+                margin_top="0.35rem",
+            ),
+        ),
         rx.table.cell(rx.text(row["reason"], size="1", color_scheme="gray")),
         rx.table.cell(row["gpus"]),
         rx.table.cell(rx.code(local_time(row["beat"], DATE_TIME_SECONDS), size="1")),
-        rx.table.cell(
-            rx.cond(
-                row["blocked"],
-                rx.button("Unblock", size="1", variant="soft", on_click=AdminDevicesState.unblock(row["id"])),
-                rx.button(
-                    "Block",
-                    size="1",
-                    variant="soft",
-                    color_scheme="red",
-                    on_click=AdminDevicesState.ask_reason(row["id"], row["name"]),
-                ),
-            )
-        ),
     )
 
 
@@ -96,7 +102,7 @@ def admin_devices() -> rx.Component:
             rx.cond(
                 AdminDevicesState.rows.length() > 0,
                 data_table(
-                    ("Device", "Owner", "State", "Why", "GPUs", "Last heartbeat", ""),
+                    ("Device", "Owner", "State", "Why", "GPUs", "Last heartbeat"),
                     AdminDevicesState.rows,
                     device_row,
                     size="1",
