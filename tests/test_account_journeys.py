@@ -1,5 +1,6 @@
 """Journeys of issue 20 in the browser: a customer becomes a provider from the account page and back (the
-navigation follows at once); a provider's new price shows on the marketplace; the marketplace's order is
+navigation follows at once); a provider's new price shows on the marketplace, and on it left open as it
+refreshes itself; the marketplace's order is
 kept in its URL; the printable invoice. Each journey keeps screenshots at desktop and phone width under
 test-results/account-journeys (JOURNEY_SHOTS_DIR), for a person to look at."""
 
@@ -22,9 +23,12 @@ from portal.config import PROJECT_ROOT
 from portal.infra.db import build_engine, session_scope
 from portal.models import Device, DeviceState, Role, User
 from portal.models.base import utcnow
+from portal.security.principal import RequestOrigin
+from portal.services.providers import devices
 from tests.conftest import RunningPortal
 from tests.factories import make_device, make_user
 from tests.test_invoice import cluster_with_usage
+from tests.test_ui_sweep import ERROR_TOAST
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -139,7 +143,7 @@ def test_a_new_price_shows_on_the_marketplace(portal, page: Page, engine, heartb
         device.verified_at = utcnow()
         session.add(device)
         heartbeats.add(device.id)
-        device_id = device.id
+        device_id, owner_id = device.id, owner.id
 
     page.goto(f"{portal.url}/device/{device_id}")
     expect(page.locator("#device-price-shown")).to_contain_text("list price")
@@ -155,6 +159,18 @@ def test_a_new_price_shows_on_the_marketplace(portal, page: Page, engine, heartb
     page.goto(portal.url + "/market")
     row = page.locator("#offers-table tr", has_text="L40S-48GB")
     expect(row).to_contain_text("$3.25/h")
+    # The marketplace refreshes itself every few seconds, without a reload and without an error notice: a
+    # price changed meanwhile (here over the API's service) shows on the page left open.
+    with session_scope(engine) as session:
+        devices.set_price(
+            session,
+            owner_id=owner_id,
+            device_id=device_id,
+            price_per_gpu_hour_micro=3_500_000,
+            origin=RequestOrigin(ip="127.0.0.1", user_agent="test"),
+        )
+    expect(row).to_contain_text("$3.50/h", timeout=20_000)
+    expect(page.locator(ERROR_TOAST)).to_have_count(0)
 
 
 def test_the_marketplace_keeps_its_order_in_the_url(portal, page: Page, engine, heartbeats):
