@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the portal listens on.")
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
     public_url: str = Field(default="", description="How users reach the portal; default http://host:port.")
+    max_connections: Annotated[int, Field(ge=64, le=1_000_000)] = Field(
+        default=10_000,
+        description="Requests one portal process holds in flight at once, its web workers together (an "
+        "agent holds one: its long-poll); past it a new connection waits.",
+    )
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 5
     db_pool_overflow: Annotated[int, Field(ge=0, le=200)] = 5
     db_transaction_pooler: bool = Field(

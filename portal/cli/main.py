@@ -15,6 +15,7 @@ import typer
 from portal import frontend_build
 from portal.cli import connect, customer
 from portal.config import PROJECT_ROOT, Environment, MeshKind, Settings, SettingsError, load_settings
+from portal.infra import serving
 
 app = typer.Typer(help="GPU Portal: an open GPU marketplace.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -113,6 +114,7 @@ def run(
     if welcome:
         _welcome_once_serving(settings)
     os.chdir(PROJECT_ROOT)
+    serving.allow_connections(settings.max_connections)
     args = frontend_build.serve_command(settings.host, settings.port)
     env[frontend_build.SERVE_PAGES] = "1"
     _serve_here(args, env)
