@@ -203,6 +203,9 @@ def test_a_customer_prints_a_months_invoice(portal, page: Page, engine):
     email = f"invoiced-{uuid.uuid4().hex[:6]}@example.com"
     sign_up(page, portal, email)
     month = f"{utcnow():%Y-%m}"
+    page.goto(portal.url + "/billing")  # a new account: no money has moved, said in words
+    expect(page.locator("#ledger-empty")).to_contain_text("No money has moved yet")
+    expect(page.locator("#ledger-table")).to_have_count(0)
     with Session(engine) as session:
         customer = session.exec(select(User).where(User.email == email)).one()
         provider = make_user(session, Role.PROVIDER)

@@ -195,11 +195,19 @@ def billing_page() -> rx.Component:
                     rx.text("No usage yet: it appears once a cluster runs.", color_scheme="gray"),
                 ),
                 rx.heading("Ledger", size="4"),
-                data_table(
-                    ("When", "What", "Account", "Amount", ""),
-                    summary["ledger"].to(list[dict]),
-                    ledger_row,
-                    id="ledger-table",
+                rx.cond(
+                    summary["ledger"].to(list[dict]).length() > 0,
+                    data_table(
+                        ("When", "What", "Account", "Amount", ""),
+                        summary["ledger"].to(list[dict]),
+                        ledger_row,
+                        id="ledger-table",
+                    ),
+                    rx.text(
+                        "No money has moved yet: credits, deposits, escrow and charges appear here.",
+                        color_scheme="gray",
+                        id="ledger-empty",
+                    ),
                 ),
                 rx.hstack(
                     rx.button(
