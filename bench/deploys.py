@@ -304,6 +304,8 @@ async def serve_dashboard(world: World) -> asyncio.Server:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:  # the bench ends while the portal keeps its connection open
+            return
         finally:
             writer.close()
 
