@@ -344,13 +344,7 @@ class Mesh:
                 process = self.process
                 self._restarting.set()
             try:
-                if process is not None and process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=STOP_TIMEOUT_S)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                _end(process)
                 self._spawn(program("nebula"))
                 if not self._bring_up():
                     logger.warning(
@@ -523,17 +517,23 @@ class Mesh:
         self.stopping.set()
         with self._lock:
             process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _end(process)
         for thread in self._threads:
             thread.join(timeout=STOP_TIMEOUT_S)
         if self.namespace is not None:
             self.namespace.remove()
+
+
+def _end(process: subprocess.Popen[str] | None) -> None:
+    """Stop a Nebula process: SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _read_log(process: subprocess.Popen[str], tunnels: Tunnels, log: Any) -> None:
