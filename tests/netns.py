@@ -29,6 +29,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ LAN_PREFIX = 28
 LIGHTHOUSE_ADDRESS = "203.0.113.1"
 PORTAL_ADDRESS = "203.0.113.2"
 COMMAND_TIMEOUT_S = 10.0
+LISTEN_TIMEOUT_S = 30.0  # a Python echo server starting on a loaded machine
 # The segment's hosts behind a router: (router, its public address, host, the router's LAN address, host's).
 NATTED = {
     "provider-a": ("router-a", "203.0.113.11", "192.0.2.1", "192.0.2.2"),
@@ -174,8 +176,19 @@ class Namespace:
         return Process(popen, log)
 
     def listen_tcp(self, address: str, port: int, log: Path) -> Process:
-        """A TCP echo server on ``address:port`` in this namespace (the address must be there already)."""
-        return self.start([sys.executable, "-c", _LISTEN, address, str(port)], log)
+        """A TCP echo server on ``address:port`` in this namespace (the address must be there already),
+        returned once it listens: a probe right after must not race its start (CI, under load)."""
+        started = log.stat().st_size if log.exists() else 0
+        process = self.start([sys.executable, "-c", _LISTEN, address, str(port)], log)
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while b"listening" not in log.read_bytes()[started:]:
+            if not process.alive() or time.monotonic() > deadline:
+                process.stop()
+                raise RuntimeError(
+                    f"no listener on {address}:{port} in {self.role}: {log.read_text()[-500:]}"
+                )
+            time.sleep(0.05)
+        return process
 
     def connects(self, address: str, port: int, timeout_s: float = 1.5) -> bool:
         """Whether a TCP connection from this namespace to ``address:port`` is accepted and echoes."""
