@@ -46,6 +46,41 @@ def machine(
     return bin_dir
 
 
+def project_copy(
+    tmp_path: Path, *, python: str | None = "exit 0", uv: str = "exit 0", bun: str = "exit 0"
+) -> Path:
+    """A project holding setup.sh, a pyproject and pins, with stand-ins for the venv's python and uv and for
+    bun (each a bash body; ``python=None``: no venv python, setup makes it)."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
+    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    (project / "constraints.txt").write_text("ray==2.40.0\n")
+    venv = project / ".venv" / "bin"
+    bun_path = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
+    stand_ins = [(venv / "uv", uv), (bun_path, bun)] + ([(venv / "python", python)] if python else [])
+    for path, body in stand_ins:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/bash\n{body}\n")
+        path.chmod(0o755)
+    return project
+
+
+def run_setup(
+    project: Path, bin_dir: Path, *args: str, timeout_s: float = 30, **env: str
+) -> subprocess.CompletedProcess:
+    """The project's setup.sh on ``bin_dir``'s PATH; it must succeed."""
+    ran = subprocess.run(
+        ["bash", str(project / "scripts" / "setup.sh"), *args],
+        env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran
+
+
 def preflight(bin_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(SCRIPT), *args],
@@ -94,30 +129,13 @@ def test_make_run_says_when_its_port_is_taken_or_its_data_dir_cannot_be_written(
 
 
 def test_the_packages_install_again_when_the_pins_or_the_requirements_change_and_only_then(tmp_path):
-    project = tmp_path / "project"
-    (project / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
-    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
+    calls = tmp_path / "uv-calls"
+    project = project_copy(tmp_path, uv=f'echo "$*" >>{calls}')
     constraints = project / "constraints.txt"
-    constraints.write_text("ray==2.40.0\n")
-    calls = project / "uv-calls"
-    venv = project / ".venv" / "bin"
-    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
-    for path, body in ((venv / "python", "exit 0"), (venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/bash\n{body}\n")
-        path.chmod(0o755)
     bin_dir = machine(tmp_path)
 
     def installs() -> int:
-        setup = subprocess.run(
-            ["bash", str(project / "scripts" / "setup.sh")],
-            env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert setup.returncode == 0, setup.stderr
+        run_setup(project, bin_dir)
         return len(calls.read_text().splitlines()) if calls.exists() else 0
 
     assert installs() == 1
@@ -136,41 +154,23 @@ def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_onc
     """While uv installs the Python packages, bun fetches the pages' packages (reflex.lock/, Reflex's own
     lockfile) into its cache, so that the page build's install finds them there; again only when the
     lockfile changes, and a failed fetch leaves the page build to fetch them, as before."""
-    project = tmp_path / "project"
-    (project / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
-    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
-    (project / "constraints.txt").write_text("ray==2.40.0\n")
+    calls, failing = tmp_path / "bun-calls", tmp_path / "fail"
+    bun_body = (
+        f'echo "$PWD|$BUN_INSTALL_CACHE_DIR|$NPM_CONFIG_REGISTRY|$*|$(cat package.json)" >>{calls}\n'
+        f'[ -e {failing} ] && {{ echo "error: ConnectionRefused downloading react"; exit 1; }}\n'
+        'mkdir -p "$BUN_INSTALL_CACHE_DIR"'
+    )
+    project = project_copy(tmp_path, bun=bun_body)
     lock = project / "reflex.lock"
     lock.mkdir()
     (lock / "package.json").write_text('{"dependencies": {"react": "19.3.1"}}\n')
     (lock / "bun.lock").write_text('{"lockfileVersion": 1}\n')
-    calls = project / "bun-calls"
-    venv = project / ".venv" / "bin"
-    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
-    bun_body = (
-        f'echo "$PWD|$BUN_INSTALL_CACHE_DIR|$NPM_CONFIG_REGISTRY|$*|$(cat package.json)" >>{calls}\n'
-        f'[ -e {project}/fail ] && {{ echo "error: ConnectionRefused downloading react"; exit 1; }}\n'
-        'mkdir -p "$BUN_INSTALL_CACHE_DIR"'
-    )
-    for path, body in ((venv / "python", "exit 0"), (venv / "uv", "exit 0"), (bun, bun_body)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/bash\n{body}\n")
-        path.chmod(0o755)
     bin_dir = machine(tmp_path)
     for tool in ("cp", "grep", "tail", "sed", "nice"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
 
     def setup() -> str:
-        ran = subprocess.run(
-            ["bash", str(project / "scripts" / "setup.sh")],
-            env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert ran.returncode == 0, ran.stderr
-        return ran.stdout
+        return run_setup(project, bin_dir).stdout
 
     def fetches() -> list[list[str]]:
         return [line.split("|") for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -192,12 +192,12 @@ def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_onc
 
     # A fetch that fails is said in a few lines, and setup goes on: the page build fetches them itself.
     (lock / "bun.lock").write_text('{"lockfileVersion": 1, "packages": {"react": []}}\n')
-    (project / "fail").write_text("")
+    failing.write_text("")
     said = setup()
     assert len(fetches()) == 3
     assert "setup: the pages' npm packages were not fetched ahead (the page build fetches them):" in said
     assert "setup:   error: ConnectionRefused downloading react" in said
-    (project / "fail").unlink()
+    failing.unlink()
     setup()
     assert len(fetches()) == 4  # not marked as fetched: tried again
 
@@ -205,29 +205,13 @@ def test_the_pages_npm_packages_are_fetched_into_buns_cache_from_reflex_lock_onc
 def test_the_virtual_environment_gets_the_pip_and_setuptools_of_venv_from_their_wheels_through_uv(tmp_path):
     """`python -m venv` would install pip and setuptools with pip (3-7 s here); setup makes the environment
     without them and has uv install the same wheels, ensurepip's own, offline."""
-    project = tmp_path / "project"
-    (project / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
-    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
-    (project / "constraints.txt").write_text("ray==2.40.0\n")
-    calls = project / "uv-calls"
+    calls = tmp_path / "uv-calls"
+    project = project_copy(tmp_path, python=None, uv=f'echo "$*" >>{calls}')
     venv = project / ".venv" / "bin"
-    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
-    for path, body in ((venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/bash\n{body}\n")
-        path.chmod(0o755)
     bin_dir = machine(tmp_path, python=None)
     (bin_dir / "python3.11").symlink_to(Path(sys.base_prefix) / "bin" / "python3.11")  # a real one
 
-    setup = subprocess.run(
-        ["bash", str(project / "scripts" / "setup.sh")],
-        env={"PATH": str(bin_dir), "PYTHON": "python3.11", "BUN_PACKAGE": "@oven/bun-linux-x64"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert setup.returncode == 0, setup.stderr
+    run_setup(project, bin_dir, timeout_s=60)
     assert (venv / "python").exists() and not (venv / "pip").exists()  # made without pip (uv is a stand-in)
     packages, wheels = calls.read_text().splitlines()
     assert "-e .[dev]" in packages
@@ -238,18 +222,8 @@ def test_the_virtual_environment_gets_the_pip_and_setuptools_of_venv_from_their_
 
 
 def test_make_run_installs_without_the_test_tools_and_make_test_adds_them(tmp_path):
-    project = tmp_path / "project"
-    (project / "scripts").mkdir(parents=True)
-    shutil.copy(SCRIPT, project / "scripts" / "setup.sh")
-    (project / "pyproject.toml").write_text("[project]\nname = 'portal'\n")
-    (project / "constraints.txt").write_text("ray==2.40.0\n")
-    calls = project / "uv-calls"
-    venv = project / ".venv" / "bin"
-    bun = project / ".tools" / "node_modules" / "@oven" / "bun-linux-x64" / "bin" / "bun"
-    for path, body in ((venv / "python", "exit 0"), (venv / "uv", f'echo "$*" >>{calls}'), (bun, "exit 0")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/bash\n{body}\n")
-        path.chmod(0o755)
+    calls = tmp_path / "uv-calls"
+    project = project_copy(tmp_path, uv=f'echo "$*" >>{calls}')
     bin_dir = machine(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -258,20 +232,7 @@ def test_make_run_installs_without_the_test_tools_and_make_test_adds_them(tmp_pa
     def setup(*args: str) -> list[str]:
         """What this setup asked uv to install (the last argument of each call)."""
         before = len(calls.read_text().splitlines()) if calls.exists() else 0
-        ran = subprocess.run(
-            ["bash", str(project / "scripts" / "setup.sh"), *args],
-            env={
-                "PATH": str(bin_dir),
-                "PYTHON": "python3.11",
-                "BUN_PACKAGE": "@oven/bun-linux-x64",
-                "PORTAL_PORT": free_port,
-                "PORTAL_DATA_DIR": str(tmp_path / "data"),
-            },
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert ran.returncode == 0, ran.stderr
+        run_setup(project, bin_dir, *args, PORTAL_PORT=free_port, PORTAL_DATA_DIR=str(tmp_path / "data"))
         asked = calls.read_text().splitlines()[before:] if calls.exists() else []
         return [line.split()[-1] for line in asked]
 
