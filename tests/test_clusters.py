@@ -6,14 +6,18 @@ agents and real Ray nodes is in ``test_cluster_journey.py``.
 
 import json
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from solders.keypair import Keypair
-from sqlmodel import Session, select
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
 
-from portal.infra.db import session_scope
+from portal.infra import migrations
+from portal.infra.db import build_engine, session_scope
 from portal.infra.wakeups import MemoryWakeups
 from portal.models import (
     AccountKind,
@@ -29,7 +33,7 @@ from portal.models import (
     UsageRecord,
 )
 from portal.models.base import utcnow
-from portal.services.errors import Conflict, InvalidInput, NotFound
+from portal.services.errors import Conflict, InvalidInput, NotFound, Unavailable
 from portal.services.money import escrow, ledger
 from portal.services.providers import commands
 from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
@@ -158,6 +162,113 @@ def test_placement_books_only_hireable_devices(engine):
         assert [c.device_id for c in chosen] == [ready.id]
         assert placement.reserve(session, SETTINGS, spec(1).placement(), "test") is None
     assert device_state(engine, ready.id) == DeviceState.HIRED
+
+
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """Row locks are PostgreSQL's: SQLite serializes placements instead."""
+    migrations.upgrade(postgres_url)
+    engine = build_engine(postgres_url)
+    yield engine
+    engine.dispose()
+
+
+def hold_rows(engine, device_ids: list[uuid.UUID]) -> Session:
+    """Another transaction that holds these devices' rows (a deploy or a flush in flight) until closed."""
+    other = Session(engine)
+    other.exec(select(Device.id).where(col(Device.id).in_(device_ids)).with_for_update()).all()
+    return other
+
+
+def test_placement_passes_over_devices_another_deploy_holds_without_waiting(postgres_engine, monkeypatch):
+    monkeypatch.setattr(placement, "LOCK_WAIT_MS", 60_000)
+    with session_scope(postgres_engine) as session:
+        cheap, dear = market_with(session, [1, 1])
+        cheap.hourly_price_micro, dear.hourly_price_micro = 1_000_000, 2_000_000
+        session.add_all([cheap, dear])
+    other = hold_rows(postgres_engine, [cheap.id])
+    try:
+        started = time.monotonic()
+        with session_scope(postgres_engine) as session:
+            chosen = placement.reserve(session, SETTINGS, spec(1).placement(), "test")
+            assert [c.device_id for c in chosen] == [dear.id]
+        assert time.monotonic() - started < 5
+    finally:
+        other.close()
+    assert (device_state(postgres_engine, cheap.id), device_state(postgres_engine, dear.id)) == (
+        DeviceState.READY,
+        DeviceState.HIRED,
+    )
+
+
+def test_placement_waits_briefly_for_held_devices_then_says_busy(postgres_engine, monkeypatch):
+    monkeypatch.setattr(placement, "LOCK_WAIT_MS", 300)
+    with session_scope(postgres_engine) as session:
+        (device,) = market_with(session, [1])
+        customer = customer_with(session, 100_000_000)
+    other = hold_rows(postgres_engine, [device.id])
+    try:
+        with pytest.raises(Unavailable) as busy, session_scope(postgres_engine) as session:
+            clusters.create(session, SETTINGS, customer, spec(1))
+        assert busy.value.code == "placement_busy" and busy.value.headers == {"Retry-After": "1"}
+    finally:
+        other.close()
+    assert device_state(postgres_engine, device.id) == DeviceState.READY
+    with session_scope(postgres_engine) as session:
+        assert session.exec(select(Cluster)).all() == []
+        assert ledger.available_balance(session, customer) == 100_000_000
+
+
+def test_a_burst_of_placements_for_the_same_cheapest_devices_all_book(postgres_engine):
+    with session_scope(postgres_engine) as session:
+        devices = market_with(session, [1] * 24)
+        for rank, device in enumerate(devices):  # every placement wants the same cheapest devices first
+            device.hourly_price_micro = 1_000_000 + rank
+        session.add_all(devices)
+    start = threading.Barrier(16)
+    outcomes: list[object] = []
+
+    def place() -> None:
+        start.wait()
+        try:
+            with session_scope(postgres_engine) as session:
+                outcomes.append(placement.reserve(session, SETTINGS, spec(1).placement(), "test"))
+        except Unavailable as busy:
+            outcomes.append(busy)
+
+    threads = [threading.Thread(target=place) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(chosen, list) for chosen in outcomes), outcomes
+    booked = [chosen[0].device_id for chosen in outcomes]
+    assert len(set(booked)) == 16
+    assert sum(device_state(postgres_engine, d.id) == DeviceState.HIRED for d in devices) == 16
+
+
+@pytest.mark.parametrize("holder_books_it", [True, False])
+def test_placement_takes_a_held_device_its_holder_lets_go(postgres_engine, monkeypatch, holder_books_it):
+    monkeypatch.setattr(placement, "LOCK_WAIT_MS", 30_000)
+    with session_scope(postgres_engine) as session:
+        (device,) = market_with(session, [1])
+    other = hold_rows(postgres_engine, [device.id])
+
+    def let_go() -> None:
+        time.sleep(0.3)
+        if holder_books_it:
+            other.execute(update(Device).where(col(Device.id) == device.id).values(state=DeviceState.HIRED))
+            other.commit()
+        other.close()
+
+    threading.Thread(target=let_go).start()
+    with session_scope(postgres_engine) as session:
+        chosen = placement.reserve(session, SETTINGS, spec(1).placement(), "test")
+    if holder_books_it:
+        assert chosen is None
+    else:
+        assert [c.device_id for c in chosen] == [device.id]
+    assert device_state(postgres_engine, device.id) == DeviceState.HIRED
 
 
 def test_offers_and_quotes_group_capacity_and_price_it(engine):

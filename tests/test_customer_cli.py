@@ -25,6 +25,7 @@ from sqlmodel import select
 from typer.testing import CliRunner, Result
 
 from portal.api.app import create_api
+from portal.cli import client
 from portal.cli import customer as customer_cli
 from portal.cli.client import PortalClient
 from portal.cli.main import app
@@ -33,6 +34,7 @@ from portal.models import Cluster, ClusterState, ConnectivityTier, Role, User
 from portal.parts import AppParts
 from portal.schemas.clusters import ClusterSpecIn
 from portal.services.money import ledger
+from portal.services.rentals import placement
 from tests.conftest import VENV_BIN, closed_port, wait_until
 from tests.factories import api_key_for, make_user
 from tests.servers import ServerThread
@@ -269,6 +271,32 @@ def test_more_gpus_than_the_market_holds_is_refused_with_what_is_available(cli, 
     assert result.stderr.startswith("portal: Not enough capacity")
     assert "Available now:\n  H100-80GB: 2 GPUs in DE, from 2.00 USD per GPU-hour" in result.stderr
     assert clusters_in_db(parts) == []
+
+
+def test_a_deploy_answered_busy_is_sent_again_and_created_once(cli, signed_in, parts, monkeypatch):
+    with session_scope(parts.engine) as session:
+        market_with(session, [1])
+    monkeypatch.setattr(client, "BUSY_PAUSE_S", 0.01)
+    reserve, busy_answers = placement.reserve, []
+
+    def busy_twice(*args: object, **kwargs: object) -> object:
+        if len(busy_answers) < 2:  # the third try books
+            busy_answers.append(placement._busy())
+            raise busy_answers[-1]
+        return reserve(*args, **kwargs)
+
+    monkeypatch.setattr(placement, "reserve", busy_twice)
+    args = ("clusters", "create", "--name", "b", "--gpu-model", "H100-80GB", "--gpus", "1", "--hours", "1")
+
+    created = cli(*args, "--no-wait")
+
+    assert created.exit_code == 0, created.output
+    assert len(busy_answers) == 2 and len(clusters_in_db(parts)) == 1
+    busy_answers.clear()
+    monkeypatch.setattr(client, "BUSY_ATTEMPTS", 2)
+    refused = cli(*args, "--no-wait")
+    assert refused.exit_code == 1 and "Other deploys are booking these GPUs" in refused.stderr
+    assert len(clusters_in_db(parts)) == 1
 
 
 def drive_in_background(parts: AppParts, steps: Callable[[uuid.UUID], None]) -> Callable[[], None]:

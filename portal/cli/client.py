@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +24,10 @@ import httpx
 from portal import __version__
 
 API_PREFIX = "/api/v1"
+# A deploy answered "busy" (503 placement_busy: others were booking the same GPUs; nothing was changed) is
+# sent again this many times in all, a second more apart each time.
+BUSY_ATTEMPTS = 4
+BUSY_PAUSE_S = 1.0
 CREDENTIALS_FILE = "credentials.json"
 T = TypeVar("T")
 
@@ -385,7 +390,14 @@ class PortalClient:
         return cast(Quote, self._call("POST", "/market/quote", body))
 
     def create_cluster(self, request: ClusterRequest) -> Cluster:
-        return cast(Cluster, self._call("POST", "/clusters", dict(request)))
+        for attempt in range(1, BUSY_ATTEMPTS + 1):
+            try:
+                return cast(Cluster, self._call("POST", "/clusters", dict(request)))
+            except ApiError as error:
+                if error.code != "placement_busy" or attempt == BUSY_ATTEMPTS:
+                    raise
+            time.sleep(BUSY_PAUSE_S * attempt)
+        raise AssertionError("unreachable")
 
     def list_clusters(self, *, state: str | None = None, limit: int = 50, offset: int = 0) -> Page[Cluster]:
         params: dict[str, Any] = {"limit": limit, "offset": offset} | ({"state": state} if state else {})

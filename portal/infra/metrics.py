@@ -26,7 +26,7 @@ HTTP_REQUEST_SECONDS = Histogram(
 HEARTBEATS = Counter("portal_heartbeats", "Heartbeats received from worker agents.", registry=REGISTRY)
 PLACEMENTS = Counter(
     "portal_placements",
-    "Cluster placements, by outcome (booked, or refused for capacity or credit).",
+    "Cluster placements, by outcome (booked; refused for capacity or credit; busy, to retry).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -31,7 +31,7 @@ from portal.models import (
 from portal.security.principal import RequestOrigin
 from portal.services import audit, names, state_machines
 from portal.services.display import count, words
-from portal.services.errors import Conflict, InvalidInput, NotFound
+from portal.services.errors import Conflict, InvalidInput, NotFound, Unavailable
 from portal.services.followups import FollowUps
 from portal.services.money import escrow, metering
 from portal.services.rentals import market, placement
@@ -167,7 +167,11 @@ def create(session: Session, settings: Settings, owner_id: uuid.UUID, spec: Clus
     )
     session.add(cluster)
     session.flush()
-    chosen = placement.reserve(session, settings, spec.placement(), f"booked for cluster {cluster.id}")
+    try:
+        chosen = placement.reserve(session, settings, spec.placement(), f"booked for cluster {cluster.id}")
+    except Unavailable:
+        PLACEMENTS.labels("busy").inc()
+        raise
     if chosen is None:
         PLACEMENTS.labels("capacity_short").inc()
         raise Conflict(

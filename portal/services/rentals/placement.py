@@ -1,33 +1,43 @@
 """Placement: which devices fit a cluster spec, ranked by price, packing and reliability, reserved atomically.
 
-Concurrent deploys never book one device twice. On PostgreSQL the candidates are locked with
-``FOR UPDATE SKIP LOCKED`` (a second deploy passes over rows the first one holds); on SQLite, whose
-writers are serialized anyway, a process-wide lock orders the placements. On both, the booking itself is a
-conditional ``UPDATE ... WHERE state = 'ready'`` whose row count must match, so a booking never lands on a
-device that changed under it.
+Concurrent deploys never book one device twice. On PostgreSQL a placement chooses among the candidates
+no concurrent placement holds (``FOR UPDATE SKIP LOCKED``, for the moment of choosing only) and then locks
+and books just the devices it chose, so deploys in a burst choose apart and never queue on each other's
+rows while holding a database connection. On SQLite, whose writers are serialized anyway, a process-wide
+lock orders the placements. On both, the booking itself is a conditional ``UPDATE ... WHERE state =
+'ready'`` whose row count must match, so a booking never lands on a device that changed under it.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import Select, and_, update
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import Select, and_, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from portal.config import Environment, Settings
 from portal.models import ConnectivityTier, Device, DeviceState, StateTransition, User
 from portal.models.base import utcnow
+from portal.services.errors import Unavailable
 from portal.services.providers.devices import MISSED_HEARTBEATS_OFFLINE
 
-# Rows locked per placement: enough choice for packing, few enough that concurrent deploys rarely collide.
+# Candidates a placement reads (and holds while choosing): enough choice for packing, few enough that
+# deploys at the same moment rarely collide.
 CANDIDATES = 64
 MAX_GPUS_PER_CLUSTER = 64
+# Choices made again, each time a device chosen was taken meanwhile (a few milliseconds each), before
+# answering "busy, retry".
+RESERVE_ATTEMPTS = 32
+# How long a placement waits for devices others hold when nothing else fits: a deploy's transaction holds
+# them for milliseconds; a longer wait would hold this request's database connection as well.
+LOCK_WAIT_MS = 2000
 TIER_RANK = {tier: rank for rank, tier in enumerate(reversed(list(ConnectivityTier)))}
 _sqlite_placement = threading.Lock()
 
@@ -134,44 +144,90 @@ def choose(candidates: Sequence[Candidate], gpu_count: int) -> list[Candidate] |
 
 
 def find(
-    session: Session, settings: Settings, spec: Spec, *, lock: str | None = None
+    session: Session, settings: Settings, spec: Spec, *, skip_held: bool = False
 ) -> list[Candidate] | None:
-    """The best devices for ``spec``; ``lock`` ("skip" or "wait") locks the candidates on PostgreSQL."""
+    """The best devices for ``spec`` as committed now; with ``skip_held`` (PostgreSQL) among those no other
+    transaction holds, locking them until the caller's savepoint ends."""
     query = candidates_query(settings, spec)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Device, skip_locked=lock == "skip")
+    if skip_held:
+        query = query.with_for_update(of=Device, skip_locked=True)
     rows = session.exec(query).all()
     return choose([Candidate(*row) for row in rows], spec.gpu_count)
 
 
-@contextmanager
-def _serialized(session: Session) -> Iterator[None]:
-    if session.get_bind().dialect.name == "sqlite":
-        with _sqlite_placement:
-            yield
-    else:
-        yield
-
-
 def reserve(session: Session, settings: Settings, spec: Spec, reason: str) -> list[Candidate] | None:
     """Book devices for ``spec`` (state ``hired``) in the caller's transaction; None when they are short.
+    The caller commits; until then the booked rows stay locked (PostgreSQL) or the database is held
+    (SQLite). ``Unavailable`` (503, retry) when devices that would fit stay held by other deploys."""
+    if session.get_bind().dialect.name != "postgresql":
+        with _sqlite_placement:
+            chosen = find(session, settings, spec)
+            return chosen if chosen is not None and _book(session, _ids(chosen), reason) else None
+    return _reserve_postgresql(session, settings, spec, reason)
 
-    PostgreSQL: first over the candidates no concurrent placement holds (``SKIP LOCKED``, the fast path
-    under load); when those do not fit, which in a small pool may only mean others hold them for now,
-    again waiting for those locks (``FOR UPDATE`` re-reads a row once its holder commits, so a device
-    booked meanwhile drops out). Each try runs in a savepoint whose rollback releases its locks. The
-    caller commits; until then the booked rows stay locked (PostgreSQL) or the database is held (SQLite).
-    """
-    tries = ("skip", "wait") if session.get_bind().dialect.name == "postgresql" else (None,)
-    with _serialized(session):
-        for lock in tries:
-            savepoint = session.begin_nested()
-            chosen = find(session, settings, spec, lock=lock)
-            if chosen is not None and _book(session, [c.device_id for c in chosen], reason):
-                savepoint.commit()
-                return chosen
-            savepoint.rollback()
-        return None
+
+def _reserve_postgresql(
+    session: Session, settings: Settings, spec: Spec, reason: str
+) -> list[Candidate] | None:
+    """Choose among the candidates no one else holds, let the others go, then lock and book the chosen.
+
+    The candidates are locked (``SKIP LOCKED``) only while choosing, a few milliseconds in a savepoint
+    rolled back at once: deploys at the same moment pass over each other's candidates and choose apart,
+    yet each keeps only the devices it books, so a burst never locks the market. A device taken in the
+    moment between is passed over next time. When nothing fits among the unheld devices but something
+    would among all of them, the choice is made over all and its devices waited for, as long as others'
+    deploys take (``LOCK_WAIT_MS``; "busy, retry" past that, so no request holds its database connection
+    long): they end booked, and drop out, or free."""
+    for _ in range(RESERVE_ATTEMPTS):
+        choosing = session.begin_nested()
+        chosen = find(session, settings, spec, skip_held=True)
+        choosing.rollback()
+        wait = chosen is None
+        if wait:
+            chosen = find(session, settings, spec)
+            if chosen is None:
+                return None
+        ids = _ids(chosen)
+        booking = session.begin_nested()
+        try:
+            locked = _lock(session, ids, wait=wait)
+        except Unavailable:
+            booking.rollback()
+            raise
+        if locked == len(ids) and _book(session, ids, reason):
+            booking.commit()
+            return chosen
+        booking.rollback()
+    raise _busy()
+
+
+def _lock(session: Session, ids: list[uuid.UUID], *, wait: bool) -> int:
+    """Lock these devices' rows in id order (so two waiting placements never deadlock); how many were
+    locked: all of them when ``wait``, else those no one held."""
+    query = select(Device.id).where(col(Device.id).in_(ids)).order_by(Device.id)
+    if not wait:
+        return len(session.exec(query.with_for_update(skip_locked=True)).all())
+    session.execute(text(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}"))
+    try:
+        locked = len(session.exec(query.with_for_update()).all())
+    except OperationalError as waited_too_long:
+        if isinstance(waited_too_long.orig, LockNotAvailable):
+            raise _busy() from waited_too_long
+        raise
+    session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+    return locked
+
+
+def _busy() -> Unavailable:
+    return Unavailable(
+        "Other deploys are booking these GPUs right now; try again in a moment.",
+        code="placement_busy",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _ids(chosen: Sequence[Candidate]) -> list[uuid.UUID]:
+    return [c.device_id for c in chosen]
 
 
 def _book(session: Session, device_ids: list[uuid.UUID], reason: str) -> bool:
