@@ -31,6 +31,7 @@ from portal.models import (
     Role,
     StateTransition,
     UsageRecord,
+    User,
 )
 from portal.models.base import utcnow
 from portal.services.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -219,7 +220,13 @@ def test_placement_waits_briefly_for_held_devices_then_says_busy(postgres_engine
         assert ledger.available_balance(session, customer) == 100_000_000
 
 
-def test_a_burst_of_placements_for_the_same_cheapest_devices_all_book(postgres_engine):
+@pytest.mark.parametrize("candidates", [64, 4], ids=["few-devices", "deep-market"])
+def test_a_burst_of_placements_for_the_same_cheapest_devices_all_book(
+    postgres_engine, monkeypatch, candidates
+):
+    # With 4 candidates a placement that finds all 4 unheld keeps them until it commits (the deep market's
+    # way); with 64 it never does here and keeps only what it books.
+    monkeypatch.setattr(placement, "CANDIDATES", candidates)
     with session_scope(postgres_engine) as session:
         devices = market_with(session, [1] * 24)
         for rank, device in enumerate(devices):  # every placement wants the same cheapest devices first
@@ -245,6 +252,43 @@ def test_a_burst_of_placements_for_the_same_cheapest_devices_all_book(postgres_e
     booked = [chosen[0].device_id for chosen in outcomes]
     assert len(set(booked)) == 16
     assert sum(device_state(postgres_engine, d.id) == DeviceState.HIRED for d in devices) == 16
+
+
+def test_deploys_beyond_half_the_pool_wait_their_turn_holding_no_connection(engine, monkeypatch):
+    monkeypatch.setattr(clusters, "DEPLOY_TURN_WAIT_S", 0.3)
+    with session_scope(engine) as session:
+        market_with(session, [1])
+        customer = customer_with(session, 100_000_000)
+    slots = clusters._deploy_slots(SETTINGS.db_pool_size // 2)
+    taken = 0
+    while slots.acquire(blocking=False):  # every turn taken by deploys in flight
+        taken += 1
+    assert taken == 2  # half the default pool of 5
+    try:
+        with pytest.raises(Unavailable) as busy, session_scope(engine) as session:
+            clusters.deploy(session, SETTINGS, RecordedFollowUps(), customer, spec(1))
+        assert busy.value.code == "placement_busy"
+        monkeypatch.setattr(clusters, "DEPLOY_TURN_WAIT_S", 30)
+        deployed: list[uuid.UUID] = []
+
+        def deploy_when_its_turn_comes() -> None:
+            with session_scope(engine) as session:
+                session.exec(select(User)).all()  # the request's sign-in read
+                deployed.append(clusters.deploy(session, SETTINGS, RecordedFollowUps(), customer, spec(1)).id)
+
+        waiting = threading.Thread(target=deploy_when_its_turn_comes)
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive() and engine.pool.checkedout() == 0  # it waits, holding no connection
+        slots.release()
+        taken -= 1
+        waiting.join(timeout=10)
+        assert len(deployed) == 1
+    finally:
+        for _ in range(taken):
+            slots.release()
+    with session_scope(engine) as session:
+        assert [c.id for c in session.exec(select(Cluster)).all()] == deployed
 
 
 @pytest.mark.parametrize("holder_books_it", [True, False])

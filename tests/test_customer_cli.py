@@ -281,7 +281,7 @@ def test_a_deploy_answered_busy_is_sent_again_and_created_once(cli, signed_in, p
 
     def busy_twice(*args: object, **kwargs: object) -> object:
         if len(busy_answers) < 2:  # the third try books
-            busy_answers.append(placement._busy())
+            busy_answers.append(placement.busy())
             raise busy_answers[-1]
         return reserve(*args, **kwargs)
 

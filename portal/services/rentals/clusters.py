@@ -6,7 +6,9 @@ What happens after the deploy request (Ray nodes starting, replacements, the end
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ MAX_DURATION_HOURS = 24 * 30
 ENDED = (ClusterState.TERMINATED, ClusterState.FAILED, ClusterState.EXPIRED)
 ACTIVE_NODE_STATES = (NodeState.ASSIGNED, NodeState.STARTING, NodeState.JOINED)
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
+# How long a deploy waits for its turn (``_deploy_slots``) before "busy, retry": well inside a client's
+# request timeout.
+DEPLOY_TURN_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -227,10 +232,26 @@ def deploy(
 ) -> Cluster:
     """Deploy: book the devices and hold the escrow (``create``), commit, and have the cluster provisioned.
     Every adapter (API, pages, CLI through the API) deploys through this one command."""
-    cluster = create(session, settings, owner_id, spec)
-    session.commit()  # the actor must find what it is told about
+    session.commit()  # what the request did so far (its sign-in) holds no connection while it waits its turn
+    slots = _deploy_slots(max(1, settings.db_pool_size // 2))
+    if not slots.acquire(timeout=DEPLOY_TURN_WAIT_S):
+        raise placement.busy()
+    try:
+        cluster = create(session, settings, owner_id, spec)
+        session.commit()  # the actor must find what it is told about
+    finally:
+        slots.release()
     followups.advance_cluster(cluster.id)
     return cluster
+
+
+@functools.cache
+def _deploy_slots(size: int) -> threading.BoundedSemaphore:
+    """The deploys this process runs at once. Each holds a database connection for its transaction; a
+    burst of deploys beyond the pool's size took every connection, and the agents' long-polls and the
+    customers' pages waited for the pool until they timed out (bench/deploys.py, 64 customers at once).
+    Half the pool: the other half stays for everything else. The rest wait here, holding nothing."""
+    return threading.BoundedSemaphore(size)
 
 
 def terminate(

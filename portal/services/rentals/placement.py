@@ -1,11 +1,11 @@
 """Placement: which devices fit a cluster spec, ranked by price, packing and reliability, reserved atomically.
 
 Concurrent deploys never book one device twice. On PostgreSQL a placement chooses among the candidates
-no concurrent placement holds (``FOR UPDATE SKIP LOCKED``, for the moment of choosing only) and then locks
-and books just the devices it chose, so deploys in a burst choose apart and never queue on each other's
-rows while holding a database connection. On SQLite, whose writers are serialized anyway, a process-wide
-lock orders the placements. On both, the booking itself is a conditional ``UPDATE ... WHERE state =
-'ready'`` whose row count must match, so a booking never lands on a device that changed under it.
+no concurrent placement holds (``FOR UPDATE SKIP LOCKED``), so deploys in a burst choose apart; where
+devices are few it keeps only the ones it books, and it waits on others' rows only for those, briefly.
+On SQLite, whose writers are serialized anyway, a process-wide lock orders the placements. On both, the
+booking itself is a conditional ``UPDATE ... WHERE state = 'ready'`` whose row count must match, so a
+booking never lands on a device that changed under it.
 """
 
 from __future__ import annotations
@@ -148,11 +148,14 @@ def find(
 ) -> list[Candidate] | None:
     """The best devices for ``spec`` as committed now; with ``skip_held`` (PostgreSQL) among those no other
     transaction holds, locking them until the caller's savepoint ends."""
+    return choose(_candidates(session, settings, spec, skip_held=skip_held), spec.gpu_count)
+
+
+def _candidates(session: Session, settings: Settings, spec: Spec, *, skip_held: bool) -> list[Candidate]:
     query = candidates_query(settings, spec)
     if skip_held:
         query = query.with_for_update(of=Device, skip_locked=True)
-    rows = session.exec(query).all()
-    return choose([Candidate(*row) for row in rows], spec.gpu_count)
+    return [Candidate(*row) for row in session.exec(query).all()]
 
 
 def reserve(session: Session, settings: Settings, spec: Spec, reason: str) -> list[Candidate] | None:
@@ -169,18 +172,24 @@ def reserve(session: Session, settings: Settings, spec: Spec, reason: str) -> li
 def _reserve_postgresql(
     session: Session, settings: Settings, spec: Spec, reason: str
 ) -> list[Candidate] | None:
-    """Choose among the candidates no one else holds, let the others go, then lock and book the chosen.
+    """Choose among the candidates no other placement holds (``SKIP LOCKED``: deploys at the same moment
+    choose apart), then book.
 
-    The candidates are locked (``SKIP LOCKED``) only while choosing, a few milliseconds in a savepoint
-    rolled back at once: deploys at the same moment pass over each other's candidates and choose apart,
-    yet each keeps only the devices it books, so a burst never locks the market. A device taken in the
-    moment between is passed over next time. When nothing fits among the unheld devices but something
-    would among all of them, the choice is made over all and its devices waited for, as long as others'
-    deploys take (``LOCK_WAIT_MS``; "busy, retry" past that, so no request holds its database connection
-    long): they end booked, and drop out, or free."""
+    Where the market is deep (a full set of candidates unheld), the candidates stay held until this
+    deploy commits, milliseconds, and no one misses them. Where it is shallow they are let go as soon as
+    the choice is made, and only the chosen devices are locked and booked, so a burst of deploys on a
+    few hundred devices does not lock the market; a device taken in that moment is passed over at the
+    next try. When nothing fits among the unheld devices but something would among all of them, the
+    choice is made over all and its devices waited for, in id order (two waiting placements never
+    deadlock), at most ``LOCK_WAIT_MS``: "busy, retry" (503) past that, so no request holds its database
+    connection long on another's rows."""
     for _ in range(RESERVE_ATTEMPTS):
         choosing = session.begin_nested()
-        chosen = find(session, settings, spec, skip_held=True)
+        candidates = _candidates(session, settings, spec, skip_held=True)
+        chosen = choose(candidates, spec.gpu_count)
+        if chosen is not None and len(candidates) == CANDIDATES and _book(session, _ids(chosen), reason):
+            choosing.commit()
+            return chosen
         choosing.rollback()
         wait = chosen is None
         if wait:
@@ -198,7 +207,7 @@ def _reserve_postgresql(
             booking.commit()
             return chosen
         booking.rollback()
-    raise _busy()
+    raise busy()
 
 
 def _lock(session: Session, ids: list[uuid.UUID], *, wait: bool) -> int:
@@ -212,13 +221,14 @@ def _lock(session: Session, ids: list[uuid.UUID], *, wait: bool) -> int:
         locked = len(session.exec(query.with_for_update()).all())
     except OperationalError as waited_too_long:
         if isinstance(waited_too_long.orig, LockNotAvailable):
-            raise _busy() from waited_too_long
+            raise busy() from waited_too_long
         raise
     session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
     return locked
 
 
-def _busy() -> Unavailable:
+def busy() -> Unavailable:
+    """Nothing was changed: other deploys hold the devices, or the deploys' turns, for now."""
     return Unavailable(
         "Other deploys are booking these GPUs right now; try again in a moment.",
         code="placement_busy",
