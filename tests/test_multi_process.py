@@ -583,6 +583,7 @@ def deployed(stack: Stack) -> Stack:
         stack.customer(email)  # signed in first: the deploys then start together
     before = stack.balancer.served()
     outcomes: list[tuple[str, int, dict]] = []
+    retried: list[int] = []
     barrier = threading.Barrier(CUSTOMERS * DEPLOYS_PER_CUSTOMER)
 
     def deploy(index: int) -> None:
@@ -592,6 +593,14 @@ def deployed(stack: Stack) -> Stack:
             spec = {"name": f"c{index}", "gpu_model": GPU_MODEL, "gpu_count": 1, "duration_hours": 1}
             barrier.wait()
             reply = client.post("/clusters", json=spec)
+            # "Busy, retry" (others held the devices for the moment; nothing changed) is sent again, as
+            # the CLI does; each answer must still be a booking or a refusal for capacity.
+            for _ in range(5):
+                if reply.status_code != 503 or reply.json()["error"]["code"] != "placement_busy":
+                    break
+                retried.append(index)
+                time.sleep(float(reply.headers["Retry-After"]))
+                reply = client.post("/clusters", json=spec)
         outcomes.append((email, reply.status_code, reply.json()))
 
     t0 = time.monotonic()
@@ -606,7 +615,8 @@ def deployed(stack: Stack) -> Stack:
         if status == 202:
             stack.clusters.setdefault(email, []).append(body["id"])
     say(
-        f"{len(outcomes)} deploys at once answered in {elapsed:.2f} s; the processes were sent "
+        f"{len(outcomes)} deploys at once answered in {elapsed:.2f} s ({len(retried)} sent again after "
+        "'busy'); the processes were sent "
         + ", ".join(f"{name}: {after[name] - before[name]}" for name in SERVERS)
         + " requests meanwhile"
     )
