@@ -160,13 +160,23 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
 
 
+def _migrated_engine(url: str) -> Iterator[Engine]:
+    migrations.upgrade(url)
+    engine = build_engine(url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """An engine on a database migrated to the newest schema, on SQLite and on PostgreSQL."""
-    migrations.upgrade(database_url)
-    engine = build_engine(database_url)
-    yield engine
-    engine.dispose()
+    yield from _migrated_engine(database_url)
+
+
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """The same on PostgreSQL only: for what SQLite does not have (row locks, ``SKIP LOCKED``)."""
+    yield from _migrated_engine(postgres_url)
 
 
 @pytest.fixture

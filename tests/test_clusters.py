@@ -8,16 +8,14 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from solders.keypair import Keypair
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from portal.infra import migrations
-from portal.infra.db import build_engine, session_scope
+from portal.infra.db import session_scope
 from portal.infra.wakeups import MemoryWakeups
 from portal.models import (
     AccountKind,
@@ -163,15 +161,6 @@ def test_placement_books_only_hireable_devices(engine):
         assert [c.device_id for c in chosen] == [ready.id]
         assert placement.reserve(session, SETTINGS, spec(1).placement(), "test") is None
     assert device_state(engine, ready.id) == DeviceState.HIRED
-
-
-@pytest.fixture
-def postgres_engine(postgres_url: str) -> Iterator[Engine]:
-    """Row locks are PostgreSQL's: SQLite serializes placements instead."""
-    migrations.upgrade(postgres_url)
-    engine = build_engine(postgres_url)
-    yield engine
-    engine.dispose()
 
 
 def hold_rows(engine, device_ids: list[uuid.UUID]) -> Session:
