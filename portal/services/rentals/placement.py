@@ -11,6 +11,7 @@ booking never lands on a device that changed under it.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ MAX_GPUS_PER_CLUSTER = 64
 # Choices made again, each time a device chosen was taken meanwhile (a few milliseconds each), before
 # answering "busy, retry".
 RESERVE_ATTEMPTS = 32
-# How long a placement waits for devices others hold when nothing else fits: a deploy's transaction holds
-# them for milliseconds; a longer wait would hold this request's database connection as well.
+# How long a placement waits, in all, for devices others hold when nothing else fits: a deploy's
+# transaction holds them for milliseconds; a longer wait would hold this request's database connection.
 LOCK_WAIT_MS = 2000
 TIER_RANK = {tier: rank for rank, tier in enumerate(reversed(list(ConnectivityTier)))}
 _sqlite_placement = threading.Lock()
@@ -181,8 +182,9 @@ def _reserve_postgresql(
     few hundred devices does not lock the market; a device taken in that moment is passed over at the
     next try. When nothing fits among the unheld devices but something would among all of them, the
     choice is made over all and its devices waited for, in id order (two waiting placements never
-    deadlock), at most ``LOCK_WAIT_MS``: "busy, retry" (503) past that, so no request holds its database
-    connection long on another's rows."""
+    deadlock), at most ``LOCK_WAIT_MS`` in all: "busy, retry" (503) past that, so no request holds its
+    database connection long on another's rows."""
+    deadline = time.monotonic() + LOCK_WAIT_MS / 1000
     for _ in range(RESERVE_ATTEMPTS):
         choosing = session.begin_nested()
         candidates = _candidates(session, settings, spec, skip_held=True)
@@ -199,7 +201,7 @@ def _reserve_postgresql(
         ids = _ids(chosen)
         booking = session.begin_nested()
         try:
-            locked = _lock(session, ids, wait=wait)
+            locked = _lock(session, ids, wait_ms=int((deadline - time.monotonic()) * 1000) if wait else None)
         except Unavailable:
             booking.rollback()
             raise
@@ -210,13 +212,15 @@ def _reserve_postgresql(
     raise busy()
 
 
-def _lock(session: Session, ids: list[uuid.UUID], *, wait: bool) -> int:
+def _lock(session: Session, ids: list[uuid.UUID], *, wait_ms: int | None) -> int:
     """Lock these devices' rows in id order (so two waiting placements never deadlock); how many were
-    locked: all of them when ``wait``, else those no one held."""
+    locked: those no one held, or with ``wait_ms`` all of them, waiting that long at most for holders."""
     query = select(Device.id).where(col(Device.id).in_(ids)).order_by(Device.id)
-    if not wait:
+    if wait_ms is None:
         return len(session.exec(query.with_for_update(skip_locked=True)).all())
-    session.execute(text(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}"))
+    if wait_ms <= 0:
+        raise busy()
+    session.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
     try:
         locked = len(session.exec(query.with_for_update()).all())
     except OperationalError as waited_too_long:
