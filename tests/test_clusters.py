@@ -280,6 +280,26 @@ def test_deploys_beyond_half_the_pool_wait_their_turn_holding_no_connection(engi
         assert [c.id for c in session.exec(select(Cluster)).all()] == deployed
 
 
+def test_an_account_made_by_another_transaction_meanwhile_is_used_not_a_500(postgres_engine):
+    with session_scope(postgres_engine) as session:
+        customer = customer_with(session, 0)
+    first = Session(postgres_engine)
+    made = ledger.get_account(first, AccountKind.CUSTOMER_ESCROW, customer).id  # not committed yet
+    found: list[int] = []
+
+    def second() -> None:  # its insert waits on the first's, which then commits
+        with session_scope(postgres_engine) as session:
+            found.append(ledger.get_account(session, AccountKind.CUSTOMER_ESCROW, customer).id)
+
+    waiting = threading.Thread(target=second)
+    waiting.start()
+    time.sleep(0.5)
+    first.commit()
+    first.close()
+    waiting.join(timeout=10)
+    assert found == [made]
+
+
 @pytest.mark.parametrize("holder_books_it", [True, False])
 def test_placement_takes_a_held_device_its_holder_lets_go(postgres_engine, monkeypatch, holder_books_it):
     monkeypatch.setattr(placement, "LOCK_WAIT_MS", 30_000)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from portal.models import AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction
@@ -32,13 +33,17 @@ def get_account(session: Session, kind: AccountKind, owner_id: uuid.UUID | None 
     """The account of that kind and owner, created on first use."""
     if (kind in PERSONAL_KINDS) != (owner_id is not None):
         raise ValueError(f"{kind} accounts {'need' if kind in PERSONAL_KINDS else 'take no'} owner")
-    account = session.exec(
-        select(LedgerAccount).where(LedgerAccount.kind == kind, LedgerAccount.owner_id == owner_id)
-    ).first()
-    if account is None:
-        account = LedgerAccount(kind=kind, owner_id=owner_id)
-        session.add(account)
-        session.flush()
+    query = select(LedgerAccount).where(LedgerAccount.kind == kind, LedgerAccount.owner_id == owner_id)
+    account = session.exec(query).first()
+    if account is not None:
+        return account
+    try:
+        with session.begin_nested():
+            account = LedgerAccount(kind=kind, owner_id=owner_id)
+            session.add(account)
+    except IntegrityError:
+        # Another transaction made it meanwhile (a customer's two first deploys at once): that one is it.
+        account = session.exec(query).one()
     return account
 
 
