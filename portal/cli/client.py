@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, NotRequired, TypedDict, TypeVar, cast
 
 import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from portal import __version__
 
@@ -390,13 +390,17 @@ class PortalClient:
         return cast(Quote, self._call("POST", "/market/quote", body))
 
     def create_cluster(self, request: ClusterRequest) -> Cluster:
-        for attempt in range(1, BUSY_ATTEMPTS + 1):
-            try:
+        busy = retry_if_exception(
+            lambda error: isinstance(error, ApiError) and error.code == "placement_busy"
+        )
+        for attempt in Retrying(
+            retry=busy,
+            stop=stop_after_attempt(BUSY_ATTEMPTS),
+            wait=wait_incrementing(start=BUSY_PAUSE_S, increment=BUSY_PAUSE_S),
+            reraise=True,
+        ):
+            with attempt:
                 return cast(Cluster, self._call("POST", "/clusters", dict(request)))
-            except ApiError as error:
-                if error.code != "placement_busy" or attempt == BUSY_ATTEMPTS:
-                    raise
-            time.sleep(BUSY_PAUSE_S * attempt)
         raise AssertionError("unreachable")
 
     def list_clusters(self, *, state: str | None = None, limit: int = 50, offset: int = 0) -> Page[Cluster]:
